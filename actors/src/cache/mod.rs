@@ -1,0 +1,57 @@
+//! Where bucket snapshots go: the [`CacheLayer`] trait and its two
+//! implementations, [`InMemoryCacheLayer`] (the embedded single-node default)
+//! and [`RedisCacheLayer`] (survives restarts and, later, failover).
+//!
+//! Shards call it off their hot path: `restore` on the first check of a key
+//! that is not in memory, `store` with one batch of dirty buckets per
+//! snapshot interval.
+
+mod memory;
+mod redis;
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use thiserror::Error;
+
+use crate::bucket::BucketState;
+use crate::key::BucketKey;
+
+pub use self::memory::InMemoryCacheLayer;
+pub use self::redis::RedisCacheLayer;
+
+/// One snapshot to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotWrite {
+    pub key: BucketKey,
+    pub state: BucketState,
+    /// Time to live: until the bucket would be full again, plus a margin.
+    pub ttl_ms: u64,
+}
+
+/// A failed cache operation. Never fatal: a failed restore starts the bucket
+/// full, a failed store is retried.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CacheError {
+    #[error("cache unavailable: {0}")]
+    Unavailable(String),
+    #[error("cache operation timed out")]
+    Timeout,
+    #[error("stored snapshot unusable: {0}")]
+    Corrupt(String),
+}
+
+/// Storage of bucket snapshots.
+pub trait CacheLayer: Send + Sync + 'static {
+    /// Short name for logs and metrics (`memory`, `redis`).
+    fn name(&self) -> &'static str;
+
+    /// The last snapshot of `key`, if any and not expired.
+    fn restore(
+        &self,
+        key: BucketKey,
+    ) -> BoxFuture<'static, Result<Option<BucketState>, CacheError>>;
+
+    /// Writes a batch of snapshots (Redis: one pipeline).
+    fn store(&self, writes: Arc<Vec<SnapshotWrite>>) -> BoxFuture<'static, Result<(), CacheError>>;
+}

@@ -1,0 +1,186 @@
+//! The node's front to its shards: resolves a tenant's quota, validates the
+//! cost, short-circuits unlimited checks and sends the rest to the shard that
+//! owns the key. Starting a limiter starts its shard actors, each on its own
+//! arbiter.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+use llmtrace_cluster_config::{Limit, Quota, RateLimitConfig};
+use thiserror::Error;
+
+use crate::bucket::{BucketQuota, Decision};
+use crate::cache::{CacheError, CacheLayer};
+use crate::clock::Clock;
+use crate::key::{shard_of, BucketKey};
+use crate::metrics::Metrics;
+use crate::shard::{Check, FlushNow, ShardActor, ShardTiming, SweepNow};
+
+/// The answer to a check that was well-formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// No bucket applies (limiting disabled, or rate 0).
+    Unlimited,
+    /// The bucket's decision, with the quota it was made under.
+    Limited {
+        quota: BucketQuota,
+        decision: Decision,
+    },
+}
+
+impl Verdict {
+    pub fn is_allowed(&self) -> bool {
+        match self {
+            Verdict::Unlimited => true,
+            Verdict::Limited { decision, .. } => decision.is_allowed(),
+        }
+    }
+}
+
+/// A check that could not be decided.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum CheckError {
+    /// `cost` must be at least 1.
+    #[error("cost must be at least 1")]
+    ZeroCost,
+    /// A cost above the burst can never be admitted.
+    #[error(
+        "cost {cost} exceeds the bucket capacity (burst_size {burst}) and can never be admitted"
+    )]
+    CostAboveBurst { cost: u64, burst: u32 },
+    /// The shard is gone (node shutting down).
+    #[error("limiter unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Handle to a node's shards. Cheap to clone.
+#[derive(Clone)]
+pub struct Limiter {
+    shards: Arc<[Addr<ShardActor>]>,
+    limits: Arc<RateLimitConfig>,
+    metrics: Arc<Metrics>,
+    cache_name: &'static str,
+}
+
+impl Limiter {
+    /// Starts `shards` shard actors, each on a new arbiter, and returns the
+    /// front. Must be called from inside an actix system.
+    pub fn start(
+        shards: usize,
+        limits: Arc<RateLimitConfig>,
+        cache: Arc<dyn CacheLayer>,
+        clock: Arc<dyn Clock>,
+        timing: ShardTiming,
+    ) -> Self {
+        let shards = shards.max(1);
+        let metrics = Arc::new(Metrics::new(shards));
+        let addrs: Vec<Addr<ShardActor>> = (0..shards)
+            .map(|id| {
+                let arbiter = Arbiter::new();
+                let (limits, cache, clock, metrics) = (
+                    Arc::clone(&limits),
+                    Arc::clone(&cache),
+                    Arc::clone(&clock),
+                    Arc::clone(&metrics),
+                );
+                ShardActor::start_in_arbiter(&arbiter.handle(), move |_| {
+                    ShardActor::new(id, limits, cache, clock, metrics, timing)
+                })
+            })
+            .collect();
+        Limiter {
+            shards: addrs.into(),
+            limits,
+            metrics,
+            cache_name: cache.name(),
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn limits(&self) -> &RateLimitConfig {
+        &self.limits
+    }
+
+    /// Name of the cache layer in use.
+    pub fn cache_name(&self) -> &'static str {
+        self.cache_name
+    }
+
+    /// The quota `tenant` is held to for `limit`.
+    pub fn quota(&self, tenant: &str, limit: Limit) -> Quota {
+        self.limits.quota(tenant, limit)
+    }
+
+    /// Validates `cost` against the quota; `Ok(None)` means unlimited.
+    pub fn validate(
+        &self,
+        tenant: &str,
+        limit: Limit,
+        cost: u64,
+    ) -> Result<Option<BucketQuota>, CheckError> {
+        if cost == 0 {
+            return Err(CheckError::ZeroCost);
+        }
+        match self.quota(tenant, limit) {
+            Quota::Unlimited => Ok(None),
+            Quota::Bucket { rate, burst } => {
+                if cost > u64::from(burst) {
+                    return Err(CheckError::CostAboveBurst { cost, burst });
+                }
+                Ok(Some(BucketQuota { rate, burst }))
+            }
+        }
+    }
+
+    /// Takes `cost` units of `limit` from `tenant` (an already validated id).
+    pub async fn check(
+        &self,
+        tenant: String,
+        limit: Limit,
+        cost: u64,
+    ) -> Result<Verdict, CheckError> {
+        let Some(quota) = self.validate(&tenant, limit, cost)? else {
+            self.metrics.unlimited.fetch_add(1, Relaxed);
+            return Ok(Verdict::Unlimited);
+        };
+        let shard = &self.shards[shard_of(&tenant, limit, self.shards.len())];
+        let key = BucketKey {
+            tenant: tenant.into_boxed_str(),
+            limit,
+        };
+        let decision = shard
+            .send(Check { key, quota, cost })
+            .await
+            .map_err(|e| CheckError::Unavailable(e.to_string()))?;
+        Ok(Verdict::Limited { quota, decision })
+    }
+
+    /// Writes every dirty bucket of every shard; returns how many.
+    pub async fn flush_all(&self, timeout: Duration) -> Result<usize, CacheError> {
+        let sends = self.shards.iter().map(|s| s.send(FlushNow));
+        let all = tokio::time::timeout(timeout, join_all(sends))
+            .await
+            .map_err(|_| CacheError::Timeout)?;
+        let mut total = 0;
+        for r in all {
+            total += r.map_err(|e| CacheError::Unavailable(e.to_string()))??;
+        }
+        Ok(total)
+    }
+
+    /// Drops full buckets on every shard now; returns how many.
+    pub async fn sweep_all(&self) -> usize {
+        let all = join_all(self.shards.iter().map(|s| s.send(SweepNow))).await;
+        all.into_iter().map(|r| r.unwrap_or(0)).sum()
+    }
+}
+
+#[cfg(test)]
+#[path = "limiter_tests.rs"]
+mod tests;

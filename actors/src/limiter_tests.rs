@@ -1,0 +1,288 @@
+//! The llmtrace seed's six behaviours and the regressions for its defects,
+//! through the real front and shard actors, with a manual clock.
+
+use std::collections::BTreeMap;
+
+use futures_util::future::{self, BoxFuture, FutureExt};
+use llmtrace_cluster_config::TenantOverride;
+
+use super::*;
+use crate::bucket::{BucketState, NANOS};
+use crate::cache::{InMemoryCacheLayer, SnapshotWrite};
+use crate::clock::ManualClock;
+
+/// 2026-11-27T12:00:59.000Z: one second before a wall-clock minute boundary.
+const T0: u64 = 1_795_780_859_000_000_000;
+
+fn limits(rate: u32, burst: u32) -> RateLimitConfig {
+    RateLimitConfig {
+        enabled: true,
+        requests_per_second: rate,
+        burst_size: burst,
+        window_seconds: None,
+        tenant_overrides: BTreeMap::new(),
+    }
+}
+
+struct Fixture {
+    limiter: Limiter,
+    clock: Arc<ManualClock>,
+    cache: Arc<InMemoryCacheLayer>,
+}
+
+fn start(config: RateLimitConfig, shards: usize) -> Fixture {
+    let clock = ManualClock::new(T0);
+    let cache = Arc::new(InMemoryCacheLayer::new(clock.clone()));
+    let limiter = Limiter::start(
+        shards,
+        Arc::new(config),
+        cache.clone(),
+        clock.clone(),
+        ShardTiming::default(),
+    );
+    Fixture {
+        limiter,
+        clock,
+        cache,
+    }
+}
+
+async fn allowed(l: &Limiter, tenant: &str) -> bool {
+    l.check(tenant.to_string(), Limit::Requests, 1)
+        .await
+        .expect("valid check")
+        .is_allowed()
+}
+
+#[actix_rt::test]
+async fn allowed_under_limit() {
+    let f = start(limits(100, 200), 2);
+    assert!(allowed(&f.limiter, "tenant-a").await);
+}
+
+#[actix_rt::test]
+async fn burst_handling() {
+    let f = start(limits(1, 3), 2);
+    for _ in 0..3 {
+        assert!(allowed(&f.limiter, "t").await);
+    }
+    assert!(!allowed(&f.limiter, "t").await);
+}
+
+#[actix_rt::test]
+async fn per_tenant_isolation() {
+    let f = start(limits(1, 2), 2);
+    assert!(allowed(&f.limiter, "a").await);
+    assert!(allowed(&f.limiter, "a").await);
+    assert!(!allowed(&f.limiter, "a").await);
+    assert!(allowed(&f.limiter, "b").await);
+}
+
+#[actix_rt::test]
+async fn tenant_overrides() {
+    let mut config = limits(1, 2);
+    config.tenant_overrides.insert(
+        "special".into(),
+        TenantOverride {
+            requests_per_second: 500,
+            burst_size: 1000,
+        },
+    );
+    let f = start(config, 2);
+    assert!(allowed(&f.limiter, "default").await);
+    assert!(allowed(&f.limiter, "default").await);
+    assert!(!allowed(&f.limiter, "default").await);
+    for _ in 0..100 {
+        assert!(allowed(&f.limiter, "special").await);
+    }
+}
+
+#[actix_rt::test]
+async fn disabled_rate_limiting() {
+    let mut config = limits(1, 1);
+    config.enabled = false;
+    let f = start(config, 1);
+    for _ in 0..100 {
+        assert_eq!(
+            f.limiter.check("t".into(), Limit::Requests, 1).await,
+            Ok(Verdict::Unlimited)
+        );
+    }
+    // Rate 0 also means unlimited.
+    let f = start(limits(0, 1), 1);
+    assert_eq!(
+        f.limiter.check("t".into(), Limit::Requests, 1).await,
+        Ok(Verdict::Unlimited)
+    );
+}
+
+#[actix_rt::test]
+async fn exceeded_includes_retry_after() {
+    let f = start(limits(1, 1), 1);
+    assert!(allowed(&f.limiter, "t").await);
+    match f
+        .limiter
+        .check("t".into(), Limit::Requests, 1)
+        .await
+        .unwrap()
+    {
+        Verdict::Limited {
+            quota,
+            decision: Decision::Refused { retry_after_ns, .. },
+        } => {
+            assert!(crate::retry_after_secs(retry_after_ns) >= 1);
+            assert_eq!(quota.rate, 1, "limit (requests per second) is reported");
+        }
+        v => panic!("expected a refusal, got {v:?}"),
+    }
+}
+
+#[actix_rt::test]
+async fn invalid_costs_are_errors_not_decisions() {
+    let f = start(limits(1, 5), 1);
+    assert_eq!(
+        f.limiter.check("t".into(), Limit::Requests, 0).await,
+        Err(CheckError::ZeroCost)
+    );
+    assert_eq!(
+        f.limiter.check("t".into(), Limit::Requests, 6).await,
+        Err(CheckError::CostAboveBurst { cost: 6, burst: 5 })
+    );
+    // The invalid checks took nothing.
+    assert!(f
+        .limiter
+        .check("t".into(), Limit::Requests, 5)
+        .await
+        .unwrap()
+        .is_allowed());
+}
+
+/// Regression: the seed's minute-keyed cache refilled every bucket at each
+/// minute boundary.
+#[actix_rt::test]
+async fn drained_bucket_stays_drained_across_minute_boundary() {
+    let f = start(limits(1, 50), 2);
+    let v = f
+        .limiter
+        .check("t".into(), Limit::Requests, 50)
+        .await
+        .unwrap();
+    assert!(v.is_allowed());
+    f.clock.advance_ns(NANOS / 2); // 12:00:59.5
+    assert!(!allowed(&f.limiter, "t").await);
+    f.clock.advance_ns(NANOS); // 12:01:00.5: one unit refilled, not fifty
+    assert!(allowed(&f.limiter, "t").await);
+    assert!(!allowed(&f.limiter, "t").await);
+}
+
+/// Regression: the seed's GET-modify-SET let concurrent checks over-admit.
+#[actix_rt::test]
+async fn concurrent_checks_never_over_admit() {
+    let f = start(limits(1, 100), 4);
+    let checks = (0..1_000).map(|_| f.limiter.check("hot".into(), Limit::Requests, 1));
+    let results = future::join_all(checks).await;
+    let admitted = results
+        .iter()
+        .filter(|r| r.as_ref().unwrap().is_allowed())
+        .count();
+    assert_eq!(admitted, 100);
+}
+
+#[actix_rt::test]
+async fn restores_a_snapshot_on_first_check() {
+    let f = start(limits(1, 10), 2);
+    let drained = BucketState {
+        level: 0,
+        updated_ns: T0,
+    };
+    let key = BucketKey::new("seen", Limit::Requests);
+    f.cache
+        .store(Arc::new(vec![SnapshotWrite {
+            key,
+            state: drained,
+            ttl_ms: 60_000,
+        }]))
+        .await
+        .unwrap();
+    assert!(!allowed(&f.limiter, "seen").await);
+    f.clock.advance_ns(NANOS);
+    assert!(allowed(&f.limiter, "seen").await);
+    let stats = f.limiter.metrics().render("memory");
+    assert!(stats.contains("llmtrace_restore_hits_total 1"), "{stats}");
+}
+
+#[actix_rt::test]
+async fn write_behind_stores_dirty_buckets_and_restart_keeps_them() {
+    let f = start(limits(1, 10), 2);
+    f.limiter
+        .check("t".into(), Limit::Requests, 10)
+        .await
+        .unwrap();
+    assert_eq!(f.limiter.flush_all(Duration::from_secs(5)).await, Ok(1));
+    assert_eq!(
+        f.limiter.flush_all(Duration::from_secs(5)).await,
+        Ok(0),
+        "written once"
+    );
+    // A second limiter (a restarted node) on the same cache sees the drain.
+    let restarted = Limiter::start(
+        3,
+        Arc::new(limits(1, 10)),
+        f.cache.clone(),
+        f.clock.clone(),
+        ShardTiming::default(),
+    );
+    assert!(!allowed(&restarted, "t").await);
+}
+
+#[actix_rt::test]
+async fn full_buckets_leave_memory() {
+    let f = start(limits(10, 10), 2);
+    for t in ["a", "b", "c"] {
+        assert!(allowed(&f.limiter, t).await);
+    }
+    assert_eq!(f.limiter.metrics().resident(), 3);
+    assert_eq!(f.limiter.sweep_all().await, 0, "not full yet");
+    f.clock.advance_ns(NANOS / 10);
+    assert_eq!(f.limiter.sweep_all().await, 3);
+    assert_eq!(f.limiter.metrics().resident(), 0);
+    assert!(allowed(&f.limiter, "a").await, "comes back full");
+}
+
+/// A cache layer that always fails: Redis down.
+struct DownCache;
+
+impl CacheLayer for DownCache {
+    fn name(&self) -> &'static str {
+        "down"
+    }
+    fn restore(&self, _: BucketKey) -> BoxFuture<'static, Result<Option<BucketState>, CacheError>> {
+        future::ready(Err(CacheError::Unavailable("connection refused".into()))).boxed()
+    }
+    fn store(&self, _: Arc<Vec<SnapshotWrite>>) -> BoxFuture<'static, Result<(), CacheError>> {
+        future::ready(Err(CacheError::Unavailable("connection refused".into()))).boxed()
+    }
+}
+
+#[actix_rt::test]
+async fn cache_down_still_answers_and_keeps_dirty_state_bounded() {
+    let clock = ManualClock::new(T0);
+    let limiter = Limiter::start(
+        2,
+        Arc::new(limits(1, 2)),
+        Arc::new(DownCache),
+        clock.clone(),
+        ShardTiming::default(),
+    );
+    assert!(allowed(&limiter, "t").await);
+    assert!(allowed(&limiter, "t").await);
+    assert!(!allowed(&limiter, "t").await, "answered from memory");
+    for _ in 0..3 {
+        assert!(limiter.flush_all(Duration::from_secs(5)).await.is_err());
+    }
+    let text = limiter.metrics().render("down");
+    assert!(text.contains("llmtrace_restore_errors_total 1"), "{text}");
+    assert!(text.contains("llmtrace_snapshot_errors_total 3"), "{text}");
+    // The failed batches were put back, once: one dirty bucket, not three.
+    assert!(text.contains("llmtrace_snapshot_dirty 1"), "{text}");
+}

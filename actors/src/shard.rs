@@ -1,0 +1,411 @@
+//! The shard actor: owns a map of buckets outright (single writer, no locks)
+//! and everything that touches their state — checks, restores of unknown keys
+//! from the cache layer, write-behind snapshots, and dropping full buckets.
+//!
+//! Each shard runs on its own arbiter (thread). A key always maps to the same
+//! shard (see [`crate::key`]), so every check of a bucket is serialised here.
+//!
+//! Snapshot bookkeeping: a bucket is *dirty* when a check took units since its
+//! last snapshot. Each dirty key sits once in `dirty` (the flag in the slot
+//! dedups it), so the dirty set is bounded by the number of resident buckets,
+//! whatever happens to the cache layer. Every snapshot interval the dirty set
+//! is written in one batch; a failed batch is re-marked dirty and retried with
+//! exponential backoff (up to [`MAX_BACKOFF`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use llmtrace_cluster_config::{Quota, RateLimitConfig};
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use crate::bucket::{BucketQuota, BucketState, Decision};
+use crate::cache::{CacheError, CacheLayer, SnapshotWrite};
+use crate::clock::Clock;
+use crate::key::BucketKey;
+use crate::metrics::{Metrics, ShardStats};
+use crate::snapshot;
+
+/// Longest wait between retries of a failed snapshot batch.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Minimum time between two warnings about the cache layer, per shard.
+const WARN_EVERY_NS: u64 = 10_000_000_000;
+
+/// Timing of a shard's background work.
+#[derive(Debug, Clone, Copy)]
+pub struct ShardTiming {
+    /// Write-behind period.
+    pub snapshot_interval: Duration,
+    /// How often full buckets are dropped from memory.
+    pub sweep_interval: Duration,
+}
+
+impl Default for ShardTiming {
+    fn default() -> Self {
+        ShardTiming {
+            snapshot_interval: Duration::from_millis(100),
+            sweep_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Take `cost` units from the bucket `key` under `quota`.
+#[derive(Debug, Message)]
+#[rtype(result = "Decision")]
+pub struct Check {
+    pub key: BucketKey,
+    pub quota: BucketQuota,
+    pub cost: u64,
+}
+
+/// Write every dirty bucket now and answer once the cache layer acknowledged
+/// (graceful shutdown, tests). Answers the number of snapshots written.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<usize, CacheError>")]
+pub struct FlushNow;
+
+/// Drop full buckets now (tests; otherwise done every sweep interval).
+#[derive(Debug, Message)]
+#[rtype(result = "usize")]
+pub struct SweepNow;
+
+struct Slot {
+    state: BucketState,
+    dirty: bool,
+}
+
+struct Waiter {
+    quota: BucketQuota,
+    cost: u64,
+    reply: oneshot::Sender<Decision>,
+}
+
+/// One shard of a node's buckets.
+pub struct ShardActor {
+    /// Index of this shard, for metrics and logs.
+    id: usize,
+    /// The buckets this shard owns; full buckets are absent.
+    buckets: HashMap<BucketKey, Slot>,
+    /// Keys changed since their last snapshot, each at most once.
+    dirty: Vec<BucketKey>,
+    /// When the oldest entry of `dirty` became dirty.
+    oldest_dirty_ns: Option<u64>,
+    /// Keys whose snapshot is being restored, with the checks waiting on it.
+    pending: HashMap<BucketKey, Vec<Waiter>>,
+    /// Quotas, to tell whether a resident bucket is full.
+    limits: Arc<RateLimitConfig>,
+    cache: Arc<dyn CacheLayer>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    timing: ShardTiming,
+    /// A snapshot batch is being written; the next waits for it.
+    flush_in_flight: bool,
+    /// After a failed batch: no new batch before this instant.
+    retry_at_ns: u64,
+    backoff: Duration,
+    last_warn_ns: u64,
+}
+
+impl ShardActor {
+    pub fn new(
+        id: usize,
+        limits: Arc<RateLimitConfig>,
+        cache: Arc<dyn CacheLayer>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        timing: ShardTiming,
+    ) -> Self {
+        ShardActor {
+            id,
+            buckets: HashMap::new(),
+            dirty: Vec::new(),
+            oldest_dirty_ns: None,
+            pending: HashMap::new(),
+            limits,
+            cache,
+            clock,
+            metrics,
+            timing,
+            flush_in_flight: false,
+            retry_at_ns: 0,
+            backoff: Duration::ZERO,
+            last_warn_ns: 0,
+        }
+    }
+
+    fn stats(&self) -> &ShardStats {
+        &self.metrics.shards[self.id]
+    }
+
+    fn warn_throttled(&mut self, now: u64, what: &str, err: &CacheError) {
+        if self.last_warn_ns == 0 || now.saturating_sub(self.last_warn_ns) >= WARN_EVERY_NS {
+            self.last_warn_ns = now;
+            warn!(shard = self.id, cache = self.cache.name(), error = %err, "{what}");
+        }
+    }
+
+    /// Applies one check to a resident bucket.
+    fn apply(&mut self, key: &BucketKey, quota: BucketQuota, cost: u64, now: u64) -> Decision {
+        let slot = self.buckets.get_mut(key).expect("caller checked residency");
+        let decision = slot.state.try_consume(quota, now, cost);
+        let limit = key.limit as usize;
+        let stats = &self.metrics.shards[self.id];
+        if decision.is_allowed() {
+            stats.decisions[limit][0].fetch_add(1, Relaxed);
+            if !slot.dirty {
+                slot.dirty = true;
+                stats.dirty.fetch_add(1, Relaxed);
+                self.oldest_dirty_ns.get_or_insert(now);
+                self.dirty.push(key.clone());
+            }
+        } else {
+            stats.decisions[limit][1].fetch_add(1, Relaxed);
+        }
+        decision
+    }
+
+    /// A restore finished: install the bucket and answer the waiting checks.
+    fn restored(&mut self, key: BucketKey, result: Result<Option<crate::BucketState>, CacheError>) {
+        let now = self.clock.now_ns();
+        let waiters = self.pending.remove(&key).unwrap_or_default();
+        let Some(first) = waiters.first() else { return };
+        let quota = first.quota;
+        let state = match result {
+            Ok(Some(state)) => {
+                self.stats().restore_hits.fetch_add(1, Relaxed);
+                debug!(shard = self.id, %key, "restored snapshot");
+                state
+            }
+            Ok(None) => {
+                self.stats().restore_misses.fetch_add(1, Relaxed);
+                BucketState::full(quota, now)
+            }
+            Err(e) => {
+                self.stats().restore_errors.fetch_add(1, Relaxed);
+                self.warn_throttled(now, "snapshot restore failed; bucket starts full", &e);
+                BucketState::full(quota, now)
+            }
+        };
+        self.buckets.insert(
+            key.clone(),
+            Slot {
+                state,
+                dirty: false,
+            },
+        );
+        self.stats().resident.fetch_add(1, Relaxed);
+        for w in waiters {
+            let d = self.apply(&key, w.quota, w.cost, now);
+            let _ = w.reply.send(d);
+        }
+    }
+
+    /// Takes the dirty set as a batch of writes.
+    fn take_dirty(&mut self, now: u64) -> Vec<SnapshotWrite> {
+        let keys = std::mem::take(&mut self.dirty);
+        if let Some(oldest) = self.oldest_dirty_ns.take() {
+            let lag_ms = now.saturating_sub(oldest) / 1_000_000;
+            self.stats().snapshot_lag_ms.store(lag_ms, Relaxed);
+        }
+        let mut writes = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(slot) = self.buckets.get_mut(&key) else {
+                continue;
+            };
+            if !slot.dirty {
+                continue;
+            }
+            slot.dirty = false;
+            let Quota::Bucket { rate, burst } = self.limits.quota(&key.tenant, key.limit) else {
+                continue;
+            };
+            let quota = BucketQuota { rate, burst };
+            writes.push(SnapshotWrite {
+                ttl_ms: snapshot::ttl_ms(&slot.state, quota),
+                state: slot.state,
+                key,
+            });
+        }
+        let n = writes.len() as i64;
+        self.stats().dirty.fetch_sub(n, Relaxed);
+        writes
+    }
+
+    /// Puts a failed batch back into the dirty set (unless the bucket changed
+    /// or left memory since: then there is nothing older worth writing).
+    fn remark_dirty(&mut self, writes: &[SnapshotWrite], now: u64) {
+        for w in writes {
+            if let Some(slot) = self.buckets.get_mut(&w.key) {
+                if !slot.dirty {
+                    slot.dirty = true;
+                    self.metrics.shards[self.id].dirty.fetch_add(1, Relaxed);
+                    self.dirty.push(w.key.clone());
+                }
+            }
+        }
+        if !self.dirty.is_empty() {
+            self.oldest_dirty_ns.get_or_insert(now);
+        }
+    }
+
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        let now = self.clock.now_ns();
+        if self.flush_in_flight || self.dirty.is_empty() || now < self.retry_at_ns {
+            return;
+        }
+        let writes = Arc::new(self.take_dirty(now));
+        if writes.is_empty() {
+            return;
+        }
+        self.flush_in_flight = true;
+        let fut = self.cache.store(Arc::clone(&writes));
+        ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
+            act.flush_in_flight = false;
+            let now = act.clock.now_ns();
+            match res {
+                Ok(()) => {
+                    act.backoff = Duration::ZERO;
+                    act.retry_at_ns = 0;
+                    act.stats().snapshot_batches.fetch_add(1, Relaxed);
+                    act.stats()
+                        .snapshot_writes
+                        .fetch_add(writes.len() as u64, Relaxed);
+                }
+                Err(e) => {
+                    act.stats().snapshot_errors.fetch_add(1, Relaxed);
+                    act.warn_throttled(now, "snapshot batch failed; will retry", &e);
+                    act.backoff = (act.backoff * 2)
+                        .max(act.timing.snapshot_interval)
+                        .min(MAX_BACKOFF);
+                    act.retry_at_ns = now.saturating_add(act.backoff.as_nanos() as u64);
+                    act.remark_dirty(&writes, now);
+                }
+            }
+        }));
+    }
+
+    /// Drops every bucket that is full now; returns how many.
+    fn sweep(&mut self) -> usize {
+        let now = self.clock.now_ns();
+        let limits = &self.limits;
+        let mut dropped = 0usize;
+        let mut dropped_dirty = 0i64;
+        self.buckets.retain(|key, slot| {
+            let full = match limits.quota(&key.tenant, key.limit) {
+                Quota::Unlimited => true,
+                Quota::Bucket { rate, burst } => {
+                    slot.state.is_full_at(BucketQuota { rate, burst }, now)
+                }
+            };
+            if full {
+                // A full bucket carries no information; an older snapshot of
+                // it also refills to full by now, so nothing is lost.
+                dropped += 1;
+                dropped_dirty += i64::from(slot.dirty);
+            }
+            !full
+        });
+        if dropped > 0 {
+            let stats = &self.metrics.shards[self.id];
+            stats.resident.fetch_sub(dropped as i64, Relaxed);
+            stats.dirty.fetch_sub(dropped_dirty, Relaxed);
+            stats.evictions.fetch_add(dropped as u64, Relaxed);
+            self.dirty.retain(|k| self.buckets.contains_key(k));
+            if self.dirty.is_empty() {
+                self.oldest_dirty_ns = None;
+            }
+            if self.buckets.capacity() > 4 * self.buckets.len().max(1024) {
+                self.buckets.shrink_to_fit();
+            }
+        }
+        dropped
+    }
+}
+
+impl Actor for ShardActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.run_interval(self.timing.snapshot_interval, |act, ctx| act.flush(ctx));
+        ctx.run_interval(self.timing.sweep_interval, |act, _| {
+            act.sweep();
+        });
+    }
+}
+
+impl Handler<Check> for ShardActor {
+    type Result = Response<Decision>;
+
+    fn handle(&mut self, msg: Check, ctx: &mut Self::Context) -> Self::Result {
+        if self.buckets.contains_key(&msg.key) {
+            let now = self.clock.now_ns();
+            return Response::reply(self.apply(&msg.key, msg.quota, msg.cost, now));
+        }
+        let (tx, rx) = oneshot::channel();
+        let waiter = Waiter {
+            quota: msg.quota,
+            cost: msg.cost,
+            reply: tx,
+        };
+        if let Some(waiters) = self.pending.get_mut(&msg.key) {
+            waiters.push(waiter);
+        } else {
+            self.pending.insert(msg.key.clone(), vec![waiter]);
+            let key = msg.key;
+            let fut = self.cache.restore(key.clone());
+            ctx.spawn(
+                fut.into_actor(self)
+                    .map(move |res, act, _| act.restored(key, res)),
+            );
+        }
+        // The sender lives in `pending` until the restore finishes; the actor
+        // only drops it if it stops, and then the check is refused.
+        Response::fut(async move {
+            rx.await.unwrap_or(Decision::Refused {
+                remaining: 0,
+                retry_after_ns: 1_000_000_000,
+                reset_after_ns: 0,
+            })
+        })
+    }
+}
+
+impl Handler<FlushNow> for ShardActor {
+    type Result = ResponseActFuture<Self, Result<usize, CacheError>>;
+
+    fn handle(&mut self, _: FlushNow, _: &mut Self::Context) -> Self::Result {
+        let now = self.clock.now_ns();
+        let writes = Arc::new(self.take_dirty(now));
+        if writes.is_empty() {
+            return Box::pin(fut::ready(Ok(0)));
+        }
+        let fut = self.cache.store(Arc::clone(&writes));
+        Box::pin(fut.into_actor(self).map(move |res, act, _| {
+            let n = writes.len();
+            match res {
+                Ok(()) => {
+                    act.stats().snapshot_batches.fetch_add(1, Relaxed);
+                    act.stats().snapshot_writes.fetch_add(n as u64, Relaxed);
+                    Ok(n)
+                }
+                Err(e) => {
+                    act.stats().snapshot_errors.fetch_add(1, Relaxed);
+                    act.remark_dirty(&writes, act.clock.now_ns());
+                    Err(e)
+                }
+            }
+        }))
+    }
+}
+
+impl Handler<SweepNow> for ShardActor {
+    type Result = usize;
+
+    fn handle(&mut self, _: SweepNow, _: &mut Self::Context) -> usize {
+        self.sweep()
+    }
+}

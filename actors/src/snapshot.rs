@@ -1,0 +1,120 @@
+//! The snapshot wire format: one version byte, then the bucket state in
+//! bincode 2 (standard configuration, varint integers, at most 64 bytes).
+//! A snapshot is only ever read back by a node of this project; an unknown
+//! version or trailing garbage is refused, never guessed at.
+
+use bincode::config;
+use thiserror::Error;
+
+use crate::bucket::{BucketQuota, BucketState};
+
+/// Current format version.
+pub const SNAPSHOT_VERSION: u8 = 1;
+/// Longest encoded snapshot we accept.
+const MAX_LEN: usize = 64;
+/// Extra time a snapshot lives after the bucket would be full again.
+pub const TTL_MARGIN_MS: u64 = 1_000;
+
+/// Why a stored snapshot was not used.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    #[error("empty snapshot")]
+    Empty,
+    #[error("unknown snapshot version {0}")]
+    Version(u8),
+    #[error("snapshot too long ({0} bytes)")]
+    TooLong(usize),
+    #[error("corrupt snapshot: {0}")]
+    Corrupt(String),
+}
+
+fn cfg() -> impl config::Config {
+    config::standard().with_limit::<MAX_LEN>()
+}
+
+/// Encodes a state with the leading version byte.
+pub fn encode(state: &BucketState) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24);
+    out.push(SNAPSHOT_VERSION);
+    bincode::encode_into_std_write(state, &mut out, cfg()).expect("writing to a Vec cannot fail");
+    out
+}
+
+/// Decodes bytes written by [`encode`].
+pub fn decode(bytes: &[u8]) -> Result<BucketState, SnapshotError> {
+    let (&version, body) = bytes.split_first().ok_or(SnapshotError::Empty)?;
+    if version != SNAPSHOT_VERSION {
+        return Err(SnapshotError::Version(version));
+    }
+    if bytes.len() > MAX_LEN {
+        return Err(SnapshotError::TooLong(bytes.len()));
+    }
+    let (state, used): (BucketState, usize) = bincode::decode_from_slice(body, cfg())
+        .map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+    if used != body.len() {
+        return Err(SnapshotError::Corrupt(format!(
+            "{} trailing bytes",
+            body.len() - used
+        )));
+    }
+    Ok(state)
+}
+
+/// How long a snapshot must live: until the bucket is full again, plus a
+/// margin. After that it carries no information and may expire.
+pub fn ttl_ms(state: &BucketState, quota: BucketQuota) -> u64 {
+    state.time_to_full_ns(quota).div_ceil(1_000_000) + TTL_MARGIN_MS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn versioned_layout() {
+        let bytes = encode(&BucketState {
+            level: 5,
+            updated_ns: 7,
+        });
+        assert_eq!(bytes, vec![SNAPSHOT_VERSION, 5, 7]);
+    }
+
+    #[test]
+    fn refuses_bad_bytes() {
+        assert_eq!(decode(&[]), Err(SnapshotError::Empty));
+        assert_eq!(decode(&[9, 0, 0]), Err(SnapshotError::Version(9)));
+        assert!(matches!(decode(&[1]), Err(SnapshotError::Corrupt(_))));
+        assert!(matches!(
+            decode(&[1, 5, 7, 0]),
+            Err(SnapshotError::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode(&[1; 100]),
+            Err(SnapshotError::TooLong(100))
+        ));
+    }
+
+    #[test]
+    fn ttl_covers_the_refill() {
+        let quota = BucketQuota { rate: 2, burst: 10 };
+        let drained = BucketState {
+            level: 0,
+            updated_ns: 0,
+        };
+        assert_eq!(ttl_ms(&drained, quota), 5_000 + TTL_MARGIN_MS);
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(level: u64, updated_ns: u64) {
+            let s = BucketState { level, updated_ns };
+            prop_assert_eq!(decode(&encode(&s)), Ok(s));
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..80)) {
+            let _ = decode(&bytes);
+        }
+    }
+}

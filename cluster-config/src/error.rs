@@ -1,0 +1,28 @@
+//! The one error type of configuration loading. Every variant names the key.
+
+use thiserror::Error;
+
+/// Why a configuration was refused. `key` is the dotted TOML path
+/// (`rate_limit.burst_size`), which also identifies the flag and the
+/// environment variable.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: String, reason: String },
+    /// The file is not valid TOML or has a key or type we do not accept.
+    #[error("invalid config file {path}: {reason}")]
+    Parse { path: String, reason: String },
+    /// A value is present but not acceptable.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Configuration of an llmtrace cluster node: plain types, one place for
+//! defaults, loading from TOML and validation that names the key at fault.
+//!
+//! # Layout
+//!
+//! - [`limits`]: the llmtrace `[rate_limit]` block (seed-compatible names),
+//!   named limits and the quota a tenant resolves to.
+//! - [`tenant`]: validation of tenant ids (shared by config and HTTP input).
+//! - [`node`]: the node's settings and their precedence
+//!   (flag > environment > file > default).
+//! - [`error`]: [`ConfigError`], which always names the offending key.
+
+pub mod error;
+pub mod limits;
+pub mod node;
+pub mod tenant;
+
+pub use error::ConfigError;
+pub use limits::{Limit, Quota, RateLimitConfig, TenantOverride};
+pub use node::{FileConfig, LogFormat, NodeConfig, Overrides};
+pub use tenant::{validate_tenant_id, TenantIdError, MAX_TENANT_ID_LEN};

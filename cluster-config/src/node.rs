@@ -1,0 +1,354 @@
+//! The node's settings: one struct of resolved values ([`NodeConfig`]), the
+//! optional values each source may give ([`FileConfig`] from TOML,
+//! [`Overrides`] from flags and environment) and the single place where they
+//! are merged with the defaults.
+//!
+//! Precedence: flag > environment (`LLMTRACE_*`) > TOML file > default. The
+//! node binary gives flags and environment as one [`Overrides`] (clap reads
+//! both, preferring the flag).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+use crate::limits::RateLimitConfig;
+use crate::tenant::validate_tenant_id;
+
+/// Default public listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default admin listener (loopback: operators only).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Default write-behind interval.
+pub const DEFAULT_SNAPSHOT_INTERVAL_MS: u64 = 100;
+/// Default bound on one Redis call (connect or response).
+pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 250;
+/// Upper bound of every millisecond setting (one minute).
+pub const MAX_INTERVAL_MS: u64 = 60_000;
+/// Upper bound of shard and worker counts.
+pub const MAX_THREADS: usize = 256;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("expected `text` or `json`, got `{other}`")),
+        }
+    }
+}
+
+/// A node's resolved, validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Public listener (behind the load balancer): checks, health.
+    pub listen: SocketAddr,
+    /// Admin listener: metrics (and later the admin API).
+    pub admin_listen: SocketAddr,
+    /// This node's identity; stable across restarts when configured.
+    pub node_id: String,
+    /// Redis URL for snapshots; `None` keeps snapshots in process memory.
+    pub redis_url: Option<String>,
+    /// Write-behind period: dirty buckets go to the cache layer this often.
+    pub snapshot_interval_ms: u64,
+    /// Bound on every Redis call, so a hung Redis cannot stall checks.
+    pub redis_timeout_ms: u64,
+    /// Number of shard actors (each on its own thread).
+    pub shards: usize,
+    /// Number of HTTP worker threads of the public listener.
+    pub http_workers: usize,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// The llmtrace `[rate_limit]` block.
+    pub rate_limit: RateLimitConfig,
+}
+
+/// The TOML file: every key optional, unknown keys refused.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    pub node_id: Option<String>,
+    pub redis_url: Option<String>,
+    pub snapshot_interval_ms: Option<u64>,
+    pub redis_timeout_ms: Option<u64>,
+    pub shards: Option<usize>,
+    pub http_workers: Option<usize>,
+    pub log_format: Option<LogFormat>,
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(&text).map_err(|reason| ConfigError::Parse {
+            path: path.display().to_string(),
+            reason,
+        })
+    }
+
+    /// Parses TOML text; the error text comes from the TOML parser and names
+    /// the key and line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// Values given by flags or environment; `None` means "not given".
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub node_id: Option<String>,
+    pub redis_url: Option<String>,
+    pub snapshot_interval_ms: Option<u64>,
+    pub redis_timeout_ms: Option<u64>,
+    pub shards: Option<usize>,
+    pub http_workers: Option<usize>,
+    pub log_format: Option<LogFormat>,
+    pub rate_limit_enabled: Option<bool>,
+    pub requests_per_second: Option<u32>,
+    pub burst_size: Option<u32>,
+}
+
+fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::invalid(key, format!("`{value}` is not an IP:port address")))
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{value} is out of range {min}..={max}"),
+        ));
+    }
+    Ok(value)
+}
+
+fn default_parallelism() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+impl NodeConfig {
+    /// Merges `overrides` over `file` over the defaults and validates.
+    pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<NodeConfig, ConfigError> {
+        let listen = match (overrides.listen, file.listen) {
+            (Some(a), _) => a,
+            (None, Some(s)) => parse_addr("listen", &s)?,
+            (None, None) => DEFAULT_LISTEN.parse().expect("valid default"),
+        };
+        let admin_listen = match (overrides.admin_listen, file.admin_listen) {
+            (Some(a), _) => a,
+            (None, Some(s)) => parse_addr("admin_listen", &s)?,
+            (None, None) => DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
+        };
+        let node_id = overrides
+            .node_id
+            .or(file.node_id)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        validate_tenant_id(&node_id).map_err(|e| ConfigError::invalid("node_id", e.to_string()))?;
+        let redis_url = overrides.redis_url.or(file.redis_url);
+        if let Some(url) = &redis_url {
+            let ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
+                .iter()
+                .any(|s| url.starts_with(s));
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "redis_url",
+                    "must start with redis://, rediss:// or unix://",
+                ));
+            }
+        }
+        let snapshot_interval_ms = in_range(
+            "snapshot_interval_ms",
+            overrides
+                .snapshot_interval_ms
+                .or(file.snapshot_interval_ms)
+                .unwrap_or(DEFAULT_SNAPSHOT_INTERVAL_MS),
+            1,
+            MAX_INTERVAL_MS,
+        )?;
+        let redis_timeout_ms = in_range(
+            "redis_timeout_ms",
+            overrides
+                .redis_timeout_ms
+                .or(file.redis_timeout_ms)
+                .unwrap_or(DEFAULT_REDIS_TIMEOUT_MS),
+            1,
+            MAX_INTERVAL_MS,
+        )?;
+        let shards = in_range(
+            "shards",
+            overrides
+                .shards
+                .or(file.shards)
+                .unwrap_or_else(default_parallelism),
+            1,
+            MAX_THREADS,
+        )?;
+        let http_workers = in_range(
+            "http_workers",
+            overrides
+                .http_workers
+                .or(file.http_workers)
+                .unwrap_or_else(default_parallelism),
+            1,
+            MAX_THREADS,
+        )?;
+        let log_format = overrides.log_format.or(file.log_format).unwrap_or_default();
+        let mut rate_limit = file.rate_limit.unwrap_or_default();
+        if let Some(v) = overrides.rate_limit_enabled {
+            rate_limit.enabled = v;
+        }
+        if let Some(v) = overrides.requests_per_second {
+            rate_limit.requests_per_second = v;
+        }
+        if let Some(v) = overrides.burst_size {
+            rate_limit.burst_size = v;
+        }
+        rate_limit.validate()?;
+        Ok(NodeConfig {
+            listen,
+            admin_listen,
+            node_id,
+            redis_url,
+            snapshot_interval_ms,
+            redis_timeout_ms,
+            shards,
+            http_workers,
+            log_format,
+            rate_limit,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> FileConfig {
+        FileConfig::parse(text).expect("valid toml")
+    }
+
+    #[test]
+    fn defaults() {
+        let c = NodeConfig::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(c.snapshot_interval_ms, 100);
+        assert!(c.redis_url.is_none());
+        assert!(c.shards >= 1);
+        assert_eq!(c.rate_limit, RateLimitConfig::default());
+        assert_eq!(uuid::Uuid::parse_str(&c.node_id).map(|_| ()), Ok(()));
+    }
+
+    #[test]
+    fn overrides_beat_file_beat_defaults() {
+        let f = file(
+            "listen = \"127.0.0.1:1\"\nsnapshot_interval_ms = 7\n\
+             [rate_limit]\nrequests_per_second = 3\nburst_size = 9\n",
+        );
+        let o = Overrides {
+            snapshot_interval_ms: Some(8),
+            burst_size: Some(4),
+            ..Overrides::default()
+        };
+        let c = NodeConfig::resolve(f, o).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:1");
+        assert_eq!(c.snapshot_interval_ms, 8);
+        assert_eq!(c.rate_limit.requests_per_second, 3);
+        assert_eq!(c.rate_limit.burst_size, 4);
+    }
+
+    #[test]
+    fn seed_block_with_overrides_parses() {
+        let f = file(
+            "[rate_limit]\nenabled = true\nrequests_per_second = 100\nburst_size = 200\n\
+             window_seconds = 60\n\
+             [rate_limit.tenant_overrides.\"acme\"]\nrequests_per_second = 500\nburst_size = 1000\n",
+        );
+        let c = NodeConfig::resolve(f, Overrides::default()).unwrap();
+        assert_eq!(c.rate_limit.tenant_overrides["acme"].burst_size, 1000);
+        assert_eq!(c.rate_limit.warnings().len(), 1);
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let cases: Vec<(FileConfig, Overrides, &str)> = vec![
+            (file("listen = \"nope\""), Overrides::default(), "listen"),
+            (
+                file("admin_listen = \"1.2.3.4\""),
+                Overrides::default(),
+                "admin_listen",
+            ),
+            (
+                file("snapshot_interval_ms = 0"),
+                Overrides::default(),
+                "snapshot_interval_ms",
+            ),
+            (
+                file("redis_url = \"http://x\""),
+                Overrides::default(),
+                "redis_url",
+            ),
+            (file("node_id = \"a b\""), Overrides::default(), "node_id"),
+            (
+                FileConfig::default(),
+                Overrides {
+                    shards: Some(0),
+                    ..Overrides::default()
+                },
+                "shards",
+            ),
+            (
+                FileConfig::default(),
+                Overrides {
+                    burst_size: Some(0),
+                    ..Overrides::default()
+                },
+                "rate_limit.burst_size",
+            ),
+        ];
+        for (f, o, key) in cases {
+            let err = NodeConfig::resolve(f, o).unwrap_err().to_string();
+            assert!(err.contains(key), "{err} should name {key}");
+        }
+    }
+
+    #[test]
+    fn unknown_and_mistyped_keys_are_refused_by_name() {
+        let err = FileConfig::parse("bogus = 1").unwrap_err();
+        assert!(err.contains("bogus"), "{err}");
+        let err = FileConfig::parse("[rate_limit]\nburst_size = -1").unwrap_err();
+        assert!(err.contains("burst_size"), "{err}");
+        let err = FileConfig::parse("[rate_limit]\nburts_size = 1").unwrap_err();
+        assert!(err.contains("burts_size"), "{err}");
+    }
+}

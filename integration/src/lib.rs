@@ -1,0 +1,129 @@
+//! Harness for black-box tests that run real `redis-server` and `llmtrace-node` processes.
+//!
+//! Layout:
+//! - [`node`]: start an `llmtrace-node` child (builder, ready line, SIGTERM / SIGKILL,
+//!   kill on drop) and talk to it over HTTP.
+//! - [`http`]: a thin blocking HTTP client that never treats a status as an error.
+//! - [`output`]: drains a child's stdout / stderr in threads and keeps the tail for
+//!   failure messages.
+//! - [`metrics`]: parses the Prometheus text of the admin `/metrics` endpoint.
+//! - [`redis`]: start / stop / restart a private `redis-server` on a free loopback port.
+//! - [`resp`]: a tiny RESP client (PING, GET, PTTL, KEYS, ...) over a raw TCP socket.
+//!
+//! Everything binds loopback port 0 or a freshly probed free port; every child is killed
+//! when its guard drops. Synchronisation is by polling a condition ([`wait_until`]), never
+//! by a fixed sleep.
+
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod output;
+pub mod redis;
+pub mod resp;
+
+pub use http::Reply;
+pub use node::{Node, NodeBuilder, StartFailure};
+pub use redis::RedisServer;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a node or redis-server may take to come up on a loaded 2-core machine.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Polls `cond` every 20-200 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    wait_for(timeout, what, || cond().then_some(()))
+}
+
+/// Polls `probe` until it yields a value; panics naming `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        if start.elapsed() >= timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// A loopback port that was free a moment ago (bind port 0, read it, drop the socket).
+/// Another process may take it before we use it: callers retry where that matters.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0 to probe a free port")
+}
+
+/// A directory under the system temp dir, removed with everything in it on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("llmtrace-it-{prefix}-{}-{n}-{nanos}", std::process::id());
+        let path = std::env::temp_dir().join(name);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {path:?}: {e}"));
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `contents` to `name` inside the directory and returns the file's path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let file = self.path.join(name);
+        std::fs::write(&file, contents).unwrap_or_else(|e| panic!("write {file:?}: {e}"));
+        file
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A deterministic xorshift64* generator for bounded fuzz loops (fixed seed, no deps).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform-ish in `0..n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next_u64() as u8).collect()
+    }
+}

@@ -1,0 +1,361 @@
+//! One `llmtrace-node` child process: a builder for its flags / env / TOML file, the
+//! ready line, HTTP helpers for its public and admin listeners, SIGTERM / SIGKILL, and
+//! kill on drop (printing the node's output when the test is failing).
+
+use crate::http::{Client, Reply};
+use crate::output::{capture, Captured};
+use crate::{metrics, wait_for, wait_until, RedisServer, TempDir, STARTUP_TIMEOUT};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
+/// How long a node may take to stop after SIGTERM (it flushes snapshots first).
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The path of the `llmtrace-node` binary: `$LLMTRACE_NODE_BIN`, else the one next to
+/// the test executable's directory (`target/debug/llmtrace-node`).
+pub fn node_binary() -> PathBuf {
+    let path = match std::env::var_os("LLMTRACE_NODE_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let exe = std::env::current_exe().expect("current_exe");
+            let deps = exe.parent().expect("test executable has a directory");
+            deps.join("..").join("llmtrace-node")
+        }
+    };
+    assert!(
+        path.is_file(),
+        "llmtrace-node binary not found at {}: build it with cargo build -p llmtrace-node \
+         (or set LLMTRACE_NODE_BIN)",
+        path.display()
+    );
+    path
+}
+
+/// What a node said when it did not come up.
+#[derive(Debug)]
+pub struct StartFailure {
+    /// The exit status, when the process exited (None: it hung and was killed).
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Flags, environment and config file for one node.
+#[derive(Default, Clone)]
+pub struct NodeBuilder {
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    config_toml: Option<String>,
+}
+
+impl NodeBuilder {
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// `--name value`.
+    pub fn flag(self, name: &str, value: impl ToString) -> Self {
+        self.arg(format!("--{name}")).arg(value.to_string())
+    }
+
+    /// `--requests-per-second rps --burst-size burst`.
+    pub fn rate(self, rps: u64, burst: u64) -> Self {
+        self.flag("requests-per-second", rps)
+            .flag("burst-size", burst)
+    }
+
+    pub fn redis(self, redis: &RedisServer) -> Self {
+        self.flag("redis-url", redis.url())
+    }
+
+    /// An environment variable for the child (all inherited `LLMTRACE_*` are removed).
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.envs.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Writes `toml` to a temp file and passes `--config FILE`.
+    pub fn config_toml(mut self, toml: &str) -> Self {
+        self.config_toml = Some(toml.to_string());
+        self
+    }
+
+    /// Starts the node and waits for its ready line; panics with its output otherwise.
+    pub fn start(self) -> Node {
+        let args = self.args.clone();
+        self.try_start().unwrap_or_else(|f| {
+            panic!(
+                "llmtrace-node {args:?} did not start (exit status {:?})\n--- stdout ---\n{}\n\
+                 --- stderr ---\n{}",
+                f.status, f.stdout, f.stderr
+            )
+        })
+    }
+
+    /// Starts the node; `Err` when it exits (or stays silent) before its ready line.
+    pub fn try_start(self) -> Result<Node, StartFailure> {
+        let dir = TempDir::new("node");
+        let mut cmd = Command::new(node_binary());
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("LLMTRACE_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
+        if let Some(toml) = &self.config_toml {
+            cmd.arg("--config").arg(dir.write("node.toml", toml));
+        }
+        // Ephemeral ports unless the test sets the listeners itself.
+        for flag in ["--listen", "--admin-listen"] {
+            if !self
+                .args
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+            {
+                cmd.args([flag, "127.0.0.1:0"]);
+            }
+        }
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn llmtrace-node");
+        let (output, ready) = capture(
+            child.stdout.take().expect("stdout piped"),
+            child.stderr.take().expect("stderr piped"),
+            |line| line.starts_with("llmtrace-node listening "),
+        );
+        let line = match ready.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(line) => line,
+            Err(e) => {
+                let status = match e {
+                    RecvTimeoutError::Disconnected => wait_exit(&mut child, STOP_TIMEOUT),
+                    RecvTimeoutError::Timeout => None,
+                };
+                if status.is_none() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                output.wait_closed(Duration::from_secs(5));
+                return Err(StartFailure {
+                    status,
+                    stdout: output.stdout(),
+                    stderr: output.stderr(),
+                });
+            }
+        };
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|t| t.strip_prefix(key))
+                .unwrap_or_else(|| panic!("ready line {line:?} lacks {key}"))
+                .to_string()
+        };
+        let public = field("public=");
+        let admin = field("admin=");
+        let node = Node {
+            node_id: field("node_id="),
+            public: Client::new(format!("http://{public}")),
+            admin: Client::new(format!("http://{admin}")),
+            child,
+            output,
+            _dir: dir,
+        };
+        Ok(node)
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => return None,
+        }
+    }
+}
+
+/// The outcome of [`Node::check_until_refused`].
+pub struct Drained {
+    /// How many checks were allowed before the first refusal.
+    pub allowed: u64,
+    /// The first 429 reply.
+    pub refused: Reply,
+    /// Time from sending the first check to receiving the refusal.
+    pub elapsed: Duration,
+}
+
+/// A running node; killed (SIGKILL) when dropped.
+pub struct Node {
+    pub node_id: String,
+    public: Client,
+    admin: Client,
+    child: Child,
+    output: Captured,
+    /// Holds the config file for the node's lifetime.
+    _dir: TempDir,
+}
+
+impl Node {
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `http://127.0.0.1:PORT` of the public listener.
+    pub fn public_url(&self) -> &str {
+        self.public.base()
+    }
+
+    pub fn admin_url(&self) -> &str {
+        self.admin.base()
+    }
+
+    pub fn public(&self) -> &Client {
+        &self.public
+    }
+
+    pub fn admin(&self) -> &Client {
+        &self.admin
+    }
+
+    /// Everything the node wrote to stderr so far (tail).
+    pub fn stderr(&self) -> String {
+        self.output.stderr()
+    }
+
+    /// `POST /v1/check {"tenant_id", "cost"}`.
+    pub fn check(&self, tenant: &str, cost: u64) -> Reply {
+        self.check_json(&json!({"tenant_id": tenant, "cost": cost}))
+    }
+
+    pub fn check_json(&self, body: &Value) -> Reply {
+        self.public.post_json("/v1/check", body)
+    }
+
+    /// `POST /v1/check/batch {"checks": items}`.
+    pub fn batch(&self, items: &[Value]) -> Reply {
+        self.public
+            .post_json("/v1/check/batch", &json!({ "checks": items }))
+    }
+
+    /// Sends cost-1 checks for `tenant` until one is refused; panics on any status other
+    /// than 200 / 429, or when more than `max_allowed` are allowed.
+    pub fn check_until_refused(&self, tenant: &str, max_allowed: u64) -> Drained {
+        let start = Instant::now();
+        let mut allowed = 0;
+        loop {
+            let reply = self.check(tenant, 1);
+            match reply.status {
+                200 => {
+                    assert_eq!(reply.allowed(), Some(true), "200 must say allowed: {reply}");
+                    allowed += 1;
+                    assert!(
+                        allowed <= max_allowed,
+                        "tenant {tenant:?}: {allowed} checks allowed, at most {max_allowed} \
+                         expected; last {reply}"
+                    );
+                }
+                429 => {
+                    return Drained {
+                        allowed,
+                        refused: reply,
+                        elapsed: start.elapsed(),
+                    }
+                }
+                _ => panic!("unexpected reply to a check for {tenant:?}: {reply}"),
+            }
+        }
+    }
+
+    /// The admin `/metrics` page.
+    pub fn metrics(&self) -> String {
+        let reply = self.admin.get("/metrics");
+        assert_eq!(reply.status, 200, "GET /metrics: {reply}");
+        reply.text
+    }
+
+    /// A series' value (label order free; summed over unlisted labels), None if absent.
+    pub fn metric(&self, selector: &str) -> Option<f64> {
+        metrics::value(&self.metrics(), selector)
+    }
+
+    /// Polls `/metrics` until `selector` satisfies `pred`; returns its value.
+    pub fn wait_metric(
+        &self,
+        selector: &str,
+        timeout: Duration,
+        pred: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let what = format!("metric {selector} to reach the expected value");
+        wait_for(timeout, &what, || {
+            self.metric(selector).filter(|v| pred(*v))
+        })
+    }
+
+    /// Polls `/readyz` until it answers 200.
+    pub fn wait_ready(&self) {
+        wait_until(STARTUP_TIMEOUT, "GET /readyz to answer 200", || {
+            self.public
+                .try_get("/readyz")
+                .is_ok_and(|r| r.status == 200)
+        });
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, then waits (at most [`STOP_TIMEOUT`]) for the exit status. Panics (after a
+    /// SIGKILL) when the node does not stop in time.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) with a pid of our own, not yet reaped child: no memory is touched.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM): {}", std::io::Error::last_os_error());
+        match wait_exit(&mut self.child, STOP_TIMEOUT) {
+            Some(status) => {
+                self.output.wait_closed(Duration::from_secs(5));
+                status
+            }
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "node did not exit within {STOP_TIMEOUT:?} of SIGTERM\n{}",
+                    self.output.describe()
+                );
+            }
+        }
+    }
+
+    /// SIGKILL (a crash: nothing is flushed) and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let running = self.is_running();
+        if running {
+            self.kill();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "=== llmtrace-node {} ({}) output ===\n{}",
+                self.node_id,
+                self.public.base(),
+                self.output.describe()
+            );
+        }
+    }
+}

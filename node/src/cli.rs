@@ -1,0 +1,157 @@
+//! Command-line flags. Every flag can also be given as an environment variable
+//! `LLMTRACE_<NAME>` and as a key of the TOML file given by `--config`.
+//! Precedence: flag > environment > file > default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Parser};
+use llmtrace_cluster_config::{ConfigError, FileConfig, LogFormat, NodeConfig, Overrides};
+
+/// One node of an llmtrace cluster: exact per-tenant token-bucket rate
+/// limiting over HTTP (`POST /v1/check`), with bucket state snapshotted to
+/// memory or Redis.
+///
+/// Every option is also read from the environment variable shown, and from the
+/// TOML file given by --config (same name, snake_case); a flag beats the
+/// environment, which beats the file, which beats the default. The file also
+/// holds the llmtrace `[rate_limit]` block, including
+/// `[rate_limit.tenant_overrides."<tenant>"]`.
+#[derive(Debug, Parser)]
+#[command(name = "llmtrace-node", version, about, long_about)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(long, env = "LLMTRACE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Public listener (checks, health), behind the load balancer. Port 0 picks a
+    /// free port; the bound addresses are printed on stdout.
+    /// [default: 127.0.0.1:8080]
+    #[arg(long, env = "LLMTRACE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Admin listener (Prometheus /metrics). Keep it on loopback.
+    /// [default: 127.0.0.1:9090]
+    #[arg(long, env = "LLMTRACE_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// This node's identity (1-128 visible ASCII characters). [default: a new UUID]
+    #[arg(long, env = "LLMTRACE_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+
+    /// Redis URL for bucket snapshots (redis://host:port/db). Without it,
+    /// snapshots stay in process memory and a restart forgets every bucket.
+    #[arg(long, env = "LLMTRACE_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+
+    /// Write-behind period: changed buckets are snapshotted this often, in one
+    /// pipeline. At most this much consumption is lost on a crash. [default: 100]
+    #[arg(long, env = "LLMTRACE_SNAPSHOT_INTERVAL_MS", value_name = "MS")]
+    pub snapshot_interval_ms: Option<u64>,
+
+    /// Bound on each Redis call; a hung Redis delays a tenant's first check by
+    /// at most this long and never blocks resident buckets. [default: 250]
+    #[arg(long, env = "LLMTRACE_REDIS_TIMEOUT_MS", value_name = "MS")]
+    pub redis_timeout_ms: Option<u64>,
+
+    /// Number of shard actors, each on its own thread. [default: number of CPUs]
+    #[arg(long, env = "LLMTRACE_SHARDS", value_name = "N")]
+    pub shards: Option<usize>,
+
+    /// HTTP worker threads of the public listener. [default: number of CPUs]
+    #[arg(long, env = "LLMTRACE_HTTP_WORKERS", value_name = "N")]
+    pub http_workers: Option<usize>,
+
+    /// Log format on stderr: text or json (filter with RUST_LOG). [default: text]
+    #[arg(long, env = "LLMTRACE_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// rate_limit.enabled: false allows every check. [default: true]
+    #[arg(long, env = "LLMTRACE_RATE_LIMIT_ENABLED", value_name = "BOOL", action = ArgAction::Set)]
+    pub rate_limit_enabled: Option<bool>,
+
+    /// rate_limit.requests_per_second: refill rate of every bucket, 0 means
+    /// unlimited. [default: 100]
+    #[arg(long, env = "LLMTRACE_REQUESTS_PER_SECOND", value_name = "N")]
+    pub requests_per_second: Option<u32>,
+
+    /// rate_limit.burst_size: bucket capacity; a new tenant starts full.
+    /// [default: 200]
+    #[arg(long, env = "LLMTRACE_BURST_SIZE", value_name = "N")]
+    pub burst_size: Option<u32>,
+}
+
+impl Cli {
+    /// Reads the file (if any) and merges everything into a valid config.
+    pub fn load(&self) -> Result<NodeConfig, ConfigError> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        NodeConfig::resolve(file, self.overrides())
+    }
+
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen,
+            admin_listen: self.admin_listen,
+            node_id: self.node_id.clone(),
+            redis_url: self.redis_url.clone(),
+            snapshot_interval_ms: self.snapshot_interval_ms,
+            redis_timeout_ms: self.redis_timeout_ms,
+            shards: self.shards,
+            http_workers: self.http_workers,
+            log_format: self.log_format,
+            rate_limit_enabled: self.rate_limit_enabled,
+            requests_per_second: self.requests_per_second,
+            burst_size: self.burst_size,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_beat_the_file() {
+        let dir = std::env::temp_dir().join(format!("llmtrace-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.toml");
+        std::fs::write(
+            &path,
+            "[rate_limit]\nburst_size = 5\nrequests_per_second = 2\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "llmtrace-node",
+            "--config",
+            path.to_str().unwrap(),
+            "--burst-size",
+            "3",
+        ])
+        .unwrap();
+        let c = cli.load().unwrap();
+        assert_eq!(
+            (c.rate_limit.requests_per_second, c.rate_limit.burst_size),
+            (2, 3)
+        );
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let cli =
+            Cli::try_parse_from(["llmtrace-node", "--config", "/nonexistent/x.toml"]).unwrap();
+        assert!(cli
+            .load()
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/x.toml"));
+    }
+}

@@ -1,0 +1,152 @@
+//! `POST /v1/check` and `POST /v1/check/batch`: input in, decision out.
+//! 200 allowed, 429 refused (with `Retry-After`); both carry the rate-limit
+//! headers of the limit that was checked.
+
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use futures_util::future::join_all;
+use llmtrace_actors::{retry_after_secs, CheckError, Decision, Limiter, Verdict};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::headers::{self, LimitState};
+use super::input::{self, CheckInput};
+
+fn check_error(e: CheckError) -> ApiError {
+    match e {
+        CheckError::ZeroCost | CheckError::CostAboveBurst { .. } => {
+            ApiError::field("cost", e.to_string())
+        }
+        CheckError::Unavailable(m) => ApiError::unavailable(m),
+    }
+}
+
+/// Runs one validated check; returns the verdict with the input it answers.
+async fn decide(limiter: &Limiter, input: CheckInput) -> Result<(CheckInput, Verdict), ApiError> {
+    let started = Instant::now();
+    let verdict = limiter
+        .check(input.tenant_id.clone(), input.limit, input.cost)
+        .await
+        .map_err(check_error)?;
+    let ns = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+    limiter.metrics().check_latency.observe_ns(ns);
+    Ok((input, verdict))
+}
+
+/// The JSON body of a decided check.
+fn verdict_body(input: &CheckInput, verdict: &Verdict) -> Value {
+    let (quota, decision) = match verdict {
+        Verdict::Unlimited => {
+            return json!({
+                "allowed": true,
+                "unlimited": true,
+                "tenant_id": input.tenant_id,
+                "limit": input.limit.as_str(),
+            })
+        }
+        Verdict::Limited { quota, decision } => (quota, decision),
+    };
+    match *decision {
+        Decision::Allowed {
+            remaining,
+            reset_after_ns,
+        } => json!({
+            "allowed": true,
+            "tenant_id": input.tenant_id,
+            "limit": input.limit.as_str(),
+            "requests_per_second": quota.rate,
+            "burst": quota.burst,
+            "remaining": remaining,
+            "reset_after_ms": reset_after_ns.div_ceil(1_000_000),
+        }),
+        Decision::Refused { retry_after_ns, .. } => json!({
+            "allowed": false,
+            "tenant_id": input.tenant_id,
+            "limit": input.limit.as_str(),
+            "requests_per_second": quota.rate,
+            "burst": quota.burst,
+            "remaining": 0,
+            "retry_after_secs": retry_after_secs(retry_after_ns),
+            "retry_after_ms": retry_after_ns.div_ceil(1_000_000),
+        }),
+    }
+}
+
+fn invalid(limiter: &Limiter, e: ApiError) -> ApiError {
+    limiter
+        .metrics()
+        .invalid_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    e
+}
+
+/// `POST /v1/check`.
+pub async fn check(
+    limiter: web::Data<Limiter>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = input::read_body(payload)
+        .await
+        .map_err(|e| invalid(&limiter, e))?;
+    let input = input::parse_check(&body).map_err(|e| invalid(&limiter, e))?;
+    let (input, verdict) = decide(&limiter, input)
+        .await
+        .map_err(|e| invalid(&limiter, e))?;
+    let body = verdict_body(&input, &verdict);
+    let Verdict::Limited { quota, decision } = verdict else {
+        return Ok(HttpResponse::Ok().json(body));
+    };
+    let (status, remaining, reset_after_ns) = match decision {
+        Decision::Allowed {
+            remaining,
+            reset_after_ns,
+        } => (StatusCode::OK, remaining, reset_after_ns),
+        Decision::Refused { reset_after_ns, .. } => {
+            (StatusCode::TOO_MANY_REQUESTS, 0, reset_after_ns)
+        }
+    };
+    let mut resp = HttpResponse::build(status);
+    headers::insert(
+        &mut resp,
+        &LimitState {
+            limit: input.limit.as_str(),
+            quota,
+            remaining,
+            reset_after_ns,
+        },
+    );
+    if let Decision::Refused { retry_after_ns, .. } = decision {
+        resp.insert_header(("Retry-After", retry_after_secs(retry_after_ns).to_string()));
+    }
+    Ok(resp.json(body))
+}
+
+/// `POST /v1/check/batch`: every item decided in order; a bad item gets its
+/// own error and does not fail the others.
+pub async fn check_batch(
+    limiter: web::Data<Limiter>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = input::read_body(payload)
+        .await
+        .map_err(|e| invalid(&limiter, e))?;
+    let items = input::parse_batch(&body).map_err(|e| invalid(&limiter, e))?;
+    // join_all polls in order, so checks of one tenant reach its shard in
+    // the order of the batch.
+    let results = join_all(items.into_iter().map(|item| {
+        let limiter = limiter.clone();
+        async move {
+            match item {
+                Ok(input) => match decide(&limiter, input).await {
+                    Ok((input, verdict)) => verdict_body(&input, &verdict),
+                    Err(e) => invalid(&limiter, e).body(),
+                },
+                Err(e) => invalid(&limiter, e).body(),
+            }
+        }
+    }))
+    .await;
+    Ok(HttpResponse::Ok().json(json!({ "results": results })))
+}

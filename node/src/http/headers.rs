@@ -1,0 +1,86 @@
+//! Rate-limit response headers: the IETF httpapi draft fields
+//! (`RateLimit-Policy`, `RateLimit`) and OpenAI's `x-ratelimit-*`.
+
+use actix_web::HttpResponseBuilder;
+use llmtrace_actors::{BucketQuota, NANOS};
+
+/// What the headers describe: one named limit's state after a check.
+pub struct LimitState<'a> {
+    pub limit: &'a str,
+    pub quota: BucketQuota,
+    pub remaining: u64,
+    pub reset_after_ns: u64,
+}
+
+/// Seconds, rounded up.
+pub fn ceil_secs(ns: u64) -> u64 {
+    ns.div_ceil(NANOS)
+}
+
+/// OpenAI's duration format: `20ms`, `1s`, `1.5s`, `6m0s`, `1h2m3s`.
+pub fn openai_duration(ns: u64) -> String {
+    let ms = ns.div_ceil(1_000_000);
+    if ms < 1_000 {
+        return format!("{ms}ms");
+    }
+    let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
+    let (m, rest) = (rest / 60_000, rest % 60_000);
+    let secs = if rest % 1_000 == 0 {
+        format!("{}s", rest / 1_000)
+    } else {
+        let s = format!("{}.{:03}", rest / 1_000, rest % 1_000);
+        format!("{}s", s.trim_end_matches('0'))
+    };
+    match (h, m) {
+        (0, 0) => secs,
+        (0, m) => format!("{m}m{secs}"),
+        (h, m) => format!("{h}h{m}m{secs}"),
+    }
+}
+
+/// Adds the rate-limit headers of `state` to a response.
+pub fn insert(builder: &mut HttpResponseBuilder, state: &LimitState<'_>) {
+    let burst = state.quota.burst;
+    // The policy's window: the time a drained bucket takes to refill.
+    let window = u64::from(burst)
+        .div_ceil(u64::from(state.quota.rate))
+        .max(1);
+    let name = state.limit;
+    builder.insert_header((
+        "RateLimit-Policy",
+        format!("\"{name}\";q={burst};w={window}"),
+    ));
+    builder.insert_header((
+        "RateLimit",
+        format!(
+            "\"{name}\";r={};t={}",
+            state.remaining,
+            ceil_secs(state.reset_after_ns)
+        ),
+    ));
+    builder.insert_header((format!("x-ratelimit-limit-{name}"), burst.to_string()));
+    builder.insert_header((
+        format!("x-ratelimit-remaining-{name}"),
+        state.remaining.to_string(),
+    ));
+    builder.insert_header((
+        format!("x-ratelimit-reset-{name}"),
+        openai_duration(state.reset_after_ns),
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_durations() {
+        let ms = 1_000_000;
+        assert_eq!(openai_duration(0), "0ms");
+        assert_eq!(openai_duration(17 * ms), "17ms");
+        assert_eq!(openai_duration(1_000 * ms), "1s");
+        assert_eq!(openai_duration(1_500 * ms), "1.5s");
+        assert_eq!(openai_duration(360_000 * ms), "6m0s");
+        assert_eq!(openai_duration(3_723_000 * ms), "1h2m3s");
+    }
+}

@@ -1,0 +1,158 @@
+//! HTTP tests: the real routes and the real limiter (shards on arbiters),
+//! driven through `actix_web::test`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix_web::{test, App};
+use llmtrace_actors::{InMemoryCacheLayer, ShardTiming, SystemClock};
+use llmtrace_cluster_config::RateLimitConfig;
+use serde_json::Value;
+
+use super::*;
+
+fn limiter(rate: u32, burst: u32) -> Limiter {
+    let clock = Arc::new(SystemClock);
+    Limiter::start(
+        2,
+        Arc::new(RateLimitConfig {
+            enabled: true,
+            requests_per_second: rate,
+            burst_size: burst,
+            window_seconds: None,
+            tenant_overrides: BTreeMap::new(),
+        }),
+        Arc::new(InMemoryCacheLayer::new(clock.clone())),
+        clock,
+        ShardTiming::default(),
+    )
+}
+
+macro_rules! app {
+    ($limiter:expr) => {
+        test::init_service(
+            App::new()
+                .app_data(web::Data::new($limiter))
+                .configure(public_routes),
+        )
+        .await
+    };
+}
+
+fn hv(h: &actix_web::http::header::HeaderMap, name: &str) -> String {
+    h.get(name)
+        .unwrap_or_else(|| panic!("missing header {name}"))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn post(path: &str, body: &str) -> actix_web::test::TestRequest {
+    test::TestRequest::post()
+        .uri(path)
+        .insert_header(("content-type", "application/json"))
+        .set_payload(body.to_string())
+}
+
+#[actix_rt::test]
+async fn allowed_then_refused_with_headers() {
+    let app = app!(limiter(1, 2));
+    for remaining in ["1", "0"] {
+        let resp =
+            test::call_service(&app, post("/v1/check", r#"{"tenant_id":"a"}"#).to_request()).await;
+        assert_eq!(resp.status(), 200);
+        let h = resp.headers();
+        assert_eq!(hv(h, "x-ratelimit-remaining-requests"), remaining);
+        assert_eq!(hv(h, "x-ratelimit-limit-requests"), "2");
+        assert_eq!(hv(h, "RateLimit-Policy"), "\"requests\";q=2;w=2");
+        assert!(h.contains_key("x-ratelimit-reset-requests"));
+        let body: Value = test::read_body_json(resp).await;
+        assert_eq!(body["allowed"], true);
+        assert_eq!(body["burst"], 2);
+    }
+    let resp =
+        test::call_service(&app, post("/v1/check", r#"{"tenant_id":"a"}"#).to_request()).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(hv(resp.headers(), "Retry-After"), "1");
+    assert!(hv(resp.headers(), "RateLimit").starts_with("\"requests\";r=0;"));
+    let body: Value = test::read_body_json(resp).await;
+    assert_eq!(body["allowed"], false);
+    assert_eq!(body["tenant_id"], "a");
+    assert_eq!(body["requests_per_second"], 1);
+    assert!(body["retry_after_secs"].as_u64().unwrap() >= 1);
+}
+
+#[actix_rt::test]
+async fn bad_input_is_a_json_error_naming_the_field() {
+    let app = app!(limiter(1, 5));
+    let cases = [
+        ("{", 400, None),
+        (r#"{"cost":1}"#, 400, Some("tenant_id")),
+        (r#"{"tenant_id":"a","cost":0}"#, 400, Some("cost")),
+        (r#"{"tenant_id":"a","cost":6}"#, 400, Some("cost")),
+        (r#"{"tenant_id":"a","limit":"nope"}"#, 400, Some("limit")),
+    ];
+    for (body, status, field) in cases {
+        let resp = test::call_service(&app, post("/v1/check", body).to_request()).await;
+        assert_eq!(resp.status(), status, "{body}");
+        let v: Value = test::read_body_json(resp).await;
+        assert!(v["error"]["code"].is_string(), "{v}");
+        if let Some(f) = field {
+            assert_eq!(v["error"]["field"], f, "{body}");
+        }
+    }
+    let big = format!(r#"{{"tenant_id":"{}"}}"#, "a".repeat(70_000));
+    let resp = test::call_service(&app, post("/v1/check", &big).to_request()).await;
+    assert_eq!(resp.status(), 413);
+    let resp =
+        test::call_service(&app, test::TestRequest::get().uri("/v1/check").to_request()).await;
+    assert_eq!(resp.status(), 405);
+    let resp = test::call_service(&app, test::TestRequest::get().uri("/nope").to_request()).await;
+    assert_eq!(resp.status(), 404);
+    let v: Value = test::read_body_json(resp).await;
+    assert_eq!(v["error"]["code"], "not_found");
+}
+
+#[actix_rt::test]
+async fn batch_answers_in_order_with_per_item_errors() {
+    let app = app!(limiter(1, 1));
+    let body = r#"{"checks":[{"tenant_id":"a"},{"tenant_id":""},{"tenant_id":"a"},{"tenant_id":"b","cost":1}]}"#;
+    let resp = test::call_service(&app, post("/v1/check/batch", body).to_request()).await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = test::read_body_json(resp).await;
+    let r = v["results"].as_array().unwrap();
+    assert_eq!(r.len(), 4);
+    assert_eq!(r[0]["allowed"], true);
+    assert_eq!(r[1]["error"]["field"], "tenant_id");
+    assert_eq!(r[2]["allowed"], false);
+    assert_eq!(r[3]["allowed"], true);
+}
+
+#[actix_rt::test]
+async fn health_and_metrics() {
+    let l = limiter(1, 1);
+    let app = app!(l.clone());
+    for path in ["/healthz", "/readyz"] {
+        let resp = test::call_service(&app, test::TestRequest::get().uri(path).to_request()).await;
+        assert_eq!(resp.status(), 200);
+    }
+    test::call_service(&app, post("/v1/check", r#"{"tenant_id":"m"}"#).to_request()).await;
+    let admin = test::init_service(
+        App::new()
+            .app_data(web::Data::new(l))
+            .configure(admin_routes),
+    )
+    .await;
+    let resp = test::call_service(
+        &admin,
+        test::TestRequest::get().uri("/metrics").to_request(),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    let text = String::from_utf8(test::read_body(resp).await.to_vec()).unwrap();
+    assert!(
+        text.contains("llmtrace_checks_total{limit=\"requests\",decision=\"allowed\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("llmtrace_buckets_resident 1"), "{text}");
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every check CI runs, on a fresh machine: installs what the tests need
+# (redis-server; apt-get, as root), then format check, clippy with warnings as
+# errors, and the whole test suite (unit, actor/HTTP and the integration tests
+# that start real redis-server and llmtrace-node processes on loopback).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+if ((${#need_apt[@]})); then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "scripts/test.sh: missing ${need_apt[*]}; install it (apt-get install -y ${need_apt[*]}) or run as root" >&2
+        exit 1
+    fi
+    echo "==> installing ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+# The package may start a system redis on 6379; tests never use it (each
+# starts its own on an ephemeral port), so it does no harm either way.
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "==> building llmtrace-node for the integration tests"
+cargo build -p llmtrace-node --bins
+export LLMTRACE_NODE_BIN="$PWD/target/debug/llmtrace-node"
+
+echo "==> cargo test"
+cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-2}"
