@@ -13,9 +13,11 @@
 pub mod error;
 pub mod limits;
 pub mod node;
+pub mod ring;
 pub mod tenant;
 
 pub use error::ConfigError;
 pub use limits::{Limit, Quota, RateLimitConfig, TenantOverride};
 pub use node::{FileConfig, LogFormat, NodeConfig, Overrides};
+pub use ring::{Fingerprint, Ring, DEFAULT_VNODES};
 pub use tenant::{validate_tenant_id, TenantIdError, MAX_TENANT_ID_LEN};

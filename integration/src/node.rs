@@ -205,6 +205,11 @@ impl Node {
         NodeBuilder::default()
     }
 
+    /// Starts a node with extra command-line arguments (ephemeral listeners added).
+    pub fn start(args: &[&str]) -> Node {
+        args.iter().fold(Node::builder(), |b, a| b.arg(*a)).start()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -1,7 +1,7 @@
 //! A private `redis-server` on a free loopback port, without persistence, killed on drop.
 //! `stop` and `restart` (same port) simulate Redis outages.
 
-use crate::resp::Conn;
+use crate::resp::{Conn, Value};
 use crate::{free_port, TempDir, STARTUP_TIMEOUT};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -112,7 +112,7 @@ impl RedisServer {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!("redis-server on port {port} exited: {status}"));
             }
-            if Conn::connect(self.port).is_ok_and(|mut c| c.ping()) {
+            if Conn::connect(self.port).is_ok_and(|mut c| c.ping() && self.is_ours(&mut c)) {
                 self.child = Some(child);
                 return Ok(());
             }
@@ -122,6 +122,22 @@ impl RedisServer {
                 return Err(format!("redis-server on port {port} did not answer PING"));
             }
             std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Whether the server answering on our port is the one we started (its working dir
+    /// is ours), not another test's redis-server that won a race for the same port.
+    fn is_ours(&self, conn: &mut Conn) -> bool {
+        let ours =
+            std::fs::canonicalize(self.dir.path()).unwrap_or_else(|_| self.dir.path().into());
+        match conn.cmd(&["CONFIG", "GET", "dir"]) {
+            Ok(Value::Array(Some(items))) => {
+                items.get(1)
+                    == Some(&Value::Bulk(Some(
+                        ours.to_string_lossy().into_owned().into_bytes(),
+                    )))
+            }
+            _ => false,
         }
     }
 

@@ -107,7 +107,7 @@ fn burst_then_refused_with_retry_after() {
 
 #[test]
 fn tenants_are_isolated() {
-    let node = Node::builder().rate(1, 3).start();
+    let node = Node::start(&["--requests-per-second", "1", "--burst-size", "3"]);
     let a = node.check_until_refused("tenant-a", 10);
     assert!(a.allowed >= 3);
     // tenant-b starts with its own full bucket.
@@ -196,7 +196,9 @@ fn batch_answers_in_order() {
         .iter()
         .map(|t| json!({"tenant_id": t, "cost": 1}))
         .collect();
+    let start = Instant::now();
     let reply = node.batch(&items);
+    let most = bound(2, 1, start.elapsed());
     assert_eq!(reply.status, 200, "{reply}");
     let results = reply.json["results"]
         .as_array()
@@ -206,20 +208,19 @@ fn batch_answers_in_order() {
         assert_eq!(result["tenant_id"], item["tenant_id"], "order: {reply}");
         assert!(result["allowed"].is_boolean(), "{reply}");
     }
-    // b-one: burst 2, three checks in one batch: exactly one refused (no time to refill).
-    let b_one: Vec<bool> = [0, 2, 3]
-        .iter()
-        .map(|&i| results[i]["allowed"] == true)
-        .collect();
-    assert_eq!(
-        b_one.iter().filter(|a| **a).count(),
-        2,
-        "b-one burst 2: {reply}"
-    );
-    assert_eq!(results[1]["allowed"], true);
-    assert_eq!(results[4]["allowed"], true);
-    let refused = results.iter().find(|r| r["allowed"] == false).unwrap();
-    assert!(refused["retry_after_secs"].as_u64() >= Some(1), "{reply}");
+    // b-one: burst 2, three checks in one batch: the first two allowed, the third refused
+    // (unless the batch took over a second and a token refilled).
+    assert_eq!(results[0]["allowed"], true, "{reply}");
+    assert_eq!(results[2]["allowed"], true, "{reply}");
+    if most == 2 {
+        assert_eq!(results[3]["allowed"], false, "b-one burst 2: {reply}");
+        assert!(
+            results[3]["retry_after_secs"].as_u64() >= Some(1),
+            "{reply}"
+        );
+    }
+    assert_eq!(results[1]["allowed"], true, "{reply}");
+    assert_eq!(results[4]["allowed"], true, "{reply}");
 }
 
 #[test]
