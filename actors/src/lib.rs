@@ -8,22 +8,39 @@
 //! - [`snapshot`]: the versioned bincode format of a bucket snapshot.
 //! - [`cache`]: the [`CacheLayer`] trait, in-memory and Redis implementations.
 //! - [`shard`]: the shard actor, sole owner of its buckets.
-//! - [`limiter`]: the front that validates checks and routes them to shards.
-//! - [`metrics`]: Prometheus counters and histograms of the node.
+//! - [`limiter`]: validates checks and sends them to this node's shards.
+//! - [`membership`]: chitchat gossip and the cluster view (ring of ready members).
+//! - [`router`]: local-or-forward decision, retries, unreachable-owner policy.
+//! - [`peer`]: the per-peer batching forwarder and the awc client.
+//! - [`rpc`]: the bincode node-to-node wire format, hostile-input safe.
+//! - [`dedup`]: makes forward retries safe (no double counting).
+//! - [`metrics`], [`cluster_metrics`]: Prometheus counters and histograms.
 
 pub mod bucket;
 pub mod cache;
 pub mod clock;
+pub mod cluster_metrics;
+pub mod dedup;
 pub mod key;
 pub mod limiter;
+pub mod membership;
 pub mod metrics;
+pub mod peer;
+pub mod router;
+pub mod rpc;
 pub mod shard;
 pub mod snapshot;
 
 pub use bucket::{retry_after_secs, BucketQuota, BucketState, Decision, NANOS};
 pub use cache::{CacheError, CacheLayer, InMemoryCacheLayer, RedisCacheLayer, SnapshotWrite};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use cluster_metrics::ClusterMetrics;
 pub use key::BucketKey;
 pub use limiter::{CheckError, Limiter, Verdict};
+pub use membership::{
+    ClusterView, Member, MemberState, Membership, MembershipSettings, ViewHandle,
+};
 pub use metrics::Metrics;
+pub use peer::{AwcPeerClient, BatchSettings, PeerClient};
+pub use router::{ClientFactory, Route, Routed, Router, RouterSettings};
 pub use shard::ShardTiming;

@@ -57,7 +57,7 @@ impl Histogram {
         self.sum_ns.fetch_add(ns, Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         for (b, c) in LATENCY_BUCKETS.iter().zip(&self.counts) {
             cumulative += c.load(Relaxed);

@@ -325,11 +325,14 @@ impl ShardActor {
     }
 }
 
+/// Messages queued before senders wait (backpressure, not loss).
+const MAILBOX_CAPACITY: usize = 1 << 16;
+
 impl Actor for ShardActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         ctx.run_interval(self.timing.snapshot_interval, |act, ctx| act.flush(ctx));
         ctx.run_interval(self.timing.sweep_interval, |act, _| {
             act.sweep();

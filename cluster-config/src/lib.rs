@@ -6,16 +6,20 @@
 //! - [`limits`]: the llmtrace `[rate_limit]` block (seed-compatible names),
 //!   named limits and the quota a tenant resolves to.
 //! - [`tenant`]: validation of tenant ids (shared by config and HTTP input).
+//! - [`cluster`]: the `[cluster]` block (membership, forwarding).
+//! - [`ring`]: the consistent-hash ring that places buckets on nodes.
 //! - [`node`]: the node's settings and their precedence
 //!   (flag > environment > file > default).
 //! - [`error`]: [`ConfigError`], which always names the offending key.
 
+pub mod cluster;
 pub mod error;
 pub mod limits;
 pub mod node;
 pub mod ring;
 pub mod tenant;
 
+pub use cluster::{ClusterConfig, ClusterFile, ClusterOverrides, OwnerUnreachable};
 pub use error::ConfigError;
 pub use limits::{Limit, Quota, RateLimitConfig, TenantOverride};
 pub use node::{FileConfig, LogFormat, NodeConfig, Overrides};

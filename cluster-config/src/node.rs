@@ -12,6 +12,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::cluster::{ClusterConfig, ClusterFile, ClusterOverrides};
 use crate::error::ConfigError;
 use crate::limits::RateLimitConfig;
 use crate::tenant::validate_tenant_id;
@@ -52,7 +53,7 @@ impl std::str::FromStr for LogFormat {
 }
 
 /// A node's resolved, validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeConfig {
     /// Public listener (behind the load balancer): checks, health.
     pub listen: SocketAddr,
@@ -74,6 +75,8 @@ pub struct NodeConfig {
     pub log_format: LogFormat,
     /// The llmtrace `[rate_limit]` block.
     pub rate_limit: RateLimitConfig,
+    /// The `[cluster]` block: membership and forwarding.
+    pub cluster: ClusterConfig,
 }
 
 /// The TOML file: every key optional, unknown keys refused.
@@ -90,6 +93,7 @@ pub struct FileConfig {
     pub http_workers: Option<usize>,
     pub log_format: Option<LogFormat>,
     pub rate_limit: Option<RateLimitConfig>,
+    pub cluster: Option<ClusterFile>,
 }
 
 impl FileConfig {
@@ -127,6 +131,7 @@ pub struct Overrides {
     pub rate_limit_enabled: Option<bool>,
     pub requests_per_second: Option<u32>,
     pub burst_size: Option<u32>,
+    pub cluster: ClusterOverrides,
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -234,6 +239,7 @@ impl NodeConfig {
             rate_limit.burst_size = v;
         }
         rate_limit.validate()?;
+        let cluster = ClusterConfig::resolve(file.cluster.unwrap_or_default(), overrides.cluster)?;
         Ok(NodeConfig {
             listen,
             admin_listen,
@@ -245,6 +251,7 @@ impl NodeConfig {
             http_workers,
             log_format,
             rate_limit,
+            cluster,
         })
     }
 }

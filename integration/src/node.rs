@@ -110,7 +110,7 @@ impl NodeBuilder {
             cmd.arg("--config").arg(dir.write("node.toml", toml));
         }
         // Ephemeral ports unless the test sets the listeners itself.
-        for flag in ["--listen", "--admin-listen"] {
+        for flag in ["--listen", "--admin-listen", "--cluster-listen"] {
             if !self
                 .args
                 .iter()

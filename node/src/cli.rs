@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{ArgAction, Parser};
-use llmtrace_cluster_config::{ConfigError, FileConfig, LogFormat, NodeConfig, Overrides};
+use llmtrace_cluster_config::{
+    ClusterOverrides, ConfigError, FileConfig, LogFormat, NodeConfig, Overrides, OwnerUnreachable,
+};
 
 /// One node of an llmtrace cluster: exact per-tenant token-bucket rate
 /// limiting over HTTP (`POST /v1/check`), with bucket state snapshotted to
@@ -79,6 +81,119 @@ pub struct Cli {
     /// [default: 200]
     #[arg(long, env = "LLMTRACE_BURST_SIZE", value_name = "N")]
     pub burst_size: Option<u32>,
+
+    /// cluster.listen: node-to-node RPC (TCP) and gossip (UDP) on the same
+    /// port. Port 0 picks a free one. [default: 127.0.0.1:7946]
+    #[arg(
+        long,
+        env = "LLMTRACE_CLUSTER_LISTEN",
+        value_name = "ADDR",
+        help_heading = "Cluster"
+    )]
+    pub cluster_listen: Option<SocketAddr>,
+
+    /// cluster.advertise: the address peers use to reach this node; required
+    /// when --cluster-listen is a wildcard address. [default: the listen address]
+    #[arg(
+        long,
+        env = "LLMTRACE_CLUSTER_ADVERTISE",
+        value_name = "ADDR",
+        help_heading = "Cluster"
+    )]
+    pub cluster_advertise: Option<SocketAddr>,
+
+    /// cluster.seeds: cluster addresses (host:port, comma-separated) of nodes to
+    /// join through. Without seeds the node forms a cluster of one.
+    #[arg(
+        long,
+        env = "LLMTRACE_SEEDS",
+        value_name = "ADDRS",
+        value_delimiter = ',',
+        help_heading = "Cluster"
+    )]
+    pub seeds: Option<Vec<String>>,
+
+    /// cluster.secret: shared secret (8-256 visible ASCII); node-to-node
+    /// requests without it are refused with 401. Nodes with different secrets
+    /// also ignore each other's gossip.
+    #[arg(
+        long,
+        env = "LLMTRACE_CLUSTER_SECRET",
+        value_name = "SECRET",
+        help_heading = "Cluster"
+    )]
+    pub cluster_secret: Option<String>,
+
+    /// cluster.vnodes: virtual nodes per member on the hash ring; every node of
+    /// a cluster must use the same value. [default: 256]
+    #[arg(
+        long,
+        env = "LLMTRACE_VNODES",
+        value_name = "N",
+        help_heading = "Cluster"
+    )]
+    pub vnodes: Option<u32>,
+
+    /// cluster.gossip_interval_ms: gossip round period; failure detection takes
+    /// roughly 10-20 rounds. [default: 100]
+    #[arg(
+        long,
+        env = "LLMTRACE_GOSSIP_INTERVAL_MS",
+        value_name = "MS",
+        help_heading = "Cluster"
+    )]
+    pub gossip_interval_ms: Option<u64>,
+
+    /// cluster.phi_threshold: phi-accrual failure detector threshold; lower
+    /// detects a dead node sooner, with more false alarms. [default: 8]
+    #[arg(
+        long,
+        env = "LLMTRACE_PHI_THRESHOLD",
+        value_name = "PHI",
+        help_heading = "Cluster"
+    )]
+    pub phi_threshold: Option<f64>,
+
+    /// cluster.forward_batch_max: checks per forwarded batch before it is sent.
+    /// [default: 256]
+    #[arg(
+        long,
+        env = "LLMTRACE_FORWARD_BATCH_MAX",
+        value_name = "N",
+        help_heading = "Cluster"
+    )]
+    pub forward_batch_max: Option<usize>,
+
+    /// cluster.forward_batch_wait_us: longest a forwarded check waits for its
+    /// batch to fill. [default: 200]
+    #[arg(
+        long,
+        env = "LLMTRACE_FORWARD_BATCH_WAIT_US",
+        value_name = "US",
+        help_heading = "Cluster"
+    )]
+    pub forward_batch_wait_us: Option<u64>,
+
+    /// cluster.forward_timeout_ms: a forward unanswered this long is retried
+    /// once (same check id: never counted twice). [default: 500]
+    #[arg(
+        long,
+        env = "LLMTRACE_FORWARD_TIMEOUT_MS",
+        value_name = "MS",
+        help_heading = "Cluster"
+    )]
+    pub forward_timeout_ms: Option<u64>,
+
+    /// cluster.on_owner_unreachable: when the owner stays unreachable, `local`
+    /// decides on this node's shard (answer marked degraded), `allow` admits,
+    /// `deny` refuses. [default: local]
+    #[arg(
+        long,
+        env = "LLMTRACE_ON_OWNER_UNREACHABLE",
+        value_name = "POLICY",
+        help_heading = "Cluster"
+    )]
+    pub on_owner_unreachable: Option<OwnerUnreachable>,
 }
 
 impl Cli {
@@ -105,6 +220,19 @@ impl Cli {
             rate_limit_enabled: self.rate_limit_enabled,
             requests_per_second: self.requests_per_second,
             burst_size: self.burst_size,
+            cluster: ClusterOverrides {
+                listen: self.cluster_listen,
+                advertise: self.cluster_advertise,
+                seeds: self.seeds.clone(),
+                secret: self.cluster_secret.clone(),
+                vnodes: self.vnodes,
+                gossip_interval_ms: self.gossip_interval_ms,
+                phi_threshold: self.phi_threshold,
+                forward_batch_max: self.forward_batch_max,
+                forward_batch_wait_us: self.forward_batch_wait_us,
+                forward_timeout_ms: self.forward_timeout_ms,
+                on_owner_unreachable: self.on_owner_unreachable,
+            },
         }
     }
 }

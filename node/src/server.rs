@@ -1,34 +1,77 @@
-//! Wiring: the cache layer, the shards, the two listeners, and an orderly stop.
+//! Wiring: the cache layer, the shards, membership, the router and the three
+//! listeners, then an orderly stop.
 //!
 //! [`run`] binds the configured addresses; [`serve`] takes listeners that are
 //! already bound (port 0 in tests) and a shutdown future, as mini-redis does.
 
 use std::future::Future;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use llmtrace_actors::{
-    CacheLayer, InMemoryCacheLayer, Limiter, RedisCacheLayer, ShardTiming, SystemClock,
+    AwcPeerClient, BatchSettings, CacheLayer, ClientFactory, ClusterMetrics, InMemoryCacheLayer,
+    Limiter, Member, MemberState, Membership, MembershipSettings, PeerClient, RedisCacheLayer,
+    Router, RouterSettings, ShardTiming, SystemClock,
 };
 use llmtrace_cluster_config::NodeConfig;
 use tracing::{info, warn};
 
-use crate::http;
+use crate::http::{self, NodeContext};
 
 /// How long a stopping node waits for in-flight requests, then for the final
 /// snapshot flush.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a node with seeds waits to hear from a peer before it starts as
+/// a cluster of one.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The three listeners of a node.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+    /// TCP for node-to-node RPC; gossip binds UDP on the same port.
+    pub cluster: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses. With cluster port 0, picks a port
+    /// free for both TCP and UDP.
+    pub fn bind(config: &NodeConfig) -> anyhow::Result<Self> {
+        let public = TcpListener::bind(config.listen)
+            .with_context(|| format!("cannot bind listen address {}", config.listen))?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .with_context(|| format!("cannot bind admin_listen address {}", config.admin_listen))?;
+        let cluster = bind_cluster(config.cluster.listen)?;
+        Ok(Listeners {
+            public,
+            admin,
+            cluster,
+        })
+    }
+}
+
+fn bind_cluster(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let what = || format!("cannot bind cluster.listen address {addr}");
+    if addr.port() != 0 {
+        UdpSocket::bind(addr).with_context(|| format!("{}/UDP (gossip)", what()))?;
+        return TcpListener::bind(addr).with_context(what);
+    }
+    for _ in 0..50 {
+        let tcp = TcpListener::bind(addr).with_context(what)?;
+        if UdpSocket::bind(tcp.local_addr()?).is_ok() {
+            return Ok(tcp);
+        }
+    }
+    anyhow::bail!("{}: no port free for both TCP and UDP", what())
+}
 
 /// Binds the configured listeners and runs until SIGTERM or SIGINT.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
-    let public = TcpListener::bind(config.listen)
-        .with_context(|| format!("cannot bind listen address {}", config.listen))?;
-    let admin = TcpListener::bind(config.admin_listen)
-        .with_context(|| format!("cannot bind admin_listen address {}", config.admin_listen))?;
-    serve(config, public, admin, shutdown_signal()).await
+    let listeners = Listeners::bind(&config)?;
+    serve(config, listeners, shutdown_signal()).await
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -59,12 +102,30 @@ fn cache_layer(config: &NodeConfig) -> anyhow::Result<Arc<dyn CacheLayer>> {
     })
 }
 
+/// Nodes gossip only with nodes of the same cluster id; deriving it from the
+/// secret keeps clusters with different secrets apart.
+fn cluster_id(secret: Option<&str>) -> String {
+    match secret {
+        None => "llmtrace".to_string(),
+        Some(s) => {
+            let h = llmtrace_actors::key::stable_hash(s, llmtrace_cluster_config::Limit::Requests);
+            format!("llmtrace-{:08x}", h as u32)
+        }
+    }
+}
+
+fn peer_clients(secret: Option<String>, timeout: Duration) -> ClientFactory {
+    Arc::new(move |m: &Member| {
+        Box::new(AwcPeerClient::new(m.cluster_addr, secret.clone(), timeout)) as Box<dyn PeerClient>
+    })
+}
+
 /// Runs a node on already-bound listeners until `shutdown` resolves, then
-/// stops taking requests, writes every dirty bucket and returns.
+/// leaves the cluster, stops taking requests, writes every dirty bucket and
+/// returns.
 pub async fn serve(
     config: NodeConfig,
-    public: TcpListener,
-    admin: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let cache = cache_layer(&config)?;
@@ -78,62 +139,147 @@ pub async fn serve(
             ..ShardTiming::default()
         },
     );
-    let public_addr = public.local_addr()?;
-    let admin_addr = admin.local_addr()?;
-    let data = web::Data::new(limiter.clone());
+    let public_addr = listeners.public.local_addr()?;
+    let admin_addr = listeners.admin.local_addr()?;
+    let cluster_addr = listeners.cluster.local_addr()?;
+    let c = &config.cluster;
+    let advertise = if c.advertise.port() == 0 {
+        SocketAddr::new(c.advertise.ip(), cluster_addr.port())
+    } else {
+        c.advertise
+    };
+    let generation = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let membership = Membership::start(MembershipSettings {
+        node_id: config.node_id.clone(),
+        generation,
+        listen: cluster_addr,
+        advertise,
+        public_addr,
+        admin_addr,
+        seeds: c.seeds.clone(),
+        cluster_id: cluster_id(c.secret.as_deref()),
+        vnodes: c.vnodes,
+        gossip_interval: Duration::from_millis(c.gossip_interval_ms),
+        phi_threshold: c.phi_threshold,
+    })
+    .await
+    .context("cannot start gossip")?;
+    let forward_timeout = Duration::from_millis(c.forward_timeout_ms);
+    let router = Router::new(
+        limiter.clone(),
+        membership.view(),
+        RouterSettings {
+            batch: BatchSettings {
+                max_items: c.forward_batch_max,
+                max_wait: Duration::from_micros(c.forward_batch_wait_us),
+            },
+            forward_timeout,
+            on_owner_unreachable: c.on_owner_unreachable,
+        },
+        Arc::new(ClusterMetrics::default()),
+        peer_clients(c.secret.clone(), forward_timeout),
+    );
+    let ctx = web::Data::from(NodeContext::new(router, c.secret.clone()));
 
-    let public_data = data.clone();
+    let data = ctx.clone();
     let public_server = HttpServer::new(move || {
         App::new()
-            .app_data(public_data.clone())
+            .app_data(data.clone())
             .configure(http::public_routes)
     })
     .workers(config.http_workers)
     .disable_signals()
     .shutdown_timeout(STOP_GRACE.as_secs())
-    .listen(public)
+    .listen(listeners.public)
     .context("cannot serve the public listener")?
     .run();
-    let admin_data = data.clone();
+    let data = ctx.clone();
     let admin_server = HttpServer::new(move || {
         App::new()
-            .app_data(admin_data.clone())
+            .app_data(data.clone())
             .configure(http::admin_routes)
     })
     .workers(1)
     .disable_signals()
     .shutdown_timeout(1)
-    .listen(admin)
+    .listen(listeners.admin)
     .context("cannot serve the admin listener")?
     .run();
-
-    let (public_handle, admin_handle) = (public_server.handle(), admin_server.handle());
-    let public_task = actix_rt::spawn(public_server);
-    let admin_task = actix_rt::spawn(admin_server);
+    let data = ctx.clone();
+    let cluster_server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .configure(http::cluster_routes)
+    })
+    .workers(config.http_workers)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .listen(listeners.cluster)
+    .context("cannot serve the cluster listener")?
+    .run();
+    let handles = [
+        public_server.handle(),
+        admin_server.handle(),
+        cluster_server.handle(),
+    ];
+    let tasks = [
+        actix_rt::spawn(public_server),
+        actix_rt::spawn(admin_server),
+        actix_rt::spawn(cluster_server),
+    ];
 
     info!(
         node_id = %config.node_id,
         %public_addr,
         %admin_addr,
+        %advertise,
+        seeds = ?c.seeds,
         cache = limiter.cache_name(),
         shards = config.shards,
         "llmtrace-node started"
     );
     // Machine-readable start line (tests and scripts wait for it).
     println!(
-        "llmtrace-node listening public={public_addr} admin={admin_addr} node_id={}",
+        "llmtrace-node listening public={public_addr} admin={admin_addr} cluster={advertise} node_id={}",
         config.node_id
     );
 
-    shutdown.await;
-    public_handle.stop(true).await;
+    let join = async {
+        membership.wait_for_peers(JOIN_TIMEOUT).await;
+        membership.set_state(MemberState::Ready).await;
+        if membership
+            .wait_until_ready_in_view(Duration::from_secs(10))
+            .await
+        {
+            ctx.set_ready(true);
+            let view = ctx.router.view();
+            info!(fingerprint = %view.fingerprint(), members = ?view.ring.members(), "node ready");
+        } else {
+            warn!("this node did not appear in its own ring; staying not ready");
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = shutdown => {}
+        _ = join => {}
+    }
+
+    ctx.set_ready(false);
+    membership.set_state(MemberState::Leaving).await;
+    handles[0].stop(true).await;
     match limiter.flush_all(STOP_GRACE).await {
         Ok(n) => info!(snapshots = n, "final snapshot flush done"),
         Err(e) => warn!("final snapshot flush failed, recent consumption may be lost: {e}"),
     }
-    admin_handle.stop(true).await;
-    let _ = public_task.await;
-    let _ = admin_task.await;
+    membership.shutdown().await;
+    handles[2].stop(true).await;
+    handles[1].stop(true).await;
+    for t in tasks {
+        let _ = t.await;
+    }
     info!("llmtrace-node stopped");
     Ok(())
 }

@@ -7,12 +7,13 @@ use std::time::Instant;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use futures_util::future::join_all;
-use llmtrace_actors::{retry_after_secs, CheckError, Decision, Limiter, Verdict};
+use llmtrace_actors::{retry_after_secs, CheckError, Decision, Route, Routed, Verdict};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::headers::{self, LimitState};
 use super::input::{self, CheckInput};
+use super::NodeContext;
 
 fn check_error(e: CheckError) -> ApiError {
     match e {
@@ -23,20 +24,30 @@ fn check_error(e: CheckError) -> ApiError {
     }
 }
 
-/// Runs one validated check; returns the verdict with the input it answers.
-async fn decide(limiter: &Limiter, input: CheckInput) -> Result<(CheckInput, Verdict), ApiError> {
+/// Runs one validated check on its owner; returns how it was decided.
+async fn decide(ctx: &NodeContext, input: CheckInput) -> Result<(CheckInput, Routed), ApiError> {
     let started = Instant::now();
-    let verdict = limiter
-        .check(input.tenant_id.clone(), input.limit, input.cost)
+    let routed = ctx
+        .router
+        .check(input.tenant_id.clone(), input.limit, input.cost, 0)
         .await
         .map_err(check_error)?;
     let ns = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
-    limiter.metrics().check_latency.observe_ns(ns);
-    Ok((input, verdict))
+    ctx.metrics().check_latency.observe_ns(ns);
+    Ok((input, routed))
 }
 
-/// The JSON body of a decided check.
-fn verdict_body(input: &CheckInput, verdict: &Verdict) -> Value {
+/// The JSON body of a decided check; `"degraded": true` when the owner was
+/// unreachable and the `on_owner_unreachable` policy decided.
+fn verdict_body(input: &CheckInput, routed: &Routed) -> Value {
+    let mut body = verdict_json(input, &routed.verdict);
+    if matches!(routed.route, Route::Degraded(_)) {
+        body["degraded"] = json!(true);
+    }
+    body
+}
+
+fn verdict_json(input: &CheckInput, verdict: &Verdict) -> Value {
     let (quota, decision) = match verdict {
         Verdict::Unlimited => {
             return json!({
@@ -74,9 +85,8 @@ fn verdict_body(input: &CheckInput, verdict: &Verdict) -> Value {
     }
 }
 
-fn invalid(limiter: &Limiter, e: ApiError) -> ApiError {
-    limiter
-        .metrics()
+fn invalid(ctx: &NodeContext, e: ApiError) -> ApiError {
+    ctx.metrics()
         .invalid_requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     e
@@ -84,18 +94,16 @@ fn invalid(limiter: &Limiter, e: ApiError) -> ApiError {
 
 /// `POST /v1/check`.
 pub async fn check(
-    limiter: web::Data<Limiter>,
+    ctx: web::Data<NodeContext>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = input::read_body(payload)
         .await
-        .map_err(|e| invalid(&limiter, e))?;
-    let input = input::parse_check(&body).map_err(|e| invalid(&limiter, e))?;
-    let (input, verdict) = decide(&limiter, input)
-        .await
-        .map_err(|e| invalid(&limiter, e))?;
-    let body = verdict_body(&input, &verdict);
-    let Verdict::Limited { quota, decision } = verdict else {
+        .map_err(|e| invalid(&ctx, e))?;
+    let input = input::parse_check(&body).map_err(|e| invalid(&ctx, e))?;
+    let (input, routed) = decide(&ctx, input).await.map_err(|e| invalid(&ctx, e))?;
+    let body = verdict_body(&input, &routed);
+    let Verdict::Limited { quota, decision } = routed.verdict else {
         return Ok(HttpResponse::Ok().json(body));
     };
     let (status, remaining, reset_after_ns) = match decision {
@@ -126,25 +134,23 @@ pub async fn check(
 /// `POST /v1/check/batch`: every item decided in order; a bad item gets its
 /// own error and does not fail the others.
 pub async fn check_batch(
-    limiter: web::Data<Limiter>,
+    ctx: web::Data<NodeContext>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = input::read_body(payload)
         .await
-        .map_err(|e| invalid(&limiter, e))?;
-    let items = input::parse_batch(&body).map_err(|e| invalid(&limiter, e))?;
+        .map_err(|e| invalid(&ctx, e))?;
+    let items = input::parse_batch(&body).map_err(|e| invalid(&ctx, e))?;
     // join_all polls in order, so checks of one tenant reach its shard in
     // the order of the batch.
-    let results = join_all(items.into_iter().map(|item| {
-        let limiter = limiter.clone();
-        async move {
-            match item {
-                Ok(input) => match decide(&limiter, input).await {
-                    Ok((input, verdict)) => verdict_body(&input, &verdict),
-                    Err(e) => invalid(&limiter, e).body(),
-                },
-                Err(e) => invalid(&limiter, e).body(),
-            }
+    let ctx = &ctx;
+    let results = join_all(items.into_iter().map(|item| async move {
+        match item {
+            Ok(input) => match decide(ctx, input).await {
+                Ok((input, routed)) => verdict_body(&input, &routed),
+                Err(e) => invalid(ctx, e).body(),
+            },
+            Err(e) => invalid(ctx, e).body(),
         }
     }))
     .await;

@@ -1,16 +1,55 @@
-//! HTTP surfaces: the public listener (checks, health) and the admin listener
-//! (metrics). Errors map to HTTP in exactly one place, [`error::ApiError`].
+//! HTTP surfaces: the public listener (checks, health), the admin listener
+//! (metrics, cluster view) and the cluster listener (node-to-node RPC).
+//! Errors map to HTTP in exactly one place, [`error::ApiError`].
 
+pub mod admin;
 pub mod check;
+pub mod cluster;
 pub mod error;
 pub mod headers;
 pub mod input;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use actix_web::{web, HttpResponse};
-use llmtrace_actors::Limiter;
+use llmtrace_actors::{Metrics, Router};
 use serde_json::json;
 
 use self::error::ApiError;
+
+/// What every handler of a node shares.
+pub struct NodeContext {
+    /// Routes checks to their owner (this node's shards or a peer).
+    pub router: Router,
+    /// True once the node joined and its ring holds it; false again while
+    /// it leaves. `GET /readyz` answers from it.
+    pub ready: AtomicBool,
+    /// Required on node-to-node requests, when set.
+    pub cluster_secret: Option<String>,
+}
+
+impl NodeContext {
+    pub fn new(router: Router, cluster_secret: Option<String>) -> Arc<Self> {
+        Arc::new(NodeContext {
+            router,
+            ready: AtomicBool::new(false),
+            cluster_secret,
+        })
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        self.router.local().metrics()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+}
 
 async fn not_found() -> HttpResponse {
     actix_web::ResponseError::error_response(&ApiError::not_found())
@@ -24,16 +63,15 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-async fn readyz() -> HttpResponse {
-    // A single node is ready once its listeners are bound and shards started,
-    // which is before the first request can arrive.
-    HttpResponse::Ok().json(json!({ "status": "ready" }))
-}
-
-async fn metrics(limiter: web::Data<Limiter>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(limiter.metrics().render(limiter.cache_name()))
+async fn readyz(ctx: web::Data<NodeContext>) -> HttpResponse {
+    if ctx.is_ready() {
+        HttpResponse::Ok().json(json!({ "status": "ready" }))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({
+            "status": "not_ready",
+            "error": { "code": "not_ready", "message": "the node is joining or leaving the cluster" }
+        }))
+    }
 }
 
 fn get(path: &str, route: actix_web::Route) -> actix_web::Resource {
@@ -42,28 +80,35 @@ fn get(path: &str, route: actix_web::Route) -> actix_web::Resource {
         .default_service(web::to(method_not_allowed))
 }
 
+fn post(path: &str, route: actix_web::Route) -> actix_web::Resource {
+    get(path, route)
+}
+
 /// Routes of the public listener.
 pub fn public_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/v1/check")
-            .route(web::post().to(check::check))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/check/batch")
-            .route(web::post().to(check::check_batch))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(get("/healthz", web::get().to(healthz)))
-    .service(get("/readyz", web::get().to(readyz)))
-    .default_service(web::to(not_found));
+    cfg.service(post("/v1/check", web::post().to(check::check)))
+        .service(post("/v1/check/batch", web::post().to(check::check_batch)))
+        .service(get("/healthz", web::get().to(healthz)))
+        .service(get("/readyz", web::get().to(readyz)))
+        .default_service(web::to(not_found));
 }
 
 /// Routes of the admin listener.
 pub fn admin_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(get("/metrics", web::get().to(metrics)))
+    cfg.service(get("/metrics", web::get().to(admin::metrics)))
+        .service(get("/admin/cluster", web::get().to(admin::cluster)))
+        .service(get("/admin/tenants/{tenant}", web::get().to(admin::tenant)))
         .service(get("/healthz", web::get().to(healthz)))
         .default_service(web::to(not_found));
+}
+
+/// Routes of the cluster listener (node to node).
+pub fn cluster_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(post(
+        llmtrace_actors::rpc::CHECK_PATH,
+        web::post().to(cluster::checks),
+    ))
+    .default_service(web::to(not_found));
 }
 
 #[cfg(test)]

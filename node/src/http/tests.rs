@@ -5,15 +5,19 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix_web::{test, App};
-use llmtrace_actors::{InMemoryCacheLayer, ShardTiming, SystemClock};
+use llmtrace_actors::{
+    BatchSettings, ClusterView, InMemoryCacheLayer, Limiter, Router, RouterSettings, ShardTiming,
+    SystemClock, ViewHandle,
+};
 use llmtrace_cluster_config::RateLimitConfig;
 use serde_json::Value;
 
 use super::*;
 
-fn limiter(rate: u32, burst: u32) -> Limiter {
+/// A node of one (no ring yet: every check is decided locally), ready.
+fn limiter(rate: u32, burst: u32) -> Arc<NodeContext> {
     let clock = Arc::new(SystemClock);
-    Limiter::start(
+    let limiter = Limiter::start(
         2,
         Arc::new(RateLimitConfig {
             enabled: true,
@@ -25,14 +29,35 @@ fn limiter(rate: u32, burst: u32) -> Limiter {
         Arc::new(InMemoryCacheLayer::new(clock.clone())),
         clock,
         ShardTiming::default(),
-    )
+    );
+    let router = Router::new(
+        limiter,
+        ViewHandle::new(ClusterView::alone("test-node", 16)),
+        RouterSettings {
+            batch: BatchSettings {
+                max_items: 16,
+                max_wait: std::time::Duration::ZERO,
+            },
+            forward_timeout: std::time::Duration::from_millis(100),
+            on_owner_unreachable: Default::default(),
+        },
+        Arc::default(),
+        Arc::new(
+            |_: &llmtrace_actors::Member| -> Box<dyn llmtrace_actors::PeerClient> {
+                unreachable!("a node of one never forwards")
+            },
+        ),
+    );
+    let ctx = NodeContext::new(router, None);
+    ctx.set_ready(true);
+    ctx
 }
 
 macro_rules! app {
     ($limiter:expr) => {
         test::init_service(
             App::new()
-                .app_data(web::Data::new($limiter))
+                .app_data(web::Data::from($limiter))
                 .configure(public_routes),
         )
         .await
@@ -139,7 +164,7 @@ async fn health_and_metrics() {
     test::call_service(&app, post("/v1/check", r#"{"tenant_id":"m"}"#).to_request()).await;
     let admin = test::init_service(
         App::new()
-            .app_data(web::Data::new(l))
+            .app_data(web::Data::from(l))
             .configure(admin_routes),
     )
     .await;
@@ -155,4 +180,102 @@ async fn health_and_metrics() {
         "{text}"
     );
     assert!(text.contains("llmtrace_buckets_resident 1"), "{text}");
+}
+
+#[actix_rt::test]
+async fn readyz_follows_the_ready_flag() {
+    let ctx = limiter(1, 1);
+    ctx.set_ready(false);
+    let app = app!(ctx.clone());
+    let resp = test::call_service(&app, test::TestRequest::get().uri("/readyz").to_request()).await;
+    assert_eq!(resp.status(), 503);
+    ctx.set_ready(true);
+    let resp = test::call_service(&app, test::TestRequest::get().uri("/readyz").to_request()).await;
+    assert_eq!(resp.status(), 200);
+}
+
+#[actix_rt::test]
+async fn cluster_endpoint_refuses_hostile_input() {
+    use llmtrace_actors::rpc;
+    let clock = Arc::new(SystemClock);
+    let limiter = Limiter::start(
+        1,
+        Arc::new(RateLimitConfig::default()),
+        Arc::new(InMemoryCacheLayer::new(clock.clone())),
+        clock,
+        ShardTiming::default(),
+    );
+    let router = Router::new(
+        limiter,
+        ViewHandle::new(ClusterView::alone("n", 16)),
+        RouterSettings {
+            batch: BatchSettings {
+                max_items: 16,
+                max_wait: std::time::Duration::ZERO,
+            },
+            forward_timeout: std::time::Duration::from_millis(100),
+            on_owner_unreachable: Default::default(),
+        },
+        Arc::default(),
+        Arc::new(
+            |_: &llmtrace_actors::Member| -> Box<dyn llmtrace_actors::PeerClient> {
+                unreachable!()
+            },
+        ),
+    );
+    let ctx = NodeContext::new(router, Some("s3cret-value".into()));
+    let app = test::init_service(
+        App::new()
+            .app_data(web::Data::from(ctx))
+            .configure(cluster_routes),
+    )
+    .await;
+    let good = rpc::encode(&rpc::BatchRequest {
+        origin: "peer".into(),
+        checks: vec![rpc::WireCheck {
+            id: 1,
+            tenant: "t".into(),
+            limit: 0,
+            cost: 1,
+            retry: false,
+            hops: 1,
+        }],
+    });
+    let call = |secret: Option<&str>, body: Vec<u8>| {
+        let mut r = test::TestRequest::post()
+            .uri(rpc::CHECK_PATH)
+            .set_payload(body);
+        if let Some(s) = secret {
+            r = r.insert_header((rpc::SECRET_HEADER, s.to_string()));
+        }
+        r.to_request()
+    };
+    assert_eq!(
+        test::call_service(&app, call(None, good.clone()))
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        test::call_service(&app, call(Some("wrong-secret"), good.clone()))
+            .await
+            .status(),
+        401
+    );
+    for garbage in [
+        vec![],
+        vec![9, 1, 2],
+        vec![rpc::WIRE_VERSION, 0xff, 0xff],
+        vec![0u8; 2 << 20],
+    ] {
+        let status = test::call_service(&app, call(Some("s3cret-value"), garbage))
+            .await
+            .status();
+        assert!(status == 400 || status == 413, "{status}");
+    }
+    let resp = test::call_service(&app, call(Some("s3cret-value"), good)).await;
+    assert_eq!(resp.status(), 200);
+    let body = test::read_body(resp).await;
+    let answer: rpc::BatchResponse = rpc::decode(&body).unwrap();
+    assert!(matches!(answer.results[0], rpc::WireResult::Allowed { .. }));
 }

@@ -1,0 +1,176 @@
+//! Metrics of the cluster layer: membership, forwarding and the node-to-node
+//! endpoint. Rendered after the node's own metrics.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+use crate::metrics::Histogram;
+
+/// Upper bounds of the forwarded-batch-size histogram.
+const BATCH_BUCKETS: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+#[derive(Default)]
+pub struct ClusterMetrics {
+    /// Checks sent to another node (first sends, not retries).
+    pub forwarded: AtomicU64,
+    /// Checks sent again after a timeout or an unreachable owner.
+    pub retries: AtomicU64,
+    /// Batches that failed as a whole.
+    pub forward_errors: AtomicU64,
+    /// Checks decided by the unreachable-owner policy, by policy.
+    pub unreachable_local: AtomicU64,
+    pub unreachable_allow: AtomicU64,
+    pub unreachable_deny: AtomicU64,
+    /// Batch sizes sent.
+    batch_counts: [AtomicU64; BATCH_BUCKETS.len() + 1],
+    batch_items: AtomicU64,
+    batches: AtomicU64,
+    /// Round trip of a forwarded batch.
+    pub forward_latency: Histogram,
+    /// Node-to-node batches received, checks in them, and refusals by reason.
+    pub rpc_batches: AtomicU64,
+    pub rpc_checks: AtomicU64,
+    pub rpc_rejected_auth: AtomicU64,
+    pub rpc_rejected_body: AtomicU64,
+    /// Checks a receiver forwarded once more (its ring disagreed).
+    pub reforwarded: AtomicU64,
+    /// Retried checks answered from the dedup cache.
+    pub dedup_hits: AtomicU64,
+    /// Members in the ring / live members.
+    pub ring_members: AtomicI64,
+    pub live_members: AtomicI64,
+    /// Ring rebuilds seen.
+    pub ring_changes: AtomicU64,
+}
+
+impl ClusterMetrics {
+    pub fn observe_batch(&self, n: usize) {
+        let i = BATCH_BUCKETS
+            .iter()
+            .position(|b| n <= *b)
+            .unwrap_or(BATCH_BUCKETS.len());
+        self.batch_counts[i].fetch_add(1, Relaxed);
+        self.batch_items.fetch_add(n as u64, Relaxed);
+        self.batches.fetch_add(1, Relaxed);
+    }
+
+    /// Mean forwarded batch size so far.
+    pub fn mean_batch(&self) -> f64 {
+        let b = self.batches.load(Relaxed);
+        if b == 0 {
+            0.0
+        } else {
+            self.batch_items.load(Relaxed) as f64 / b as f64
+        }
+    }
+
+    pub fn render(&self, out: &mut String, fingerprint: &str) {
+        let counters = [
+            (
+                "llmtrace_forwarded_checks_total",
+                "Checks forwarded to their owner.",
+                self.forwarded.load(Relaxed),
+            ),
+            (
+                "llmtrace_forward_retries_total",
+                "Forwarded checks sent again after a failure.",
+                self.retries.load(Relaxed),
+            ),
+            (
+                "llmtrace_forward_errors_total",
+                "Forwarded batches that failed.",
+                self.forward_errors.load(Relaxed),
+            ),
+            (
+                "llmtrace_rpc_batches_total",
+                "Node-to-node batches received.",
+                self.rpc_batches.load(Relaxed),
+            ),
+            (
+                "llmtrace_rpc_checks_total",
+                "Checks received from other nodes.",
+                self.rpc_checks.load(Relaxed),
+            ),
+            (
+                "llmtrace_rpc_rejected_auth_total",
+                "Node-to-node requests refused: bad or missing cluster secret.",
+                self.rpc_rejected_auth.load(Relaxed),
+            ),
+            (
+                "llmtrace_rpc_rejected_body_total",
+                "Node-to-node requests refused: bad body.",
+                self.rpc_rejected_body.load(Relaxed),
+            ),
+            (
+                "llmtrace_reforwarded_checks_total",
+                "Received checks forwarded once more (rings disagreed).",
+                self.reforwarded.load(Relaxed),
+            ),
+            (
+                "llmtrace_forward_dedup_hits_total",
+                "Retried checks answered without counting them twice.",
+                self.dedup_hits.load(Relaxed),
+            ),
+            (
+                "llmtrace_ring_changes_total",
+                "Ring rebuilds.",
+                self.ring_changes.load(Relaxed),
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        let _ = writeln!(out, "# HELP llmtrace_owner_unreachable_total Checks decided by the on_owner_unreachable policy.\n# TYPE llmtrace_owner_unreachable_total counter");
+        for (policy, v) in [
+            ("local", &self.unreachable_local),
+            ("allow", &self.unreachable_allow),
+            ("deny", &self.unreachable_deny),
+        ] {
+            let _ = writeln!(
+                out,
+                "llmtrace_owner_unreachable_total{{policy=\"{policy}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# HELP llmtrace_forward_batch_size Checks per forwarded batch.\n# TYPE llmtrace_forward_batch_size histogram");
+        let mut cumulative = 0;
+        for (b, c) in BATCH_BUCKETS.iter().zip(&self.batch_counts) {
+            cumulative += c.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "llmtrace_forward_batch_size_bucket{{le=\"{b}\"}} {cumulative}"
+            );
+        }
+        let batches = self.batches.load(Relaxed);
+        let _ = writeln!(
+            out,
+            "llmtrace_forward_batch_size_bucket{{le=\"+Inf\"}} {batches}"
+        );
+        let _ = writeln!(
+            out,
+            "llmtrace_forward_batch_size_sum {}",
+            self.batch_items.load(Relaxed)
+        );
+        let _ = writeln!(out, "llmtrace_forward_batch_size_count {batches}");
+        let _ = writeln!(out, "# HELP llmtrace_forward_duration_seconds Round trip of a forwarded batch.\n# TYPE llmtrace_forward_duration_seconds histogram");
+        self.forward_latency
+            .render(out, "llmtrace_forward_duration_seconds", "");
+        let _ = writeln!(
+            out,
+            "# HELP llmtrace_ring_members Members in this node's ring.\n# TYPE llmtrace_ring_members gauge\nllmtrace_ring_members {}",
+            self.ring_members.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP llmtrace_live_members Live members seen by gossip.\n# TYPE llmtrace_live_members gauge\nllmtrace_live_members {}",
+            self.live_members.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP llmtrace_ring_info This node's ring fingerprint.\n# TYPE llmtrace_ring_info gauge\nllmtrace_ring_info{{fingerprint=\"{fingerprint}\"}} 1"
+        );
+    }
+}

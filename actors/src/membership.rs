@@ -1,0 +1,431 @@
+//! Cluster membership over chitchat gossip (UDP, on the cluster port), and
+//! the [`ClusterView`] built from it: the members, their addresses and state,
+//! and the hash ring of the *ready* ones. A view is immutable; every change
+//! of the live set or of a member's keys builds a new one and swaps it in.
+//!
+//! Each node publishes under its chitchat id (node id, generation = start
+//! time in ms, gossip address) the keys `state`, `public_addr`,
+//! `cluster_addr`, `admin_addr` and `fingerprint` (of its current ring), so
+//! any node can tell whether all members agree on the ring.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use chitchat::transport::UdpTransport;
+use chitchat::{
+    spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState,
+};
+use llmtrace_cluster_config::{Fingerprint, Limit, Ring};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Lifecycle of a member. Only `Ready` members own keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberState {
+    Joining,
+    Ready,
+    Leaving,
+}
+
+impl MemberState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Joining => "joining",
+            MemberState::Ready => "ready",
+            MemberState::Leaving => "leaving",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "joining" => Some(MemberState::Joining),
+            "ready" => Some(MemberState::Ready),
+            "leaving" => Some(MemberState::Leaving),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for MemberState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One live member as this node sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub node_id: String,
+    pub generation: u64,
+    pub state: MemberState,
+    pub public_addr: Option<SocketAddr>,
+    pub cluster_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    /// The ring fingerprint this member last published.
+    pub fingerprint: Option<String>,
+}
+
+/// An immutable view of the cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    pub self_id: Arc<str>,
+    /// The ring of ready members.
+    pub ring: Ring,
+    /// Every live member (any state), sorted by node id.
+    pub members: Vec<Member>,
+}
+
+impl ClusterView {
+    /// A view with only this node, not yet ready: an empty ring.
+    pub fn alone(self_id: &str, vnodes: u32) -> Self {
+        ClusterView {
+            self_id: self_id.into(),
+            ring: Ring::new(Vec::<String>::new(), vnodes),
+            members: Vec::new(),
+        }
+    }
+
+    /// Builds a view from members (the ring from the ready ones).
+    pub fn from_members(self_id: &str, members: Vec<Member>, vnodes: u32) -> Self {
+        let ready = members
+            .iter()
+            .filter(|m| m.state == MemberState::Ready)
+            .map(|m| m.node_id.clone());
+        ClusterView {
+            self_id: self_id.into(),
+            ring: Ring::new(ready, vnodes),
+            members,
+        }
+    }
+
+    /// The owner of `(tenant, limit)`, `None` while no member is ready.
+    pub fn owner(&self, tenant: &str, limit: Limit) -> Option<&str> {
+        self.ring.owner(tenant, limit)
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.ring.fingerprint()
+    }
+
+    pub fn member(&self, node_id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.node_id == node_id)
+    }
+
+    pub fn is_self(&self, node_id: &str) -> bool {
+        *self.self_id == *node_id
+    }
+
+    /// True when every ready member published this view's fingerprint.
+    pub fn agreed(&self) -> bool {
+        let mine = self.fingerprint().to_string();
+        self.members
+            .iter()
+            .filter(|m| m.state == MemberState::Ready)
+            .all(|m| m.fingerprint.as_deref() == Some(mine.as_str()))
+    }
+}
+
+/// Shared, swappable current view. Cheap to clone and to read.
+#[derive(Clone)]
+pub struct ViewHandle(Arc<ArcSwap<ClusterView>>);
+
+impl ViewHandle {
+    pub fn new(view: ClusterView) -> Self {
+        ViewHandle(Arc::new(ArcSwap::from_pointee(view)))
+    }
+
+    pub fn load(&self) -> Arc<ClusterView> {
+        self.0.load_full()
+    }
+
+    pub fn store(&self, view: ClusterView) {
+        self.0.store(Arc::new(view));
+    }
+}
+
+/// How a node takes part in gossip.
+#[derive(Debug, Clone)]
+pub struct MembershipSettings {
+    pub node_id: String,
+    /// Start time in ms since the epoch: a restarted node is a new generation.
+    pub generation: u64,
+    /// UDP address to bind for gossip.
+    pub listen: SocketAddr,
+    /// Address peers gossip to and send RPCs to.
+    pub advertise: SocketAddr,
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub seeds: Vec<String>,
+    /// Nodes only talk to nodes of the same cluster id.
+    pub cluster_id: String,
+    pub vnodes: u32,
+    pub gossip_interval: Duration,
+    pub phi_threshold: f64,
+}
+
+const KEY_STATE: &str = "state";
+const KEY_PUBLIC: &str = "public_addr";
+const KEY_CLUSTER: &str = "cluster_addr";
+const KEY_ADMIN: &str = "admin_addr";
+const KEY_FINGERPRINT: &str = "fingerprint";
+
+/// A running membership: gossip plus the task that keeps the view current.
+pub struct Membership {
+    handle: ChitchatHandle,
+    view: ViewHandle,
+    changes: watch::Receiver<Fingerprint>,
+    settings: MembershipSettings,
+}
+
+fn member_of(id: &ChitchatId, state: &NodeState) -> Option<Member> {
+    let cluster_addr = state
+        .get(KEY_CLUSTER)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(id.gossip_advertise_addr);
+    Some(Member {
+        node_id: id.node_id.to_string(),
+        generation: id.generation_id,
+        state: MemberState::parse(state.get(KEY_STATE)?)?,
+        public_addr: state.get(KEY_PUBLIC).and_then(|s| s.parse().ok()),
+        cluster_addr,
+        admin_addr: state.get(KEY_ADMIN).and_then(|s| s.parse().ok()),
+        fingerprint: state.get(KEY_FINGERPRINT).map(str::to_string),
+    })
+}
+
+/// Members from chitchat's live set: newest generation per node id.
+fn members_of(live: &BTreeMap<ChitchatId, NodeState>) -> Vec<Member> {
+    let mut by_id: BTreeMap<String, Member> = BTreeMap::new();
+    for (id, state) in live {
+        let Some(m) = member_of(id, state) else {
+            continue;
+        };
+        match by_id.get(&m.node_id) {
+            Some(old) if old.generation >= m.generation => {}
+            _ => {
+                by_id.insert(m.node_id.clone(), m);
+            }
+        }
+    }
+    by_id.into_values().collect()
+}
+
+impl Membership {
+    /// Starts gossip (state `joining`) and the view-maintenance task. Must be
+    /// called inside the Tokio runtime that lives as long as the node.
+    pub async fn start(settings: MembershipSettings) -> anyhow::Result<Membership> {
+        let interval = settings.gossip_interval;
+        let failure_detector_config = FailureDetectorConfig {
+            phi_threshold: settings.phi_threshold,
+            sampling_window_size: 1_000,
+            max_interval: Duration::from_secs(10),
+            // Before a peer's heartbeat intervals are known, assume a few
+            // gossip rounds, so a node that dies right after joining is still
+            // detected within seconds.
+            initial_interval: (interval * 5).max(Duration::from_millis(500)),
+            dead_node_grace_period: Duration::from_secs(3600),
+        };
+        let config = ChitchatConfig {
+            chitchat_id: ChitchatId::new(
+                settings.node_id.clone(),
+                settings.generation,
+                settings.advertise,
+            ),
+            cluster_id: settings.cluster_id.clone(),
+            gossip_interval: interval,
+            listen_addr: settings.listen,
+            seed_nodes: settings.seeds.clone(),
+            failure_detector_config,
+            marked_for_deletion_grace_period: Duration::from_secs(3600),
+            catchup_callback: None,
+            extra_liveness_predicate: None,
+            protocol_version: chitchat::ProtocolVersion::V0,
+        };
+        let initial = vec![
+            (
+                KEY_STATE.to_string(),
+                MemberState::Joining.as_str().to_string(),
+            ),
+            (KEY_PUBLIC.to_string(), settings.public_addr.to_string()),
+            (KEY_CLUSTER.to_string(), settings.advertise.to_string()),
+            (KEY_ADMIN.to_string(), settings.admin_addr.to_string()),
+        ];
+        let handle = spawn_chitchat(config, initial, &UdpTransport).await?;
+        let view = ViewHandle::new(ClusterView::alone(&settings.node_id, settings.vnodes));
+        let (tx, changes) = watch::channel(Fingerprint::default());
+        let chitchat = handle.chitchat();
+        let mut live = chitchat.lock().await.live_nodes_watcher();
+        let task_view = view.clone();
+        let (self_id, vnodes) = (settings.node_id.clone(), settings.vnodes);
+        tokio::spawn(async move {
+            let mut published = String::new();
+            loop {
+                let members = members_of(&live.borrow_and_update());
+                let next = ClusterView::from_members(&self_id, members, vnodes);
+                let fp = next.fingerprint();
+                let changed = task_view.load().fingerprint() != fp;
+                if changed {
+                    info!(
+                        fingerprint = %fp,
+                        members = ?next.ring.members(),
+                        "ring rebuilt"
+                    );
+                }
+                task_view.store(next);
+                let fp_text = fp.to_string();
+                if fp_text != published {
+                    chitchat
+                        .lock()
+                        .await
+                        .self_node_state()
+                        .set(KEY_FINGERPRINT, &fp_text);
+                    published = fp_text;
+                }
+                let _ = tx.send(fp);
+                if live.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Membership {
+            handle,
+            view,
+            changes,
+            settings,
+        })
+    }
+
+    pub fn view(&self) -> ViewHandle {
+        self.view.clone()
+    }
+
+    pub fn settings(&self) -> &MembershipSettings {
+        &self.settings
+    }
+
+    /// Publishes this node's state.
+    pub async fn set_state(&self, state: MemberState) {
+        self.handle
+            .with_chitchat(|c| c.self_node_state().set(KEY_STATE, state.as_str()))
+            .await;
+    }
+
+    /// Waits until another live member is seen or `timeout` passes; true when
+    /// a peer was seen. A node without seeds returns at once.
+    pub async fn wait_for_peers(&self, timeout: Duration) -> bool {
+        if self.settings.seeds.is_empty() {
+            return false;
+        }
+        let chitchat = self.handle.chitchat();
+        let mut live = chitchat.lock().await.live_nodes_watcher();
+        let seen = tokio::time::timeout(timeout, async {
+            loop {
+                if live.borrow_and_update().len() > 1 {
+                    return;
+                }
+                if live.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok();
+        if !seen {
+            warn!(seeds = ?self.settings.seeds, "no peer answered within {timeout:?}; starting as a cluster of one");
+        }
+        seen
+    }
+
+    /// Resolves once this node's view contains `node_id` as a ready member.
+    pub async fn wait_until_ready_in_view(&self, timeout: Duration) -> bool {
+        let mut changes = self.changes.clone();
+        let id = self.settings.node_id.clone();
+        tokio::time::timeout(timeout, async {
+            loop {
+                if self.view.load().ring.contains(&id) {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Stops gossiping (peers then detect the node as gone).
+    pub async fn shutdown(self) {
+        if let Err(e) = self.handle.shutdown().await {
+            warn!("gossip shutdown: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: &str, state: MemberState, fp: Option<&str>) -> Member {
+        Member {
+            node_id: id.into(),
+            generation: 1,
+            state,
+            public_addr: None,
+            cluster_addr: "127.0.0.1:1".parse().unwrap(),
+            admin_addr: None,
+            fingerprint: fp.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn ring_holds_only_ready_members() {
+        let v = ClusterView::from_members(
+            "a",
+            vec![
+                member("a", MemberState::Ready, None),
+                member("b", MemberState::Joining, None),
+                member("c", MemberState::Leaving, None),
+            ],
+            16,
+        );
+        assert_eq!(v.ring.members(), ["a".to_string()]);
+        assert_eq!(v.owner("t", Limit::Requests), Some("a"));
+    }
+
+    #[test]
+    fn agreement_needs_every_ready_member_on_the_same_fingerprint() {
+        let ring = Ring::new(["a", "b"], 16);
+        let fp = ring.fingerprint().to_string();
+        let v = ClusterView::from_members(
+            "a",
+            vec![
+                member("a", MemberState::Ready, Some(&fp)),
+                member("b", MemberState::Ready, Some(&fp)),
+            ],
+            16,
+        );
+        assert!(v.agreed());
+        let v = ClusterView::from_members(
+            "a",
+            vec![
+                member("a", MemberState::Ready, Some(&fp)),
+                member("b", MemberState::Ready, Some("0")),
+            ],
+            16,
+        );
+        assert!(!v.agreed());
+    }
+
+    #[test]
+    fn alone_view_owns_nothing() {
+        assert_eq!(
+            ClusterView::alone("a", 16).owner("t", Limit::Requests),
+            None
+        );
+    }
+}

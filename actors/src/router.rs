@@ -1,0 +1,388 @@
+//! The front of a clustered node: asks the current ring who owns a
+//! `(tenant, limit)` bucket and either decides the check on a local shard or
+//! forwards it to the owner's [`PeerForwarder`].
+//!
+//! Failure handling: a forward that times out or finds its owner unreachable
+//! looks the owner up again (the ring may have changed) and is sent once more
+//! under the same check id, so the owner's [`Dedup`] never counts it twice.
+//! If that fails too, `on_owner_unreachable` decides: `local` (this node's
+//! shard decides and the answer is marked degraded), `allow` or `deny`.
+//!
+//! A node that receives a forwarded check it does not own by its own ring
+//! forwards it once more; a check already forwarded [`MAX_FORWARDS`] times is
+//! decided where it is, so differing views never make a loop.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+use llmtrace_cluster_config::{Limit, OwnerUnreachable};
+use tracing::warn;
+
+use crate::bucket::Decision;
+use crate::cluster_metrics::ClusterMetrics;
+use crate::dedup::{Claim, Dedup};
+use crate::limiter::{CheckError, Limiter, Verdict};
+use crate::membership::{ClusterView, Member, ViewHandle};
+use crate::peer::{BatchSettings, Forward, ForwardError, PeerClient, PeerForwarder};
+use crate::rpc::{
+    validate_check, BatchRequest, BatchResponse, WireCheck, WireErrorCode, WireResult, MAX_FORWARDS,
+};
+
+/// Builds the client of one peer, on the thread that will use it.
+pub type ClientFactory = Arc<dyn Fn(&Member) -> Box<dyn PeerClient> + Send + Sync>;
+
+/// Forwarding settings.
+#[derive(Debug, Clone, Copy)]
+pub struct RouterSettings {
+    pub batch: BatchSettings,
+    pub forward_timeout: Duration,
+    pub on_owner_unreachable: OwnerUnreachable,
+}
+
+/// Where a check was decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// On this node: it owns the key (or no ring exists yet).
+    Local,
+    /// By the owner, another node.
+    Forwarded,
+    /// The owner could not be reached; the policy decided.
+    Degraded(OwnerUnreachable),
+}
+
+/// A decided check and how it was decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    pub verdict: Verdict,
+    pub route: Route,
+    /// The owner by this node's ring, if any.
+    pub owner: Option<String>,
+}
+
+type ForwarderKey = (u64, String, u64, std::net::SocketAddr);
+
+thread_local! {
+    /// Forwarders of this thread, per router and peer generation.
+    static FORWARDERS: RefCell<HashMap<ForwarderKey, Addr<PeerForwarder>>> = RefCell::new(HashMap::new());
+}
+
+static ROUTER_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// Routes checks to their owner. Cheap to clone; usable from any arbiter.
+#[derive(Clone)]
+pub struct Router {
+    /// Distinguishes routers sharing a thread (tests run several nodes).
+    id: u64,
+    local: Limiter,
+    view: ViewHandle,
+    settings: RouterSettings,
+    metrics: Arc<ClusterMetrics>,
+    clients: ClientFactory,
+    next_check_id: Arc<AtomicU64>,
+    dedup: Arc<Dedup>,
+}
+
+fn wire_error(e: &CheckError) -> WireResult {
+    match e {
+        CheckError::ZeroCost => WireResult::Invalid(WireErrorCode::ZeroCost),
+        CheckError::CostAboveBurst { .. } => WireResult::Invalid(WireErrorCode::CostAboveBurst),
+        CheckError::Unavailable(_) => WireResult::Unavailable(WireErrorCode::ShuttingDown),
+    }
+}
+
+impl Router {
+    pub fn new(
+        local: Limiter,
+        view: ViewHandle,
+        settings: RouterSettings,
+        metrics: Arc<ClusterMetrics>,
+        clients: ClientFactory,
+    ) -> Self {
+        Router {
+            id: ROUTER_IDS.fetch_add(1, Relaxed),
+            local,
+            view,
+            settings,
+            metrics,
+            clients,
+            // Start from the clock so ids of a restarted node do not collide
+            // with its previous generation's within a dedup window.
+            next_check_id: Arc::new(AtomicU64::new(crate::clock::Clock::now_ns(
+                &crate::clock::SystemClock,
+            ))),
+            dedup: Arc::new(Dedup::new(settings.forward_timeout * 4)),
+        }
+    }
+
+    pub fn local(&self) -> &Limiter {
+        &self.local
+    }
+
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.load()
+    }
+
+    pub fn metrics(&self) -> &Arc<ClusterMetrics> {
+        &self.metrics
+    }
+
+    fn forwarder(&self, view: &ClusterView, member: &Member) -> Addr<PeerForwarder> {
+        let key = (
+            self.id,
+            member.node_id.clone(),
+            member.generation,
+            member.cluster_addr,
+        );
+        FORWARDERS.with(|f| {
+            let mut map = f.borrow_mut();
+            if let Some(addr) = map.get(&key) {
+                if addr.connected() {
+                    return addr.clone();
+                }
+            }
+            // Forget forwarders of peers that left or restarted.
+            map.retain(|(router, id, generation, _), _| {
+                *router != self.id || view.member(id).is_some_and(|m| m.generation == *generation)
+            });
+            let client = (self.clients)(member);
+            let addr = PeerForwarder::new(
+                view.self_id.to_string(),
+                client,
+                self.settings.batch,
+                Arc::clone(&self.metrics),
+            )
+            .start();
+            map.insert(key, addr.clone());
+            addr
+        })
+    }
+
+    async fn send(
+        &self,
+        view: &ClusterView,
+        owner: &str,
+        check: WireCheck,
+    ) -> Result<WireResult, ForwardError> {
+        let member = view
+            .member(owner)
+            .ok_or_else(|| ForwardError::Unreachable(format!("{owner} has no known address")))?;
+        let forwarder = self.forwarder(view, member);
+        // The client's own timeout fires first; this one also covers time
+        // spent waiting for the batch to fill.
+        let deadline = self.settings.forward_timeout
+            + self.settings.batch.max_wait
+            + Duration::from_millis(50);
+        match tokio::time::timeout(deadline, forwarder.send(Forward(check))).await {
+            Err(_) => Err(ForwardError::Timeout),
+            Ok(Err(mailbox)) => Err(ForwardError::Unreachable(mailbox.to_string())),
+            Ok(Ok(result)) => result,
+        }
+    }
+
+    async fn local_check(
+        &self,
+        tenant: String,
+        limit: Limit,
+        cost: u64,
+        route: Route,
+        owner: Option<String>,
+    ) -> Result<Routed, CheckError> {
+        let verdict = self.local.check(tenant, limit, cost).await?;
+        Ok(Routed {
+            verdict,
+            route,
+            owner,
+        })
+    }
+
+    /// Decides one check. `hops` is how many times it was already forwarded
+    /// (0 for a check from a client).
+    pub async fn check(
+        &self,
+        tenant: String,
+        limit: Limit,
+        cost: u64,
+        hops: u8,
+    ) -> Result<Routed, CheckError> {
+        let Some(quota) = self.local.validate(&tenant, limit, cost)? else {
+            return self
+                .local_check(tenant, limit, cost, Route::Local, None)
+                .await;
+        };
+        let view = self.view.load();
+        let owner = match view.owner(&tenant, limit) {
+            None => {
+                return self
+                    .local_check(tenant, limit, cost, Route::Local, None)
+                    .await
+            }
+            Some(o) if view.is_self(o) => {
+                let owner = Some(o.to_string());
+                return self
+                    .local_check(tenant, limit, cost, Route::Local, owner)
+                    .await;
+            }
+            Some(o) => o.to_string(),
+        };
+        if hops >= MAX_FORWARDS {
+            return self
+                .local_check(tenant, limit, cost, Route::Local, Some(owner))
+                .await;
+        }
+        if hops > 0 {
+            self.metrics.reforwarded.fetch_add(1, Relaxed);
+        }
+        let mut check = WireCheck {
+            id: self.next_check_id.fetch_add(1, Relaxed),
+            tenant,
+            limit: limit as u8,
+            cost,
+            retry: false,
+            hops: hops + 1,
+        };
+        self.metrics.forwarded.fetch_add(1, Relaxed);
+        let first = self.send(&view, &owner, check.clone()).await;
+        if let Some(routed) = self.settle(&first, &owner)? {
+            return Ok(routed);
+        }
+        // Retry once, with the owner looked up again.
+        self.metrics.retries.fetch_add(1, Relaxed);
+        let view = self.view.load();
+        let owner2 = match view.owner(&check.tenant, limit) {
+            Some(o) if !view.is_self(o) => o.to_string(),
+            other => {
+                let owner = other.map(str::to_string);
+                return self
+                    .local_check(check.tenant, limit, cost, Route::Local, owner)
+                    .await;
+            }
+        };
+        check.retry = true;
+        let second = self.send(&view, &owner2, check.clone()).await;
+        if let Some(routed) = self.settle(&second, &owner2)? {
+            return Ok(routed);
+        }
+        let reason = match &second {
+            Err(e) => e.to_string(),
+            Ok(r) => format!("{r:?}"),
+        };
+        self.unreachable(check.tenant, limit, cost, quota, owner2, reason)
+            .await
+    }
+
+    /// `Some` when the owner decided, `Err` when it refused the check as
+    /// invalid, `None` when it could not decide.
+    fn settle(
+        &self,
+        result: &Result<WireResult, ForwardError>,
+        owner: &str,
+    ) -> Result<Option<Routed>, CheckError> {
+        match result {
+            Ok(r) => match (r.verdict(), r) {
+                (Some(verdict), _) => Ok(Some(Routed {
+                    verdict,
+                    route: Route::Forwarded,
+                    owner: Some(owner.to_string()),
+                })),
+                (None, WireResult::Invalid(code)) => Err(CheckError::Unavailable(format!(
+                    "owner {owner} refused the check: {code:?}"
+                ))),
+                (None, _) => Ok(None),
+            },
+            Err(_) => Ok(None),
+        }
+    }
+
+    async fn unreachable(
+        &self,
+        tenant: String,
+        limit: Limit,
+        cost: u64,
+        quota: crate::BucketQuota,
+        owner: String,
+        reason: String,
+    ) -> Result<Routed, CheckError> {
+        let policy = self.settings.on_owner_unreachable;
+        warn!(%tenant, %owner, policy = policy.as_str(), %reason, "owner unreachable");
+        let route = Route::Degraded(policy);
+        match policy {
+            OwnerUnreachable::Local => {
+                self.metrics.unreachable_local.fetch_add(1, Relaxed);
+                self.local_check(tenant, limit, cost, route, Some(owner))
+                    .await
+            }
+            OwnerUnreachable::Allow => {
+                self.metrics.unreachable_allow.fetch_add(1, Relaxed);
+                Ok(Routed {
+                    verdict: Verdict::Unlimited,
+                    route,
+                    owner: Some(owner),
+                })
+            }
+            OwnerUnreachable::Deny => {
+                self.metrics.unreachable_deny.fetch_add(1, Relaxed);
+                let decision = Decision::Refused {
+                    remaining: 0,
+                    retry_after_ns: 1_000_000_000,
+                    reset_after_ns: 0,
+                };
+                Ok(Routed {
+                    verdict: Verdict::Limited { quota, decision },
+                    route,
+                    owner: Some(owner),
+                })
+            }
+        }
+    }
+
+    /// Answers a batch received from another node, in order. Retries are
+    /// answered from the dedup cache when already decided.
+    pub async fn serve_batch(&self, req: BatchRequest) -> BatchResponse {
+        self.metrics.rpc_batches.fetch_add(1, Relaxed);
+        self.metrics
+            .rpc_checks
+            .fetch_add(req.checks.len() as u64, Relaxed);
+        let origin: Arc<str> = req.origin.as_str().into();
+        let claims = self.dedup.claim(&origin, &req.checks);
+        let answers = join_all(
+            req.checks
+                .into_iter()
+                .zip(claims)
+                .map(|(c, claim)| async move {
+                    if let Claim::Answered(r) = claim {
+                        self.metrics.dedup_hits.fetch_add(1, Relaxed);
+                        return (c.id, r, false);
+                    }
+                    let result = match validate_check(&c) {
+                        Err(code) => WireResult::Invalid(code),
+                        Ok(limit) => match self.check(c.tenant, limit, c.cost, c.hops).await {
+                            Ok(routed) => WireResult::from(routed.verdict),
+                            Err(e) => wire_error(&e),
+                        },
+                    };
+                    (c.id, result, true)
+                }),
+        )
+        .await;
+        self.dedup.complete(
+            &origin,
+            answers
+                .iter()
+                .filter(|(_, _, new)| *new)
+                .map(|(id, r, _)| (*id, *r)),
+        );
+        BatchResponse {
+            node: self.view.load().self_id.to_string(),
+            results: answers.into_iter().map(|(_, r, _)| r).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "router_tests.rs"]
+mod tests;

@@ -1,0 +1,330 @@
+//! The node-to-node wire format: one bincode 2 message per HTTP body, with a
+//! leading version byte. Input from the cluster port is hostile until decoded:
+//! bodies are capped ([`MAX_BODY_BYTES`]), decoding is capped by bincode's
+//! allocation limit, batch length and tenant ids are validated, unknown
+//! versions and trailing bytes are refused.
+
+use bincode::{config, Decode, Encode};
+use llmtrace_cluster_config::{validate_tenant_id, Limit};
+use thiserror::Error;
+
+use crate::bucket::{BucketQuota, Decision};
+use crate::limiter::Verdict;
+
+/// Version of [`BatchRequest`] / [`BatchResponse`].
+pub const WIRE_VERSION: u8 = 1;
+/// Largest node-to-node body accepted.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Most checks in one forwarded batch.
+pub const MAX_BATCH_ITEMS: usize = 4096;
+/// HTTP path of the batch RPC on the cluster listener.
+pub const CHECK_PATH: &str = "/cluster/v1/checks";
+/// Header carrying the cluster secret.
+pub const SECRET_HEADER: &str = "x-llmtrace-cluster-secret";
+
+/// One forwarded check.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct WireCheck {
+    /// Unique per origin node; a retry reuses it so the owner can dedup.
+    pub id: u64,
+    pub tenant: String,
+    /// Index into `Limit::ALL`.
+    pub limit: u8,
+    pub cost: u64,
+    /// True when this is a retry of an earlier send of the same id.
+    pub retry: bool,
+    /// Times this check has been forwarded, this send included. The receiver
+    /// forwards again only while this is below [`MAX_FORWARDS`].
+    pub hops: u8,
+}
+
+/// A check is forwarded at most this many times: once by the node that
+/// received it, once more by a receiver whose ring disagrees (hop limit 1).
+pub const MAX_FORWARDS: u8 = 2;
+
+/// A batch of checks from one node to another.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct BatchRequest {
+    /// Node id of the sender (scope of the check ids).
+    pub origin: String,
+    pub checks: Vec<WireCheck>,
+}
+
+/// The answer to one forwarded check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum WireResult {
+    Unlimited,
+    Allowed {
+        rate: u32,
+        burst: u32,
+        remaining: u64,
+        reset_after_ns: u64,
+    },
+    Refused {
+        rate: u32,
+        burst: u32,
+        remaining: u64,
+        retry_after_ns: u64,
+        reset_after_ns: u64,
+    },
+    /// The check itself was invalid (cost, tenant, limit).
+    Invalid(WireErrorCode),
+    /// The owner could not decide (shutting down, duplicate still in flight).
+    Unavailable(WireErrorCode),
+}
+
+/// Per-item error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum WireErrorCode {
+    BadTenant,
+    UnknownLimit,
+    ZeroCost,
+    CostAboveBurst,
+    ShuttingDown,
+    DuplicateInFlight,
+}
+
+/// Answers in the order of the request's checks.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct BatchResponse {
+    /// Node id of the node that answered.
+    pub node: String,
+    pub results: Vec<WireResult>,
+}
+
+impl From<Verdict> for WireResult {
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Unlimited => WireResult::Unlimited,
+            Verdict::Limited { quota, decision } => match decision {
+                Decision::Allowed {
+                    remaining,
+                    reset_after_ns,
+                } => WireResult::Allowed {
+                    rate: quota.rate,
+                    burst: quota.burst,
+                    remaining,
+                    reset_after_ns,
+                },
+                Decision::Refused {
+                    remaining,
+                    retry_after_ns,
+                    reset_after_ns,
+                } => WireResult::Refused {
+                    rate: quota.rate,
+                    burst: quota.burst,
+                    remaining,
+                    retry_after_ns,
+                    reset_after_ns,
+                },
+            },
+        }
+    }
+}
+
+impl WireResult {
+    /// The verdict carried, if the owner decided.
+    pub fn verdict(self) -> Option<Verdict> {
+        match self {
+            WireResult::Unlimited => Some(Verdict::Unlimited),
+            WireResult::Allowed {
+                rate,
+                burst,
+                remaining,
+                reset_after_ns,
+            } => Some(Verdict::Limited {
+                quota: BucketQuota { rate, burst },
+                decision: Decision::Allowed {
+                    remaining,
+                    reset_after_ns,
+                },
+            }),
+            WireResult::Refused {
+                rate,
+                burst,
+                remaining,
+                retry_after_ns,
+                reset_after_ns,
+            } => Some(Verdict::Limited {
+                quota: BucketQuota { rate, burst },
+                decision: Decision::Refused {
+                    remaining,
+                    retry_after_ns,
+                    reset_after_ns,
+                },
+            }),
+            WireResult::Invalid(_) | WireResult::Unavailable(_) => None,
+        }
+    }
+}
+
+/// Why a node-to-node body was refused as a whole.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum WireError {
+    #[error("empty body")]
+    Empty,
+    #[error("unsupported wire version {0} (this node speaks {WIRE_VERSION})")]
+    Version(u8),
+    #[error("body of {0} bytes exceeds {MAX_BODY_BYTES}")]
+    TooLarge(usize),
+    #[error("undecodable body: {0}")]
+    Decode(String),
+    #[error("batch of {0} checks exceeds {MAX_BATCH_ITEMS}")]
+    TooManyItems(usize),
+    #[error("invalid origin node id")]
+    BadOrigin,
+}
+
+fn cfg() -> impl config::Config {
+    config::standard().with_limit::<MAX_BODY_BYTES>()
+}
+
+/// Encodes a message with the leading version byte.
+pub fn encode<T: Encode>(msg: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.push(WIRE_VERSION);
+    bincode::encode_into_std_write(msg, &mut out, cfg()).expect("writing to a Vec cannot fail");
+    out
+}
+
+/// Decodes a message written by [`encode`], refusing anything else.
+pub fn decode<T: Decode<()>>(bytes: &[u8]) -> Result<T, WireError> {
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
+    if version != WIRE_VERSION {
+        return Err(WireError::Version(version));
+    }
+    let (msg, used) =
+        bincode::decode_from_slice(body, cfg()).map_err(|e| WireError::Decode(e.to_string()))?;
+    if used != body.len() {
+        return Err(WireError::Decode(format!(
+            "{} trailing bytes",
+            body.len() - used
+        )));
+    }
+    Ok(msg)
+}
+
+/// Decodes and validates a batch request's envelope.
+pub fn decode_request(bytes: &[u8]) -> Result<BatchRequest, WireError> {
+    let req: BatchRequest = decode(bytes)?;
+    if req.checks.len() > MAX_BATCH_ITEMS {
+        return Err(WireError::TooManyItems(req.checks.len()));
+    }
+    validate_tenant_id(&req.origin).map_err(|_| WireError::BadOrigin)?;
+    Ok(req)
+}
+
+/// Validates one forwarded check's fields (the quota checks come later).
+pub fn validate_check(c: &WireCheck) -> Result<Limit, WireErrorCode> {
+    validate_tenant_id(&c.tenant).map_err(|_| WireErrorCode::BadTenant)?;
+    if c.cost == 0 {
+        return Err(WireErrorCode::ZeroCost);
+    }
+    Limit::ALL
+        .get(usize::from(c.limit))
+        .copied()
+        .ok_or(WireErrorCode::UnknownLimit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn req(n: usize) -> BatchRequest {
+        BatchRequest {
+            origin: "node-a".into(),
+            checks: (0..n)
+                .map(|i| WireCheck {
+                    id: i as u64,
+                    tenant: format!("t{i}"),
+                    limit: 0,
+                    cost: 1,
+                    retry: false,
+                    hops: 1,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let r = req(3);
+        assert_eq!(decode_request(&encode(&r)), Ok(r));
+        let resp = BatchResponse {
+            node: "b".into(),
+            results: vec![
+                WireResult::Unlimited,
+                WireResult::Invalid(WireErrorCode::ZeroCost),
+            ],
+        };
+        assert_eq!(decode::<BatchResponse>(&encode(&resp)), Ok(resp));
+    }
+
+    #[test]
+    fn refuses_hostile_bodies() {
+        assert_eq!(decode_request(&[]), Err(WireError::Empty));
+        let mut b = encode(&req(1));
+        b[0] = 9;
+        assert_eq!(decode_request(&b), Err(WireError::Version(9)));
+        let mut b = encode(&req(1));
+        b.push(0);
+        assert!(matches!(decode_request(&b), Err(WireError::Decode(_))));
+        assert_eq!(
+            decode_request(&encode(&req(MAX_BATCH_ITEMS + 1))),
+            Err(WireError::TooManyItems(MAX_BATCH_ITEMS + 1))
+        );
+        // A length prefix claiming 2^60 checks must not allocate.
+        let mut b = vec![WIRE_VERSION, 1, b'a', 0xfd];
+        b.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(matches!(decode_request(&b), Err(WireError::Decode(_))));
+        let mut bad = req(1);
+        bad.origin = "has space".into();
+        assert_eq!(decode_request(&encode(&bad)), Err(WireError::BadOrigin));
+    }
+
+    #[test]
+    fn item_validation() {
+        let ok = WireCheck {
+            id: 1,
+            tenant: "t".into(),
+            limit: 0,
+            cost: 1,
+            retry: false,
+            hops: 1,
+        };
+        assert_eq!(validate_check(&ok), Ok(Limit::Requests));
+        assert_eq!(
+            validate_check(&WireCheck {
+                limit: 7,
+                ..ok.clone()
+            }),
+            Err(WireErrorCode::UnknownLimit)
+        );
+        assert_eq!(
+            validate_check(&WireCheck {
+                cost: 0,
+                ..ok.clone()
+            }),
+            Err(WireErrorCode::ZeroCost)
+        );
+        assert_eq!(
+            validate_check(&WireCheck {
+                tenant: "".into(),
+                ..ok
+            }),
+            Err(WireErrorCode::BadTenant)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_request(&bytes);
+            let _ = decode::<BatchResponse>(&bytes);
+        }
+    }
+}
