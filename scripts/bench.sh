@@ -7,9 +7,17 @@
 #         100,000 over keep-alive connections, first against llmtrace-node, then
 #         against llmtrace-plain-bench (a bare actix-web server that parses the same
 #         body and answers a constant: the ceiling). Prints checks/s, p50, p99 and
-#         the ratio node/plain (target >= 0.7). The node runs in memory with
-#         --requests-per-second 1000000 --burst-size 1000000, so every check is
-#         allowed (a 429 there would mean a bug, and wrk counts it as non-2xx).
+#         the ratio node/plain (target >= 0.7), plus each server's CPU time per
+#         check (steadier than checks/s on a 2-core machine that wrk shares).
+#         The node runs in memory with --requests-per-second 1
+#         --burst-size 1000000000 and every check costs 10: each tenant spends
+#         faster than it refills, so its bucket stays resident (not full, never
+#         swept) and every check is allowed for ~10^8 s. That measures the hot
+#         path; a 429 there would be a bug (wrk counts it as non-2xx).
+#         BENCH_RPS=1000000 BENCH_BURST=1000000 BENCH_COST=1 instead makes every
+#         bucket full again within microseconds, so the 1 s sweep drops it and
+#         most checks go through a snapshot restore (the "cold" path). The
+#         node's restore/eviction counters are printed after its run.
 # memory  starts a node in memory with --requests-per-second 1 --burst-size 1000,
 #         sends one warm-up batch, reads VmRSS (idle baseline), drains
 #         1,000,000 distinct tenants (one check of cost 1000 each, so every bucket
@@ -25,6 +33,7 @@
 #   BENCH_THREADS=2        wrk threads
 #   BENCH_TENANT_SPACE=100000  distinct tenant ids in the single benchmark
 #   BENCH_STATUS=0         1 = count wrk responses per HTTP status (costs client CPU)
+#   BENCH_RPS=1 BENCH_BURST=1000000000 BENCH_COST=10   node quota and check cost (single)
 #   BENCH_SHARDS=          passed as --shards to the node when set
 #   BENCH_WORKERS=         passed as --http-workers to the node and --workers to
 #                          plain-bench when set (defaults of each binary otherwise)
@@ -43,7 +52,7 @@ set -euo pipefail
 MODE="${1:-all}"
 case "$MODE" in
   single|memory|all) ;;
-  -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
   *) echo "usage: $0 [single|memory|all]" >&2; exit 2 ;;
 esac
 
@@ -59,6 +68,9 @@ BENCH_CONNECTIONS="${BENCH_CONNECTIONS:-64}"
 BENCH_THREADS="${BENCH_THREADS:-2}"
 BENCH_TENANT_SPACE="${BENCH_TENANT_SPACE:-100000}"
 BENCH_STATUS="${BENCH_STATUS:-0}"
+BENCH_RPS="${BENCH_RPS:-1}"
+BENCH_BURST="${BENCH_BURST:-1000000000}"
+BENCH_COST="${BENCH_COST:-10}"
 BENCH_SHARDS="${BENCH_SHARDS:-}"
 BENCH_WORKERS="${BENCH_WORKERS:-}"
 BENCH_NODE_ARGS="${BENCH_NODE_ARGS:-}"
@@ -66,7 +78,7 @@ BENCH_TENANTS="${BENCH_TENANTS:-1000000}"
 BENCH_DRAIN_THREADS="${BENCH_DRAIN_THREADS:-2}"
 BENCH_DRAIN_DEADLINE="${BENCH_DRAIN_DEADLINE:-900}"
 BENCH_SKIP_BUILD="${BENCH_SKIP_BUILD:-0}"
-export BENCH_TENANT_SPACE BENCH_STATUS
+export BENCH_TENANT_SPACE BENCH_STATUS BENCH_COST
 
 WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/llmtrace-bench.XXXXXX")"
 PIDS=()
@@ -88,8 +100,25 @@ stop_pid() {
   wait "$pid" 2>/dev/null || true
 }
 
+# Runs a bounded load command as a background child and waits for it, so a
+# SIGTERM/SIGINT to this script is handled at once (bash runs traps only
+# between foreground commands) and cleanup can stop the child too.
+LOAD_PID=""
+run_load() {
+  "$@" &
+  LOAD_PID=$!
+  local rc=0
+  wait "$LOAD_PID" || rc=$?
+  LOAD_PID=""
+  return "$rc"
+}
+
 cleanup() {
   local pid
+  if [[ -n "$LOAD_PID" ]]; then
+    kill -TERM "$LOAD_PID" 2>/dev/null || true
+    wait "$LOAD_PID" 2>/dev/null || true
+  fi
   for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
     stop_pid "$pid"
   done
@@ -130,6 +159,25 @@ build() {
   for b in "$NODE_BIN" "$PLAIN_BIN"; do
     [[ -x "$b" ]] || { log "missing binary $b"; exit 1; }
   done
+  NODE_HAS_CLUSTER_LISTEN=0
+  if "$NODE_BIN" --help 2>/dev/null | grep -q -- '--cluster-listen'; then
+    NODE_HAS_CLUSTER_LISTEN=1
+  fi
+}
+
+# The figures are only meaningful on an otherwise idle machine (2 cores here):
+# sample the CPU for one second and warn if something else is using it.
+load_note() {
+  local a b
+  a="$(awk '/^cpu / { print $2+$3+$4+$6+$7+$8, $5 }' /proc/stat)"
+  sleep 1
+  b="$(awk '/^cpu / { print $2+$3+$4+$6+$7+$8, $5 }' /proc/stat)"
+  awk -v a="$a" -v b="$b" 'BEGIN {
+    split(a, x, " "); split(b, y, " ")
+    busy = y[1] - x[1]; idle = y[2] - x[2]
+    if (busy + idle > 0 && busy / (busy + idle) > 0.15)
+      printf "  !! the CPU was %.0f%% busy just before the run: other work (a build?) may skew the figures\n", 100 * busy / (busy + idle)
+  }'
 }
 
 # start_proc NAME BIN ARGS... -> sets PROC_PID, PROC_PUBLIC, PROC_ADMIN
@@ -177,6 +225,9 @@ health_note() {
 
 node_args() {
   NODE_ARGS=(--listen 127.0.0.1:0 --admin-listen 127.0.0.1:0)
+  # The node-to-node listener defaults to the fixed port 7946: use an ephemeral
+  # one so a bench never collides with another node on this machine.
+  [[ "$NODE_HAS_CLUSTER_LISTEN" == 1 ]] && NODE_ARGS+=(--cluster-listen 127.0.0.1:0)
   [[ -n "$BENCH_SHARDS" ]] && NODE_ARGS+=(--shards "$BENCH_SHARDS")
   [[ -n "$BENCH_WORKERS" ]] && NODE_ARGS+=(--http-workers "$BENCH_WORKERS")
   if [[ -n "$BENCH_NODE_ARGS" ]]; then
@@ -196,17 +247,39 @@ us_to_ms() { awk -v u="$1" 'BEGIN { printf "%.2f ms", u / 1000 }'; }
 vmrss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 vmhwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
 
-# run_wrk NAME URL -> prints the wrk output, leaves it in $WORKDIR/wrk-NAME.txt
+# CPU accounting around a measured run, so a noisy 2-core machine can be told
+# apart from a slow server: the server's own CPU (from /proc/PID/stat), the
+# client's (children times of this shell: wrk runs as our child) and the whole
+# machine's busy time (/proc/stat); "other" is what neither of them used.
+proc_cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+machine_busy_ticks() { awk '/^cpu / { print $2+$3+$4 }' /proc/stat; }  # user+nice+system (softirq of loopback traffic excluded)
+children_cpu_s() { # must not run in a subshell: `times` reports the current shell
+  times >"$WORKDIR/times.txt"
+  CHILD_CPU="$(awk 'NR == 2 {
+    t = 0
+    for (i = 1; i <= 2; i++) { split($i, p, "m"); sub("s", "", p[2]); t += p[1] * 60 + p[2] }
+    printf "%.3f", t }' "$WORKDIR/times.txt")"
+}
+
+# run_wrk NAME URL PID -> prints the wrk output, leaves it in $WORKDIR/wrk-NAME.txt
+# and "server_s client_s busy_s" in $WORKDIR/cpu-NAME.txt
 run_wrk() {
-  local name="$1" url="$2" out="$WORKDIR/wrk-$1.txt"
+  local name="$1" url="$2" pid="$3" out="$WORKDIR/wrk-$1.txt" s0 s1 c0 c1 m0 m1 hz
   if [[ "$BENCH_WARMUP" != 0 && "$BENCH_WARMUP" != 0s ]]; then
-    timeout 300 wrk -t"$BENCH_THREADS" -c"$BENCH_CONNECTIONS" -d"$BENCH_WARMUP" --timeout 5s \
+    run_load timeout 300 wrk -t"$BENCH_THREADS" -c"$BENCH_CONNECTIONS" -d"$BENCH_WARMUP" --timeout 5s \
       -s "$BENCH_DIR/check.lua" "$url" >"$WORKDIR/wrk-$name-warmup.txt" 2>&1 || {
         log "wrk warm-up against $name failed:"; cat "$WORKDIR/wrk-$name-warmup.txt" >&2; exit 1; }
   fi
-  timeout 900 wrk -t"$BENCH_THREADS" -c"$BENCH_CONNECTIONS" -d"$BENCH_DURATION" --timeout 5s --latency \
+  hz="$(getconf CLK_TCK)"
+  children_cpu_s; c0="$CHILD_CPU"
+  s0="$(proc_cpu_ticks "$pid")"; m0="$(machine_busy_ticks)"
+  run_load timeout 900 wrk -t"$BENCH_THREADS" -c"$BENCH_CONNECTIONS" -d"$BENCH_DURATION" --timeout 5s --latency \
     -s "$BENCH_DIR/check.lua" "$url" >"$out" 2>&1 || {
       log "wrk against $name failed:"; cat "$out" >&2; exit 1; }
+  s1="$(proc_cpu_ticks "$pid")"; m1="$(machine_busy_ticks)"
+  children_cpu_s; c1="$CHILD_CPU"
+  awk -v s="$((s1 - s0))" -v m="$((m1 - m0))" -v c0="$c0" -v c1="$c1" -v hz="$hz" \
+    'BEGIN { printf "%.3f %.3f %.3f\n", s / hz, c1 - c0, m / hz }' >"$WORKDIR/cpu-$name.txt"
   sed 's/^/  | /' "$out"
   grep -q '^BENCH_RESULT ' "$out" || { log "wrk printed no BENCH_RESULT line"; exit 1; }
 }
@@ -225,6 +298,15 @@ summarize_wrk() { # summarize_wrk NAME  -> sets RPS
   if [[ "$errs" != "connect 0, read 0, write 0, timeout 0" ]]; then
     echo "  !! $1: socket errors: $errs"
   fi
+  read -r CPU_SERVER CPU_CLIENT CPU_BUSY <"$WORKDIR/cpu-$1.txt"
+  awk -v s="$CPU_SERVER" -v c="$CPU_CLIENT" -v b="$CPU_BUSY" -v n="$(field "$out" requests)" \
+      -v d="$(field "$out" duration_s)" -v name="$1" 'BEGIN {
+    o = b - s - c; if (o < 0) o = 0
+    printf "  %-22s server %.1f us CPU/check (%.2f cores), wrk %.2f cores, other processes %.2f cores\n", \
+      "", (n > 0) ? 1e6 * s / n : 0, s / d, c / d, o / d
+    if (o / d > 0.15)
+      printf "  !! %s: other processes used %.2f cores during the run: the figures are skewed\n", name, o / d
+  }'
   if grep -q '^BENCH_STATUS' "$out"; then
     echo "  $1 statuses: $(sed -n 's/^BENCH_STATUS //p' "$out")"
   fi
@@ -237,19 +319,26 @@ bench_single() {
   local node_rps plain_rps plain_args=(--listen 127.0.0.1:0)
   [[ -n "$BENCH_WORKERS" ]] && plain_args+=(--workers "$BENCH_WORKERS")
 
+  load_note
   node_args
-  NODE_ARGS+=(--requests-per-second 1000000 --burst-size 1000000)
+  NODE_ARGS+=(--requests-per-second "$BENCH_RPS" --burst-size "$BENCH_BURST")
   echo "-- llmtrace-node ${NODE_ARGS[*]}"
   start_proc node-single "$NODE_BIN" "${NODE_ARGS[@]}"
   local node_pid="$PROC_PID" node_url="http://$PROC_PUBLIC"
-  run_wrk node "$node_url"
+  run_wrk node "$node_url" "$node_pid"
+  # Which path did the checks take? Restores mean buckets were not resident.
+  timeout 60 python3 "$BENCH_DIR/drain.py" --metrics "$PROC_ADMIN" \
+    --metric llmtrace_checks_total --metric llmtrace_restore_hits_total \
+    --metric llmtrace_restore_misses_total --metric llmtrace_bucket_evictions_total \
+    --metric llmtrace_buckets_resident --metric llmtrace_snapshot_writes_total \
+    | sed 's/^METRIC /  metric /' || echo "  !! could not read $PROC_ADMIN/metrics"
   health_note node-single "$node_pid"
   stop_pid "$node_pid"
 
   echo "-- llmtrace-plain-bench ${plain_args[*]}"
   start_proc plain "$PLAIN_BIN" "${plain_args[@]}"
   local plain_pid="$PROC_PID"
-  run_wrk plain "http://$PROC_PUBLIC"
+  run_wrk plain "http://$PROC_PUBLIC" "$plain_pid"
   health_note plain "$plain_pid"
   stop_pid "$plain_pid"
 
@@ -257,15 +346,21 @@ bench_single() {
   echo "single results:"
   summarize_wrk node; node_rps="$RPS"
   summarize_wrk plain; plain_rps="$RPS"
+  NODE_US="$(awk -v s="$(cut -d' ' -f1 "$WORKDIR/cpu-node.txt")" -v n="$(field "$WORKDIR/wrk-node.txt" requests)" 'BEGIN { print (n > 0) ? 1e6 * s / n : 0 }')"
+  PLAIN_US="$(awk -v s="$(cut -d' ' -f1 "$WORKDIR/cpu-plain.txt")" -v n="$(field "$WORKDIR/wrk-plain.txt" requests)" 'BEGIN { print (n > 0) ? 1e6 * s / n : 0 }')"
   awk -v n="$node_rps" -v p="$plain_rps" 'BEGIN {
     r = (p > 0) ? n / p : 0
     printf "  ratio node/plain       %12.3f            (target >= 0.70: %s)\n", r, (r >= 0.7) ? "met" : "NOT met"
+  }'
+  awk -v n="$NODE_US" -v p="$PLAIN_US" 'BEGIN {
+    if (n > 0) printf "  server CPU plain/node  %12.3f            (same ratio measured in server CPU per check; less sensitive to noise)\n", p / n
   }'
 }
 
 bench_memory() {
   echo
   echo "== memory: $BENCH_TENANTS distinct tenants drained via /v1/check/batch (1000 per request) =="
+  load_note
   node_args
   NODE_ARGS+=(--requests-per-second 1 --burst-size 1000)
   echo "-- llmtrace-node ${NODE_ARGS[*]}"
@@ -274,14 +369,14 @@ bench_memory() {
 
   # Warm-up: one batch of 1000 other tenants, so buffers, thread stacks and
   # allocator arenas are in the baseline.
-  timeout 120 python3 "$BENCH_DIR/drain.py" --addr "$addr" --tenants 1000 --prefix warm- \
+  run_load timeout 120 python3 "$BENCH_DIR/drain.py" --addr "$addr" --tenants 1000 --prefix warm- \
     --cost 1000 --threads 1 --deadline 60 >"$WORKDIR/warmup.txt" || {
       log "warm-up batch failed"; health_note node-memory "$pid"; exit 1; }
   sleep 1
   idle="$(vmrss_kb "$pid")"
   echo "  idle VmRSS after warm-up batch: $idle kB"
 
-  timeout $((BENCH_DRAIN_DEADLINE + 120)) python3 "$BENCH_DIR/drain.py" --addr "$addr" \
+  run_load timeout $((BENCH_DRAIN_DEADLINE + 120)) python3 "$BENCH_DIR/drain.py" --addr "$addr" \
     --tenants "$BENCH_TENANTS" --batch 1000 --cost 1000 --prefix t \
     --threads "$BENCH_DRAIN_THREADS" --deadline "$BENCH_DRAIN_DEADLINE" >"$out" || {
       log "drain failed"; health_note node-memory "$pid"; exit 1; }

@@ -12,12 +12,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::rpc::{WireCheck, WireErrorCode, WireResult};
+use crate::rpc::{WireAnswer, WireCheck, WireErrorCode, WireResult};
 
 #[derive(Clone, Copy)]
 enum Slot {
     InFlight,
-    Done(WireResult),
+    Done(WireAnswer),
 }
 
 type Key = (Arc<str>, u64);
@@ -34,7 +34,7 @@ pub enum Claim {
     /// Decide it.
     New,
     /// Already answered (or still being answered): reply this.
-    Answered(WireResult),
+    Answered(WireAnswer),
 }
 
 pub struct Dedup {
@@ -80,9 +80,9 @@ impl Dedup {
                     match seen {
                         Some(Slot::Done(r)) => return Claim::Answered(r),
                         Some(Slot::InFlight) => {
-                            return Claim::Answered(WireResult::Unavailable(
+                            return Claim::Answered(WireAnswer::plain(WireResult::Unavailable(
                                 WireErrorCode::DuplicateInFlight,
-                            ))
+                            )))
                         }
                         None => {}
                     }
@@ -97,7 +97,7 @@ impl Dedup {
     pub fn complete(
         &self,
         origin: &Arc<str>,
-        answers: impl IntoIterator<Item = (u64, WireResult)>,
+        answers: impl IntoIterator<Item = (u64, WireAnswer)>,
     ) {
         let mut inner = self.lock();
         for (id, result) in answers {
@@ -141,14 +141,14 @@ mod tests {
         // Retry while the first send is still being decided.
         assert_eq!(
             d.claim(&origin, &[check(1, true)]),
-            vec![Claim::Answered(WireResult::Unavailable(
+            vec![Claim::Answered(WireAnswer::plain(WireResult::Unavailable(
                 WireErrorCode::DuplicateInFlight
-            ))]
+            )))]
         );
-        d.complete(&origin, [(1, WireResult::Unlimited)]);
+        d.complete(&origin, [(1, WireAnswer::plain(WireResult::Unlimited))]);
         assert_eq!(
             d.claim(&origin, &[check(1, true)]),
-            vec![Claim::Answered(WireResult::Unlimited)]
+            vec![Claim::Answered(WireAnswer::plain(WireResult::Unlimited))]
         );
         // Same id from another origin is another check.
         let other: Arc<str> = "b".into();

@@ -20,6 +20,9 @@ use chitchat::{
     spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState,
 };
 use llmtrace_cluster_config::{Fingerprint, Limit, Ring};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::cluster_metrics::ClusterMetrics;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -138,7 +141,14 @@ impl ViewHandle {
         ViewHandle(Arc::new(ArcSwap::from_pointee(view)))
     }
 
-    pub fn load(&self) -> Arc<ClusterView> {
+    /// The current view, without touching its reference count (the hot
+    /// path reads this on every check).
+    pub fn load(&self) -> arc_swap::Guard<Arc<ClusterView>> {
+        self.0.load()
+    }
+
+    /// The current view as an owned `Arc`.
+    pub fn load_full(&self) -> Arc<ClusterView> {
         self.0.load_full()
     }
 
@@ -217,7 +227,10 @@ fn members_of(live: &BTreeMap<ChitchatId, NodeState>) -> Vec<Member> {
 impl Membership {
     /// Starts gossip (state `joining`) and the view-maintenance task. Must be
     /// called inside the Tokio runtime that lives as long as the node.
-    pub async fn start(settings: MembershipSettings) -> anyhow::Result<Membership> {
+    pub async fn start(
+        settings: MembershipSettings,
+        metrics: Arc<ClusterMetrics>,
+    ) -> anyhow::Result<Membership> {
         let interval = settings.gossip_interval;
         let failure_detector_config = FailureDetectorConfig {
             phi_threshold: settings.phi_threshold,
@@ -268,7 +281,14 @@ impl Membership {
                 let next = ClusterView::from_members(&self_id, members, vnodes);
                 let fp = next.fingerprint();
                 let changed = task_view.load().fingerprint() != fp;
+                metrics
+                    .ring_members
+                    .store(next.ring.members().len() as i64, Relaxed);
+                metrics
+                    .live_members
+                    .store(next.members.len() as i64, Relaxed);
                 if changed {
+                    metrics.ring_changes.fetch_add(1, Relaxed);
                     info!(
                         fingerprint = %fp,
                         members = ?next.ring.members(),
@@ -348,6 +368,29 @@ impl Membership {
             loop {
                 if self.view.load().ring.contains(&id) {
                     return;
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    /// After this node announced `leaving`: resolves once its own ring no
+    /// longer holds it and every ready member published that same ring, i.e.
+    /// peers stopped routing to this node. False on timeout.
+    pub async fn wait_until_left(&self, timeout: Duration) -> bool {
+        let mut changes = self.changes.clone();
+        let id = self.settings.node_id.clone();
+        tokio::time::timeout(timeout, async {
+            loop {
+                {
+                    let view = self.view.load();
+                    if !view.ring.contains(&id) && view.agreed() {
+                        return;
+                    }
                 }
                 if changes.changed().await.is_err() {
                     return;

@@ -17,7 +17,7 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 
 use crate::cluster_metrics::ClusterMetrics;
-use crate::rpc::{self, BatchRequest, BatchResponse, WireCheck, WireResult};
+use crate::rpc::{self, BatchRequest, BatchResponse, WireAnswer, WireCheck};
 
 /// Why a forward got no answer from the owner.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -97,10 +97,10 @@ impl PeerClient for AwcPeerClient {
 
 /// Forward one check to this forwarder's peer.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<WireResult, ForwardError>")]
+#[rtype(result = "Result<WireAnswer, ForwardError>")]
 pub struct Forward(pub WireCheck);
 
-type Reply = oneshot::Sender<Result<WireResult, ForwardError>>;
+type Reply = oneshot::Sender<Result<WireAnswer, ForwardError>>;
 
 /// Batching settings of a forwarder.
 #[derive(Debug, Clone, Copy)]
@@ -204,7 +204,7 @@ impl Actor for PeerForwarder {
 }
 
 impl Handler<Forward> for PeerForwarder {
-    type Result = ResponseFuture<Result<WireResult, ForwardError>>;
+    type Result = ResponseFuture<Result<WireAnswer, ForwardError>>;
 
     fn handle(&mut self, msg: Forward, ctx: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();

@@ -30,7 +30,8 @@ use crate::limiter::{CheckError, Limiter, Verdict};
 use crate::membership::{ClusterView, Member, ViewHandle};
 use crate::peer::{BatchSettings, Forward, ForwardError, PeerClient, PeerForwarder};
 use crate::rpc::{
-    validate_check, BatchRequest, BatchResponse, WireCheck, WireErrorCode, WireResult, MAX_FORWARDS,
+    policy_byte, validate_check, BatchRequest, BatchResponse, WireAnswer, WireCheck, WireErrorCode,
+    WireResult, MAX_FORWARDS,
 };
 
 /// Builds the client of one peer, on the thread that will use it.
@@ -124,7 +125,7 @@ impl Router {
     }
 
     pub fn view(&self) -> Arc<ClusterView> {
-        self.view.load()
+        self.view.load_full()
     }
 
     pub fn metrics(&self) -> &Arc<ClusterMetrics> {
@@ -167,7 +168,7 @@ impl Router {
         view: &ClusterView,
         owner: &str,
         check: WireCheck,
-    ) -> Result<WireResult, ForwardError> {
+    ) -> Result<WireAnswer, ForwardError> {
         let member = view
             .member(owner)
             .ok_or_else(|| ForwardError::Unreachable(format!("{owner} has no known address")))?;
@@ -279,14 +280,17 @@ impl Router {
     /// invalid, `None` when it could not decide.
     fn settle(
         &self,
-        result: &Result<WireResult, ForwardError>,
+        result: &Result<WireAnswer, ForwardError>,
         owner: &str,
     ) -> Result<Option<Routed>, CheckError> {
         match result {
-            Ok(r) => match (r.verdict(), r) {
+            Ok(answer) => match (answer.result.verdict(), &answer.result) {
                 (Some(verdict), _) => Ok(Some(Routed {
                     verdict,
-                    route: Route::Forwarded,
+                    // A peer that could not reach the owner either says so.
+                    route: answer
+                        .degraded_policy()
+                        .map_or(Route::Forwarded, Route::Degraded),
                     owner: Some(owner.to_string()),
                 })),
                 (None, WireResult::Invalid(code)) => Err(CheckError::Unavailable(format!(
@@ -359,10 +363,16 @@ impl Router {
                         return (c.id, r, false);
                     }
                     let result = match validate_check(&c) {
-                        Err(code) => WireResult::Invalid(code),
+                        Err(code) => WireAnswer::plain(WireResult::Invalid(code)),
                         Ok(limit) => match self.check(c.tenant, limit, c.cost, c.hops).await {
-                            Ok(routed) => WireResult::from(routed.verdict),
-                            Err(e) => wire_error(&e),
+                            Ok(routed) => WireAnswer {
+                                result: WireResult::from(routed.verdict),
+                                degraded: match routed.route {
+                                    Route::Degraded(p) => Some(policy_byte(p)),
+                                    _ => None,
+                                },
+                            },
+                            Err(e) => WireAnswer::plain(wire_error(&e)),
                         },
                     };
                     (c.id, result, true)

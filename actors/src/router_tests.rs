@@ -330,17 +330,17 @@ async fn invalid_items_in_a_batch_get_their_own_error() {
             ],
         })
         .await;
-    assert!(matches!(resp.results[0], WireResult::Allowed { .. }));
+    assert!(matches!(resp.results[0].result, WireResult::Allowed { .. }));
     assert_eq!(
-        resp.results[1],
+        resp.results[1].result,
         WireResult::Invalid(WireErrorCode::BadTenant)
     );
     assert_eq!(
-        resp.results[2],
+        resp.results[2].result,
         WireResult::Invalid(WireErrorCode::ZeroCost)
     );
     assert_eq!(
-        resp.results[3],
+        resp.results[3].result,
         WireResult::Invalid(WireErrorCode::CostAboveBurst)
     );
 }

@@ -5,7 +5,7 @@
 //! versions and trailing bytes are refused.
 
 use bincode::{config, Decode, Encode};
-use llmtrace_cluster_config::{validate_tenant_id, Limit};
+use llmtrace_cluster_config::{validate_tenant_id, Limit, OwnerUnreachable};
 use thiserror::Error;
 
 use crate::bucket::{BucketQuota, Decision};
@@ -84,12 +84,47 @@ pub enum WireErrorCode {
     DuplicateInFlight,
 }
 
+/// The answer to one forwarded check and how it was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct WireAnswer {
+    pub result: WireResult,
+    /// Set when the node that decided could not reach the owner and its
+    /// `on_owner_unreachable` policy decided: 0 local, 1 allow, 2 deny.
+    pub degraded: Option<u8>,
+}
+
+impl WireAnswer {
+    pub fn plain(result: WireResult) -> Self {
+        WireAnswer {
+            result,
+            degraded: None,
+        }
+    }
+
+    pub fn degraded_policy(&self) -> Option<OwnerUnreachable> {
+        self.degraded.map(|p| match p {
+            1 => OwnerUnreachable::Allow,
+            2 => OwnerUnreachable::Deny,
+            _ => OwnerUnreachable::Local,
+        })
+    }
+}
+
+/// The wire byte of a policy.
+pub fn policy_byte(p: OwnerUnreachable) -> u8 {
+    match p {
+        OwnerUnreachable::Local => 0,
+        OwnerUnreachable::Allow => 1,
+        OwnerUnreachable::Deny => 2,
+    }
+}
+
 /// Answers in the order of the request's checks.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct BatchResponse {
     /// Node id of the node that answered.
     pub node: String,
-    pub results: Vec<WireResult>,
+    pub results: Vec<WireAnswer>,
 }
 
 impl From<Verdict> for WireResult {
@@ -257,8 +292,11 @@ mod tests {
         let resp = BatchResponse {
             node: "b".into(),
             results: vec![
-                WireResult::Unlimited,
-                WireResult::Invalid(WireErrorCode::ZeroCost),
+                WireAnswer::plain(WireResult::Unlimited),
+                WireAnswer {
+                    result: WireResult::Invalid(WireErrorCode::ZeroCost),
+                    degraded: Some(2),
+                },
             ],
         };
         assert_eq!(decode::<BatchResponse>(&encode(&resp)), Ok(resp));

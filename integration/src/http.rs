@@ -100,18 +100,43 @@ impl Client {
 
     /// Sends `body` as is with an optional content type.
     pub fn post_raw(&self, path: &str, content_type: Option<&str>, body: &[u8]) -> Reply {
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|ct| ("content-type", ct))
+            .into_iter()
+            .collect();
+        self.post_with_headers(path, &headers, body)
+    }
+
+    /// Sends `body` as is with the given request headers; panics on a transport error.
+    pub fn post_with_headers(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+        self.try_post(path, headers, body)
+            .unwrap_or_else(|e| panic!("POST {}{path} ({} bytes): {e}", self.base, body.len()))
+    }
+
+    /// Like [`Client::post_with_headers`], but a transport error (connection refused or
+    /// reset, timeout) is returned instead of panicking: load loops count them.
+    pub fn try_post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Reply, ureq::Error> {
         let url = format!("{}{path}", self.base);
         let mut req = self.agent.post(&url);
-        if let Some(ct) = content_type {
-            req = req.header("content-type", ct);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
-        req.send(body)
-            .and_then(into_reply)
-            .unwrap_or_else(|e| panic!("POST {url} ({} bytes): {e}", body.len()))
+        req.send(body).and_then(into_reply)
     }
 
     pub fn post_json(&self, path: &str, body: &Value) -> Reply {
         self.post_raw(path, Some("application/json"), body.to_string().as_bytes())
+    }
+
+    /// `post_json` that returns transport errors instead of panicking.
+    pub fn try_post_json(&self, path: &str, body: &Value) -> Result<Reply, ureq::Error> {
+        let headers = [("content-type", "application/json")];
+        self.try_post(path, &headers, body.to_string().as_bytes())
     }
 
     /// A request with an arbitrary method and an empty body (for 405 / 404 checks).

@@ -3,6 +3,9 @@
 //! Layout:
 //! - [`node`]: start an `llmtrace-node` child (builder, ready line, SIGTERM / SIGKILL,
 //!   kill on drop) and talk to it over HTTP.
+//! - [`cluster`]: N nodes seeded from the first, waiting until they agree on one ring;
+//!   add, stop and kill nodes.
+//! - [`load`]: a bounded background load of checks round-robin over nodes and tenants.
 //! - [`http`]: a thin blocking HTTP client that never treats a status as an error.
 //! - [`output`]: drains a child's stdout / stderr in threads and keeps the tail for
 //!   failure messages.
@@ -14,14 +17,18 @@
 //! when its guard drops. Synchronisation is by polling a condition ([`wait_until`]), never
 //! by a fixed sleep.
 
+pub mod cluster;
 pub mod http;
+pub mod load;
 pub mod metrics;
 pub mod node;
 pub mod output;
 pub mod redis;
 pub mod resp;
 
+pub use cluster::{Cluster, ClusterBuilder};
 pub use http::Reply;
+pub use load::{Load, LoadReport};
 pub use node::{Node, NodeBuilder, StartFailure};
 pub use redis::RedisServer;
 
@@ -51,6 +58,20 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Opt
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Polls `cond` for `duration` and panics naming `what` as soon as it fails. For the
+/// rare property that must *keep* holding (something that should not happen), where
+/// only a bounded observation window exists.
+pub fn holds_for(duration: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    loop {
+        assert!(cond(), "{what} stopped holding after {:?}", start.elapsed());
+        if start.elapsed() >= duration {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

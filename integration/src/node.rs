@@ -156,10 +156,13 @@ impl NodeBuilder {
         };
         let public = field("public=");
         let admin = field("admin=");
+        let cluster_addr = field("cluster=");
         let node = Node {
             node_id: field("node_id="),
             public: Client::new(format!("http://{public}")),
             admin: Client::new(format!("http://{admin}")),
+            cluster: Client::new(format!("http://{cluster_addr}")),
+            cluster_addr,
             child,
             output,
             _dir: dir,
@@ -194,6 +197,10 @@ pub struct Node {
     pub node_id: String,
     public: Client,
     admin: Client,
+    /// The node-to-node listener (`POST /cluster/v1/checks`).
+    cluster: Client,
+    /// `host:port` of the cluster listener, as peers pass it to `--seeds`.
+    cluster_addr: String,
     child: Child,
     output: Captured,
     /// Holds the config file for the node's lifetime.
@@ -229,6 +236,55 @@ impl Node {
 
     pub fn admin(&self) -> &Client {
         &self.admin
+    }
+
+    /// The client of the node-to-node listener.
+    pub fn cluster(&self) -> &Client {
+        &self.cluster
+    }
+
+    /// `host:port` of the cluster listener (TCP RPC and UDP gossip), for `--seeds`.
+    pub fn cluster_addr(&self) -> &str {
+        &self.cluster_addr
+    }
+
+    /// `GET path` on the admin listener; panics unless it answers 200 with JSON.
+    pub fn admin_get_json(&self, path: &str) -> Value {
+        let reply = self.admin.get(path);
+        assert_eq!(reply.status, 200, "GET {}{path}: {reply}", self.admin_url());
+        assert!(!reply.json.is_null(), "GET {path}: not JSON: {reply}");
+        reply.json
+    }
+
+    /// `GET path` on the admin listener: the JSON body of a 200, None otherwise (also
+    /// when the node does not answer, e.g. while it stops).
+    pub fn try_admin_get_json(&self, path: &str) -> Option<Value> {
+        let reply = self.admin.try_get(path).ok()?;
+        (reply.status == 200 && !reply.json.is_null()).then_some(reply.json)
+    }
+
+    /// This node's view of the cluster, `GET /admin/cluster`.
+    pub fn cluster_view(&self) -> Value {
+        self.admin_get_json("/admin/cluster")
+    }
+
+    /// The ids in this node's ring, sorted (None when the admin listener is down).
+    pub fn ring_members(&self) -> Option<Vec<String>> {
+        let view = self.try_admin_get_json("/admin/cluster")?;
+        let mut ids: Vec<String> = view["ring_members"]
+            .as_array()?
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        ids.sort();
+        Some(ids)
+    }
+
+    /// True when `GET /readyz` answers 200 right now.
+    pub fn is_ready(&self) -> bool {
+        self.public
+            .try_get("/readyz")
+            .is_ok_and(|r| r.status == 200)
     }
 
     /// Everything the node wrote to stderr so far (tail).
@@ -308,9 +364,7 @@ impl Node {
     /// Polls `/readyz` until it answers 200.
     pub fn wait_ready(&self) {
         wait_until(STARTUP_TIMEOUT, "GET /readyz to answer 200", || {
-            self.public
-                .try_get("/readyz")
-                .is_ok_and(|r| r.status == 200)
+            self.is_ready()
         });
     }
 
@@ -318,13 +372,18 @@ impl Node {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// SIGTERM, then waits (at most [`STOP_TIMEOUT`]) for the exit status. Panics (after a
-    /// SIGKILL) when the node does not stop in time.
-    pub fn terminate(&mut self) -> ExitStatus {
+    /// Sends SIGTERM and returns at once (the node starts leaving).
+    pub fn signal_term(&self) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
         // SAFETY: kill(2) with a pid of our own, not yet reaped child: no memory is touched.
         let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
         assert_eq!(rc, 0, "kill(SIGTERM): {}", std::io::Error::last_os_error());
+    }
+
+    /// SIGTERM, then waits (at most [`STOP_TIMEOUT`]) for the exit status. Panics (after a
+    /// SIGKILL) when the node does not stop in time.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal_term();
         match wait_exit(&mut self.child, STOP_TIMEOUT) {
             Some(status) => {
                 self.output.wait_closed(Duration::from_secs(5));

@@ -27,6 +27,9 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long a node with seeds waits to hear from a peer before it starts as
 /// a cluster of one.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a leaving node waits for its peers to drop it from their rings
+/// while it still answers (readyz already 503).
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The three listeners of a node.
 pub struct Listeners {
@@ -152,19 +155,23 @@ pub async fn serve(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let membership = Membership::start(MembershipSettings {
-        node_id: config.node_id.clone(),
-        generation,
-        listen: cluster_addr,
-        advertise,
-        public_addr,
-        admin_addr,
-        seeds: c.seeds.clone(),
-        cluster_id: cluster_id(c.secret.as_deref()),
-        vnodes: c.vnodes,
-        gossip_interval: Duration::from_millis(c.gossip_interval_ms),
-        phi_threshold: c.phi_threshold,
-    })
+    let cluster_metrics = Arc::new(ClusterMetrics::default());
+    let membership = Membership::start(
+        MembershipSettings {
+            node_id: config.node_id.clone(),
+            generation,
+            listen: cluster_addr,
+            advertise,
+            public_addr,
+            admin_addr,
+            seeds: c.seeds.clone(),
+            cluster_id: cluster_id(c.secret.as_deref()),
+            vnodes: c.vnodes,
+            gossip_interval: Duration::from_millis(c.gossip_interval_ms),
+            phi_threshold: c.phi_threshold,
+        },
+        Arc::clone(&cluster_metrics),
+    )
     .await
     .context("cannot start gossip")?;
     let forward_timeout = Duration::from_millis(c.forward_timeout_ms);
@@ -179,7 +186,7 @@ pub async fn serve(
             forward_timeout,
             on_owner_unreachable: c.on_owner_unreachable,
         },
-        Arc::new(ClusterMetrics::default()),
+        cluster_metrics,
         peer_clients(c.secret.clone(), forward_timeout),
     );
     let ctx = web::Data::from(NodeContext::new(router, c.secret.clone()));
@@ -267,8 +274,16 @@ pub async fn serve(
         _ = join => {}
     }
 
+    // Leave in order: readyz turns 503 (load balancers stop sending), peers
+    // learn `leaving` and drop this node from their rings, and only then the
+    // public listener closes; checks arriving meanwhile are still answered.
     ctx.set_ready(false);
     membership.set_state(MemberState::Leaving).await;
+    if membership.wait_until_left(LEAVE_TIMEOUT).await {
+        info!("peers dropped this node from their rings");
+    } else {
+        warn!("peers did not confirm the leave within {LEAVE_TIMEOUT:?}; stopping anyway");
+    }
     handles[0].stop(true).await;
     match limiter.flush_all(STOP_GRACE).await {
         Ok(n) => info!(snapshots = n, "final snapshot flush done"),

@@ -1,11 +1,13 @@
 -- wrk script for `scripts/bench.sh single`: POST /v1/check with random tenants.
 --
--- Each request carries {"tenant_id":"t<N>","cost":1} with N drawn uniformly from
+-- Each request carries {"tenant_id":"t<N>","cost":C} with N drawn uniformly from
 -- 1..BENCH_TENANT_SPACE (default 100000) by math.random, seeded differently in
--- every wrk thread. Connections are kept alive (wrk's default, HTTP/1.1).
+-- every wrk thread, and C = BENCH_COST (default 1). Connections are kept alive
+-- (wrk's default, HTTP/1.1).
 --
 -- Environment (read by every thread):
 --   BENCH_TENANT_SPACE  number of distinct tenant ids (default 100000)
+--   BENCH_COST          cost of every check (default 1)
 --   BENCH_STATUS        1 = count responses per HTTP status (adds a response()
 --                       callback, which costs some client CPU; default 0)
 --
@@ -15,6 +17,7 @@
 -- and, with BENCH_STATUS=1, a line `BENCH_STATUS 200=.. 429=.. ...`.
 
 local tenant_space = tonumber(os.getenv("BENCH_TENANT_SPACE") or "") or 100000
+local cost = tonumber(os.getenv("BENCH_COST") or "") or 1
 local count_status = (os.getenv("BENCH_STATUS") or "0") == "1"
 
 wrk.method = "POST"
@@ -39,10 +42,11 @@ function init(args)
 end
 
 local random = math.random
+local tail = '","cost":' .. cost .. '}'
 local format = wrk.format
 
 function request()
-  local body = '{"tenant_id":"t' .. random(1, tenant_space) .. '","cost":1}'
+  local body = '{"tenant_id":"t' .. random(1, tenant_space) .. tail
   return format(nil, nil, nil, body)
 end
 

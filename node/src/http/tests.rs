@@ -277,5 +277,8 @@ async fn cluster_endpoint_refuses_hostile_input() {
     assert_eq!(resp.status(), 200);
     let body = test::read_body(resp).await;
     let answer: rpc::BatchResponse = rpc::decode(&body).unwrap();
-    assert!(matches!(answer.results[0], rpc::WireResult::Allowed { .. }));
+    assert!(matches!(
+        answer.results[0].result,
+        rpc::WireResult::Allowed { .. }
+    ));
 }
