@@ -9,6 +9,7 @@
 //! - [`cache`]: the [`CacheLayer`] trait, in-memory and Redis implementations.
 //! - [`shard`]: the shard actor, sole owner of its buckets.
 //! - [`limiter`]: validates checks and sends them to this node's shards.
+//! - [`placement`]: shards on dedicated threads or on the HTTP workers.
 //! - [`membership`]: chitchat gossip and the cluster view (ring of ready members).
 //! - [`router`]: local-or-forward decision, retries, unreachable-owner policy.
 //! - [`peer`]: the per-peer batching forwarder and the awc client.
@@ -26,6 +27,7 @@ pub mod limiter;
 pub mod membership;
 pub mod metrics;
 pub mod peer;
+pub mod placement;
 pub mod router;
 pub mod rpc;
 pub mod shard;
@@ -42,5 +44,6 @@ pub use membership::{
 };
 pub use metrics::Metrics;
 pub use peer::{AwcPeerClient, BatchSettings, PeerClient};
+pub use placement::{ShardHost, ShardSlots};
 pub use router::{ClientFactory, Route, Routed, Router, RouterSettings};
 pub use shard::ShardTiming;

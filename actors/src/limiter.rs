@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::prelude::*;
 use futures_util::future::join_all;
 use llmtrace_cluster_config::{Limit, Quota, RateLimitConfig};
 use thiserror::Error;
@@ -17,7 +16,8 @@ use crate::cache::{CacheError, CacheLayer};
 use crate::clock::Clock;
 use crate::key::{shard_of, BucketKey};
 use crate::metrics::Metrics;
-use crate::shard::{Check, FlushNow, ShardActor, ShardTiming, SweepNow};
+use crate::placement::{self, ShardHost, ShardParts, ShardSlots};
+use crate::shard::{Check, FlushNow, ShardTiming, SweepNow};
 
 /// The answer to a check that was well-formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ pub enum CheckError {
 /// Handle to a node's shards. Cheap to clone.
 #[derive(Clone)]
 pub struct Limiter {
-    shards: Arc<[Addr<ShardActor>]>,
+    shards: Arc<ShardSlots>,
     limits: Arc<RateLimitConfig>,
     metrics: Arc<Metrics>,
     cache_name: &'static str,
@@ -75,28 +75,55 @@ impl Limiter {
         clock: Arc<dyn Clock>,
         timing: ShardTiming,
     ) -> Self {
+        let (limiter, parts) = Self::unstarted(shards, limits, cache, clock, timing);
+        placement::start_dedicated(&parts, &limiter.shards);
+        limiter
+    }
+
+    /// A limiter whose shards are hosted by the HTTP worker threads: each
+    /// worker calls [`ShardHost::host_here`] as it starts. Checks sent before
+    /// their shard started wait for it.
+    pub fn hosted(
+        shards: usize,
+        hosts: usize,
+        limits: Arc<RateLimitConfig>,
+        cache: Arc<dyn CacheLayer>,
+        clock: Arc<dyn Clock>,
+        timing: ShardTiming,
+    ) -> (Self, Arc<ShardHost>) {
+        let (limiter, parts) = Self::unstarted(shards, limits, cache, clock, timing);
+        let host = ShardHost::new(parts, Arc::clone(&limiter.shards), hosts);
+        (limiter, host)
+    }
+
+    fn unstarted(
+        shards: usize,
+        limits: Arc<RateLimitConfig>,
+        cache: Arc<dyn CacheLayer>,
+        clock: Arc<dyn Clock>,
+        timing: ShardTiming,
+    ) -> (Self, ShardParts) {
         let shards = shards.max(1);
         let metrics = Arc::new(Metrics::new(shards));
-        let addrs: Vec<Addr<ShardActor>> = (0..shards)
-            .map(|id| {
-                let arbiter = Arbiter::new();
-                let (limits, cache, clock, metrics) = (
-                    Arc::clone(&limits),
-                    Arc::clone(&cache),
-                    Arc::clone(&clock),
-                    Arc::clone(&metrics),
-                );
-                ShardActor::start_in_arbiter(&arbiter.handle(), move |_| {
-                    ShardActor::new(id, limits, cache, clock, metrics, timing)
-                })
-            })
-            .collect();
-        Limiter {
-            shards: addrs.into(),
-            limits,
-            metrics,
+        let limiter = Limiter {
+            shards: ShardSlots::new(shards),
+            limits: Arc::clone(&limits),
+            metrics: Arc::clone(&metrics),
             cache_name: cache.name(),
-        }
+        };
+        let parts = ShardParts {
+            limits,
+            cache,
+            clock,
+            metrics,
+            timing,
+        };
+        (limiter, parts)
+    }
+
+    /// The shard table (start-up waits on it).
+    pub fn shards(&self) -> &Arc<ShardSlots> {
+        &self.shards
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -149,13 +176,19 @@ impl Limiter {
             self.metrics.unlimited.fetch_add(1, Relaxed);
             return Ok(Verdict::Unlimited);
         };
-        let shard = &self.shards[shard_of(&tenant, limit, self.shards.len())];
+        let i = shard_of(&tenant, limit, self.shards.len());
         let key = BucketKey {
             tenant: tenant.into_boxed_str(),
             limit,
         };
-        let decision = shard
-            .send(Check { key, quota, cost })
+        let mut msg = Some(Check { key, quota, cost });
+        // Hot path: no clone of the address (its sender count is shared
+        // between threads); only during start-up wait for the shard.
+        let request = match self.shards.with(i, |a| a.send(msg.take().expect("unsent"))) {
+            Some(request) => request,
+            None => self.shards.get(i).await.send(msg.take().expect("unsent")),
+        };
+        let decision = request
             .await
             .map_err(|e| CheckError::Unavailable(e.to_string()))?;
         Ok(Verdict::Limited { quota, decision })
@@ -163,7 +196,8 @@ impl Limiter {
 
     /// Writes every dirty bucket of every shard; returns how many.
     pub async fn flush_all(&self, timeout: Duration) -> Result<usize, CacheError> {
-        let sends = self.shards.iter().map(|s| s.send(FlushNow));
+        let shards = self.shards.all();
+        let sends = shards.iter().map(|s| s.send(FlushNow));
         let all = tokio::time::timeout(timeout, join_all(sends))
             .await
             .map_err(|_| CacheError::Timeout)?;
@@ -176,7 +210,8 @@ impl Limiter {
 
     /// Drops full buckets on every shard now; returns how many.
     pub async fn sweep_all(&self) -> usize {
-        let all = join_all(self.shards.iter().map(|s| s.send(SweepNow))).await;
+        let shards = self.shards.all();
+        let all = join_all(shards.iter().map(|s| s.send(SweepNow))).await;
         all.into_iter().map(|r| r.unwrap_or(0)).sum()
     }
 }

@@ -286,3 +286,30 @@ async fn cache_down_still_answers_and_keeps_dirty_state_bounded() {
     // The failed batches were put back, once: one dirty bucket, not three.
     assert!(text.contains("llmtrace_snapshot_dirty 1"), "{text}");
 }
+
+#[actix_rt::test]
+async fn without_write_behind_nothing_is_copied_to_the_cache_layer() {
+    let clock = ManualClock::new(T0);
+    let cache = Arc::new(InMemoryCacheLayer::new(clock.clone()));
+    let limiter = Limiter::start(
+        2,
+        Arc::new(limits(1, 10)),
+        cache.clone(),
+        clock,
+        ShardTiming {
+            write_behind: false,
+            ..ShardTiming::default()
+        },
+    );
+    assert!(limiter
+        .check("t".into(), Limit::Requests, 10)
+        .await
+        .unwrap()
+        .is_allowed());
+    assert_eq!(limiter.flush_all(Duration::from_secs(5)).await, Ok(0));
+    assert!(cache.is_empty());
+    assert!(
+        !allowed(&limiter, "t").await,
+        "the shard still holds the drained bucket"
+    );
+}

@@ -37,6 +37,10 @@ const WARN_EVERY_NS: u64 = 10_000_000_000;
 /// Timing of a shard's background work.
 #[derive(Debug, Clone, Copy)]
 pub struct ShardTiming {
+    /// Write changed buckets to the cache layer. Off when the cache layer is
+    /// the node's own memory: the shard map already is that copy, and a crash
+    /// would lose both.
+    pub write_behind: bool,
     /// Write-behind period.
     pub snapshot_interval: Duration,
     /// How often full buckets are dropped from memory.
@@ -46,6 +50,7 @@ pub struct ShardTiming {
 impl Default for ShardTiming {
     fn default() -> Self {
         ShardTiming {
+            write_behind: true,
             snapshot_interval: Duration::from_millis(100),
             sweep_interval: Duration::from_secs(1),
         }
@@ -107,6 +112,8 @@ pub struct ShardActor {
     retry_at_ns: u64,
     backoff: Duration,
     last_warn_ns: u64,
+    /// Where the last dirty buckets go when the shard stops with its thread.
+    on_stop: Option<std::sync::mpsc::Sender<Vec<SnapshotWrite>>>,
 }
 
 impl ShardActor {
@@ -133,7 +140,15 @@ impl ShardActor {
             retry_at_ns: 0,
             backoff: Duration::ZERO,
             last_warn_ns: 0,
+            on_stop: None,
         }
+    }
+
+    /// Hands the dirty buckets to `tx` when the actor stops (shards hosted
+    /// on HTTP workers stop with them, before a final flush could reach them).
+    pub fn on_stop(mut self, tx: Option<std::sync::mpsc::Sender<Vec<SnapshotWrite>>>) -> Self {
+        self.on_stop = tx;
+        self
     }
 
     fn stats(&self) -> &ShardStats {
@@ -155,7 +170,7 @@ impl ShardActor {
         let stats = &self.metrics.shards[self.id];
         if decision.is_allowed() {
             stats.decisions[limit][0].fetch_add(1, Relaxed);
-            if !slot.dirty {
+            if !slot.dirty && self.timing.write_behind {
                 slot.dirty = true;
                 stats.dirty.fetch_add(1, Relaxed);
                 self.oldest_dirty_ns.get_or_insert(now);
@@ -330,6 +345,13 @@ const MAILBOX_CAPACITY: usize = 1 << 16;
 
 impl Actor for ShardActor {
     type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(tx) = self.on_stop.take() {
+            let now = self.clock.now_ns();
+            let _ = tx.send(self.take_dirty(now));
+        }
+    }
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);

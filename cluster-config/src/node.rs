@@ -52,6 +52,29 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// Where shard actors run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ShardPlacement {
+    /// On the public HTTP worker threads: a check whose shard lives on the
+    /// worker that parsed it never changes thread.
+    #[default]
+    Workers,
+    /// Each shard on a thread of its own.
+    Dedicated,
+}
+
+impl std::str::FromStr for ShardPlacement {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "workers" => Ok(ShardPlacement::Workers),
+            "dedicated" => Ok(ShardPlacement::Dedicated),
+            other => Err(format!("expected `workers` or `dedicated`, got `{other}`")),
+        }
+    }
+}
+
 /// A node's resolved, validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeConfig {
@@ -67,8 +90,10 @@ pub struct NodeConfig {
     pub snapshot_interval_ms: u64,
     /// Bound on every Redis call, so a hung Redis cannot stall checks.
     pub redis_timeout_ms: u64,
-    /// Number of shard actors (each on its own thread).
+    /// Number of shard actors.
     pub shards: usize,
+    /// Where the shard actors run.
+    pub shard_placement: ShardPlacement,
     /// Number of HTTP worker threads of the public listener.
     pub http_workers: usize,
     /// Log format.
@@ -90,6 +115,7 @@ pub struct FileConfig {
     pub snapshot_interval_ms: Option<u64>,
     pub redis_timeout_ms: Option<u64>,
     pub shards: Option<usize>,
+    pub shard_placement: Option<ShardPlacement>,
     pub http_workers: Option<usize>,
     pub log_format: Option<LogFormat>,
     pub rate_limit: Option<RateLimitConfig>,
@@ -126,6 +152,7 @@ pub struct Overrides {
     pub snapshot_interval_ms: Option<u64>,
     pub redis_timeout_ms: Option<u64>,
     pub shards: Option<usize>,
+    pub shard_placement: Option<ShardPlacement>,
     pub http_workers: Option<usize>,
     pub log_format: Option<LogFormat>,
     pub rate_limit_enabled: Option<bool>,
@@ -228,6 +255,10 @@ impl NodeConfig {
             MAX_THREADS,
         )?;
         let log_format = overrides.log_format.or(file.log_format).unwrap_or_default();
+        let shard_placement = overrides
+            .shard_placement
+            .or(file.shard_placement)
+            .unwrap_or_default();
         let mut rate_limit = file.rate_limit.unwrap_or_default();
         if let Some(v) = overrides.rate_limit_enabled {
             rate_limit.enabled = v;
@@ -248,6 +279,7 @@ impl NodeConfig {
             snapshot_interval_ms,
             redis_timeout_ms,
             shards,
+            shard_placement,
             http_workers,
             log_format,
             rate_limit,

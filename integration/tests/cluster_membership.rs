@@ -106,9 +106,10 @@ fn join_under_load_fails_no_check() {
             tally.allowed
         );
         // Without a handoff a moved tenant gets one fresh bucket on its new
-        // owner, and while views converge both buckets refill: at most
-        // BURST + RPS * join time (rounded up) above the exact bound.
-        let slack = BURST as i64 + (RPS as f64 * join_time.as_secs_f64()).ceil() as i64;
+        // owner, and while views converge both buckets refill. The nodes
+        // switch at slightly different moments around the measured join
+        // time, so allow the refill of one more second on top.
+        let slack = BURST as i64 + (RPS as f64 * (join_time.as_secs_f64() + 1.0)).ceil() as i64;
         assert!(
             over <= slack,
             "{t}: over-admitted by {over} (> one fresh bucket of {BURST} + refill during the \

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{ArgAction, Parser};
 use llmtrace_cluster_config::{
     ClusterOverrides, ConfigError, FileConfig, LogFormat, NodeConfig, Overrides, OwnerUnreachable,
+    ShardPlacement,
 };
 
 /// One node of an llmtrace cluster: exact per-tenant token-bucket rate
@@ -56,9 +57,16 @@ pub struct Cli {
     #[arg(long, env = "LLMTRACE_REDIS_TIMEOUT_MS", value_name = "MS")]
     pub redis_timeout_ms: Option<u64>,
 
-    /// Number of shard actors, each on its own thread. [default: number of CPUs]
+    /// Number of shard actors (single writers of the buckets).
+    /// [default: number of CPUs]
     #[arg(long, env = "LLMTRACE_SHARDS", value_name = "N")]
     pub shards: Option<usize>,
+
+    /// Where shards run: `workers` (on the public HTTP worker threads, so a
+    /// check for a shard on its own worker never changes thread) or
+    /// `dedicated` (a thread per shard). [default: workers]
+    #[arg(long, env = "LLMTRACE_SHARD_PLACEMENT", value_name = "PLACEMENT")]
+    pub shard_placement: Option<ShardPlacement>,
 
     /// HTTP worker threads of the public listener. [default: number of CPUs]
     #[arg(long, env = "LLMTRACE_HTTP_WORKERS", value_name = "N")]
@@ -215,6 +223,7 @@ impl Cli {
             snapshot_interval_ms: self.snapshot_interval_ms,
             redis_timeout_ms: self.redis_timeout_ms,
             shards: self.shards,
+            shard_placement: self.shard_placement,
             http_workers: self.http_workers,
             log_format: self.log_format,
             rate_limit_enabled: self.rate_limit_enabled,

@@ -12,11 +12,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use llmtrace_actors::{
-    AwcPeerClient, BatchSettings, CacheLayer, ClientFactory, ClusterMetrics, InMemoryCacheLayer,
-    Limiter, Member, MemberState, Membership, MembershipSettings, PeerClient, RedisCacheLayer,
-    Router, RouterSettings, ShardTiming, SystemClock,
+    AwcPeerClient, BatchSettings, CacheError, CacheLayer, ClientFactory, ClusterMetrics,
+    InMemoryCacheLayer, Limiter, Member, MemberState, Membership, MembershipSettings, PeerClient,
+    RedisCacheLayer, Router, RouterSettings, ShardTiming, SystemClock,
 };
-use llmtrace_cluster_config::NodeConfig;
+use llmtrace_cluster_config::{NodeConfig, ShardPlacement};
 use tracing::{info, warn};
 
 use crate::http::{self, NodeContext};
@@ -132,16 +132,33 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let cache = cache_layer(&config)?;
-    let limiter = Limiter::start(
-        config.shards,
-        Arc::new(config.rate_limit.clone()),
-        cache,
-        Arc::new(SystemClock),
-        ShardTiming {
-            snapshot_interval: Duration::from_millis(config.snapshot_interval_ms),
-            ..ShardTiming::default()
-        },
-    );
+    let timing = ShardTiming {
+        // Without Redis the shards' maps are the only copy that matters:
+        // snapshots into the same process would double the memory of every
+        // bucket and survive nothing the maps do not.
+        write_behind: config.redis_url.is_some(),
+        snapshot_interval: Duration::from_millis(config.snapshot_interval_ms),
+        ..ShardTiming::default()
+    };
+    let limits = Arc::new(config.rate_limit.clone());
+    let clock = Arc::new(SystemClock);
+    let (limiter, host) = match config.shard_placement {
+        ShardPlacement::Dedicated => (
+            Limiter::start(config.shards, limits, Arc::clone(&cache), clock, timing),
+            None,
+        ),
+        ShardPlacement::Workers => {
+            let (limiter, host) = Limiter::hosted(
+                config.shards,
+                config.http_workers,
+                limits,
+                Arc::clone(&cache),
+                clock,
+                timing,
+            );
+            (limiter, Some(host))
+        }
+    };
     let public_addr = listeners.public.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
     let cluster_addr = listeners.cluster.local_addr()?;
@@ -192,7 +209,12 @@ pub async fn serve(
     let ctx = web::Data::from(NodeContext::new(router, c.secret.clone()));
 
     let data = ctx.clone();
+    let shard_host = host.clone();
     let public_server = HttpServer::new(move || {
+        // Runs once on each worker thread as it starts.
+        if let Some(host) = &shard_host {
+            host.host_here();
+        }
         App::new()
             .app_data(data.clone())
             .configure(http::public_routes)
@@ -255,6 +277,10 @@ pub async fn serve(
     );
 
     let join = async {
+        if !limiter.shards().wait_all(Duration::from_secs(10)).await {
+            warn!("not every shard started; staying not ready");
+            return std::future::pending::<()>().await;
+        }
         membership.wait_for_peers(JOIN_TIMEOUT).await;
         membership.set_state(MemberState::Ready).await;
         if membership
@@ -285,7 +311,25 @@ pub async fn serve(
         warn!("peers did not confirm the leave within {LEAVE_TIMEOUT:?}; stopping anyway");
     }
     handles[0].stop(true).await;
-    match limiter.flush_all(STOP_GRACE).await {
+    let flushed = match host {
+        None => limiter.flush_all(STOP_GRACE).await,
+        // Shards on workers stopped with them and handed over their dirty set.
+        Some(host) => {
+            let writes = actix_rt::task::spawn_blocking(move || host.final_writes(STOP_GRACE))
+                .await
+                .unwrap_or_default();
+            let n = writes.len();
+            if n == 0 {
+                Ok(0)
+            } else {
+                tokio::time::timeout(STOP_GRACE, cache.store(Arc::new(writes)))
+                    .await
+                    .unwrap_or(Err(CacheError::Timeout))
+                    .map(|()| n)
+            }
+        }
+    };
+    match flushed {
         Ok(n) => info!(snapshots = n, "final snapshot flush done"),
         Err(e) => warn!("final snapshot flush failed, recent consumption may be lost: {e}"),
     }

@@ -3,6 +3,10 @@
 //! reconnects by itself), created lazily so a node starts while Redis is down.
 //! Every call is bounded by the configured timeout: a hung Redis delays a
 //! first check by at most that long, and never blocks a resident bucket.
+//!
+//! All Redis I/O runs on a runtime of its own thread, so the connection
+//! never belongs to a thread that stops earlier (an HTTP worker hosting
+//! shards stops before the node's final flush).
 
 use std::time::Duration;
 
@@ -21,11 +25,50 @@ use crate::snapshot;
 pub struct RedisCacheLayer {
     conn: ConnectionManager,
     timeout: Duration,
+    /// The runtime (thread `llmtrace-redis`) every Redis call runs on.
+    io: tokio::runtime::Handle,
+}
+
+/// Starts the thread that runs Redis I/O for the life of the process.
+fn io_runtime() -> Result<tokio::runtime::Handle, CacheError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("llmtrace-redis".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(rt.handle().clone()));
+            rt.block_on(std::future::pending::<()>());
+        })
+        .map_err(|e| CacheError::Unavailable(e.to_string()))?;
+    rx.recv()
+        .map_err(|e| CacheError::Unavailable(e.to_string()))?
+        .map_err(CacheError::Unavailable)
+}
+
+/// Runs `fut` on the Redis runtime and awaits it from anywhere.
+fn on_io<T: Send + 'static>(
+    io: &tokio::runtime::Handle,
+    fut: impl std::future::Future<Output = Result<T, CacheError>> + Send + 'static,
+) -> BoxFuture<'static, Result<T, CacheError>> {
+    let task = io.spawn(fut);
+    async move {
+        task.await
+            .map_err(|e| CacheError::Unavailable(format!("redis task failed: {e}")))?
+    }
+    .boxed()
 }
 
 impl RedisCacheLayer {
-    /// Prepares a connection to `url` without connecting; must be called
-    /// inside a Tokio runtime (the connection's driver task lives there).
+    /// Prepares a connection to `url` without connecting.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, CacheError> {
         let client =
             redis::Client::open(url).map_err(|e| CacheError::Unavailable(e.to_string()))?;
@@ -34,9 +77,13 @@ impl RedisCacheLayer {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| CacheError::Unavailable(e.to_string()))?;
-        Ok(RedisCacheLayer { conn, timeout })
+        let io = io_runtime()?;
+        let conn = {
+            let _in_io = io.enter();
+            ConnectionManager::new_lazy_with_config(client, config)
+                .map_err(|e| CacheError::Unavailable(e.to_string()))?
+        };
+        Ok(RedisCacheLayer { conn, timeout, io })
     }
 }
 
@@ -59,7 +106,7 @@ impl CacheLayer for RedisCacheLayer {
     ) -> BoxFuture<'static, Result<Option<BucketState>, CacheError>> {
         let mut conn = self.conn.clone();
         let timeout = self.timeout;
-        async move {
+        on_io(&self.io, async move {
             let mut cmd = redis::cmd("GET");
             cmd.arg(key.redis_key());
             let get = cmd.query_async::<Option<Vec<u8>>>(&mut conn);
@@ -73,15 +120,14 @@ impl CacheLayer for RedisCacheLayer {
                     .map(Some)
                     .map_err(|e| CacheError::Corrupt(e.to_string())),
             }
-        }
-        .boxed()
+        })
     }
 
     fn store(&self, writes: Arc<Vec<SnapshotWrite>>) -> BoxFuture<'static, Result<(), CacheError>> {
         let mut conn = self.conn.clone();
         // A large batch takes longer than one round trip; allow for it.
         let timeout = self.timeout * (1 + (writes.len() / 10_000) as u32);
-        async move {
+        on_io(&self.io, async move {
             let mut pipe = redis::pipe();
             for w in writes.iter() {
                 pipe.cmd("SET")
@@ -95,7 +141,6 @@ impl CacheLayer for RedisCacheLayer {
                 .await
                 .map_err(|_| CacheError::Timeout)?
                 .map_err(map_err)
-        }
-        .boxed()
+        })
     }
 }

@@ -1,0 +1,194 @@
+//! Where shard actors run. Two placements:
+//!
+//! - *dedicated*: each shard on an arbiter (thread) of its own; every check
+//!   crosses from the HTTP worker to the shard's thread and back.
+//! - *on workers*: each shard on one of the HTTP worker threads, started by
+//!   the worker itself ([`ShardHost::host_here`]); a check whose shard lives
+//!   on the worker that parsed it never leaves that thread, and no extra
+//!   threads compete with the workers for the cores.
+//!
+//! Either way a bucket has exactly one writer. [`ShardSlots`] is the table
+//! the limiter routes through; a slot is empty until its shard started.
+//! Shards on workers stop with their worker; on stopping, each sends its
+//! last dirty buckets to [`ShardHost::final_writes`] so a graceful stop still
+//! snapshots everything.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use arc_swap::ArcSwapOption;
+use llmtrace_cluster_config::RateLimitConfig;
+use tokio::sync::watch;
+
+use crate::cache::{CacheLayer, SnapshotWrite};
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+use crate::shard::{ShardActor, ShardTiming};
+
+/// The addresses of a node's shards, by index.
+pub struct ShardSlots {
+    slots: Vec<ArcSwapOption<Addr<ShardActor>>>,
+    started: watch::Sender<usize>,
+}
+
+impl ShardSlots {
+    pub fn new(n: usize) -> Arc<Self> {
+        Arc::new(ShardSlots {
+            slots: (0..n).map(|_| ArcSwapOption::empty()).collect(),
+            started: watch::channel(0).0,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    fn set(&self, i: usize, addr: Addr<ShardActor>) {
+        self.slots[i].store(Some(Arc::new(addr)));
+        self.started.send_modify(|n| *n += 1);
+    }
+
+    /// Runs `f` on the shard at `i` if it started.
+    pub fn with<R>(&self, i: usize, f: impl FnOnce(&Addr<ShardActor>) -> R) -> Option<R> {
+        self.slots[i].load().as_ref().map(|a| f(a))
+    }
+
+    /// The shard at `i`, once started (waits for it during start-up).
+    pub async fn get(&self, i: usize) -> Addr<ShardActor> {
+        loop {
+            if let Some(addr) = self.slots[i].load().as_ref() {
+                return Addr::clone(addr);
+            }
+            let mut rx = self.started.subscribe();
+            if self.slots[i].load().is_some() {
+                continue;
+            }
+            let _ = rx.changed().await;
+        }
+    }
+
+    /// Every started shard.
+    pub fn all(&self) -> Vec<Addr<ShardActor>> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.load().as_ref().map(|a| Addr::clone(a)))
+            .collect()
+    }
+
+    /// Waits until every slot holds a shard; false on timeout.
+    pub async fn wait_all(&self, timeout: Duration) -> bool {
+        let mut rx = self.started.subscribe();
+        let n = self.slots.len();
+        tokio::time::timeout(timeout, rx.wait_for(|started| *started >= n))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// What a shard is built from.
+#[derive(Clone)]
+pub struct ShardParts {
+    pub limits: Arc<RateLimitConfig>,
+    pub cache: Arc<dyn CacheLayer>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub timing: ShardTiming,
+}
+
+impl ShardParts {
+    fn build(&self, id: usize, on_stop: Option<mpsc::Sender<Vec<SnapshotWrite>>>) -> ShardActor {
+        ShardActor::new(
+            id,
+            Arc::clone(&self.limits),
+            Arc::clone(&self.cache),
+            Arc::clone(&self.clock),
+            Arc::clone(&self.metrics),
+            self.timing,
+        )
+        .on_stop(on_stop)
+    }
+}
+
+/// Starts every shard on an arbiter of its own.
+pub fn start_dedicated(parts: &ShardParts, slots: &ShardSlots) {
+    for id in 0..slots.len() {
+        let arbiter = Arbiter::new();
+        let parts = parts.clone();
+        let addr = ShardActor::start_in_arbiter(&arbiter.handle(), move |_| parts.build(id, None));
+        slots.set(id, addr);
+    }
+}
+
+/// Lets HTTP worker threads host the shards.
+pub struct ShardHost {
+    parts: ShardParts,
+    slots: Arc<ShardSlots>,
+    /// Threads that will host shards (the HTTP workers).
+    hosts: usize,
+    next_host: AtomicUsize,
+    final_tx: Mutex<mpsc::Sender<Vec<SnapshotWrite>>>,
+    final_rx: Mutex<mpsc::Receiver<Vec<SnapshotWrite>>>,
+}
+
+impl ShardHost {
+    pub fn new(parts: ShardParts, slots: Arc<ShardSlots>, hosts: usize) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel();
+        Arc::new(ShardHost {
+            parts,
+            slots,
+            hosts: hosts.max(1),
+            next_host: AtomicUsize::new(0),
+            final_tx: Mutex::new(tx),
+            final_rx: Mutex::new(rx),
+        })
+    }
+
+    /// Called once on each hosting thread (inside its arbiter): starts this
+    /// thread's share of the shards (host `h` runs shards `h, h + hosts,
+    /// ...`). A host that restarts after a crash takes over the shards whose
+    /// actors are gone.
+    pub fn host_here(&self) {
+        let h = self.next_host.fetch_add(1, Ordering::SeqCst);
+        let tx = self
+            .final_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for id in 0..self.slots.len() {
+            let mine = if h < self.hosts {
+                id % self.hosts == h
+            } else {
+                self.slots.slots[id]
+                    .load()
+                    .as_ref()
+                    .is_none_or(|a| !a.connected())
+            };
+            if mine {
+                let addr = self.parts.build(id, Some(tx.clone())).start();
+                self.slots.set(id, addr);
+            }
+        }
+    }
+
+    /// After the hosting threads stopped: the dirty buckets each shard handed
+    /// over as it stopped. Waits for every shard, at most `timeout`.
+    pub fn final_writes(&self, timeout: Duration) -> Vec<SnapshotWrite> {
+        let rx = self.final_rx.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = Instant::now() + timeout;
+        let mut all = Vec::new();
+        for _ in 0..self.slots.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(writes) => all.extend(writes),
+                Err(_) => break,
+            }
+        }
+        all
+    }
+}
