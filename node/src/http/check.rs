@@ -8,7 +8,8 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use futures_util::future::join_all;
 use llmtrace_actors::{retry_after_secs, CheckError, Decision, Route, Routed, Verdict};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
 
 use super::error::ApiError;
 use super::headers::{self, LimitState};
@@ -37,52 +38,69 @@ async fn decide(ctx: &NodeContext, input: CheckInput) -> Result<(CheckInput, Rou
     Ok((input, routed))
 }
 
-/// The JSON body of a decided check; `"degraded": true` when the owner was
+/// The JSON body of a decided check (serialized straight from borrowed
+/// fields: this is the hot path). `degraded` is present when the owner was
 /// unreachable and the `on_owner_unreachable` policy decided.
-fn verdict_body(input: &CheckInput, routed: &Routed) -> Value {
-    let mut body = verdict_json(input, &routed.verdict);
-    if matches!(routed.route, Route::Degraded(_)) {
-        body["degraded"] = json!(true);
-    }
-    body
+#[derive(Serialize)]
+struct VerdictBody<'a> {
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unlimited: Option<bool>,
+    tenant_id: &'a str,
+    limit: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requests_per_second: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    burst: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    remaining: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reset_after_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    degraded: Option<bool>,
 }
 
-fn verdict_json(input: &CheckInput, verdict: &Verdict) -> Value {
-    let (quota, decision) = match verdict {
-        Verdict::Unlimited => {
-            return json!({
-                "allowed": true,
-                "unlimited": true,
-                "tenant_id": input.tenant_id,
-                "limit": input.limit.as_str(),
-            })
-        }
-        Verdict::Limited { quota, decision } => (quota, decision),
+fn verdict_body<'a>(input: &'a CheckInput, routed: &Routed) -> VerdictBody<'a> {
+    let mut body = VerdictBody {
+        allowed: true,
+        unlimited: None,
+        tenant_id: &input.tenant_id,
+        limit: input.limit.as_str(),
+        requests_per_second: None,
+        burst: None,
+        remaining: None,
+        reset_after_ms: None,
+        retry_after_secs: None,
+        retry_after_ms: None,
+        degraded: matches!(routed.route, Route::Degraded(_)).then_some(true),
     };
-    match *decision {
-        Decision::Allowed {
-            remaining,
-            reset_after_ns,
-        } => json!({
-            "allowed": true,
-            "tenant_id": input.tenant_id,
-            "limit": input.limit.as_str(),
-            "requests_per_second": quota.rate,
-            "burst": quota.burst,
-            "remaining": remaining,
-            "reset_after_ms": reset_after_ns.div_ceil(1_000_000),
-        }),
-        Decision::Refused { retry_after_ns, .. } => json!({
-            "allowed": false,
-            "tenant_id": input.tenant_id,
-            "limit": input.limit.as_str(),
-            "requests_per_second": quota.rate,
-            "burst": quota.burst,
-            "remaining": 0,
-            "retry_after_secs": retry_after_secs(retry_after_ns),
-            "retry_after_ms": retry_after_ns.div_ceil(1_000_000),
-        }),
+    match routed.verdict {
+        Verdict::Unlimited => body.unlimited = Some(true),
+        Verdict::Limited { quota, decision } => {
+            body.requests_per_second = Some(quota.rate);
+            body.burst = Some(quota.burst);
+            match decision {
+                Decision::Allowed {
+                    remaining,
+                    reset_after_ns,
+                } => {
+                    body.remaining = Some(remaining);
+                    body.reset_after_ms = Some(reset_after_ns.div_ceil(1_000_000));
+                }
+                Decision::Refused { retry_after_ns, .. } => {
+                    body.allowed = false;
+                    body.remaining = Some(0);
+                    body.retry_after_secs = Some(retry_after_secs(retry_after_ns));
+                    body.retry_after_ms = Some(retry_after_ns.div_ceil(1_000_000));
+                }
+            }
+        }
     }
+    body
 }
 
 fn invalid(ctx: &NodeContext, e: ApiError) -> ApiError {
@@ -119,14 +137,17 @@ pub async fn check(
     headers::insert(
         &mut resp,
         &LimitState {
-            limit: input.limit.as_str(),
+            limit: input.limit,
             quota,
             remaining,
             reset_after_ns,
         },
     );
     if let Decision::Refused { retry_after_ns, .. } = decision {
-        resp.insert_header(("Retry-After", retry_after_secs(retry_after_ns).to_string()));
+        resp.insert_header((
+            "Retry-After",
+            actix_web::http::header::HeaderValue::from(retry_after_secs(retry_after_ns)),
+        ));
     }
     Ok(resp.json(body))
 }
@@ -147,7 +168,9 @@ pub async fn check_batch(
     let results = join_all(items.into_iter().map(|item| async move {
         match item {
             Ok(input) => match decide(ctx, input).await {
-                Ok((input, routed)) => verdict_body(&input, &routed),
+                Ok((input, routed)) => {
+                    serde_json::to_value(verdict_body(&input, &routed)).unwrap_or_default()
+                }
                 Err(e) => invalid(ctx, e).body(),
             },
             Err(e) => invalid(ctx, e).body(),

@@ -1,15 +1,28 @@
 //! Rate-limit response headers: the IETF httpapi draft fields
 //! (`RateLimit-Policy`, `RateLimit`) and OpenAI's `x-ratelimit-*`.
 
+use actix_web::http::header::HeaderValue;
 use actix_web::HttpResponseBuilder;
 use llmtrace_actors::{BucketQuota, NANOS};
+use llmtrace_cluster_config::Limit;
 
 /// What the headers describe: one named limit's state after a check.
-pub struct LimitState<'a> {
-    pub limit: &'a str,
+pub struct LimitState {
+    pub limit: Limit,
     pub quota: BucketQuota,
     pub remaining: u64,
     pub reset_after_ns: u64,
+}
+
+/// OpenAI's header names of a limit (static: no allocation per response).
+fn openai_names(limit: Limit) -> [&'static str; 3] {
+    match limit {
+        Limit::Requests => [
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ],
+    }
 }
 
 /// Seconds, rounded up.
@@ -39,13 +52,13 @@ pub fn openai_duration(ns: u64) -> String {
 }
 
 /// Adds the rate-limit headers of `state` to a response.
-pub fn insert(builder: &mut HttpResponseBuilder, state: &LimitState<'_>) {
+pub fn insert(builder: &mut HttpResponseBuilder, state: &LimitState) {
     let burst = state.quota.burst;
     // The policy's window: the time a drained bucket takes to refill.
     let window = u64::from(burst)
         .div_ceil(u64::from(state.quota.rate))
         .max(1);
-    let name = state.limit;
+    let name = state.limit.as_str();
     builder.insert_header((
         "RateLimit-Policy",
         format!("\"{name}\";q={burst};w={window}"),
@@ -58,15 +71,10 @@ pub fn insert(builder: &mut HttpResponseBuilder, state: &LimitState<'_>) {
             ceil_secs(state.reset_after_ns)
         ),
     ));
-    builder.insert_header((format!("x-ratelimit-limit-{name}"), burst.to_string()));
-    builder.insert_header((
-        format!("x-ratelimit-remaining-{name}"),
-        state.remaining.to_string(),
-    ));
-    builder.insert_header((
-        format!("x-ratelimit-reset-{name}"),
-        openai_duration(state.reset_after_ns),
-    ));
+    let [limit, remaining, reset] = openai_names(state.limit);
+    builder.insert_header((limit, HeaderValue::from(burst)));
+    builder.insert_header((remaining, HeaderValue::from(state.remaining)));
+    builder.insert_header((reset, openai_duration(state.reset_after_ns)));
 }
 
 #[cfg(test)]
