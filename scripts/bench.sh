@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks for the llmtrace cluster node.
 #
-#   scripts/bench.sh [single|memory|all]     (default: all)
+#   scripts/bench.sh [single|memory|cluster|all]     (default: all)
 #
 # single  wrk (scripts/bench/check.lua) posts /v1/check with random tenants out of
 #         100,000 over keep-alive connections, first against llmtrace-node, then
@@ -25,6 +25,34 @@
 #         request (scripts/bench/drain.py), reads VmRSS again and prints
 #         (after - idle) / tenants bytes per tenant (target <= 150), plus
 #         llmtrace_buckets_resident from the admin /metrics.
+# cluster first a single-node reference, then 3 nodes on this machine (node-0
+#         without seeds, node-1 and node-2 seeded with node-0's cluster
+#         address; the run starts once all three answer /readyz 200 and
+#         /admin/cluster shows agreed: true with a ring of exactly the three,
+#         bounded by BENCH_CLUSTER_WAIT). Both runs use the node settings of
+#         `single` (hot path, every check allowed) and the same client: wrk
+#         can only talk to one host per process, so there are 3 wrk processes
+#         in parallel, -t1 each, the BENCH_CONNECTIONS connections split over
+#         them (64 -> 22+21+21), same duration and warm-up, all against the
+#         one node for the reference and one per node for the cluster (3 wrk
+#         threads in all, versus BENCH_THREADS in `single`). With random
+#         tenants ~2/3 of the checks land on a node that does not own the
+#         bucket and are forwarded, batched, to the owner. Prints checks/s
+#         (sum of the 3 wrk), client p50/p99 per wrk (and the worst p99), the
+#         ratio cluster/single (target >= 0.6), server CPU per check, and from
+#         the admin /metrics read before and after the measured run
+#         (scripts/bench/cluster.py): forwarded share (Δ forwarded_checks /
+#         Δ checks decided, ~0.67), mean forwarded batch (Δ batch_size_sum /
+#         Δ count), p99 of the forward round trip (llmtrace_forward_duration_
+#         seconds, per batch, linearly interpolated inside its Prometheus
+#         bucket) and the forwarded-check p99 (llmtrace_forwarded_check_
+#         duration_seconds: hand-off to the forwarder until the answer, batch
+#         wait included; target <= 3 ms), plus any forward error/retry/
+#         unreachable counts. The three nodes share this machine's cores with
+#         each other and with wrk, so each runs one HTTP worker by default
+#         (BENCH_CLUSTER_ARGS="--http-workers 1": a node sized to its share of
+#         the cores, as it would be on its own machine); set BENCH_CLUSTER_ARGS
+#         to compare (2 workers per node oversubscribes 2 cores 3 times).
 #
 # Environment:
 #   BENCH_DURATION=10s     wrk measuring time (wrk syntax: 10, 10s, 1m)
@@ -41,9 +69,12 @@
 #   BENCH_TENANTS=1000000  tenants drained in the memory benchmark
 #   BENCH_DRAIN_THREADS=2  Python threads (keep-alive connections) for the drain
 #   BENCH_DRAIN_DEADLINE=900  seconds the drain may take in all
+#   BENCH_CLUSTER_ARGS="--http-workers 1"  extra arguments for the 3 cluster nodes
+#                          only (word-split), e.g. "--http-workers 1 --forward-batch-wait-us 100"
+#   BENCH_CLUSTER_WAIT=20  seconds the 3 nodes may take to converge on one ring
 #   BENCH_SKIP_BUILD=0     1 = use the binaries already in target/release
 #
-# Only 127.0.0.1 is used: both servers bind ephemeral ports there. Every load run
+# Only 127.0.0.1 is used: every server binds ephemeral ports there. Every load run
 # is bounded (wrk by -d and `timeout`, the drain by its tenant count and deadline).
 # Started processes are stopped on exit.
 
@@ -51,9 +82,9 @@ set -euo pipefail
 
 MODE="${1:-all}"
 case "$MODE" in
-  single|memory|all) ;;
+  single|memory|cluster|all) ;;
   -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
-  *) echo "usage: $0 [single|memory|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [single|memory|cluster|all]" >&2; exit 2 ;;
 esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -77,6 +108,8 @@ BENCH_NODE_ARGS="${BENCH_NODE_ARGS:-}"
 BENCH_TENANTS="${BENCH_TENANTS:-1000000}"
 BENCH_DRAIN_THREADS="${BENCH_DRAIN_THREADS:-2}"
 BENCH_DRAIN_DEADLINE="${BENCH_DRAIN_DEADLINE:-900}"
+BENCH_CLUSTER_ARGS="${BENCH_CLUSTER_ARGS---http-workers 1}"
+BENCH_CLUSTER_WAIT="${BENCH_CLUSTER_WAIT:-20}"
 BENCH_SKIP_BUILD="${BENCH_SKIP_BUILD:-0}"
 export BENCH_TENANT_SPACE BENCH_STATUS BENCH_COST
 
@@ -104,6 +137,7 @@ stop_pid() {
 # SIGTERM/SIGINT to this script is handled at once (bash runs traps only
 # between foreground commands) and cleanup can stop the child too.
 LOAD_PID=""
+LOAD_PIDS=()   # parallel load commands (run_wrk_multi)
 run_load() {
   "$@" &
   LOAD_PID=$!
@@ -119,6 +153,10 @@ cleanup() {
     kill -TERM "$LOAD_PID" 2>/dev/null || true
     wait "$LOAD_PID" 2>/dev/null || true
   fi
+  for pid in "${LOAD_PIDS[@]+"${LOAD_PIDS[@]}"}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   for pid in "${PIDS[@]+"${PIDS[@]}"}"; do
     stop_pid "$pid"
   done
@@ -180,7 +218,7 @@ load_note() {
   }'
 }
 
-# start_proc NAME BIN ARGS... -> sets PROC_PID, PROC_PUBLIC, PROC_ADMIN
+# start_proc NAME BIN ARGS... -> sets PROC_PID, PROC_PUBLIC, PROC_ADMIN, PROC_CLUSTER
 start_proc() {
   local name="$1" bin="$2"
   shift 2
@@ -205,6 +243,7 @@ start_proc() {
   fi
   PROC_PUBLIC="$(sed -n 's/.* public=\([^ ]*\).*/\1/p' <<<"$line")"
   PROC_ADMIN="$(sed -n 's/.* admin=\([^ ]*\).*/\1/p' <<<"$line")"
+  PROC_CLUSTER="$(sed -n 's/.* cluster=\([^ ]*\).*/\1/p' <<<"$line")"
   log "$name pid=$PROC_PID: $line"
 }
 
@@ -406,8 +445,207 @@ bench_memory() {
   }'
 }
 
+# wrk_parallel TAG DURATION LATENCY(0|1) URL... -> one `wrk -t1` per URL, all at
+# once, the BENCH_CONNECTIONS connections split over them (64 over 3: 22+21+21);
+# outputs in $WORKDIR/wrk-TAG-<i>.txt. Every wrk is bounded by -d and `timeout`;
+# cleanup stops them (LOAD_PIDS) if this script is interrupted.
+wrk_parallel() {
+  local tag="$1" dur="$2" lat="$3"
+  shift 3
+  local n=$# i=0 c url rc=0 args
+  LOAD_PIDS=()
+  for url in "$@"; do
+    c=$((BENCH_CONNECTIONS / n + (i < BENCH_CONNECTIONS % n ? 1 : 0)))
+    args=(-t1 -c"$c" -d"$dur" --timeout 5s)
+    [[ "$lat" == 1 ]] && args+=(--latency)
+    timeout 900 wrk "${args[@]}" -s "$BENCH_DIR/check.lua" "$url" >"$WORKDIR/wrk-$tag-$i.txt" 2>&1 &
+    LOAD_PIDS+=("$!")
+    i=$((i + 1))
+  done
+  for i in "${!LOAD_PIDS[@]}"; do
+    wait "${LOAD_PIDS[$i]}" || {
+      rc=$?
+      log "wrk $tag #$i failed (exit $rc):"; cat "$WORKDIR/wrk-$tag-$i.txt" >&2; }
+  done
+  LOAD_PIDS=()
+  return "$rc"
+}
+
+split_connections() { # -> "22+21+21" for 3 wrk processes
+  local n="$1" i out=""
+  for ((i = 0; i < n; i++)); do
+    out+="${out:++}$((BENCH_CONNECTIONS / n + (i < BENCH_CONNECTIONS % n ? 1 : 0)))"
+  done
+  echo "$out"
+}
+
+# run_wrk_multi NAME "PID..." URL... -> warm-up, then the measured wrk_parallel
+# run (with WRK_BEFORE_MEASURE, if set, run in between: it reads the metrics);
+# prints every wrk output and leaves "server_s client_s busy_s" in
+# $WORKDIR/cpu-NAME.txt, server_s summed over the PIDs.
+WRK_BEFORE_MEASURE=""
+run_wrk_multi() {
+  local name="$1" pids="$2" s0=0 s1=0 c0 c1 m0 m1 hz pid i
+  shift 2
+  if [[ "$BENCH_WARMUP" != 0 && "$BENCH_WARMUP" != 0s ]]; then
+    wrk_parallel "$name-warmup" "$BENCH_WARMUP" 0 "$@" || { log "wrk warm-up against $name failed"; exit 1; }
+  fi
+  [[ -z "$WRK_BEFORE_MEASURE" ]] || $WRK_BEFORE_MEASURE
+  hz="$(getconf CLK_TCK)"
+  children_cpu_s; c0="$CHILD_CPU"
+  for pid in $pids; do s0=$((s0 + $(proc_cpu_ticks "$pid"))); done
+  m0="$(machine_busy_ticks)"
+  wrk_parallel "$name" "$BENCH_DURATION" 1 "$@" || { log "wrk against $name failed"; exit 1; }
+  for pid in $pids; do s1=$((s1 + $(proc_cpu_ticks "$pid"))); done
+  m1="$(machine_busy_ticks)"
+  children_cpu_s; c1="$CHILD_CPU"
+  awk -v s="$((s1 - s0))" -v m="$((m1 - m0))" -v c0="$c0" -v c1="$c1" -v hz="$hz" \
+    'BEGIN { printf "%.3f %.3f %.3f\n", s / hz, c1 - c0, m / hz }' >"$WORKDIR/cpu-$name.txt"
+  for ((i = 0; i < $#; i++)); do
+    sed "s/^/  | [wrk $i] /" "$WORKDIR/wrk-$name-$i.txt"
+    grep -q '^BENCH_RESULT ' "$WORKDIR/wrk-$name-$i.txt" || { log "wrk $i printed no BENCH_RESULT line"; exit 1; }
+  done
+}
+
+# summarize_multi NAME LABEL... (one label per wrk) -> per-wrk lines, the total,
+# errors and CPU; sets RPS (sum of the wrk), P99_US (worst wrk p99), US_PER_CHECK
+summarize_multi() {
+  local name="$1" i=0 out errs label requests=0 dur=0
+  shift
+  RPS=0; P99_US=0
+  for label in "$@"; do
+    out="$WORKDIR/wrk-$name-$i.txt"
+    printf '    %-20s %12s checks/s   p50 %s   p99 %s   max %s\n' "$label" "$(field "$out" rps)" \
+      "$(us_to_ms "$(field "$out" p50_us)")" "$(us_to_ms "$(field "$out" p99_us)")" \
+      "$(us_to_ms "$(field "$out" max_us)")"
+    errs="$(field "$out" non2xx)"
+    [[ "$errs" == 0 ]] || echo "  !! $name $label: $errs non-2xx responses (429 or errors) out of $(field "$out" requests)"
+    errs="connect $(field "$out" connect_err), read $(field "$out" read_err), write $(field "$out" write_err), timeout $(field "$out" timeout_err)"
+    [[ "$errs" == "connect 0, read 0, write 0, timeout 0" ]] || echo "  !! $name $label: socket errors: $errs"
+    grep -q '^BENCH_STATUS' "$out" && echo "    $label statuses: $(sed -n 's/^BENCH_STATUS //p' "$out")"
+    RPS="$(awk -v a="$RPS" -v b="$(field "$out" rps)" 'BEGIN { printf "%.1f", a + b }')"
+    P99_US="$(awk -v a="$P99_US" -v b="$(field "$out" p99_us)" 'BEGIN { print (b > a) ? b : a }')"
+    requests=$((requests + $(field "$out" requests)))
+    dur="$(field "$out" duration_s)"
+    i=$((i + 1))
+  done
+  read -r CPU_SERVER CPU_CLIENT CPU_BUSY <"$WORKDIR/cpu-$name.txt"
+  US_PER_CHECK="$(awk -v s="$CPU_SERVER" -v n="$requests" 'BEGIN { print (n > 0) ? 1e6 * s / n : 0 }')"
+  awk -v s="$CPU_SERVER" -v c="$CPU_CLIENT" -v b="$CPU_BUSY" -v n="$requests" -v d="$dur" \
+      -v name="$name" -v rps="$RPS" -v p99="$P99_US" 'BEGIN {
+    o = b - s - c; if (o < 0) o = 0
+    printf "    %-20s %12.1f checks/s   worst p99 %.2f ms   (%d checks)\n", "total", rps, p99 / 1000, n
+    printf "    %-20s server %.1f us CPU/check (%.2f cores), wrk %.2f cores, other processes %.2f cores\n", \
+      "", (n > 0) ? 1e6 * s / n : 0, s / d, c / d, o / d
+    if (o / d > 0.15)
+      printf "  !! %s: other processes used %.2f cores during the run: the figures are skewed\n", name, o / d
+  }'
+}
+
+# A node's stderr warnings (besides health_note's panics/errors), ANSI colours stripped.
+warn_note() {
+  local name="$1" err="$WORKDIR/$1.err" n
+  n="$(grep -c ' WARN' "$err" || true)"
+  if [[ "$n" -gt 0 ]]; then
+    echo "  !! $name logged $n warning(s) on stderr; first ones:"
+    grep ' WARN' "$err" | sed 's/\x1b\[[0-9;]*m//g' | head -5 | cut -c1-300 | sed 's/^/     /'
+  fi
+}
+
+# wait_converged TIMEOUT_S --node ID=PUBLIC=ADMIN ... -> bounded; exits on failure
+wait_converged() {
+  local t="$1" out="$WORKDIR/converge.txt"
+  shift
+  if ! run_load timeout $((t + 30)) python3 "$BENCH_DIR/cluster.py" wait --timeout "$t" "$@" >"$out" 2>&1; then
+    cat "$out" >&2
+    log "the nodes did not converge within ${t}s"
+    exit 1
+  fi
+  sed 's/^/  /' "$out"
+}
+
+# cluster_snapshot TAG -> every node's admin /metrics in $WORKDIR/metrics-TAG.json
+CLUSTER_SPECS=()
+cluster_snapshot() {
+  timeout 60 python3 "$BENCH_DIR/cluster.py" snapshot --out "$WORKDIR/metrics-$1.json" "${CLUSTER_SPECS[@]}" || {
+    log "could not read the nodes' /metrics"; exit 1; }
+}
+
+bench_cluster() {
+  [[ "$NODE_HAS_CLUSTER_LISTEN" == 1 ]] || { log "llmtrace-node has no --cluster-listen: no cluster benchmark"; exit 1; }
+  ((BENCH_CONNECTIONS >= 3)) || { log "the cluster benchmark needs BENCH_CONNECTIONS >= 3"; exit 1; }
+  local conns extra=() i pid rev=() seed="" pids="" urls=() specs=() labels=() single_rps single_us single_p99
+  conns="$(split_connections 3)"
+  [[ -n "$BENCH_CLUSTER_ARGS" ]] && read -r -a extra <<<"$BENCH_CLUSTER_ARGS"
+  echo
+  echo "== cluster: POST /v1/check, 3 x wrk -t1 -c$conns -d$BENCH_DURATION in parallel," \
+       "$BENCH_TENANT_SPACE random tenants, keep-alive; 1 node, then 3 nodes =="
+  load_note
+
+  node_args
+  NODE_ARGS+=(--node-id single --requests-per-second "$BENCH_RPS" --burst-size "$BENCH_BURST")
+  echo "-- reference, all 3 wrk against one node: llmtrace-node ${NODE_ARGS[*]}"
+  start_proc cluster-single "$NODE_BIN" "${NODE_ARGS[@]}"
+  local ref_pid="$PROC_PID" ref_url="http://$PROC_PUBLIC"
+  wait_converged "$BENCH_CLUSTER_WAIT" --node "single=$PROC_PUBLIC=$PROC_ADMIN"
+  run_wrk_multi ref "$ref_pid" "$ref_url" "$ref_url" "$ref_url"
+  health_note cluster-single "$ref_pid"
+  warn_note cluster-single
+  stop_pid "$ref_pid"
+
+  for i in 0 1 2; do
+    node_args
+    NODE_ARGS+=(--node-id "node-$i" --requests-per-second "$BENCH_RPS" --burst-size "$BENCH_BURST")
+    [[ -n "$seed" ]] && NODE_ARGS+=(--seeds "$seed")
+    NODE_ARGS+=(${extra[@]+"${extra[@]}"})
+    echo "-- node-$i: llmtrace-node ${NODE_ARGS[*]}"
+    start_proc "node-$i" "$NODE_BIN" "${NODE_ARGS[@]}"
+    [[ -n "$seed" ]] || seed="$PROC_CLUSTER"
+    pids+="${pids:+ }$PROC_PID"
+    urls+=("http://$PROC_PUBLIC")
+    specs+=(--node "node-$i=$PROC_PUBLIC=$PROC_ADMIN")
+    labels+=("wrk -> node-$i")
+  done
+  wait_converged "$BENCH_CLUSTER_WAIT" "${specs[@]}"
+  # Metrics are read right before and right after the measured run (not the warm-up).
+  CLUSTER_SPECS=("${specs[@]}")
+  WRK_BEFORE_MEASURE="cluster_snapshot before"
+  run_wrk_multi cluster "$pids" "${urls[@]}"
+  WRK_BEFORE_MEASURE=""
+  cluster_snapshot after
+  i=0
+  for pid in $pids; do
+    health_note "node-$i" "$pid"
+    warn_note "node-$i"
+    i=$((i + 1))
+  done
+  read -r -a rev <<<"$pids"
+  for ((i = ${#rev[@]} - 1; i >= 0; i--)); do stop_pid "${rev[$i]}"; done
+
+  echo
+  echo "cluster results:"
+  echo "  1 node, 3 wrk:"
+  summarize_multi ref "wrk -> single" "wrk -> single" "wrk -> single"
+  single_rps="$RPS"; single_us="$US_PER_CHECK"; single_p99="$P99_US"
+  echo "  3 nodes, 1 wrk each:"
+  summarize_multi cluster "${labels[@]}"
+  awk -v c="$RPS" -v s="$single_rps" -v cu="$US_PER_CHECK" -v su="$single_us" \
+      -v cp="$P99_US" -v sp="$single_p99" 'BEGIN {
+    r = (s > 0) ? c / s : 0
+    printf "  ratio cluster/single   %12.3f            (%.1f / %.1f checks/s; target >= 0.60: %s)\n", r, c, s, (r >= 0.6) ? "met" : "NOT met"
+    if (cu > 0) printf "  server CPU single/cluster %9.3f            (%.1f vs %.1f us CPU per check, the 3 nodes summed)\n", su / cu, su, cu
+    printf "  client p99 worst       %9.2f ms          (single %.2f ms; mixes local and forwarded checks)\n", cp / 1000, sp / 1000
+  }'
+  timeout 60 python3 "$BENCH_DIR/cluster.py" report --before "$WORKDIR/metrics-before.json" \
+    --after "$WORKDIR/metrics-after.json" || echo "  !! could not compute the cluster metrics"
+}
+
 [[ "$MODE" == memory ]] || ensure_wrk
 command -v python3 >/dev/null 2>&1 || { log "python3 is required"; exit 1; }
 build
-[[ "$MODE" == memory ]] || bench_single
-[[ "$MODE" == single ]] || bench_memory
+case "$MODE" in
+  single) bench_single ;;
+  memory) bench_memory ;;
+  cluster) bench_cluster ;;
+  all) bench_single; bench_cluster; bench_memory ;;
+esac

@@ -27,6 +27,9 @@ pub struct ClusterMetrics {
     batches: AtomicU64,
     /// Round trip of a forwarded batch.
     pub forward_latency: Histogram,
+    /// Time from handing a check to its forwarder to its answer (batch wait
+    /// included): what forwarding adds to a check.
+    pub forwarded_check_latency: Histogram,
     /// Node-to-node batches received, checks in them, and refusals by reason.
     pub rpc_batches: AtomicU64,
     pub rpc_checks: AtomicU64,
@@ -158,6 +161,9 @@ impl ClusterMetrics {
         let _ = writeln!(out, "# HELP llmtrace_forward_duration_seconds Round trip of a forwarded batch.\n# TYPE llmtrace_forward_duration_seconds histogram");
         self.forward_latency
             .render(out, "llmtrace_forward_duration_seconds", "");
+        let _ = writeln!(out, "# HELP llmtrace_forwarded_check_duration_seconds Time to answer a forwarded check, batch wait included.\n# TYPE llmtrace_forwarded_check_duration_seconds histogram");
+        self.forwarded_check_latency
+            .render(out, "llmtrace_forwarded_check_duration_seconds", "");
         let _ = writeln!(
             out,
             "# HELP llmtrace_ring_members Members in this node's ring.\n# TYPE llmtrace_ring_members gauge\nllmtrace_ring_members {}",

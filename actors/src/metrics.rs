@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use llmtrace_cluster_config::Limit;
 
 /// Upper bounds (seconds) of the check-latency histogram.
-pub const LATENCY_BUCKETS: [f64; 12] = [
-    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0,
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0015, 0.002, 0.002_5, 0.003, 0.004,
+    0.005, 0.01, 0.025, 0.1, 1.0,
 ];
 
 /// Per-shard counters, one cache line pair each.

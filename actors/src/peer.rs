@@ -1,7 +1,9 @@
 //! Forwarding to one peer: the [`PeerForwarder`] actor batches checks bound
-//! for the same owner into one request (sent at `batch_max` items or after
-//! `batch_wait`, whichever comes first) and hands each answer back to the
-//! check that asked. The wire call sits behind [`PeerClient`]: awc + bincode
+//! for the same owner into one request and hands each answer back to the
+//! check that asked. Batching is Nagle-style: a check finding no batch in
+//! flight is sent at once; while one is out, checks gather and go when it
+//! returns, when `batch_max` is reached or after `batch_wait`, whichever
+//! comes first. The wire call sits behind [`PeerClient`]: awc + bincode
 //! for real ([`AwcPeerClient`]), an in-process function in unit tests.
 //!
 //! Forwarders live on the thread that uses them (one per HTTP worker and
@@ -120,6 +122,8 @@ pub struct PeerForwarder {
     buffer: Vec<(WireCheck, Reply)>,
     /// The timed flush scheduled for the current buffer.
     scheduled: Option<SpawnHandle>,
+    /// Batches sent and not yet answered.
+    in_flight: usize,
 }
 
 impl PeerForwarder {
@@ -136,6 +140,7 @@ impl PeerForwarder {
             metrics,
             buffer: Vec::new(),
             scheduled: None,
+            in_flight: 0,
         }
     }
 
@@ -155,6 +160,7 @@ impl PeerForwarder {
             checks,
         });
         let call = self.client.call(body);
+        self.in_flight += 1;
         let metrics = Arc::clone(&self.metrics);
         let started = Instant::now();
         ctx.spawn(
@@ -187,7 +193,14 @@ impl PeerForwarder {
                     }
                 }
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(|(), act, ctx| {
+                act.in_flight -= 1;
+                // Checks that queued while this batch was out go now.
+                if !act.buffer.is_empty() {
+                    act.flush(ctx);
+                }
+            }),
         );
     }
 }
@@ -209,7 +222,13 @@ impl Handler<Forward> for PeerForwarder {
     fn handle(&mut self, msg: Forward, ctx: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         self.buffer.push((msg.0, tx));
-        if self.buffer.len() >= self.settings.max_items || self.settings.max_wait.is_zero() {
+        // Nagle-style: with nothing in flight a check goes at once (no added
+        // latency when idle); while a batch is out, checks gather until it
+        // returns, the batch is full, or `max_wait` passes.
+        if self.in_flight == 0
+            || self.buffer.len() >= self.settings.max_items
+            || self.settings.max_wait.is_zero()
+        {
             self.flush(ctx);
         } else if self.scheduled.is_none() {
             self.scheduled = Some(ctx.run_later(self.settings.max_wait, |act, ctx| {

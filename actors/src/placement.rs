@@ -125,8 +125,17 @@ pub fn start_dedicated(parts: &ShardParts, slots: &ShardSlots) {
     }
 }
 
+static HOST_IDS: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    /// Ids of the hosts this thread already took its shards from.
+    static HOSTING: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Lets HTTP worker threads host the shards.
 pub struct ShardHost {
+    /// Distinguishes hosts (tests run several nodes in one process).
+    id: usize,
     parts: ShardParts,
     slots: Arc<ShardSlots>,
     /// Threads that will host shards (the HTTP workers).
@@ -140,6 +149,7 @@ impl ShardHost {
     pub fn new(parts: ShardParts, slots: Arc<ShardSlots>, hosts: usize) -> Arc<Self> {
         let (tx, rx) = mpsc::channel();
         Arc::new(ShardHost {
+            id: HOST_IDS.fetch_add(1, Ordering::Relaxed),
             parts,
             slots,
             hosts: hosts.max(1),
@@ -153,7 +163,18 @@ impl ShardHost {
     /// thread's share of the shards (host `h` runs shards `h, h + hosts,
     /// ...`). A host that restarts after a crash takes over the shards whose
     /// actors are gone.
+    /// Idempotent per thread: the app factory runs once per listener.
     pub fn host_here(&self) {
+        let first = HOSTING.with(|h| {
+            let mut hosts = h.borrow_mut();
+            !hosts.contains(&self.id) && {
+                hosts.push(self.id);
+                true
+            }
+        });
+        if !first {
+            return;
+        }
         let h = self.next_host.fetch_add(1, Ordering::SeqCst);
         let tx = self
             .final_tx

@@ -247,7 +247,11 @@ impl Router {
             hops: hops + 1,
         };
         self.metrics.forwarded.fetch_add(1, Relaxed);
+        let started = std::time::Instant::now();
         let first = self.send(&view, &owner, check.clone()).await;
+        self.metrics
+            .forwarded_check_latency
+            .observe_ns(started.elapsed().as_nanos() as u64);
         if let Some(routed) = self.settle(&first, &owner)? {
             return Ok(routed);
         }

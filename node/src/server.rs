@@ -206,8 +206,12 @@ pub async fn serve(
         cluster_metrics,
         peer_clients(c.secret.clone(), forward_timeout),
     );
-    let ctx = web::Data::from(NodeContext::new(router, c.secret.clone()));
+    let ctx = web::Data::from(NodeContext::new(router, c.secret.clone(), cluster_addr));
 
+    // One server, one set of worker threads for the public and the cluster
+    // listener: the workers host the shards, so a forwarded check whose shard
+    // lives on the worker that received it does not change thread either.
+    // The node-to-node route answers only on the cluster listener.
     let data = ctx.clone();
     let shard_host = host.clone();
     let public_server = HttpServer::new(move || {
@@ -217,13 +221,15 @@ pub async fn serve(
         }
         App::new()
             .app_data(data.clone())
-            .configure(http::public_routes)
+            .configure(http::node_routes)
     })
     .workers(config.http_workers)
     .disable_signals()
     .shutdown_timeout(STOP_GRACE.as_secs())
     .listen(listeners.public)
     .context("cannot serve the public listener")?
+    .listen(listeners.cluster)
+    .context("cannot serve the cluster listener")?
     .run();
     let data = ctx.clone();
     let admin_server = HttpServer::new(move || {
@@ -237,27 +243,10 @@ pub async fn serve(
     .listen(listeners.admin)
     .context("cannot serve the admin listener")?
     .run();
-    let data = ctx.clone();
-    let cluster_server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .configure(http::cluster_routes)
-    })
-    .workers(config.http_workers)
-    .disable_signals()
-    .shutdown_timeout(1)
-    .listen(listeners.cluster)
-    .context("cannot serve the cluster listener")?
-    .run();
-    let handles = [
-        public_server.handle(),
-        admin_server.handle(),
-        cluster_server.handle(),
-    ];
+    let handles = [public_server.handle(), admin_server.handle()];
     let tasks = [
         actix_rt::spawn(public_server),
         actix_rt::spawn(admin_server),
-        actix_rt::spawn(cluster_server),
     ];
 
     info!(
@@ -334,7 +323,6 @@ pub async fn serve(
         Err(e) => warn!("final snapshot flush failed, recent consumption may be lost: {e}"),
     }
     membership.shutdown().await;
-    handles[2].stop(true).await;
     handles[1].stop(true).await;
     for t in tasks {
         let _ = t.await;

@@ -49,6 +49,11 @@ pub async fn checks(
     ctx: web::Data<NodeContext>,
     mut payload: web::Payload,
 ) -> HttpResponse {
+    if req.app_config().local_addr() != ctx.cluster_listener {
+        // The public listener shares this server; node-to-node calls are
+        // not part of its API.
+        return ApiError::not_found().error_response();
+    }
     if let Some(secret) = &ctx.cluster_secret {
         let given = req
             .headers()

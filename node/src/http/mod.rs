@@ -27,14 +27,22 @@ pub struct NodeContext {
     pub ready: AtomicBool,
     /// Required on node-to-node requests, when set.
     pub cluster_secret: Option<String>,
+    /// The cluster listener's address: the node-to-node route answers only
+    /// requests that arrived there.
+    pub cluster_listener: std::net::SocketAddr,
 }
 
 impl NodeContext {
-    pub fn new(router: Router, cluster_secret: Option<String>) -> Arc<Self> {
+    pub fn new(
+        router: Router,
+        cluster_secret: Option<String>,
+        cluster_listener: std::net::SocketAddr,
+    ) -> Arc<Self> {
         Arc::new(NodeContext {
             router,
             ready: AtomicBool::new(false),
             cluster_secret,
+            cluster_listener,
         })
     }
 
@@ -109,6 +117,17 @@ pub fn cluster_routes(cfg: &mut web::ServiceConfig) {
         web::post().to(cluster::checks),
     ))
     .default_service(web::to(not_found));
+}
+
+/// Routes of the server behind both the public and the cluster listener:
+/// the public API, and the node-to-node route (which refuses requests that
+/// did not arrive on the cluster listener).
+pub fn node_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(post(
+        llmtrace_actors::rpc::CHECK_PATH,
+        web::post().to(cluster::checks),
+    ));
+    public_routes(cfg);
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ fn limiter(rate: u32, burst: u32) -> Arc<NodeContext> {
             },
         ),
     );
-    let ctx = NodeContext::new(router, None);
+    let ctx = NodeContext::new(router, None, "127.0.0.1:7946".parse().unwrap());
     ctx.set_ready(true);
     ctx
 }
@@ -223,7 +223,12 @@ async fn cluster_endpoint_refuses_hostile_input() {
             },
         ),
     );
-    let ctx = NodeContext::new(router, Some("s3cret-value".into()));
+    // The test service reports its listener as 127.0.0.1:8080.
+    let ctx = NodeContext::new(
+        router,
+        Some("s3cret-value".into()),
+        "127.0.0.1:8080".parse().unwrap(),
+    );
     let app = test::init_service(
         App::new()
             .app_data(web::Data::from(ctx))
@@ -281,4 +286,24 @@ async fn cluster_endpoint_refuses_hostile_input() {
         answer.results[0].result,
         rpc::WireResult::Allowed { .. }
     ));
+}
+
+#[actix_rt::test]
+async fn node_to_node_route_is_not_served_on_the_public_listener() {
+    // The test service's listener is 127.0.0.1:8080; the cluster listener is elsewhere.
+    let app = test::init_service(
+        App::new()
+            .app_data(web::Data::from(limiter(1, 1)))
+            .configure(node_routes),
+    )
+    .await;
+    let req = test::TestRequest::post()
+        .uri(llmtrace_actors::rpc::CHECK_PATH)
+        .set_payload(vec![1u8, 2, 3])
+        .to_request();
+    assert_eq!(test::call_service(&app, req).await.status(), 404);
+    // The public API is there.
+    let resp =
+        test::call_service(&app, post("/v1/check", r#"{"tenant_id":"a"}"#).to_request()).await;
+    assert_eq!(resp.status(), 200);
 }
