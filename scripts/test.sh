@@ -32,4 +32,6 @@ cargo build -p llmtrace-node --bins
 export LLMTRACE_NODE_BIN="$PWD/target/debug/llmtrace-node"
 
 echo "==> cargo test"
-cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-2}"
+# Unit, HTTP and integration tests (benches are compiled by clippy above).
+# Two tests at a time: the integration tests start several processes each.
+RUST_TEST_THREADS="${TEST_THREADS:-2}" cargo test --workspace
