@@ -177,6 +177,21 @@ def add_hist(a, b):
     return [(le, c1 + c2) for (le, c1), (_, c2) in zip(a, b)]
 
 
+def against_target(q, target, empty):
+    """Verdict of a (value, lower, upper) quantile against a target (seconds).
+
+    The buckets are coarse: the verdict is certain only when the whole bucket
+    holding the quantile is on one side of the target."""
+    if q is None:
+        return empty
+    if q[2] <= target:
+        return "met"
+    if q[1] >= target:
+        return "NOT met"
+    return ("probably met" if q[0] <= target else "probably NOT met") + \
+        ": the target lies inside the bucket"
+
+
 def quantile(q, buckets):
     """(value_s, lower_s, upper_s) or None when empty. Prometheus-style."""
     if not buckets or buckets[-1][1] <= 0:
@@ -298,17 +313,7 @@ def cmd_report(args):
     fshare_acc = tot["forwarded"] / tot["accepted"] if tot["accepted"] else 0.0
     est = quantile(1 - 0.01 * fshare_acc, sum_chk_h) if fshare_acc > 0 else None
     target = args.forward_target_ms / 1000
-    # The buckets are coarse (.. 1, 2.5, 5 ms ..): the verdict is certain only
-    # when the whole bucket holding the p99 is on one side of the target.
-    if fwd_p99 is None:
-        verdict = "no forwarded batches"
-    elif fwd_p99[2] <= target:
-        verdict = "met"
-    elif fwd_p99[1] >= target:
-        verdict = "NOT met"
-    else:
-        verdict = ("probably met" if fwd_p99[0] <= target else "probably NOT met") + \
-            ": the target lies inside the bucket"
+    verdict = against_target(fwd_p99, target, "no forwarded batches")
 
     print(f"  checks decided (owner)  {tot['decided']:12.0f}            "
           f"(accepted on public listeners: {tot['accepted']:.0f}; refused: {tot['refused']:.0f})")
@@ -323,15 +328,7 @@ def cmd_report(args):
     print(f"  forward round trip p50 {fmt_q(fwd_p50)}")
     xch_p50 = quantile(0.50, sum_xch_h)
     xch_p99 = quantile(0.99, sum_xch_h)
-    if xch_p99 is None:
-        xverdict = "no forwarded checks"
-    elif xch_p99[2] <= target:
-        xverdict = "met"
-    elif xch_p99[1] >= target:
-        xverdict = "NOT met"
-    else:
-        xverdict = ("probably met" if xch_p99[0] <= target else "probably NOT met") + \
-            ": the target lies inside the bucket"
+    xverdict = against_target(xch_p99, target, "no forwarded checks")
     print(f"  forwarded check p99    {fmt_q(xch_p99)}   (llmtrace_forwarded_check_duration_seconds:"
           f" hand-off to forwarder until answer, batch wait included; target <= {args.forward_target_ms:g} ms: {xverdict})")
     print(f"  forwarded check p50    {fmt_q(xch_p50)}")

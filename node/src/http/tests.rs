@@ -14,8 +14,10 @@ use serde_json::Value;
 
 use super::*;
 
-/// A node of one (no ring yet: every check is decided locally), ready.
-fn limiter(rate: u32, burst: u32) -> Arc<NodeContext> {
+/// A ready node of one (no ring: every check is decided locally) whose
+/// cluster listener is `cluster_listener` (the test service's own listener
+/// is 127.0.0.1:8080).
+fn node(rate: u32, burst: u32, secret: Option<&str>, cluster_listener: &str) -> Arc<NodeContext> {
     let clock = Arc::new(SystemClock);
     let limiter = Limiter::start(
         2,
@@ -48,9 +50,18 @@ fn limiter(rate: u32, burst: u32) -> Arc<NodeContext> {
             },
         ),
     );
-    let ctx = NodeContext::new(router, None, "127.0.0.1:7946".parse().unwrap());
+    let ctx = NodeContext::new(
+        router,
+        secret.map(str::to_string),
+        cluster_listener.parse().unwrap(),
+    );
     ctx.set_ready(true);
     ctx
+}
+
+/// A public-facing node of one.
+fn limiter(rate: u32, burst: u32) -> Arc<NodeContext> {
+    node(rate, burst, None, "127.0.0.1:7946")
 }
 
 macro_rules! app {
@@ -197,38 +208,8 @@ async fn readyz_follows_the_ready_flag() {
 #[actix_rt::test]
 async fn cluster_endpoint_refuses_hostile_input() {
     use llmtrace_actors::rpc;
-    let clock = Arc::new(SystemClock);
-    let limiter = Limiter::start(
-        1,
-        Arc::new(RateLimitConfig::default()),
-        Arc::new(InMemoryCacheLayer::new(clock.clone())),
-        clock,
-        ShardTiming::default(),
-    );
-    let router = Router::new(
-        limiter,
-        ViewHandle::new(ClusterView::alone("n", 16)),
-        RouterSettings {
-            batch: BatchSettings {
-                max_items: 16,
-                max_wait: std::time::Duration::ZERO,
-            },
-            forward_timeout: std::time::Duration::from_millis(100),
-            on_owner_unreachable: Default::default(),
-        },
-        Arc::default(),
-        Arc::new(
-            |_: &llmtrace_actors::Member| -> Box<dyn llmtrace_actors::PeerClient> {
-                unreachable!()
-            },
-        ),
-    );
-    // The test service reports its listener as 127.0.0.1:8080.
-    let ctx = NodeContext::new(
-        router,
-        Some("s3cret-value".into()),
-        "127.0.0.1:8080".parse().unwrap(),
-    );
+    // Served as if on the cluster listener.
+    let ctx = node(100, 200, Some("s3cret-value"), "127.0.0.1:8080");
     let app = test::init_service(
         App::new()
             .app_data(web::Data::from(ctx))
