@@ -43,7 +43,7 @@ pub struct Cli {
     pub node_id: Option<String>,
 
     /// Redis URL for bucket snapshots (redis://host:port/db). Without it,
-    /// snapshots stay in process memory and a restart forgets every bucket.
+    /// buckets live only in this node's memory and a restart forgets them.
     #[arg(long, env = "LLMTRACE_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
 
@@ -68,7 +68,9 @@ pub struct Cli {
     #[arg(long, env = "LLMTRACE_SHARD_PLACEMENT", value_name = "PLACEMENT")]
     pub shard_placement: Option<ShardPlacement>,
 
-    /// HTTP worker threads of the public listener. [default: number of CPUs]
+    /// HTTP worker threads serving the public and cluster listeners (with
+    /// the default placement they also host the shards). [default: number of
+    /// CPUs]
     #[arg(long, env = "LLMTRACE_HTTP_WORKERS", value_name = "N")]
     pub http_workers: Option<usize>,
 
