@@ -15,6 +15,7 @@
 //! - [`peer`]: the per-peer batching forwarder and the awc client.
 //! - [`rpc`]: the bincode node-to-node wire format, hostile-input safe.
 //! - [`dedup`]: makes forward retries safe (no double counting).
+//! - [`handoff`]: a new owner pulls a moved bucket from its previous owner.
 //! - [`metrics`], [`cluster_metrics`]: Prometheus counters and histograms.
 
 pub mod bucket;
@@ -22,6 +23,7 @@ pub mod cache;
 pub mod clock;
 pub mod cluster_metrics;
 pub mod dedup;
+pub mod handoff;
 pub mod key;
 pub mod limiter;
 pub mod membership;
@@ -37,6 +39,7 @@ pub use bucket::{retry_after_secs, BucketQuota, BucketState, Decision, NANOS};
 pub use cache::{CacheError, CacheLayer, InMemoryCacheLayer, RedisCacheLayer, SnapshotWrite};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use cluster_metrics::ClusterMetrics;
+pub use handoff::PeerHandoff;
 pub use key::BucketKey;
 pub use limiter::{CheckError, Limiter, Verdict};
 pub use membership::{
@@ -46,4 +49,5 @@ pub use metrics::Metrics;
 pub use peer::{AwcPeerClient, BatchSettings, PeerClient};
 pub use placement::{ShardHost, ShardSlots};
 pub use router::{ClientFactory, Route, Routed, Router, RouterSettings};
+pub use shard::HandoffSource;
 pub use shard::ShardTiming;

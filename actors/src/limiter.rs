@@ -11,13 +11,16 @@ use futures_util::future::join_all;
 use llmtrace_cluster_config::{Limit, Quota, RateLimitConfig};
 use thiserror::Error;
 
+use crate::bucket::BucketState;
 use crate::bucket::{BucketQuota, Decision};
 use crate::cache::{CacheError, CacheLayer};
 use crate::clock::Clock;
 use crate::key::{shard_of, BucketKey};
 use crate::metrics::Metrics;
 use crate::placement::{self, ShardHost, ShardParts, ShardSlots};
-use crate::shard::{Check, FlushNow, ShardTiming, SweepNow};
+use crate::shard::{
+    Check, FlushNow, HandoffSource, Install, Moved, ShardTiming, SweepNow, TakeAll, TakeBucket,
+};
 
 /// The answer to a check that was well-formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +54,9 @@ pub enum CheckError {
         "cost {cost} exceeds the bucket capacity (burst_size {burst}) and can never be admitted"
     )]
     CostAboveBurst { cost: u64, burst: u32 },
+    /// The bucket was just handed to this node: ask it.
+    #[error("bucket of {tenant} moved to node {to}")]
+    Moved { to: String, tenant: String },
     /// The shard is gone (node shutting down).
     #[error("limiter unavailable: {0}")]
     Unavailable(String),
@@ -75,7 +81,20 @@ impl Limiter {
         clock: Arc<dyn Clock>,
         timing: ShardTiming,
     ) -> Self {
-        let (limiter, parts) = Self::unstarted(shards, limits, cache, clock, timing);
+        Self::start_with_handoff(shards, limits, cache, clock, timing, None)
+    }
+
+    /// [`Limiter::start`], with moved buckets pulled through `handoff`.
+    pub fn start_with_handoff(
+        shards: usize,
+        limits: Arc<RateLimitConfig>,
+        cache: Arc<dyn CacheLayer>,
+        clock: Arc<dyn Clock>,
+        timing: ShardTiming,
+        handoff: Option<Arc<dyn HandoffSource>>,
+    ) -> Self {
+        let (limiter, mut parts) = Self::unstarted(shards, limits, cache, clock, timing);
+        parts.handoff = handoff;
         placement::start_dedicated(&parts, &limiter.shards);
         limiter
     }
@@ -90,8 +109,10 @@ impl Limiter {
         cache: Arc<dyn CacheLayer>,
         clock: Arc<dyn Clock>,
         timing: ShardTiming,
+        handoff: Option<Arc<dyn HandoffSource>>,
     ) -> (Self, Arc<ShardHost>) {
-        let (limiter, parts) = Self::unstarted(shards, limits, cache, clock, timing);
+        let (limiter, mut parts) = Self::unstarted(shards, limits, cache, clock, timing);
+        parts.handoff = handoff;
         let host = ShardHost::new(parts, Arc::clone(&limiter.shards), hosts);
         (limiter, host)
     }
@@ -117,6 +138,7 @@ impl Limiter {
             clock,
             metrics,
             timing,
+            handoff: None,
         };
         (limiter, parts)
     }
@@ -190,8 +212,51 @@ impl Limiter {
         };
         let decision = request
             .await
-            .map_err(|e| CheckError::Unavailable(e.to_string()))?;
+            .map_err(|e| CheckError::Unavailable(e.to_string()))?
+            .map_err(|Moved { to, tenant }| CheckError::Moved {
+                to: to.to_string(),
+                tenant: tenant.into(),
+            })?;
         Ok(Verdict::Limited { quota, decision })
+    }
+
+    /// Gives up the bucket of `(tenant, limit)` to node `to` (handoff);
+    /// answers its state when this node held it.
+    pub async fn take(
+        &self,
+        tenant: &str,
+        limit: Limit,
+        to: Arc<str>,
+    ) -> Result<Option<BucketState>, CheckError> {
+        let i = shard_of(tenant, limit, self.shards.len());
+        let key = BucketKey::new(tenant, limit);
+        self.shards
+            .get(i)
+            .await
+            .send(TakeBucket { key, to })
+            .await
+            .map_err(|e| CheckError::Unavailable(e.to_string()))
+    }
+
+    /// Removes and returns every resident bucket (a leaving node pushes them
+    /// to their new owners).
+    pub async fn take_all(&self) -> Vec<(BucketKey, BucketState)> {
+        let shards = self.shards.all();
+        let all = join_all(shards.iter().map(|s| s.send(TakeAll))).await;
+        all.into_iter()
+            .flat_map(|r| r.unwrap_or_default())
+            .collect()
+    }
+
+    /// Installs a bucket pushed by its previous owner.
+    pub async fn install(&self, key: BucketKey, state: BucketState) -> Result<(), CheckError> {
+        let i = key.shard(self.shards.len());
+        self.shards
+            .get(i)
+            .await
+            .send(Install { key, state })
+            .await
+            .map_err(|e| CheckError::Unavailable(e.to_string()))
     }
 
     /// Writes every dirty bucket of every shard; returns how many.

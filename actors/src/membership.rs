@@ -80,6 +80,9 @@ pub struct ClusterView {
     pub ring: Ring,
     /// Every live member (any state), sorted by node id.
     pub members: Vec<Member>,
+    /// The ring in force before the last change, and when it changed: a
+    /// bucket that moved is fetched from its previous owner (handoff).
+    pub previous: Option<(Ring, std::time::Instant)>,
 }
 
 impl ClusterView {
@@ -89,6 +92,7 @@ impl ClusterView {
             self_id: self_id.into(),
             ring: Ring::new(Vec::<String>::new(), vnodes),
             members: Vec::new(),
+            previous: None,
         }
     }
 
@@ -102,7 +106,29 @@ impl ClusterView {
             self_id: self_id.into(),
             ring: Ring::new(ready, vnodes),
             members,
+            previous: None,
         }
+    }
+
+    /// Carries the ring history over from `before`: when the ring changed,
+    /// `before`'s ring becomes the previous one.
+    pub fn succeeding(mut self, before: &ClusterView) -> Self {
+        self.previous = if before.fingerprint() != self.fingerprint() {
+            Some((before.ring.clone(), std::time::Instant::now()))
+        } else {
+            before.previous.clone()
+        };
+        self
+    }
+
+    /// The owner of `(tenant, limit)` by the previous ring, if the ring
+    /// changed less than `window` ago.
+    pub fn previous_owner(&self, tenant: &str, limit: Limit, window: Duration) -> Option<&str> {
+        let (ring, at) = self.previous.as_ref()?;
+        if at.elapsed() > window {
+            return None;
+        }
+        ring.owner(tenant, limit)
     }
 
     /// The owner of `(tenant, limit)`, `None` while no member is ready.
@@ -278,7 +304,8 @@ impl Membership {
             let mut published = String::new();
             loop {
                 let members = members_of(&live.borrow_and_update());
-                let next = ClusterView::from_members(&self_id, members, vnodes);
+                let next = ClusterView::from_members(&self_id, members, vnodes)
+                    .succeeding(&task_view.load());
                 let fp = next.fingerprint();
                 let changed = task_view.load().fingerprint() != fp;
                 metrics

@@ -38,6 +38,11 @@ pub struct ShardStats {
     pub snapshot_errors: AtomicU64,
     /// Age of the oldest unwritten change when the last batch started (ms).
     pub snapshot_lag_ms: AtomicU64,
+    /// Buckets received from / given to another node on a ownership move,
+    /// and pulls that failed (the cache layer was used instead).
+    pub handoffs_in: AtomicU64,
+    pub handoffs_out: AtomicU64,
+    pub handoff_errors: AtomicU64,
 }
 
 /// A latency histogram with fixed buckets.
@@ -182,7 +187,7 @@ impl Metrics {
             "Age of the oldest change in the last snapshot batch.",
         );
         let _ = writeln!(o, "llmtrace_snapshot_lag_seconds {}", lag as f64 / 1e3);
-        let counters: [(&str, &str, u64); 7] = [
+        let counters: [(&str, &str, u64); 10] = [
             (
                 "llmtrace_bucket_evictions_total",
                 "Full buckets dropped from memory.",
@@ -212,6 +217,21 @@ impl Metrics {
                 "llmtrace_restore_misses_total",
                 "Restores that found no snapshot (bucket starts full).",
                 self.sum(|s| s.restore_misses.load(Relaxed)),
+            ),
+            (
+                "llmtrace_handoffs_in_total",
+                "Buckets handed over by their previous owner.",
+                self.sum(|s| s.handoffs_in.load(Relaxed)),
+            ),
+            (
+                "llmtrace_handoffs_out_total",
+                "Buckets handed to their new owner.",
+                self.sum(|s| s.handoffs_out.load(Relaxed)),
+            ),
+            (
+                "llmtrace_handoff_errors_total",
+                "Handoff pulls that failed (restored from the cache layer instead).",
+                self.sum(|s| s.handoff_errors.load(Relaxed)),
             ),
             (
                 "llmtrace_restore_errors_total",

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use crate::cache::{CacheLayer, SnapshotWrite};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::shard::{ShardActor, ShardTiming};
+use crate::shard::{HandoffSource, ShardActor, ShardTiming};
 
 /// The addresses of a node's shards, by index.
 pub struct ShardSlots {
@@ -99,6 +99,7 @@ pub struct ShardParts {
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub timing: ShardTiming,
+    pub handoff: Option<Arc<dyn HandoffSource>>,
 }
 
 impl ShardParts {
@@ -112,6 +113,7 @@ impl ShardParts {
             self.timing,
         )
         .on_stop(on_stop)
+        .handoff(self.handoff.clone())
     }
 }
 

@@ -92,7 +92,9 @@ fn wire_error(e: &CheckError) -> WireResult {
     match e {
         CheckError::ZeroCost => WireResult::Invalid(WireErrorCode::ZeroCost),
         CheckError::CostAboveBurst { .. } => WireResult::Invalid(WireErrorCode::CostAboveBurst),
-        CheckError::Unavailable(_) => WireResult::Unavailable(WireErrorCode::ShuttingDown),
+        CheckError::Unavailable(_) | CheckError::Moved { .. } => {
+            WireResult::Unavailable(WireErrorCode::ShuttingDown)
+        }
     }
 }
 
@@ -185,7 +187,9 @@ impl Router {
         }
     }
 
-    async fn local_check(
+    /// Decides on this node's shard; `Err(Moved)` if the shard handed the
+    /// bucket over moments ago.
+    async fn decide_here(
         &self,
         tenant: String,
         limit: Limit,
@@ -201,6 +205,65 @@ impl Router {
         })
     }
 
+    /// Decides on this node's shard, or where the shard handed the bucket.
+    async fn local_check(
+        &self,
+        tenant: String,
+        limit: Limit,
+        cost: u64,
+        route: Route,
+        owner: Option<String>,
+        hops: u8,
+    ) -> Result<Routed, CheckError> {
+        match self.decide_here(tenant, limit, cost, route, owner).await {
+            Err(CheckError::Moved { to, tenant }) => {
+                self.follow_move(tenant, limit, cost, to, hops).await
+            }
+            other => other,
+        }
+    }
+
+    /// Sends a check to the node this node's shard handed its bucket to.
+    async fn follow_move(
+        &self,
+        tenant: String,
+        limit: Limit,
+        cost: u64,
+        to: String,
+        hops: u8,
+    ) -> Result<Routed, CheckError> {
+        let quota = self
+            .local
+            .validate(&tenant, limit, cost)?
+            .unwrap_or(crate::BucketQuota { rate: 1, burst: 1 });
+        if hops > MAX_FORWARDS {
+            let reason = "hop limit reached following a handoff".to_string();
+            return self
+                .unreachable(tenant, limit, cost, quota, to, reason)
+                .await;
+        }
+        let view = self.view.load();
+        let check = WireCheck {
+            id: self.next_check_id.fetch_add(1, Relaxed),
+            tenant,
+            limit: limit as u8,
+            cost,
+            retry: false,
+            hops: hops + 1,
+        };
+        self.metrics.forwarded.fetch_add(1, Relaxed);
+        let answer = self.send(&view, &to, check.clone()).await;
+        if let Some(routed) = self.settle(&answer, &to)? {
+            return Ok(routed);
+        }
+        let reason = match &answer {
+            Err(e) => e.to_string(),
+            Ok(r) => format!("{r:?}"),
+        };
+        self.unreachable(check.tenant, limit, cost, quota, to, reason)
+            .await
+    }
+
     /// Decides one check. `hops` is how many times it was already forwarded
     /// (0 for a check from a client).
     pub async fn check(
@@ -212,27 +275,27 @@ impl Router {
     ) -> Result<Routed, CheckError> {
         let Some(quota) = self.local.validate(&tenant, limit, cost)? else {
             return self
-                .local_check(tenant, limit, cost, Route::Local, None)
+                .local_check(tenant, limit, cost, Route::Local, None, hops)
                 .await;
         };
         let view = self.view.load();
         let owner = match view.owner(&tenant, limit) {
             None => {
                 return self
-                    .local_check(tenant, limit, cost, Route::Local, None)
+                    .local_check(tenant, limit, cost, Route::Local, None, hops)
                     .await
             }
             Some(o) if view.is_self(o) => {
                 let owner = Some(o.to_string());
                 return self
-                    .local_check(tenant, limit, cost, Route::Local, owner)
+                    .local_check(tenant, limit, cost, Route::Local, owner, hops)
                     .await;
             }
             Some(o) => o.to_string(),
         };
         if hops >= MAX_FORWARDS {
             return self
-                .local_check(tenant, limit, cost, Route::Local, Some(owner))
+                .local_check(tenant, limit, cost, Route::Local, Some(owner), hops)
                 .await;
         }
         if hops > 0 {
@@ -263,7 +326,7 @@ impl Router {
             other => {
                 let owner = other.map(str::to_string);
                 return self
-                    .local_check(check.tenant, limit, cost, Route::Local, owner)
+                    .local_check(check.tenant, limit, cost, Route::Local, owner, hops)
                     .await;
             }
         };
@@ -321,8 +384,26 @@ impl Router {
         match policy {
             OwnerUnreachable::Local => {
                 self.metrics.unreachable_local.fetch_add(1, Relaxed);
-                self.local_check(tenant, limit, cost, route, Some(owner))
+                match self
+                    .decide_here(tenant, limit, cost, route.clone(), Some(owner.clone()))
                     .await
+                {
+                    // The bucket lives on a node that cannot be reached:
+                    // deciding here would start a second bucket; refuse.
+                    Err(CheckError::Moved { .. }) => Ok(Routed {
+                        verdict: Verdict::Limited {
+                            quota,
+                            decision: Decision::Refused {
+                                remaining: 0,
+                                retry_after_ns: 1_000_000_000,
+                                reset_after_ns: 0,
+                            },
+                        },
+                        route,
+                        owner: Some(owner),
+                    }),
+                    other => other,
+                }
             }
             OwnerUnreachable::Allow => {
                 self.metrics.unreachable_allow.fetch_add(1, Relaxed);

@@ -193,6 +193,68 @@ impl WireResult {
     }
 }
 
+/// HTTP path of the handoff RPC: a new owner takes a moved bucket.
+pub const HANDOFF_PATH: &str = "/cluster/v1/handoff";
+
+/// "Give me the bucket of this key and stop serving it."
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct HandoffRequest {
+    /// Node id of the new owner (where later checks for the key go).
+    pub origin: String,
+    pub tenant: String,
+    /// Index into `Limit::ALL`.
+    pub limit: u8,
+}
+
+/// The previous owner's state of the key, if it held one.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct HandoffResponse {
+    pub state: Option<crate::bucket::BucketState>,
+}
+
+/// HTTP path of the push RPC: a leaving node hands its buckets over.
+pub const INSTALL_PATH: &str = "/cluster/v1/install";
+
+/// Buckets a leaving node pushes to their new owner.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct InstallRequest {
+    pub origin: String,
+    /// `(tenant, limit index, state)`.
+    pub buckets: Vec<(String, u8, crate::bucket::BucketState)>,
+}
+
+/// Most buckets in one push.
+pub const MAX_INSTALL_ITEMS: usize = 4096;
+
+/// Decodes and validates a push; invalid items are dropped.
+pub fn decode_install(
+    bytes: &[u8],
+) -> Result<Vec<(String, Limit, crate::bucket::BucketState)>, WireError> {
+    let req: InstallRequest = decode(bytes)?;
+    validate_tenant_id(&req.origin).map_err(|_| WireError::BadOrigin)?;
+    if req.buckets.len() > MAX_INSTALL_ITEMS {
+        return Err(WireError::TooManyItems(req.buckets.len()));
+    }
+    Ok(req
+        .buckets
+        .into_iter()
+        .filter(|(t, _, _)| validate_tenant_id(t).is_ok())
+        .filter_map(|(t, l, s)| Some((t, *Limit::ALL.get(usize::from(l))?, s)))
+        .collect())
+}
+
+/// Decodes and validates a handoff request.
+pub fn decode_handoff(bytes: &[u8]) -> Result<(HandoffRequest, Limit), WireError> {
+    let req: HandoffRequest = decode(bytes)?;
+    validate_tenant_id(&req.origin).map_err(|_| WireError::BadOrigin)?;
+    validate_tenant_id(&req.tenant).map_err(|_| WireError::Decode("invalid tenant id".into()))?;
+    let limit = Limit::ALL
+        .get(usize::from(req.limit))
+        .copied()
+        .ok_or_else(|| WireError::Decode(format!("unknown limit {}", req.limit)))?;
+    Ok((req, limit))
+}
+
 /// Why a node-to-node body was refused as a whole.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum WireError {

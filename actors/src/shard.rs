@@ -29,6 +29,10 @@ use crate::key::BucketKey;
 use crate::metrics::{Metrics, ShardStats};
 use crate::snapshot;
 
+#[path = "shard_handoff.rs"]
+mod handoff;
+pub use self::handoff::{HandoffSource, Install, TakeAll, TakeBucket};
+
 /// Longest wait between retries of a failed snapshot batch.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Minimum time between two warnings about the cache layer, per shard.
@@ -57,9 +61,10 @@ impl Default for ShardTiming {
     }
 }
 
-/// Take `cost` units from the bucket `key` under `quota`.
+/// Take `cost` units from the bucket `key` under `quota`. `Err(Moved)` when
+/// the bucket was handed to another node moments ago: ask that node.
 #[derive(Debug, Message)]
-#[rtype(result = "Decision")]
+#[rtype(result = "Result<Decision, Moved>")]
 pub struct Check {
     pub key: BucketKey,
     pub quota: BucketQuota,
@@ -81,6 +86,18 @@ struct Slot {
     state: BucketState,
     dirty: bool,
 }
+
+/// The bucket was handed to node `to` moments ago; the check's tenant is
+/// given back so the caller can send it there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    pub to: Arc<str>,
+    pub tenant: Box<str>,
+}
+
+/// How long a shard refuses to serve a key it handed over (views converge
+/// in about a second; a check arriving meanwhile is sent to the new owner).
+pub const TOMBSTONE_TTL_NS: u64 = 10_000_000_000;
 
 struct Waiter {
     quota: BucketQuota,
@@ -114,6 +131,10 @@ pub struct ShardActor {
     last_warn_ns: u64,
     /// Where the last dirty buckets go when the shard stops with its thread.
     on_stop: Option<std::sync::mpsc::Sender<Vec<SnapshotWrite>>>,
+    /// Keys handed to another node, with that node and when to forget it.
+    tombstones: HashMap<BucketKey, (Arc<str>, u64)>,
+    /// Fetches a moved bucket from its previous owner before the cache layer.
+    handoff: Option<Arc<dyn HandoffSource>>,
 }
 
 impl ShardActor {
@@ -141,7 +162,15 @@ impl ShardActor {
             backoff: Duration::ZERO,
             last_warn_ns: 0,
             on_stop: None,
+            tombstones: HashMap::new(),
+            handoff: None,
         }
+    }
+
+    /// Pulls moved buckets from their previous owner through `source`.
+    pub fn handoff(mut self, source: Option<Arc<dyn HandoffSource>>) -> Self {
+        self.handoff = source;
+        self
     }
 
     /// Hands the dirty buckets to `tx` when the actor stops (shards hosted
@@ -170,20 +199,38 @@ impl ShardActor {
         let stats = &self.metrics.shards[self.id];
         if decision.is_allowed() {
             stats.decisions[limit][0].fetch_add(1, Relaxed);
-            if !slot.dirty && self.timing.write_behind {
-                slot.dirty = true;
-                stats.dirty.fetch_add(1, Relaxed);
-                self.oldest_dirty_ns.get_or_insert(now);
-                self.dirty.push(key.clone());
-            }
+            self.mark_dirty(key, now);
         } else {
             stats.decisions[limit][1].fetch_add(1, Relaxed);
         }
         decision
     }
 
+    /// Queues a resident bucket for the next snapshot (once).
+    fn mark_dirty(&mut self, key: &BucketKey, now: u64) {
+        if !self.timing.write_behind {
+            return;
+        }
+        if let Some(slot) = self.buckets.get_mut(key) {
+            if !slot.dirty {
+                slot.dirty = true;
+                self.metrics.shards[self.id].dirty.fetch_add(1, Relaxed);
+                self.oldest_dirty_ns.get_or_insert(now);
+                self.dirty.push(key.clone());
+            }
+        }
+    }
+
     /// A restore finished: install the bucket and answer the waiting checks.
-    fn restored(&mut self, key: BucketKey, result: Result<Option<crate::BucketState>, CacheError>) {
+    /// A bucket handed over by its previous owner is marked dirty, so this
+    /// node snapshots it.
+    fn restored(
+        &mut self,
+        key: BucketKey,
+        result: Result<Option<crate::BucketState>, CacheError>,
+        from_peer: bool,
+    ) {
+        self.tombstones.remove(&key);
         let now = self.clock.now_ns();
         let waiters = self.pending.remove(&key).unwrap_or_default();
         let Some(first) = waiters.first() else { return };
@@ -204,14 +251,24 @@ impl ShardActor {
                 BucketState::full(quota, now)
             }
         };
-        self.buckets.insert(
-            key.clone(),
-            Slot {
-                state,
-                dirty: false,
-            },
-        );
-        self.stats().resident.fetch_add(1, Relaxed);
+        if self.buckets.contains_key(&key) {
+            // A push from the previous owner arrived while restoring: merge.
+            self.install(key.clone(), state);
+            self.stats().handoffs_in.fetch_sub(1, Relaxed);
+        } else {
+            self.buckets.insert(
+                key.clone(),
+                Slot {
+                    state,
+                    dirty: false,
+                },
+            );
+            self.stats().resident.fetch_add(1, Relaxed);
+        }
+        if from_peer {
+            self.stats().handoffs_in.fetch_add(1, Relaxed);
+            self.mark_dirty(&key, now);
+        }
         for w in waiters {
             let d = self.apply(&key, w.quota, w.cost, now);
             let _ = w.reply.send(d);
@@ -305,6 +362,7 @@ impl ShardActor {
     /// Drops every bucket that is full now; returns how many.
     fn sweep(&mut self) -> usize {
         let now = self.clock.now_ns();
+        self.tombstones.retain(|_, (_, until)| *until > now);
         let limits = &self.limits;
         let mut dropped = 0usize;
         let mut dropped_dirty = 0i64;
@@ -363,12 +421,18 @@ impl Actor for ShardActor {
 }
 
 impl Handler<Check> for ShardActor {
-    type Result = Response<Decision>;
+    type Result = Response<Result<Decision, Moved>>;
 
     fn handle(&mut self, msg: Check, ctx: &mut Self::Context) -> Self::Result {
         if self.buckets.contains_key(&msg.key) {
             let now = self.clock.now_ns();
-            return Response::reply(self.apply(&msg.key, msg.quota, msg.cost, now));
+            return Response::reply(Ok(self.apply(&msg.key, msg.quota, msg.cost, now)));
+        }
+        if let Some(to) = self.moved_to(&msg.key) {
+            return Response::reply(Err(Moved {
+                to,
+                tenant: msg.key.tenant,
+            }));
         }
         let (tx, rx) = oneshot::channel();
         let waiter = Waiter {
@@ -381,20 +445,20 @@ impl Handler<Check> for ShardActor {
         } else {
             self.pending.insert(msg.key.clone(), vec![waiter]);
             let key = msg.key;
-            let fut = self.cache.restore(key.clone());
+            let fut = self.restore(key.clone());
             ctx.spawn(
                 fut.into_actor(self)
-                    .map(move |res, act, _| act.restored(key, res)),
+                    .map(move |(res, from_peer), act, _| act.restored(key, res, from_peer)),
             );
         }
         // The sender lives in `pending` until the restore finishes; the actor
         // only drops it if it stops, and then the check is refused.
         Response::fut(async move {
-            rx.await.unwrap_or(Decision::Refused {
+            Ok(rx.await.unwrap_or(Decision::Refused {
                 remaining: 0,
                 retry_after_ns: 1_000_000_000,
                 reset_after_ns: 0,
-            })
+            }))
         })
     }
 }

@@ -48,6 +48,7 @@ impl ClusterBuilder {
             template: self.template,
             nodes: Vec::new(),
             running: Vec::new(),
+            replaced: Vec::new(),
         };
         for _ in 0..self.size {
             cluster.add_node();
@@ -65,6 +66,9 @@ pub struct Cluster {
     nodes: Vec<Node>,
     /// Whether node `i` is still meant to run (not terminated / killed by the test).
     running: Vec<bool>,
+    /// Earlier processes of restarted nodes ([`Cluster::restart_node`]), kept so their
+    /// output is printed when the test fails.
+    replaced: Vec<Node>,
 }
 
 impl Cluster {
@@ -127,6 +131,35 @@ impl Cluster {
         self.nodes.push(node);
         self.running.push(true);
         i
+    }
+
+    /// Node `i`, mutably (e.g. for [`Node::is_running`]). Stop nodes through
+    /// [`Cluster::terminate`] / [`Cluster::kill`] so the cluster knows they are gone.
+    pub fn node_mut(&mut self, i: usize) -> &mut Node {
+        &mut self.nodes[i]
+    }
+
+    /// Starts a new process for the stopped node `i` with the same node id (a restart),
+    /// seeded from the first running node. Does not wait for it to join: see
+    /// [`Cluster::wait_converged`]. The old process's output is kept for failure messages.
+    pub fn restart_node(&mut self, i: usize) {
+        assert!(!self.running[i], "node {i} still runs: stop it first");
+        let mut builder = self
+            .template
+            .clone()
+            .flag("node-id", &self.nodes[i].node_id);
+        if let Some(seed) = self.running().first() {
+            builder = builder.flag("seeds", seed.cluster_addr());
+        }
+        let old = std::mem::replace(&mut self.nodes[i], builder.start());
+        self.replaced.push(old);
+        self.running[i] = true;
+    }
+
+    /// The common ring fingerprint when the running nodes are ready and agree on a ring
+    /// of exactly themselves right now (one poll of [`Cluster::wait_converged`]).
+    pub fn converged(&self) -> Option<String> {
+        self.converged_fingerprint(&self.running_ids())
     }
 
     /// SIGTERM to node `i`; returns its exit status (see [`Node::terminate`]).

@@ -11,12 +11,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
+use llmtrace_actors::handoff::push_all;
+use llmtrace_actors::{snapshot, BucketQuota, SnapshotWrite};
 use llmtrace_actors::{
     AwcPeerClient, BatchSettings, CacheError, CacheLayer, ClientFactory, ClusterMetrics,
-    InMemoryCacheLayer, Limiter, Member, MemberState, Membership, MembershipSettings, PeerClient,
-    RedisCacheLayer, Router, RouterSettings, ShardTiming, SystemClock,
+    HandoffSource, InMemoryCacheLayer, Limiter, Member, MemberState, Membership,
+    MembershipSettings, PeerClient, PeerHandoff, RedisCacheLayer, Router, RouterSettings,
+    ShardTiming, SystemClock,
 };
-use llmtrace_cluster_config::{NodeConfig, ShardPlacement};
+use llmtrace_cluster_config::{NodeConfig, Quota, ShardPlacement};
 use tracing::{info, warn};
 
 use crate::http::{self, NodeContext};
@@ -140,25 +143,6 @@ pub async fn serve(
         snapshot_interval: Duration::from_millis(config.snapshot_interval_ms),
         ..ShardTiming::default()
     };
-    let limits = Arc::new(config.rate_limit.clone());
-    let clock = Arc::new(SystemClock);
-    let (limiter, host) = match config.shard_placement {
-        ShardPlacement::Dedicated => (
-            Limiter::start(config.shards, limits, Arc::clone(&cache), clock, timing),
-            None,
-        ),
-        ShardPlacement::Workers => {
-            let (limiter, host) = Limiter::hosted(
-                config.shards,
-                config.http_workers,
-                limits,
-                Arc::clone(&cache),
-                clock,
-                timing,
-            );
-            (limiter, Some(host))
-        }
-    };
     let public_addr = listeners.public.local_addr()?;
     let admin_addr = listeners.admin.local_addr()?;
     let cluster_addr = listeners.cluster.local_addr()?;
@@ -192,6 +176,38 @@ pub async fn serve(
     .await
     .context("cannot start gossip")?;
     let forward_timeout = Duration::from_millis(c.forward_timeout_ms);
+    // A bucket that moved is pulled from its previous owner on its first
+    // check here (graceful joins and leaves lose nothing).
+    let handoff: Arc<dyn HandoffSource> =
+        PeerHandoff::new(membership.view(), c.secret.clone(), forward_timeout);
+    let limits = Arc::new(config.rate_limit.clone());
+    let clock = Arc::new(SystemClock);
+    let (limiter, host) = match config.shard_placement {
+        ShardPlacement::Dedicated => (
+            Limiter::start_with_handoff(
+                config.shards,
+                limits,
+                Arc::clone(&cache),
+                clock,
+                timing,
+                Some(handoff),
+            ),
+            None,
+        ),
+        ShardPlacement::Workers => {
+            let (limiter, host) = Limiter::hosted(
+                config.shards,
+                config.http_workers,
+                limits,
+                Arc::clone(&cache),
+                clock,
+                timing,
+                Some(handoff),
+            );
+            (limiter, Some(host))
+        }
+    };
+
     let router = Router::new(
         limiter.clone(),
         membership.view(),
@@ -298,6 +314,34 @@ pub async fn serve(
         info!("peers dropped this node from their rings");
     } else {
         warn!("peers did not confirm the leave within {LEAVE_TIMEOUT:?}; stopping anyway");
+    }
+    // Hand every bucket still held here to its new owner (those already
+    // asked for were pulled); what cannot be delivered goes to Redis.
+    let view = membership.view().load_full();
+    let (pushed, undelivered) =
+        push_all(&limiter, &view, c.secret.as_deref(), forward_timeout).await;
+    info!(
+        pushed,
+        undelivered = undelivered.len(),
+        "buckets handed to their new owners"
+    );
+    if !undelivered.is_empty() && timing.write_behind {
+        let writes: Vec<SnapshotWrite> = undelivered
+            .into_iter()
+            .filter_map(
+                |(key, state)| match config.rate_limit.quota(&key.tenant, key.limit) {
+                    Quota::Bucket { rate, burst } => Some(SnapshotWrite {
+                        ttl_ms: snapshot::ttl_ms(&state, BucketQuota { rate, burst }),
+                        key,
+                        state,
+                    }),
+                    Quota::Unlimited => None,
+                },
+            )
+            .collect();
+        if let Err(e) = cache.store(Arc::new(writes)).await {
+            warn!("could not snapshot undelivered buckets: {e}");
+        }
     }
     handles[0].stop(true).await;
     let flushed = match host {

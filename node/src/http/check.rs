@@ -22,6 +22,11 @@ fn check_error(e: CheckError) -> ApiError {
             ApiError::field("cost", e.to_string())
         }
         CheckError::Unavailable(m) => ApiError::unavailable(m),
+        // The router follows moved buckets; this only reaches a client if
+        // the new owner could not be asked either.
+        CheckError::Moved { to, .. } => {
+            ApiError::unavailable(format!("bucket moved to node {to}, unreachable"))
+        }
     }
 }
 

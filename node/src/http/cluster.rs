@@ -43,16 +43,17 @@ fn reject(
     .error_response()
 }
 
-/// `POST /cluster/v1/checks`.
-pub async fn checks(
-    req: HttpRequest,
-    ctx: web::Data<NodeContext>,
+/// Checks that a node-to-node request arrived on the cluster listener with
+/// the right secret, and reads its body (capped).
+async fn rpc_body(
+    req: &HttpRequest,
+    ctx: &NodeContext,
     mut payload: web::Payload,
-) -> HttpResponse {
+) -> Result<web::BytesMut, HttpResponse> {
     if req.app_config().local_addr() != ctx.cluster_listener {
         // The public listener shares this server; node-to-node calls are
         // not part of its API.
-        return ApiError::not_found().error_response();
+        return Err(ApiError::not_found().error_response());
     }
     if let Some(secret) = &ctx.cluster_secret {
         let given = req
@@ -61,42 +62,105 @@ pub async fn checks(
             .map(|v| v.as_bytes())
             .unwrap_or_default();
         if !constant_time_eq(given, secret.as_bytes()) {
-            return reject(
-                &ctx,
+            return Err(reject(
+                ctx,
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "missing or wrong cluster secret".into(),
-            );
+            ));
         }
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let Ok(chunk) = chunk else {
-            return reject(
-                &ctx,
+            return Err(reject(
+                ctx,
                 StatusCode::BAD_REQUEST,
                 "bad_body",
                 "could not read body".into(),
-            );
+            ));
         };
         if body.len() + chunk.len() > rpc::MAX_BODY_BYTES {
-            return reject(
-                &ctx,
+            return Err(reject(
+                ctx,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 format!("body exceeds {} bytes", rpc::MAX_BODY_BYTES),
-            );
+            ));
         }
         body.extend_from_slice(&chunk);
     }
+    Ok(body)
+}
+
+fn binary(body: Vec<u8>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .body(body)
+}
+
+/// `POST /cluster/v1/checks`: a batch of forwarded checks.
+pub async fn checks(
+    req: HttpRequest,
+    ctx: web::Data<NodeContext>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let body = match rpc_body(&req, &ctx, payload).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
     let batch = match rpc::decode_request(&body) {
         Ok(b) => b,
         Err(e) => return reject(&ctx, StatusCode::BAD_REQUEST, "bad_body", e.to_string()),
     };
-    let answer = ctx.router.serve_batch(batch).await;
-    HttpResponse::Ok()
-        .content_type("application/octet-stream")
-        .body(rpc::encode(&answer))
+    binary(rpc::encode(&ctx.router.serve_batch(batch).await))
+}
+
+/// `POST /cluster/v1/handoff`: the new owner of a key takes its bucket; this
+/// node stops serving the key (it sends later checks there).
+pub async fn handoff(
+    req: HttpRequest,
+    ctx: web::Data<NodeContext>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let body = match rpc_body(&req, &ctx, payload).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let (handoff, limit) = match rpc::decode_handoff(&body) {
+        Ok(h) => h,
+        Err(e) => return reject(&ctx, StatusCode::BAD_REQUEST, "bad_body", e.to_string()),
+    };
+    let to: std::sync::Arc<str> = handoff.origin.as_str().into();
+    match ctx.router.local().take(&handoff.tenant, limit, to).await {
+        Ok(state) => binary(rpc::encode(&rpc::HandoffResponse { state })),
+        Err(e) => ApiError::unavailable(e.to_string()).error_response(),
+    }
+}
+
+/// `POST /cluster/v1/install`: a leaving node hands over the buckets this
+/// node now owns.
+pub async fn install(
+    req: HttpRequest,
+    ctx: web::Data<NodeContext>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let body = match rpc_body(&req, &ctx, payload).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let buckets = match rpc::decode_install(&body) {
+        Ok(b) => b,
+        Err(e) => return reject(&ctx, StatusCode::BAD_REQUEST, "bad_body", e.to_string()),
+    };
+    let limiter = ctx.router.local();
+    for (tenant, limit, state) in buckets {
+        let key = llmtrace_actors::BucketKey::new(&tenant, limit);
+        if let Err(e) = limiter.install(key, state).await {
+            return ApiError::unavailable(e.to_string()).error_response();
+        }
+    }
+    HttpResponse::NoContent().finish()
 }
 
 #[cfg(test)]

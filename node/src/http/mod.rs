@@ -116,6 +116,14 @@ pub fn cluster_routes(cfg: &mut web::ServiceConfig) {
         llmtrace_actors::rpc::CHECK_PATH,
         web::post().to(cluster::checks),
     ))
+    .service(post(
+        llmtrace_actors::rpc::HANDOFF_PATH,
+        web::post().to(cluster::handoff),
+    ))
+    .service(post(
+        llmtrace_actors::rpc::INSTALL_PATH,
+        web::post().to(cluster::install),
+    ))
     .default_service(web::to(not_found));
 }
 
@@ -126,6 +134,14 @@ pub fn node_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(post(
         llmtrace_actors::rpc::CHECK_PATH,
         web::post().to(cluster::checks),
+    ))
+    .service(post(
+        llmtrace_actors::rpc::HANDOFF_PATH,
+        web::post().to(cluster::handoff),
+    ))
+    .service(post(
+        llmtrace_actors::rpc::INSTALL_PATH,
+        web::post().to(cluster::install),
     ));
     public_routes(cfg);
 }

@@ -1,0 +1,176 @@
+//! Ownership handoff, network side: [`PeerHandoff`] asks a moved bucket's
+//! previous owner for it over the cluster RPC (`POST /cluster/v1/handoff`).
+//! The previous owner is the owner by the ring in force before the last
+//! change, consulted for [`HANDOFF_WINDOW`] after it; later, or when that
+//! node is gone, the cache layer (Redis) has the bucket's last snapshot.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{FutureExt, LocalBoxFuture};
+
+use crate::bucket::BucketState;
+use crate::key::BucketKey;
+use crate::membership::ViewHandle;
+use crate::rpc::{self, HandoffRequest, HandoffResponse};
+use crate::shard::HandoffSource;
+
+/// How long after a ring change a new owner asks previous owners first.
+/// Later, buckets not yet touched come from the cache layer.
+pub const HANDOFF_WINDOW: Duration = Duration::from_secs(30);
+
+thread_local! {
+    /// One HTTP client per thread (awc is not `Send`), by timeout in ms.
+    static CLIENTS: RefCell<HashMap<u64, awc::Client>> = RefCell::new(HashMap::new());
+}
+
+/// Pulls moved buckets from their previous owner.
+pub struct PeerHandoff {
+    view: ViewHandle,
+    secret: Option<String>,
+    timeout: Duration,
+}
+
+impl PeerHandoff {
+    pub fn new(view: ViewHandle, secret: Option<String>, timeout: Duration) -> Arc<Self> {
+        Arc::new(PeerHandoff {
+            view,
+            secret,
+            timeout,
+        })
+    }
+
+    fn client(&self) -> awc::Client {
+        let ms = self.timeout.as_millis() as u64;
+        CLIENTS.with(|c| {
+            c.borrow_mut()
+                .entry(ms)
+                .or_insert_with(|| {
+                    awc::Client::builder()
+                        .timeout(self.timeout)
+                        .disable_redirects()
+                        .connector(awc::Connector::new().timeout(self.timeout))
+                        .finish()
+                })
+                .clone()
+        })
+    }
+}
+
+impl HandoffSource for PeerHandoff {
+    fn pull(
+        &self,
+        key: &BucketKey,
+    ) -> Option<LocalBoxFuture<'static, Result<Option<BucketState>, String>>> {
+        let view = self.view.load();
+        // Only a node that owns the key now asks, and only a live previous
+        // owner other than itself is asked.
+        if !view
+            .owner(&key.tenant, key.limit)
+            .is_some_and(|o| view.is_self(o))
+        {
+            return None;
+        }
+        let previous = view.previous_owner(&key.tenant, key.limit, HANDOFF_WINDOW)?;
+        if view.is_self(previous) {
+            return None;
+        }
+        let member = view.member(previous)?;
+        let url = format!("http://{}{}", member.cluster_addr, rpc::HANDOFF_PATH);
+        let body = rpc::encode(&HandoffRequest {
+            origin: view.self_id.to_string(),
+            tenant: key.tenant.to_string(),
+            limit: key.limit as u8,
+        });
+        let mut req = self
+            .client()
+            .post(url)
+            .insert_header(("content-type", "application/octet-stream"));
+        if let Some(s) = &self.secret {
+            req = req.insert_header((rpc::SECRET_HEADER, s.as_str()));
+        }
+        Some(
+            async move {
+                let mut resp = req.send_body(body).await.map_err(|e| e.to_string())?;
+                let bytes = resp
+                    .body()
+                    .limit(rpc::MAX_BODY_BYTES)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !resp.status().is_success() {
+                    return Err(format!("handoff refused: {}", resp.status()));
+                }
+                let answer: HandoffResponse = rpc::decode(&bytes).map_err(|e| e.to_string())?;
+                Ok(answer.state)
+            }
+            .boxed_local(),
+        )
+    }
+}
+
+/// A leaving node pushes every bucket it still holds to the key's owner by
+/// its current ring (which no longer holds it). Buckets that cannot be
+/// delivered are returned, for the caller to write to the cache layer.
+pub async fn push_all(
+    limiter: &crate::Limiter,
+    view: &crate::ClusterView,
+    secret: Option<&str>,
+    timeout: Duration,
+) -> (usize, Vec<(BucketKey, BucketState)>) {
+    let buckets = limiter.take_all().await;
+    let mut by_owner: HashMap<String, Vec<(BucketKey, BucketState)>> = HashMap::new();
+    let mut undelivered = Vec::new();
+    for (key, state) in buckets {
+        match view.owner(&key.tenant, key.limit) {
+            Some(owner) if !view.is_self(owner) => by_owner
+                .entry(owner.to_string())
+                .or_default()
+                .push((key, state)),
+            _ => undelivered.push((key, state)),
+        }
+    }
+    let client = awc::Client::builder()
+        .timeout(timeout)
+        .disable_redirects()
+        .finish();
+    let mut delivered = 0;
+    for (owner, items) in by_owner {
+        let Some(member) = view.member(&owner) else {
+            undelivered.extend(items);
+            continue;
+        };
+        for chunk in items.chunks(rpc::MAX_INSTALL_ITEMS) {
+            let body = rpc::encode(&rpc::InstallRequest {
+                origin: view.self_id.to_string(),
+                buckets: chunk
+                    .iter()
+                    .map(|(k, s)| (k.tenant.to_string(), k.limit as u8, *s))
+                    .collect(),
+            });
+            let mut req = client
+                .post(format!(
+                    "http://{}{}",
+                    member.cluster_addr,
+                    rpc::INSTALL_PATH
+                ))
+                .insert_header(("content-type", "application/octet-stream"));
+            if let Some(s) = secret {
+                req = req.insert_header((rpc::SECRET_HEADER, s));
+            }
+            match req.send_body(body).await {
+                Ok(resp) if resp.status().is_success() => delivered += chunk.len(),
+                Ok(resp) => {
+                    tracing::warn!(%owner, status = %resp.status(), "bucket push refused");
+                    undelivered.extend_from_slice(chunk);
+                }
+                Err(e) => {
+                    tracing::warn!(%owner, error = %e, "bucket push failed");
+                    undelivered.extend_from_slice(chunk);
+                }
+            }
+        }
+    }
+    (delivered, undelivered)
+}

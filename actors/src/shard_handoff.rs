@@ -1,0 +1,182 @@
+//! Ownership handoff, shard side. A bucket moves between nodes when the ring
+//! changes; its new owner asks the previous one for it on its first check
+//! ([`HandoffSource`]), and the previous owner gives it up ([`TakeBucket`]):
+//! it removes the bucket and, for [`TOMBSTONE_TTL_NS`], answers checks for
+//! that key with [`Moved`] so they reach the new owner instead of a fresh
+//! bucket. A key is therefore served by one shard at a time, whichever node's
+//! view is stale.
+//!
+//! When the previous owner is gone (crash) or does not answer, the bucket is
+//! restored from the cache layer (the last snapshot plus refill since).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use futures_util::future::{FutureExt, LocalBoxFuture};
+
+use super::{ShardActor, TOMBSTONE_TTL_NS};
+use crate::bucket::BucketState;
+use crate::cache::CacheError;
+use crate::key::BucketKey;
+
+/// Where a new owner gets a moved bucket from.
+pub trait HandoffSource: Send + Sync + 'static {
+    /// `None` when no other node owned `key` recently (nothing to ask).
+    /// Otherwise a future resolving to the previous owner's state, `None`
+    /// when it held none, `Err` when it could not be asked.
+    #[allow(clippy::type_complexity)]
+    fn pull(
+        &self,
+        key: &BucketKey,
+    ) -> Option<LocalBoxFuture<'static, Result<Option<BucketState>, String>>>;
+}
+
+/// Give up every resident bucket (a leaving node pushes them to their new
+/// owners); answers them.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<(BucketKey, BucketState)>")]
+pub struct TakeAll;
+
+/// Install a bucket pushed by its previous owner. If this shard already
+/// holds the key (a check got here first), the lower level wins: units
+/// consumed on either side stay consumed.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Install {
+    pub key: BucketKey,
+    pub state: BucketState,
+}
+
+/// Give up the bucket `key` to node `to`; answers its state if resident.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<BucketState>")]
+pub struct TakeBucket {
+    pub key: BucketKey,
+    pub to: Arc<str>,
+}
+
+impl ShardActor {
+    /// The node a key was handed to, while the tombstone lasts.
+    pub(super) fn moved_to(&self, key: &BucketKey) -> Option<Arc<str>> {
+        if self.tombstones.is_empty() {
+            return None;
+        }
+        let (to, until) = self.tombstones.get(key)?;
+        (*until > self.clock.now_ns()).then(|| Arc::clone(to))
+    }
+
+    /// The state of a key this shard does not hold: from its previous owner
+    /// if the ring moved it here lately, else from the cache layer. The flag
+    /// says whether a peer handed it over.
+    pub(super) fn restore(
+        &self,
+        key: BucketKey,
+    ) -> LocalBoxFuture<'static, (Result<Option<BucketState>, CacheError>, bool)> {
+        let cache = Arc::clone(&self.cache);
+        let pull = self.handoff.as_ref().and_then(|h| h.pull(&key));
+        let metrics = Arc::clone(&self.metrics);
+        let id = self.id;
+        async move {
+            if let Some(pull) = pull {
+                match pull.await {
+                    Ok(Some(state)) => return (Ok(Some(state)), true),
+                    Ok(None) => {}
+                    Err(e) => {
+                        metrics.shards[id].handoff_errors.fetch_add(1, Relaxed);
+                        tracing::debug!(%key, error = %e, "handoff pull failed; restoring from the cache layer");
+                    }
+                }
+            }
+            (cache.restore(key).await, false)
+        }
+        .boxed_local()
+    }
+}
+
+impl ShardActor {
+    /// Puts a handed-over state in place, merging with a resident bucket.
+    pub(super) fn install(&mut self, key: BucketKey, state: BucketState) {
+        let now = self.clock.now_ns();
+        self.tombstones.remove(&key);
+        self.metrics.shards[self.id]
+            .handoffs_in
+            .fetch_add(1, Relaxed);
+        match self.buckets.get_mut(&key) {
+            Some(slot) => {
+                // Compare at the same instant: the older state refills first.
+                let quota = match self.limits.quota(&key.tenant, key.limit) {
+                    llmtrace_cluster_config::Quota::Bucket { rate, burst } => {
+                        crate::bucket::BucketQuota { rate, burst }
+                    }
+                    llmtrace_cluster_config::Quota::Unlimited => return,
+                };
+                let mut theirs = state;
+                theirs.advance(quota, now);
+                slot.state.advance(quota, now);
+                slot.state.level = slot.state.level.min(theirs.level);
+            }
+            None => {
+                self.buckets.insert(
+                    key.clone(),
+                    super::Slot {
+                        state,
+                        dirty: false,
+                    },
+                );
+                self.metrics.shards[self.id].resident.fetch_add(1, Relaxed);
+            }
+        }
+        self.mark_dirty(&key, now);
+    }
+}
+
+impl Handler<Install> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Install, _: &mut Self::Context) {
+        self.install(msg.key, msg.state);
+    }
+}
+
+impl Handler<TakeAll> for ShardActor {
+    type Result = Vec<(BucketKey, BucketState)>;
+
+    fn handle(&mut self, _: TakeAll, _: &mut Self::Context) -> Self::Result {
+        let stats = &self.metrics.shards[self.id];
+        let n = self.buckets.len();
+        stats.resident.fetch_sub(n as i64, Relaxed);
+        stats.handoffs_out.fetch_add(n as u64, Relaxed);
+        let dirty = self.dirty.len() as i64;
+        stats.dirty.fetch_sub(dirty, Relaxed);
+        self.dirty.clear();
+        self.oldest_dirty_ns = None;
+        self.buckets
+            .drain()
+            .map(|(k, slot)| (k, slot.state))
+            .collect()
+    }
+}
+
+impl Handler<TakeBucket> for ShardActor {
+    type Result = Option<BucketState>;
+
+    fn handle(&mut self, msg: TakeBucket, _: &mut Self::Context) -> Option<BucketState> {
+        let now = self.clock.now_ns();
+        self.tombstones.insert(
+            msg.key.clone(),
+            (msg.to, now.saturating_add(TOMBSTONE_TTL_NS)),
+        );
+        let slot = self.buckets.remove(&msg.key)?;
+        let stats = &self.metrics.shards[self.id];
+        stats.resident.fetch_sub(1, Relaxed);
+        if slot.dirty {
+            stats.dirty.fetch_sub(1, Relaxed);
+            self.dirty.retain(|k| *k != msg.key);
+        }
+        stats.handoffs_out.fetch_add(1, Relaxed);
+        let mut state = slot.state;
+        state.updated_ns = state.updated_ns.max(now);
+        Some(state)
+    }
+}
