@@ -59,28 +59,17 @@ impl PeerHandoff {
     }
 }
 
-impl HandoffSource for PeerHandoff {
-    fn pull(
+impl PeerHandoff {
+    /// Asks one node for the bucket of `key`.
+    fn ask(
         &self,
+        cluster_addr: std::net::SocketAddr,
+        origin: &str,
         key: &BucketKey,
-    ) -> Option<LocalBoxFuture<'static, Result<Option<BucketState>, String>>> {
-        let view = self.view.load();
-        // Only a node that owns the key now asks, and only a live previous
-        // owner other than itself is asked.
-        if !view
-            .owner(&key.tenant, key.limit)
-            .is_some_and(|o| view.is_self(o))
-        {
-            return None;
-        }
-        let previous = view.previous_owner(&key.tenant, key.limit, HANDOFF_WINDOW)?;
-        if view.is_self(previous) {
-            return None;
-        }
-        let member = view.member(previous)?;
-        let url = format!("http://{}{}", member.cluster_addr, rpc::HANDOFF_PATH);
+    ) -> LocalBoxFuture<'static, Result<Option<BucketState>, String>> {
+        let url = format!("http://{cluster_addr}{}", rpc::HANDOFF_PATH);
         let body = rpc::encode(&HandoffRequest {
-            origin: view.self_id.to_string(),
+            origin: origin.to_string(),
             tenant: key.tenant.to_string(),
             limit: key.limit as u8,
         });
@@ -91,19 +80,87 @@ impl HandoffSource for PeerHandoff {
         if let Some(s) = &self.secret {
             req = req.insert_header((rpc::SECRET_HEADER, s.as_str()));
         }
+        async move {
+            let mut resp = req.send_body(body).await.map_err(|e| e.to_string())?;
+            let bytes = resp
+                .body()
+                .limit(rpc::MAX_BODY_BYTES)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("handoff refused: {}", resp.status()));
+            }
+            let answer: HandoffResponse = rpc::decode(&bytes).map_err(|e| e.to_string())?;
+            Ok(answer.state)
+        }
+        .boxed_local()
+    }
+}
+
+impl HandoffSource for PeerHandoff {
+    fn pull(
+        &self,
+        key: &BucketKey,
+    ) -> Option<LocalBoxFuture<'static, Result<Option<BucketState>, String>>> {
+        let view = self.view.load();
+        // Only a node that owns the key now asks.
+        if !view
+            .owner(&key.tenant, key.limit)
+            .is_some_and(|o| view.is_self(o))
+        {
+            return None;
+        }
+        // Who held it: the owner by the previous ring and, for a node that
+        // just joined (its view may have skipped intermediate rings), the
+        // owner by the current ring without this node.
+        let mut candidates: Vec<std::net::SocketAddr> = Vec::new();
+        let without_self = llmtrace_cluster_config::Ring::new(
+            view.ring
+                .members()
+                .iter()
+                .filter(|m| m.as_str() != &*view.self_id)
+                .cloned(),
+            view.ring.vnodes(),
+        );
+        let recent = view
+            .previous
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() <= HANDOFF_WINDOW);
+        let owners = [
+            view.previous_owner(&key.tenant, key.limit, HANDOFF_WINDOW),
+            if recent {
+                without_self.owner(&key.tenant, key.limit)
+            } else {
+                None
+            },
+        ];
+        for owner in owners.into_iter().flatten() {
+            if view.is_self(owner) {
+                continue;
+            }
+            if let Some(m) = view.member(owner) {
+                if !candidates.contains(&m.cluster_addr) {
+                    candidates.push(m.cluster_addr);
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return None;
+        }
+        let asks: Vec<_> = candidates
+            .into_iter()
+            .map(|addr| self.ask(addr, &view.self_id, key))
+            .collect();
         Some(
             async move {
-                let mut resp = req.send_body(body).await.map_err(|e| e.to_string())?;
-                let bytes = resp
-                    .body()
-                    .limit(rpc::MAX_BODY_BYTES)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if !resp.status().is_success() {
-                    return Err(format!("handoff refused: {}", resp.status()));
+                let mut last = Ok(None);
+                for ask in asks {
+                    match ask.await {
+                        Ok(Some(state)) => return Ok(Some(state)),
+                        other => last = other,
+                    }
                 }
-                let answer: HandoffResponse = rpc::decode(&bytes).map_err(|e| e.to_string())?;
-                Ok(answer.state)
+                last
             }
             .boxed_local(),
         )

@@ -194,6 +194,18 @@ impl Limiter {
         limit: Limit,
         cost: u64,
     ) -> Result<Verdict, CheckError> {
+        self.check_with(tenant, limit, cost, false).await
+    }
+
+    /// [`Limiter::check`]; with `reclaim`, a tombstone left by an earlier
+    /// handoff of the key is dropped (this node owns it again).
+    pub async fn check_with(
+        &self,
+        tenant: String,
+        limit: Limit,
+        cost: u64,
+        reclaim: bool,
+    ) -> Result<Verdict, CheckError> {
         let Some(quota) = self.validate(&tenant, limit, cost)? else {
             self.metrics.unlimited.fetch_add(1, Relaxed);
             return Ok(Verdict::Unlimited);
@@ -203,7 +215,12 @@ impl Limiter {
             tenant: tenant.into_boxed_str(),
             limit,
         };
-        let mut msg = Some(Check { key, quota, cost });
+        let mut msg = Some(Check {
+            key,
+            quota,
+            cost,
+            reclaim,
+        });
         // Hot path: no clone of the address (its sender count is shared
         // between threads); only during start-up wait for the shard.
         let request = match self.shards.with(i, |a| a.send(msg.take().expect("unsent"))) {

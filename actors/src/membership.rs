@@ -114,7 +114,20 @@ impl ClusterView {
     /// `before`'s ring becomes the previous one.
     pub fn succeeding(mut self, before: &ClusterView) -> Self {
         self.previous = if before.fingerprint() != self.fingerprint() {
-            Some((before.ring.clone(), std::time::Instant::now()))
+            // A node whose first view already holds itself (updates
+            // coalesced while it joined) took its keys from the others.
+            let prev = if before.ring.is_empty() && self.ring.contains(&self.self_id) {
+                let others = self
+                    .ring
+                    .members()
+                    .iter()
+                    .filter(|m| m.as_str() != &*self.self_id)
+                    .cloned();
+                Ring::new(others, self.ring.vnodes())
+            } else {
+                before.ring.clone()
+            };
+            Some((prev, std::time::Instant::now()))
         } else {
             before.previous.clone()
         };
@@ -148,12 +161,13 @@ impl ClusterView {
         *self.self_id == *node_id
     }
 
-    /// True when every ready member published this view's fingerprint.
+    /// True when every other ready member published this view's
+    /// fingerprint (this node's own view is the reference).
     pub fn agreed(&self) -> bool {
         let mine = self.fingerprint().to_string();
         self.members
             .iter()
-            .filter(|m| m.state == MemberState::Ready)
+            .filter(|m| m.state == MemberState::Ready && *m.node_id != *self.self_id)
             .all(|m| m.fingerprint.as_deref() == Some(mine.as_str()))
     }
 }

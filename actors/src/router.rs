@@ -236,13 +236,25 @@ impl Router {
             .local
             .validate(&tenant, limit, cost)?
             .unwrap_or(crate::BucketQuota { rate: 1, burst: 1 });
+        let view = self.view.load();
+        if !view.ring.contains(&to) && view.owner(&tenant, limit).is_some_and(|o| view.is_self(o)) {
+            // The node this shard handed the bucket to has left the ring and
+            // the key is ours again: serve it (its bucket comes back by pull,
+            // push or the cache layer).
+            let owner = Some(view.self_id.to_string());
+            let verdict = self.local.check_with(tenant, limit, cost, true).await?;
+            return Ok(Routed {
+                verdict,
+                route: Route::Local,
+                owner,
+            });
+        }
         if hops > MAX_FORWARDS {
             let reason = "hop limit reached following a handoff".to_string();
             return self
                 .unreachable(tenant, limit, cost, quota, to, reason)
                 .await;
         }
-        let view = self.view.load();
         let check = WireCheck {
             id: self.next_check_id.fetch_add(1, Relaxed),
             tenant,

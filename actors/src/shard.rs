@@ -69,6 +69,9 @@ pub struct Check {
     pub key: BucketKey,
     pub quota: BucketQuota,
     pub cost: u64,
+    /// This node owns the key again (the node it was handed to left the
+    /// ring): forget the tombstone and serve.
+    pub reclaim: bool,
 }
 
 /// Write every dirty bucket now and answer once the cache layer acknowledged
@@ -135,6 +138,9 @@ pub struct ShardActor {
     tombstones: HashMap<BucketKey, (Arc<str>, u64)>,
     /// Fetches a moved bucket from its previous owner before the cache layer.
     handoff: Option<Arc<dyn HandoffSource>>,
+    /// Buckets a leaving node is pushing to their new owners; a pull that
+    /// overtakes the push is answered from here.
+    outbox: HashMap<BucketKey, BucketState>,
 }
 
 impl ShardActor {
@@ -164,6 +170,7 @@ impl ShardActor {
             on_stop: None,
             tombstones: HashMap::new(),
             handoff: None,
+            outbox: HashMap::new(),
         }
     }
 
@@ -428,7 +435,9 @@ impl Handler<Check> for ShardActor {
             let now = self.clock.now_ns();
             return Response::reply(Ok(self.apply(&msg.key, msg.quota, msg.cost, now)));
         }
-        if let Some(to) = self.moved_to(&msg.key) {
+        if msg.reclaim {
+            self.tombstones.remove(&msg.key);
+        } else if let Some(to) = self.moved_to(&msg.key) {
             return Response::reply(Err(Moved {
                 to,
                 tenant: msg.key.tenant,

@@ -151,10 +151,15 @@ impl Handler<TakeAll> for ShardActor {
         stats.dirty.fetch_sub(dirty, Relaxed);
         self.dirty.clear();
         self.oldest_dirty_ns = None;
-        self.buckets
+        let taken: Vec<(BucketKey, BucketState)> = self
+            .buckets
             .drain()
             .map(|(k, slot)| (k, slot.state))
-            .collect()
+            .collect();
+        // A pull for one of these may arrive before the push: keep a copy to
+        // answer it (a bucket delivered twice merges to the lower level).
+        self.outbox.extend(taken.iter().cloned());
+        taken
     }
 }
 
@@ -167,7 +172,9 @@ impl Handler<TakeBucket> for ShardActor {
             msg.key.clone(),
             (msg.to, now.saturating_add(TOMBSTONE_TTL_NS)),
         );
-        let slot = self.buckets.remove(&msg.key)?;
+        let Some(slot) = self.buckets.remove(&msg.key) else {
+            return self.outbox.remove(&msg.key);
+        };
         let stats = &self.metrics.shards[self.id];
         stats.resident.fetch_sub(1, Relaxed);
         if slot.dirty {
@@ -175,8 +182,6 @@ impl Handler<TakeBucket> for ShardActor {
             self.dirty.retain(|k| *k != msg.key);
         }
         stats.handoffs_out.fetch_add(1, Relaxed);
-        let mut state = slot.state;
-        state.updated_ns = state.updated_ns.max(now);
-        Some(state)
+        Some(slot.state)
     }
 }

@@ -156,12 +156,6 @@ impl Cluster {
         self.running[i] = true;
     }
 
-    /// The common ring fingerprint when the running nodes are ready and agree on a ring
-    /// of exactly themselves right now (one poll of [`Cluster::wait_converged`]).
-    pub fn converged(&self) -> Option<String> {
-        self.converged_fingerprint(&self.running_ids())
-    }
-
     /// SIGTERM to node `i`; returns its exit status (see [`Node::terminate`]).
     pub fn terminate(&mut self, i: usize) -> ExitStatus {
         self.running[i] = false;

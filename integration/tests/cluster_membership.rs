@@ -105,15 +105,28 @@ fn join_under_load_fails_no_check() {
             "{t}: only {} allowed",
             tally.allowed
         );
-        // Without a handoff a moved tenant gets one fresh bucket on its new
-        // owner, and while views converge both buckets refill. The nodes
-        // switch at slightly different moments around the measured join
-        // time, so allow the refill of one more second on top.
+        // The old owner hands each moved bucket to the new owner on its
+        // first check there: measured +0 for every moved tenant on a quiet
+        // machine. Under load a pull can still miss (the new owner then
+        // starts from the cache layer, here none): the handoff issue makes
+        // this exact; until then at most one fresh bucket plus the refill of
+        // both while views converge.
         let slack = BURST as i64 + (RPS as f64 * (join_time.as_secs_f64() + 1.0)).ceil() as i64;
         assert!(
             over <= slack,
-            "{t}: over-admitted by {over} (> one fresh bucket of {BURST} + refill during the \
-             {join_time:?} join)"
+            "{t}: over-admitted by {over} across the {join_time:?} join; handoff metrics: {}",
+            (0..4)
+                .map(|i| cluster
+                    .node(i)
+                    .metrics()
+                    .lines()
+                    .filter(
+                        |l| l.starts_with("llmtrace_handoff") || l.starts_with("llmtrace_restore")
+                    )
+                    .collect::<Vec<_>>()
+                    .join(" "))
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
     }
 }
@@ -159,6 +172,8 @@ struct Leave {
     /// node-2's `/readyz` ("refused" once nothing listens).
     readyz: Timeline,
     report: LoadReport,
+    /// The survivors' log lines about unreachable owners.
+    unreachable_logs: Vec<String>,
 }
 
 fn leave_under_load(prefix: &str) -> Leave {
@@ -208,6 +223,17 @@ fn leave_under_load(prefix: &str) -> Leave {
         views,
         readyz,
         report: load.stop(),
+        unreachable_logs: (0..2)
+            .flat_map(|i| {
+                cluster
+                    .node(i)
+                    .stderr()
+                    .lines()
+                    .filter(|l| l.contains("owner unreachable"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
     };
     eprintln!(
         "SIGTERM of node-2: exited after {:?}; node-0 and node-1 agreed on a 2-member ring \
@@ -237,6 +263,22 @@ fn leave_under_load_fails_no_check() {
         leave.converged
     );
     leave.report.assert_no_failures();
+    // The leaving node hands its buckets over (pulled on first use, the rest
+    // pushed before it exits). Measured on a quiet machine: +0, sometimes +1
+    // for one tenant (a check relayed twice reaches the leaving node after it
+    // pushed its buckets); under heavy load more. Bounded here by one fresh
+    // bucket; the handoff issue tightens this to zero.
+    for (t, tally) in &leave.report.tenants {
+        let over = tally.over_admission(BURST, RPS);
+        eprintln!(
+            "over-admission {t} across the leave: allowed {} refused {}: {over:+}",
+            tally.allowed, tally.refused
+        );
+        assert!(
+            over <= BURST as i64 + 1,
+            "{t}: over-admitted by {over} across a graceful leave"
+        );
+    }
 }
 
 /// A node stopped with SIGTERM announces `leaving`, so its peers take it out of their
@@ -261,8 +303,9 @@ fn sigterm_leave_is_announced_before_exit() {
     assert_eq!(
         leave.report.degraded,
         0,
-        "checks decided without their owner during a graceful leave: {}",
-        leave.report.summary()
+        "checks decided without their owner during a graceful leave: {}\n{}",
+        leave.report.summary(),
+        leave.unreachable_logs.join("\n")
     );
 }
 
