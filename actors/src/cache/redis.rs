@@ -12,8 +12,10 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::ErrorKind;
 
 use super::{CacheError, CacheLayer, SnapshotWrite};
 use crate::bucket::BucketState;
@@ -23,7 +25,10 @@ use crate::snapshot;
 /// Redis-backed snapshots.
 #[derive(Clone)]
 pub struct RedisCacheLayer {
-    conn: ConnectionManager,
+    /// Swapped for a new one when the stream is garbled (the manager itself
+    /// only reconnects after I/O errors).
+    conn: Arc<ArcSwap<ConnectionManager>>,
+    client: redis::Client,
     timeout: Duration,
     /// The runtime (thread `llmtrace-redis`) every Redis call runs on.
     io: tokio::runtime::Handle,
@@ -72,19 +77,41 @@ impl RedisCacheLayer {
     pub fn new(url: &str, timeout: Duration) -> Result<Self, CacheError> {
         let client =
             redis::Client::open(url).map_err(|e| CacheError::Unavailable(e.to_string()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
         let io = io_runtime()?;
         let conn = {
             let _in_io = io.enter();
-            ConnectionManager::new_lazy_with_config(client, config)
-                .map_err(|e| CacheError::Unavailable(e.to_string()))?
+            connect(&client, timeout)?
         };
-        Ok(RedisCacheLayer { conn, timeout, io })
+        Ok(RedisCacheLayer {
+            conn: Arc::new(ArcSwap::from_pointee(conn)),
+            client,
+            timeout,
+            io,
+        })
     }
+
+    /// Maps an error; a reply that does not parse means the stream is not
+    /// (or no longer) Redis: start over on a fresh connection. Runs on the
+    /// Redis runtime.
+    fn failed(&self, e: redis::RedisError) -> CacheError {
+        if matches!(e.kind(), ErrorKind::Parse | ErrorKind::UnexpectedReturnType) {
+            if let Ok(fresh) = connect(&self.client, self.timeout) {
+                self.conn.store(Arc::new(fresh));
+            }
+        }
+        map_err(e)
+    }
+}
+
+/// A lazily connecting manager; must run inside the Redis runtime.
+fn connect(client: &redis::Client, timeout: Duration) -> Result<ConnectionManager, CacheError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client.clone(), config)
+        .map_err(|e| CacheError::Unavailable(e.to_string()))
 }
 
 fn map_err(e: redis::RedisError) -> CacheError {
@@ -104,7 +131,8 @@ impl CacheLayer for RedisCacheLayer {
         &self,
         key: BucketKey,
     ) -> BoxFuture<'static, Result<Option<BucketState>, CacheError>> {
-        let mut conn = self.conn.clone();
+        let mut conn = ConnectionManager::clone(&self.conn.load());
+        let this = self.clone();
         let timeout = self.timeout;
         on_io(&self.io, async move {
             let mut cmd = redis::cmd("GET");
@@ -113,7 +141,7 @@ impl CacheLayer for RedisCacheLayer {
             let bytes = tokio::time::timeout(timeout, get)
                 .await
                 .map_err(|_| CacheError::Timeout)?
-                .map_err(map_err)?;
+                .map_err(|e| this.failed(e))?;
             match bytes {
                 None => Ok(None),
                 Some(b) => snapshot::decode(&b)
@@ -124,7 +152,8 @@ impl CacheLayer for RedisCacheLayer {
     }
 
     fn store(&self, writes: Arc<Vec<SnapshotWrite>>) -> BoxFuture<'static, Result<(), CacheError>> {
-        let mut conn = self.conn.clone();
+        let mut conn = ConnectionManager::clone(&self.conn.load());
+        let this = self.clone();
         // A large batch takes longer than one round trip; allow for it.
         let timeout = self.timeout * (1 + (writes.len() / 10_000) as u32);
         on_io(&self.io, async move {
@@ -140,7 +169,7 @@ impl CacheLayer for RedisCacheLayer {
             tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn))
                 .await
                 .map_err(|_| CacheError::Timeout)?
-                .map_err(map_err)
+                .map_err(|e| this.failed(e))
         })
     }
 }
