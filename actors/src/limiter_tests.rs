@@ -313,3 +313,79 @@ async fn without_write_behind_nothing_is_copied_to_the_cache_layer() {
         "the shard still holds the drained bucket"
     );
 }
+
+#[actix_rt::test]
+async fn a_handed_over_bucket_redirects_until_reclaimed() {
+    let f = start(limits(1, 10), 2);
+    assert!(f
+        .limiter
+        .check("t".into(), Limit::Requests, 10)
+        .await
+        .unwrap()
+        .is_allowed());
+    let given = f
+        .limiter
+        .take("t", Limit::Requests, "node-b".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        given.map(|s| s.level),
+        Some(0),
+        "the drained state is handed over"
+    );
+    assert_eq!(f.limiter.metrics().resident(), 0);
+    // Checks for the key now name the new owner instead of starting a bucket.
+    match f.limiter.check("t".into(), Limit::Requests, 1).await {
+        Err(CheckError::Moved { to, tenant }) => {
+            assert_eq!((to.as_str(), tenant.as_str()), ("node-b", "t"))
+        }
+        other => panic!("expected Moved, got {other:?}"),
+    }
+    // Taking it again answers nothing (the state left already).
+    assert_eq!(
+        f.limiter.take("t", Limit::Requests, "node-b".into()).await,
+        Ok(None)
+    );
+    // Reclaimed: this node owns the key again and serves it.
+    assert!(f
+        .limiter
+        .check_with("t".into(), Limit::Requests, 1, true)
+        .await
+        .unwrap()
+        .is_allowed());
+}
+
+#[actix_rt::test]
+async fn a_pushed_bucket_merges_to_the_lower_level() {
+    let f = start(limits(1, 10), 2);
+    // Resident here with 7 left.
+    assert!(f
+        .limiter
+        .check("t".into(), Limit::Requests, 3)
+        .await
+        .unwrap()
+        .is_allowed());
+    // The previous owner pushes a state with 2 left: both consumptions count.
+    let key = BucketKey::new("t", Limit::Requests);
+    f.limiter
+        .install(
+            key,
+            BucketState {
+                level: 2 * NANOS,
+                updated_ns: T0,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(f
+        .limiter
+        .check("t".into(), Limit::Requests, 2)
+        .await
+        .unwrap()
+        .is_allowed());
+    assert!(!allowed(&f.limiter, "t").await);
+    // A leaving node gives up everything it holds.
+    let all = f.limiter.take_all().await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(f.limiter.metrics().resident(), 0);
+}

@@ -396,26 +396,14 @@ impl Router {
         match policy {
             OwnerUnreachable::Local => {
                 self.metrics.unreachable_local.fetch_add(1, Relaxed);
-                match self
-                    .decide_here(tenant, limit, cost, route.clone(), Some(owner.clone()))
-                    .await
-                {
-                    // The bucket lives on a node that cannot be reached:
-                    // deciding here would start a second bucket; refuse.
-                    Err(CheckError::Moved { .. }) => Ok(Routed {
-                        verdict: Verdict::Limited {
-                            quota,
-                            decision: Decision::Refused {
-                                remaining: 0,
-                                retry_after_ns: 1_000_000_000,
-                                reset_after_ns: 0,
-                            },
-                        },
-                        route,
-                        owner: Some(owner),
-                    }),
-                    other => other,
-                }
+                // Decide on this node's shard, also for a key it handed to the
+                // unreachable node (reclaimed: restored from the cache layer).
+                let verdict = self.local.check_with(tenant, limit, cost, true).await?;
+                Ok(Routed {
+                    verdict,
+                    route,
+                    owner: Some(owner),
+                })
             }
             OwnerUnreachable::Allow => {
                 self.metrics.unreachable_allow.fetch_add(1, Relaxed);
@@ -430,7 +418,8 @@ impl Router {
                 let decision = Decision::Refused {
                     remaining: 0,
                     retry_after_ns: 1_000_000_000,
-                    reset_after_ns: 0,
+                    // Unknown: report the time a drained bucket takes.
+                    reset_after_ns: quota.capacity() / u64::from(quota.rate),
                 };
                 Ok(Routed {
                     verdict: Verdict::Limited { quota, decision },
