@@ -72,6 +72,8 @@
 #   BENCH_CLUSTER_ARGS="--http-workers 1"  extra arguments for the 3 cluster nodes
 #                          only (word-split), e.g. "--http-workers 1 --forward-batch-wait-us 100"
 #   BENCH_CLUSTER_WAIT=20  seconds the 3 nodes may take to converge on one ring
+#   BENCH_CLUSTER_SETTLE=11  seconds to wait after convergence, past the 10 s handoff
+#                          window (0: measure the cluster right after it formed)
 #   BENCH_SKIP_BUILD=0     1 = use the binaries already in target/release
 #
 # Only 127.0.0.1 is used: every server binds ephemeral ports there. Every load run
@@ -110,6 +112,7 @@ BENCH_DRAIN_THREADS="${BENCH_DRAIN_THREADS:-2}"
 BENCH_DRAIN_DEADLINE="${BENCH_DRAIN_DEADLINE:-900}"
 BENCH_CLUSTER_ARGS="${BENCH_CLUSTER_ARGS---http-workers 1}"
 BENCH_CLUSTER_WAIT="${BENCH_CLUSTER_WAIT:-20}"
+BENCH_CLUSTER_SETTLE="${BENCH_CLUSTER_SETTLE:-11}"
 BENCH_SKIP_BUILD="${BENCH_SKIP_BUILD:-0}"
 export BENCH_TENANT_SPACE BENCH_STATUS BENCH_COST
 
@@ -607,6 +610,14 @@ bench_cluster() {
     labels+=("wrk -> node-$i")
   done
   wait_converged "$BENCH_CLUSTER_WAIT" "${specs[@]}"
+  # For 10 s after a ring change a node asks a key's previous owner on the
+  # key's first check (ownership handoff): one extra round trip per moved key.
+  # The measured run starts after that window unless BENCH_CLUSTER_SETTLE says
+  # otherwise (0 measures a cluster that has just formed).
+  if [[ "$BENCH_CLUSTER_SETTLE" != 0 ]]; then
+    log "letting the handoff window pass: ${BENCH_CLUSTER_SETTLE}s"
+    sleep "$BENCH_CLUSTER_SETTLE"
+  fi
   # Metrics are read right before and right after the measured run (not the warm-up).
   CLUSTER_SPECS=("${specs[@]}")
   WRK_BEFORE_MEASURE="cluster_snapshot before"

@@ -17,9 +17,11 @@ use crate::membership::ViewHandle;
 use crate::rpc::{self, HandoffRequest, HandoffResponse};
 use crate::shard::HandoffSource;
 
-/// How long after a ring change a new owner asks previous owners first.
-/// Later, buckets not yet touched come from the cache layer.
-pub const HANDOFF_WINDOW: Duration = Duration::from_secs(30);
+/// How long after a ring change a new owner asks previous owners first
+/// (one round trip on the first check of each moved key; a leaving node
+/// pushes its buckets anyway). Later, buckets not yet touched come from the
+/// cache layer.
+pub const HANDOFF_WINDOW: Duration = Duration::from_secs(10);
 
 thread_local! {
     /// One HTTP client per thread (awc is not `Send`), by timeout in ms.
@@ -122,13 +124,15 @@ impl HandoffSource for PeerHandoff {
                 .cloned(),
             view.ring.vnodes(),
         );
-        let recent = view
-            .previous
-            .as_ref()
-            .is_some_and(|(_, at)| at.elapsed() <= HANDOFF_WINDOW);
+        // Only a node that was not in the previous ring (it just joined)
+        // asks the owner-without-itself: for a node that stayed, every key it
+        // owns would qualify.
+        let joined = view.previous.as_ref().is_some_and(|(ring, at)| {
+            at.elapsed() <= HANDOFF_WINDOW && !ring.contains(&view.self_id)
+        });
         let owners = [
             view.previous_owner(&key.tenant, key.limit, HANDOFF_WINDOW),
-            if recent {
+            if joined {
                 without_self.owner(&key.tenant, key.limit)
             } else {
                 None
