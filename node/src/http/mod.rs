@@ -110,39 +110,25 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
-/// Routes of the cluster listener (node to node).
+/// The node-to-node routes (each refuses requests that did not arrive on
+/// the cluster listener).
+fn node_to_node(cfg: &mut web::ServiceConfig) {
+    use llmtrace_actors::rpc::{CHECK_PATH, HANDOFF_PATH, INSTALL_PATH};
+    cfg.service(post(CHECK_PATH, web::post().to(cluster::checks)))
+        .service(post(HANDOFF_PATH, web::post().to(cluster::handoff)))
+        .service(post(INSTALL_PATH, web::post().to(cluster::install)));
+}
+
+/// Routes of the cluster listener alone (tests).
 pub fn cluster_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(post(
-        llmtrace_actors::rpc::CHECK_PATH,
-        web::post().to(cluster::checks),
-    ))
-    .service(post(
-        llmtrace_actors::rpc::HANDOFF_PATH,
-        web::post().to(cluster::handoff),
-    ))
-    .service(post(
-        llmtrace_actors::rpc::INSTALL_PATH,
-        web::post().to(cluster::install),
-    ))
-    .default_service(web::to(not_found));
+    node_to_node(cfg);
+    cfg.default_service(web::to(not_found));
 }
 
 /// Routes of the server behind both the public and the cluster listener:
-/// the public API, and the node-to-node route (which refuses requests that
-/// did not arrive on the cluster listener).
+/// the public API and the node-to-node routes.
 pub fn node_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(post(
-        llmtrace_actors::rpc::CHECK_PATH,
-        web::post().to(cluster::checks),
-    ))
-    .service(post(
-        llmtrace_actors::rpc::HANDOFF_PATH,
-        web::post().to(cluster::handoff),
-    ))
-    .service(post(
-        llmtrace_actors::rpc::INSTALL_PATH,
-        web::post().to(cluster::install),
-    ));
+    node_to_node(cfg);
     public_routes(cfg);
 }
 
