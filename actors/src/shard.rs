@@ -237,7 +237,6 @@ impl ShardActor {
         result: Result<Option<crate::BucketState>, CacheError>,
         from_peer: bool,
     ) {
-        self.tombstones.remove(&key);
         let now = self.clock.now_ns();
         let waiters = self.pending.remove(&key).unwrap_or_default();
         let Some(first) = waiters.first() else { return };
@@ -279,6 +278,18 @@ impl ShardActor {
         for w in waiters {
             let d = self.apply(&key, w.quota, w.cost, now);
             let _ = w.reply.send(d);
+        }
+        // Handed over while the restore was under way: the checks that came
+        // first were answered; the key now lives on its new owner.
+        if self.moved_to(&key).is_some() {
+            if let Some(slot) = self.buckets.remove(&key) {
+                let stats = &self.metrics.shards[self.id];
+                stats.resident.fetch_sub(1, Relaxed);
+                if slot.dirty {
+                    stats.dirty.fetch_sub(1, Relaxed);
+                    self.dirty.retain(|k| *k != key);
+                }
+            }
         }
     }
 
