@@ -34,4 +34,13 @@ export LLMTRACE_NODE_BIN="$PWD/target/debug/llmtrace-node"
 echo "==> cargo test"
 # Unit, HTTP and integration tests (benches are compiled by clippy above).
 # Two tests at a time: the integration tests start several processes each.
-RUST_TEST_THREADS="${TEST_THREADS:-2}" cargo test --workspace
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+set +e
+RUST_TEST_THREADS="${TEST_THREADS:-2}" cargo test --workspace 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+exit "$status"
