@@ -93,6 +93,18 @@ async fn rpc_body(
     Ok(body)
 }
 
+/// Reads and decodes a node-to-node request with `decode`; the error is the
+/// response to send.
+async fn rpc_request<T>(
+    req: &HttpRequest,
+    ctx: &NodeContext,
+    payload: web::Payload,
+    decode: impl FnOnce(&[u8]) -> Result<T, rpc::WireError>,
+) -> Result<T, HttpResponse> {
+    let body = rpc_body(req, ctx, payload).await?;
+    decode(&body).map_err(|e| reject(ctx, StatusCode::BAD_REQUEST, "bad_body", e.to_string()))
+}
+
 fn binary(body: Vec<u8>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/octet-stream")
@@ -105,13 +117,9 @@ pub async fn checks(
     ctx: web::Data<NodeContext>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let body = match rpc_body(&req, &ctx, payload).await {
+    let batch = match rpc_request(&req, &ctx, payload, rpc::decode_request).await {
         Ok(b) => b,
         Err(resp) => return resp,
-    };
-    let batch = match rpc::decode_request(&body) {
-        Ok(b) => b,
-        Err(e) => return reject(&ctx, StatusCode::BAD_REQUEST, "bad_body", e.to_string()),
     };
     binary(rpc::encode(&ctx.router.serve_batch(batch).await))
 }
@@ -123,13 +131,9 @@ pub async fn handoff(
     ctx: web::Data<NodeContext>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let body = match rpc_body(&req, &ctx, payload).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
-    let (handoff, limit) = match rpc::decode_handoff(&body) {
+    let (handoff, limit) = match rpc_request(&req, &ctx, payload, rpc::decode_handoff).await {
         Ok(h) => h,
-        Err(e) => return reject(&ctx, StatusCode::BAD_REQUEST, "bad_body", e.to_string()),
+        Err(resp) => return resp,
     };
     let to: std::sync::Arc<str> = handoff.origin.as_str().into();
     match ctx.router.local().take(&handoff.tenant, limit, to).await {
@@ -145,13 +149,9 @@ pub async fn install(
     ctx: web::Data<NodeContext>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let body = match rpc_body(&req, &ctx, payload).await {
+    let buckets = match rpc_request(&req, &ctx, payload, rpc::decode_install).await {
         Ok(b) => b,
         Err(resp) => return resp,
-    };
-    let buckets = match rpc::decode_install(&body) {
-        Ok(b) => b,
-        Err(e) => return reject(&ctx, StatusCode::BAD_REQUEST, "bad_body", e.to_string()),
     };
     let limiter = ctx.router.local();
     for (tenant, limit, state) in buckets {
