@@ -25,6 +25,7 @@ pub mod node;
 pub mod output;
 pub mod redis;
 pub mod resp;
+pub mod scenario;
 
 pub use cluster::{Cluster, ClusterBuilder};
 pub use http::Reply;

@@ -4,7 +4,8 @@
 //! seconds. Also: readiness of a node whose seeds do not answer, and during SIGTERM.
 
 use llmtrace_integration::load::TenantTally;
-use llmtrace_integration::{free_port, wait_until, Cluster, Load, LoadReport, Node};
+use llmtrace_integration::scenario::{let_load_run, load_on};
+use llmtrace_integration::{free_port, wait_until, Cluster, LoadReport, Node};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -18,15 +19,6 @@ fn tenants(prefix: &str) -> Vec<String> {
 }
 
 /// Lets the load send `more` further checks (bounded by 30 s).
-fn let_load_run(load: &Load, more: u64, what: &str) {
-    let target = load.sent() + more;
-    let what = format!("the load to send {more} more checks ({what})");
-    wait_until(Duration::from_secs(30), &what, || {
-        assert!(load.is_running(), "the load stopped early");
-        load.sent() >= target
-    });
-}
-
 /// The owner of every tenant by `node`'s ring.
 fn owners(node: &Node, tenants: &[String]) -> Vec<String> {
     tenants
@@ -36,14 +28,6 @@ fn owners(node: &Node, tenants: &[String]) -> Vec<String> {
             v["owner"].as_str().expect("owner").to_string()
         })
         .collect()
-}
-
-fn load_on(cluster: &Cluster, nodes: &[usize], tenants: &[String]) -> Load {
-    let targets = nodes
-        .iter()
-        .map(|i| cluster.node(*i).public().clone())
-        .collect();
-    Load::start(targets, tenants.to_vec())
 }
 
 #[test]

@@ -1,9 +1,8 @@
 //! Failover with Redis snapshots: a tenant drained on its owner stays drained when that
 //! owner dies (kill -9) or leaves (SIGTERM), and across a rolling restart of every node;
 //! once the survivors agree on a ring without the old owner, its tenants are decided
-//! normally again (not degraded, budget neither lost nor restored). A Redis outage under
-//! load is survived without failed or slow checks and snapshot writes resume when Redis
-//! is back.
+//! normally again (not degraded, budget neither lost nor restored).  (The Redis outage
+//! tests are in `redis_outage.rs`.)
 //!
 //! rps is 1, so a drained bucket regains one token per second: a check costing far more
 //! than the seconds a test runs is refused by any bucket that did not come back full.
@@ -12,9 +11,10 @@
 
 use llmtrace_integration::cluster::converged_view;
 use llmtrace_integration::http::Client;
-use llmtrace_integration::{
-    wait_for, wait_until, Cluster, Load, LoadReport, Node, RedisServer, Reply,
+use llmtrace_integration::scenario::{
+    let_load_run, load_on, owner_of, redis_cluster, snapshot_key, sum_metric, tenants_owned_by,
 };
+use llmtrace_integration::{wait_for, wait_until, Cluster, LoadReport, RedisServer, Reply};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -22,70 +22,6 @@ use std::time::{Duration, Instant};
 
 const RPS: u64 = 1;
 const KEY_TIMEOUT: Duration = Duration::from_secs(20);
-
-fn key(tenant: &str) -> String {
-    format!("llmtrace:bucket:{tenant}:requests")
-}
-
-/// `size` nodes snapshotting to `redis`, converged.
-fn redis_cluster(redis: &RedisServer, size: usize, burst: u64) -> Cluster {
-    Cluster::builder()
-        .nodes(size)
-        .rate(RPS, burst)
-        .flag("redis-url", redis.url())
-        .start()
-}
-
-/// The owner of `tenant` by `node`'s ring.
-fn owner_of(node: &Node, tenant: &str) -> String {
-    let view = node.admin_get_json(&format!("/admin/tenants/{tenant}"));
-    view["owner"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no owner for {tenant:?}: {view}"))
-        .to_string()
-}
-
-/// The first `n` tenants `{prefix}-{k}` that `owner` owns by `node`'s ring.
-fn tenants_owned_by(node: &Node, owner: &str, prefix: &str, n: usize) -> Vec<String> {
-    let found: Vec<String> = (0..200)
-        .map(|k| format!("{prefix}-{k}"))
-        .filter(|t| owner_of(node, t) == owner)
-        .take(n)
-        .collect();
-    assert_eq!(
-        found.len(),
-        n,
-        "200 tenants {prefix}-*: too few owned by {owner}"
-    );
-    found
-}
-
-/// Lets `load` send `more` further checks (bounded by 30 s).
-fn let_load_run(load: &Load, more: u64, what: &str) {
-    let target = load.sent() + more;
-    let what = format!("the load to send {more} more checks ({what})");
-    wait_until(Duration::from_secs(30), &what, || {
-        assert!(load.is_running(), "the load stopped early ({what})");
-        load.sent() >= target
-    });
-}
-
-fn load_on(cluster: &Cluster, nodes: &[usize], tenants: &[String]) -> Load {
-    let targets = nodes
-        .iter()
-        .map(|i| cluster.node(*i).public().clone())
-        .collect();
-    Load::start(targets, tenants.to_vec())
-}
-
-/// A counter summed over the running nodes.
-fn sum_metric(cluster: &Cluster, selector: &str) -> f64 {
-    cluster
-        .running()
-        .iter()
-        .map(|n| n.metric(selector).unwrap_or(0.0))
-        .sum()
-}
 
 // ---------------------------------------------------------------------------------
 // The owner of a drained tenant dies or leaves.
@@ -305,7 +241,7 @@ const LIGHT_USED: u64 = 10;
 /// Three nodes with Redis; two tenants owned by node-2, one drained and one lightly
 /// used through node-0, their snapshots written.
 fn owned_by_node_2(redis: &RedisServer, prefix: &str) -> (Cluster, Owned) {
-    let cluster = redis_cluster(redis, 3, FAILOVER_BURST);
+    let cluster = redis_cluster(redis, 3, RPS, FAILOVER_BURST);
     assert_eq!(cluster.node(2).node_id, "node-2");
     let tenants = tenants_owned_by(cluster.node(0), "node-2", prefix, 2);
     for i in [1, 2] {
@@ -324,7 +260,7 @@ fn owned_by_node_2(redis: &RedisServer, prefix: &str) -> (Cluster, Owned) {
     let reply = cluster.node(0).check(&light, LIGHT_USED);
     assert_eq!(reply.status, 200, "{reply}");
     for t in [&drained, &light] {
-        redis.wait_for_key(&key(t), KEY_TIMEOUT);
+        redis.wait_for_key(&snapshot_key(t), KEY_TIMEOUT);
     }
     cluster
         .node(2)
@@ -547,7 +483,7 @@ fn combined_tallies(reports: &[LoadReport]) -> BTreeMap<String, (u64, Duration)>
 #[test]
 fn rolling_restart_keeps_budgets() {
     let redis = RedisServer::start();
-    let mut cluster = redis_cluster(&redis, 3, ROLL_BURST);
+    let mut cluster = redis_cluster(&redis, 3, RPS, ROLL_BURST);
     let drained: Vec<String> = (0..10).map(|k| format!("roll-drained-{k}")).collect();
     let load_tenants: Vec<String> = (0..20).map(|k| format!("roll-load-{k}")).collect();
 
@@ -567,7 +503,7 @@ fn rolling_restart_keeps_budgets() {
         .collect();
     eprintln!("owners of the drained tenants: {owners:?}");
     for t in drained.iter().chain(&load_tenants) {
-        redis.wait_for_key(&key(t), KEY_TIMEOUT);
+        redis.wait_for_key(&snapshot_key(t), KEY_TIMEOUT);
     }
 
     // Node i restarts while the load runs on the two others; the next step's load starts
@@ -637,172 +573,4 @@ fn rolling_restart_keeps_budgets() {
         );
     }
     eprintln!("rolling restart done {elapsed:?} after draining; worst over-admission {worst:+}");
-}
-
-// ---------------------------------------------------------------------------------
-// Redis outage under load.
-// ---------------------------------------------------------------------------------
-
-const OUTAGE_BURST: u64 = 1000;
-/// Longest a phase of the outage test waits for its load to send its checks; a load
-/// stuck behind slow checks is then stopped and its latency reported.
-const PHASE_CAP: Duration = Duration::from_secs(12);
-
-/// Lets `load` send `more` further checks, or run for `cap`, whichever comes first;
-/// true when it sent them.
-fn let_load_run_at_most(load: &Load, more: u64, cap: Duration, what: &str) -> bool {
-    let target = load.sent() + more;
-    let started = Instant::now();
-    let what = format!("the load to send {more} more checks or run {cap:?} ({what})");
-    wait_until(cap + Duration::from_secs(5), &what, || {
-        assert!(load.is_running(), "the load stopped early ({what})");
-        load.sent() >= target || started.elapsed() >= cap
-    });
-    load.sent() >= target
-}
-
-fn redis_outage_under_load(size: usize, prefix: &str) {
-    let mut redis = RedisServer::start();
-    let mut cluster = redis_cluster(&redis, size, OUTAGE_BURST);
-    let all: Vec<usize> = (0..size).collect();
-    let resident: Vec<String> = (0..20).map(|k| format!("{prefix}-{k}")).collect();
-    // Tenants first seen as the outage starts: their restore from Redis fails.
-    let fresh: Vec<String> = (0..40).map(|k| format!("{prefix}-new-{k}")).collect();
-
-    let before = load_on(&cluster, &all, &resident);
-    let_load_run(&before, 500, "before the outage");
-    redis.wait_for_key(&key(&resident[0]), KEY_TIMEOUT);
-    let before = before.stop();
-
-    // Two loads during the outage: one on buckets in memory, one on tenants whose first
-    // check tries to restore from the dead Redis.
-    // Redis dies while the first checks of new tenants restore from it.
-    let during = load_on(&cluster, &all, &resident);
-    let during_fresh = load_on(&cluster, &all, &fresh);
-    redis.stop();
-    let outage = Instant::now();
-    wait_until(
-        Duration::from_secs(30),
-        "llmtrace_snapshot_errors_total > 0 while Redis is down",
-        || sum_metric(&cluster, "llmtrace_snapshot_errors_total") > 0.0,
-    );
-    let errors_after = outage.elapsed();
-    let drained_in_outage = format!("{prefix}-drained-in-outage");
-    let sent = Instant::now();
-    let reply = cluster.node(0).check(&drained_in_outage, OUTAGE_BURST);
-    let first_check = sent.elapsed();
-    assert_eq!(reply.status, 200, "{reply}");
-    let reply = cluster
-        .node(size - 1)
-        .check(&drained_in_outage, OUTAGE_BURST / 2);
-    assert_eq!(
-        reply.status, 429,
-        "drained in memory during the outage: {reply}"
-    );
-    let resident_done = let_load_run_at_most(&during, 500, PHASE_CAP, "resident, outage");
-    let fresh_done = let_load_run_at_most(
-        &during_fresh,
-        fresh.len() as u64,
-        PHASE_CAP.saturating_sub(outage.elapsed()),
-        "first seen during the outage",
-    );
-    for node in cluster.running() {
-        let health = node.public().get("/healthz");
-        assert_eq!(
-            health.status, 200,
-            "{} during the outage: {health}",
-            node.node_id
-        );
-    }
-    let during = during.stop();
-    let during_fresh = during_fresh.stop();
-    let outage_len = outage.elapsed();
-
-    let after = load_on(&cluster, &all, &resident);
-    redis.restart();
-    let restarted = Instant::now();
-    let writes_at_restart = sum_metric(&cluster, "llmtrace_snapshot_writes_total");
-    wait_until(
-        Duration::from_secs(30),
-        "llmtrace_snapshot_writes_total to increase after Redis came back",
-        || sum_metric(&cluster, "llmtrace_snapshot_writes_total") > writes_at_restart,
-    );
-    let writes_resumed = restarted.elapsed();
-    let drained_after = format!("{prefix}-drained-after");
-    let reply = cluster.node(0).check(&drained_after, OUTAGE_BURST);
-    assert_eq!(reply.status, 200, "{reply}");
-    redis.wait_for_key(&key(&drained_after), Duration::from_secs(30));
-    let key_after = restarted.elapsed();
-    // The write-behind retries what changed during the outage.
-    redis.wait_for_key(&key(&drained_in_outage), Duration::from_secs(30));
-    let_load_run(&after, 500, "after Redis came back");
-    let after = after.stop();
-
-    let errors = sum_metric(&cluster, "llmtrace_snapshot_errors_total");
-    let restore_errors = sum_metric(&cluster, "llmtrace_restore_errors_total");
-    eprintln!(
-        "{size} node(s), Redis outage of {outage_len:?}: snapshot errors counted after \
-         {errors_after:?}; after the restart writes resumed within {writes_resumed:?} and a \
-         new key appeared within {key_after:?}; snapshot errors {errors}, restore errors \
-         {restore_errors}; a new tenant's first check during the outage took \
-         {first_check:?}; slowest check before {:?}, during (resident tenants) {:?}, during \
-         (tenants first seen in the outage) {:?}, after {:?}\n  before: {}\n  during, \
-         resident: {}\n  during, first seen: {}\n  after: {}",
-        before.max_latency,
-        during.max_latency,
-        during_fresh.max_latency,
-        after.max_latency,
-        before.summary(),
-        during.summary(),
-        during_fresh.summary(),
-        after.summary()
-    );
-    let phases = [
-        ("before the outage", &before),
-        ("during the outage (resident tenants)", &during),
-        ("during the outage (tenants first seen)", &during_fresh),
-        ("after the outage", &after),
-    ];
-    for (phase, report) in phases {
-        assert_eq!(report.failed(), 0, "{phase}: {}", report.summary());
-        assert!(
-            report.max_latency <= Duration::from_secs(1),
-            "{phase} a check took {:?}: {}",
-            report.max_latency,
-            report.summary()
-        );
-    }
-    assert!(
-        first_check <= Duration::from_secs(1),
-        "a new tenant's first check during the outage took {first_check:?}"
-    );
-    assert!(
-        resident_done && fresh_done,
-        "the loads did not get their checks answered within {PHASE_CAP:?} during the outage"
-    );
-    for i in all {
-        let node = cluster.node_mut(i);
-        assert!(
-            node.is_running(),
-            "{} died:\n{}",
-            node.node_id,
-            node.stderr()
-        );
-        let health = node.public().get("/healthz");
-        assert_eq!(health.status, 200, "{}: {health}", node.node_id);
-    }
-    cluster.wait_converged(Duration::from_secs(10));
-    // Still drained in memory across the outage.
-    let reply = cluster.node(0).check(&drained_in_outage, OUTAGE_BURST / 2);
-    assert_eq!(reply.status, 429, "{reply}");
-}
-
-#[test]
-fn redis_outage_under_load_is_survived() {
-    redis_outage_under_load(1, "outage1");
-}
-
-#[test]
-fn redis_outage_under_load_is_survived_by_a_cluster() {
-    redis_outage_under_load(3, "outage3");
 }
