@@ -206,7 +206,22 @@ impl Limiter {
         cost: u64,
         reclaim: bool,
     ) -> Result<Verdict, CheckError> {
-        let Some(quota) = self.validate(&tenant, limit, cost)? else {
+        let quota = self.validate(&tenant, limit, cost)?;
+        self.check_validated(tenant, limit, cost, quota, reclaim)
+            .await
+    }
+
+    /// [`Limiter::check_with`] for a cost the caller already validated
+    /// against `quota` (what [`Limiter::validate`] answered).
+    pub async fn check_validated(
+        &self,
+        tenant: String,
+        limit: Limit,
+        cost: u64,
+        quota: Option<BucketQuota>,
+        reclaim: bool,
+    ) -> Result<Verdict, CheckError> {
+        let Some(quota) = quota else {
             self.metrics.unlimited.fetch_add(1, Relaxed);
             return Ok(Verdict::Unlimited);
         };

@@ -23,7 +23,7 @@ use futures_util::future::join_all;
 use llmtrace_cluster_config::{Limit, OwnerUnreachable};
 use tracing::warn;
 
-use crate::bucket::Decision;
+use crate::bucket::{BucketQuota, Decision};
 use crate::cluster_metrics::ClusterMetrics;
 use crate::dedup::{Claim, Dedup};
 use crate::limiter::{CheckError, Limiter, Verdict};
@@ -194,10 +194,14 @@ impl Router {
         tenant: String,
         limit: Limit,
         cost: u64,
+        quota: Option<BucketQuota>,
         route: Route,
         owner: Option<String>,
     ) -> Result<Routed, CheckError> {
-        let verdict = self.local.check(tenant, limit, cost).await?;
+        let verdict = self
+            .local
+            .check_validated(tenant, limit, cost, quota, false)
+            .await?;
         Ok(Routed {
             verdict,
             route,
@@ -206,20 +210,40 @@ impl Router {
     }
 
     /// Decides on this node's shard, or where the shard handed the bucket.
+    #[allow(clippy::too_many_arguments)]
     async fn local_check(
         &self,
         tenant: String,
         limit: Limit,
         cost: u64,
+        quota: Option<BucketQuota>,
         route: Route,
         owner: Option<String>,
         hops: u8,
     ) -> Result<Routed, CheckError> {
-        match self.decide_here(tenant, limit, cost, route, owner).await {
+        match self
+            .decide_here(tenant, limit, cost, quota, route, owner)
+            .await
+        {
+            // Only a bucket (never an unlimited check) can have moved.
             Err(CheckError::Moved { to, tenant }) => {
-                self.follow_move(tenant, limit, cost, to, hops).await
+                let quota = quota.unwrap_or(BucketQuota { rate: 1, burst: 1 });
+                self.follow_move(tenant, limit, cost, quota, to, hops).await
             }
             other => other,
+        }
+    }
+
+    /// A check to forward to `to`'s node, `hops` forwards made so far.
+    fn wire_check(&self, tenant: String, limit: Limit, cost: u64, hops: u8) -> WireCheck {
+        self.metrics.forwarded.fetch_add(1, Relaxed);
+        WireCheck {
+            id: self.next_check_id.fetch_add(1, Relaxed),
+            tenant,
+            limit: limit as u8,
+            cost,
+            retry: false,
+            hops: hops + 1,
         }
     }
 
@@ -229,20 +253,20 @@ impl Router {
         tenant: String,
         limit: Limit,
         cost: u64,
+        quota: BucketQuota,
         to: String,
         hops: u8,
     ) -> Result<Routed, CheckError> {
-        let quota = self
-            .local
-            .validate(&tenant, limit, cost)?
-            .unwrap_or(crate::BucketQuota { rate: 1, burst: 1 });
         let view = self.view.load();
         if !view.ring.contains(&to) && view.owner(&tenant, limit).is_some_and(|o| view.is_self(o)) {
             // The node this shard handed the bucket to has left the ring and
             // the key is ours again: serve it (its bucket comes back by pull,
             // push or the cache layer).
             let owner = Some(view.self_id.to_string());
-            let verdict = self.local.check_with(tenant, limit, cost, true).await?;
+            let verdict = self
+                .local
+                .check_validated(tenant, limit, cost, Some(quota), true)
+                .await?;
             return Ok(Routed {
                 verdict,
                 route: Route::Local,
@@ -255,15 +279,7 @@ impl Router {
                 .unreachable(tenant, limit, cost, quota, to, reason)
                 .await;
         }
-        let check = WireCheck {
-            id: self.next_check_id.fetch_add(1, Relaxed),
-            tenant,
-            limit: limit as u8,
-            cost,
-            retry: false,
-            hops: hops + 1,
-        };
-        self.metrics.forwarded.fetch_add(1, Relaxed);
+        let check = self.wire_check(tenant, limit, cost, hops);
         let answer = self.send(&view, &to, check.clone()).await;
         if let Some(routed) = self.settle(&answer, &to)? {
             return Ok(routed);
@@ -287,41 +303,34 @@ impl Router {
     ) -> Result<Routed, CheckError> {
         let Some(quota) = self.local.validate(&tenant, limit, cost)? else {
             return self
-                .local_check(tenant, limit, cost, Route::Local, None, hops)
+                .local_check(tenant, limit, cost, None, Route::Local, None, hops)
                 .await;
         };
+        let q = Some(quota);
         let view = self.view.load();
         let owner = match view.owner(&tenant, limit) {
             None => {
                 return self
-                    .local_check(tenant, limit, cost, Route::Local, None, hops)
+                    .local_check(tenant, limit, cost, q, Route::Local, None, hops)
                     .await
             }
             Some(o) if view.is_self(o) => {
                 let owner = Some(o.to_string());
                 return self
-                    .local_check(tenant, limit, cost, Route::Local, owner, hops)
+                    .local_check(tenant, limit, cost, q, Route::Local, owner, hops)
                     .await;
             }
             Some(o) => o.to_string(),
         };
         if hops >= MAX_FORWARDS {
             return self
-                .local_check(tenant, limit, cost, Route::Local, Some(owner), hops)
+                .local_check(tenant, limit, cost, q, Route::Local, Some(owner), hops)
                 .await;
         }
         if hops > 0 {
             self.metrics.reforwarded.fetch_add(1, Relaxed);
         }
-        let mut check = WireCheck {
-            id: self.next_check_id.fetch_add(1, Relaxed),
-            tenant,
-            limit: limit as u8,
-            cost,
-            retry: false,
-            hops: hops + 1,
-        };
-        self.metrics.forwarded.fetch_add(1, Relaxed);
+        let mut check = self.wire_check(tenant, limit, cost, hops);
         let started = std::time::Instant::now();
         let first = self.send(&view, &owner, check.clone()).await;
         self.metrics
@@ -338,7 +347,7 @@ impl Router {
             other => {
                 let owner = other.map(str::to_string);
                 return self
-                    .local_check(check.tenant, limit, cost, Route::Local, owner, hops)
+                    .local_check(check.tenant, limit, cost, q, Route::Local, owner, hops)
                     .await;
             }
         };
@@ -398,7 +407,10 @@ impl Router {
                 self.metrics.unreachable_local.fetch_add(1, Relaxed);
                 // Decide on this node's shard, also for a key it handed to the
                 // unreachable node (reclaimed: restored from the cache layer).
-                let verdict = self.local.check_with(tenant, limit, cost, true).await?;
+                let verdict = self
+                    .local
+                    .check_validated(tenant, limit, cost, Some(quota), true)
+                    .await?;
                 Ok(Routed {
                     verdict,
                     route,
