@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::placement::{self, ShardHost, ShardParts, ShardSlots};
 use crate::shard::{
     Check, FlushNow, HandoffSource, Install, Moved, ShardTiming, SweepNow, TakeAll, TakeBucket,
+    Unserved,
 };
 
 /// The answer to a check that was well-formed.
@@ -57,6 +58,10 @@ pub enum CheckError {
     /// The bucket was just handed to this node: ask it.
     #[error("bucket of {tenant} moved to node {to}")]
     Moved { to: String, tenant: String },
+    /// Write-through: the new state could not be written to Redis, so the
+    /// check was not admitted.
+    #[error("bucket state could not be persisted (snapshot_mode write-through); not admitted")]
+    NotPersisted,
     /// The shard is gone (node shutting down).
     #[error("limiter unavailable: {0}")]
     Unavailable(String),
@@ -245,9 +250,12 @@ impl Limiter {
         let decision = request
             .await
             .map_err(|e| CheckError::Unavailable(e.to_string()))?
-            .map_err(|Moved { to, tenant }| CheckError::Moved {
-                to: to.to_string(),
-                tenant: tenant.into(),
+            .map_err(|e| match e {
+                Unserved::Moved(Moved { to, tenant }) => CheckError::Moved {
+                    to: to.to_string(),
+                    tenant: tenant.into(),
+                },
+                Unserved::NotPersisted => CheckError::NotPersisted,
             })?;
         Ok(Verdict::Limited { quota, decision })
     }

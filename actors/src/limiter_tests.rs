@@ -389,3 +389,101 @@ async fn a_pushed_bucket_merges_to_the_lower_level() {
     assert_eq!(all.len(), 1);
     assert_eq!(f.limiter.metrics().resident(), 0);
 }
+
+/// A cache layer that can be switched off and on: Redis going away and
+/// coming back.
+struct SwitchableCache {
+    up: std::sync::atomic::AtomicBool,
+    inner: InMemoryCacheLayer,
+}
+
+impl CacheLayer for SwitchableCache {
+    fn name(&self) -> &'static str {
+        "switchable"
+    }
+    fn restore(
+        &self,
+        key: BucketKey,
+    ) -> BoxFuture<'static, Result<Option<BucketState>, CacheError>> {
+        if self.up.load(Relaxed) {
+            self.inner.restore(key)
+        } else {
+            future::ready(Err(CacheError::Unavailable("connection refused".into()))).boxed()
+        }
+    }
+    fn store(&self, w: Arc<Vec<SnapshotWrite>>) -> BoxFuture<'static, Result<(), CacheError>> {
+        if self.up.load(Relaxed) {
+            self.inner.store(w)
+        } else {
+            future::ready(Err(CacheError::Unavailable("connection refused".into()))).boxed()
+        }
+    }
+}
+
+fn write_through() -> ShardTiming {
+    ShardTiming {
+        write_through: true,
+        ..ShardTiming::default()
+    }
+}
+
+#[actix_rt::test]
+async fn write_through_answers_only_what_the_cache_layer_holds() {
+    let clock = ManualClock::new(T0);
+    let cache = Arc::new(InMemoryCacheLayer::new(clock.clone()));
+    let limiter = Limiter::start(
+        2,
+        Arc::new(limits(1, 10)),
+        cache.clone(),
+        clock.clone(),
+        write_through(),
+    );
+    // Concurrent checks share batches (group commit); each is answered
+    // only once its state is stored.
+    let checks = (0..10).map(|_| limiter.check("t".into(), Limit::Requests, 1));
+    let verdicts = future::join_all(checks).await;
+    assert!(verdicts.iter().all(|v| v.as_ref().unwrap().is_allowed()));
+    // No flush: a node started on the same cache right now (a crash of
+    // the first) sees every admitted unit.
+    let restarted = Limiter::start(
+        2,
+        Arc::new(limits(1, 10)),
+        cache.clone(),
+        clock.clone(),
+        ShardTiming::default(),
+    );
+    assert!(!allowed(&restarted, "t").await, "nothing lost");
+    let text = limiter.metrics().render("memory");
+    assert!(text.contains("llmtrace_snapshot_errors_total 0"), "{text}");
+}
+
+#[actix_rt::test]
+async fn write_through_refuses_to_admit_while_the_cache_layer_is_down() {
+    let clock = ManualClock::new(T0);
+    let cache = Arc::new(SwitchableCache {
+        up: true.into(),
+        inner: InMemoryCacheLayer::new(clock.clone()),
+    });
+    let limiter = Limiter::start(
+        1,
+        Arc::new(limits(1, 10)),
+        cache.clone(),
+        clock.clone(),
+        write_through(),
+    );
+    let check = |cost| limiter.check("t".into(), Limit::Requests, cost);
+    assert!(check(1).await.unwrap().is_allowed(), "resident, persisted");
+    cache.up.store(false, Relaxed);
+    // The units of a check whose write failed stay taken (fail closed).
+    assert_eq!(check(3).await, Err(CheckError::NotPersisted));
+    // During the backoff that follows, checks are refused at once and take
+    // nothing.
+    for _ in 0..5 {
+        assert_eq!(check(4).await, Err(CheckError::NotPersisted));
+    }
+    cache.up.store(true, Relaxed);
+    clock.advance_ns(NANOS / 10); // the first backoff: one snapshot interval
+                                  // 10 - 1 - 3 + 0.1 refilled: 6 units, not less.
+    assert!(check(6).await.unwrap().is_allowed());
+    assert!(!check(1).await.unwrap().is_allowed());
+}

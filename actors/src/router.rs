@@ -95,6 +95,7 @@ fn wire_error(e: &CheckError) -> WireResult {
         CheckError::Unavailable(_) | CheckError::Moved { .. } => {
             WireResult::Unavailable(WireErrorCode::ShuttingDown)
         }
+        CheckError::NotPersisted => WireResult::Unavailable(WireErrorCode::NotPersisted),
     }
 }
 
@@ -384,6 +385,11 @@ impl Router {
                 (None, WireResult::Invalid(code)) => Err(CheckError::Unavailable(format!(
                     "owner {owner} refused the check: {code:?}"
                 ))),
+                // The owner is up but its Redis is not: no other node may
+                // decide instead (that would admit without persisting).
+                (None, WireResult::Unavailable(WireErrorCode::NotPersisted)) => {
+                    Err(CheckError::NotPersisted)
+                }
                 (None, _) => Ok(None),
             },
             Err(_) => Ok(None),

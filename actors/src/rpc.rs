@@ -82,6 +82,8 @@ pub enum WireErrorCode {
     CostAboveBurst,
     ShuttingDown,
     DuplicateInFlight,
+    /// Write-through owner could not persist the new state.
+    NotPersisted,
 }
 
 /// The answer to one forwarded check and how it was reached.

@@ -45,6 +45,11 @@ pub struct ShardTiming {
     /// the node's own memory: the shard map already is that copy, and a crash
     /// would lose both.
     pub write_behind: bool,
+    /// Write-through: an admitting check is answered only once the batch
+    /// holding its new state was acknowledged by the cache layer (group
+    /// commit: checks arriving while a batch is in flight share the next).
+    /// Needs `write_behind`.
+    pub write_through: bool,
     /// Write-behind period.
     pub snapshot_interval: Duration,
     /// How often full buckets are dropped from memory.
@@ -55,16 +60,18 @@ impl Default for ShardTiming {
     fn default() -> Self {
         ShardTiming {
             write_behind: true,
+            write_through: false,
             snapshot_interval: Duration::from_millis(100),
             sweep_interval: Duration::from_secs(1),
         }
     }
 }
 
-/// Take `cost` units from the bucket `key` under `quota`. `Err(Moved)` when
-/// the bucket was handed to another node moments ago: ask that node.
+/// Take `cost` units from the bucket `key` under `quota`.
+/// `Err(Unserved::Moved)` when the bucket was handed to another node moments
+/// ago: ask that node.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Decision, Moved>")]
+#[rtype(result = "Result<Decision, Unserved>")]
 pub struct Check {
     pub key: BucketKey,
     pub quota: BucketQuota,
@@ -98,14 +105,26 @@ pub struct Moved {
     pub tenant: Box<str>,
 }
 
+/// Why a shard did not decide a check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unserved {
+    /// The bucket lives on another node now.
+    Moved(Moved),
+    /// Write-through: the new state could not be written to the cache layer,
+    /// so the check is not admitted. The units stay taken (fail closed).
+    NotPersisted,
+}
+
 /// How long a shard refuses to serve a key it handed over (views converge
 /// in about a second; a check arriving meanwhile is sent to the new owner).
 pub const TOMBSTONE_TTL_NS: u64 = 10_000_000_000;
 
+type Reply = oneshot::Sender<Result<Decision, Unserved>>;
+
 struct Waiter {
     quota: BucketQuota,
     cost: u64,
-    reply: oneshot::Sender<Decision>,
+    reply: Reply,
 }
 
 /// One shard of a node's buckets.
@@ -141,6 +160,8 @@ pub struct ShardActor {
     /// Buckets a leaving node is pushing to their new owners; a pull that
     /// overtakes the push is answered from here.
     outbox: HashMap<BucketKey, BucketState>,
+    /// Write-through: admitted checks whose state is in no batch yet.
+    durable_waiting: Vec<(Decision, Reply)>,
 }
 
 impl ShardActor {
@@ -171,6 +192,7 @@ impl ShardActor {
             tombstones: HashMap::new(),
             handoff: None,
             outbox: HashMap::new(),
+            durable_waiting: Vec::new(),
         }
     }
 
@@ -236,6 +258,7 @@ impl ShardActor {
         key: BucketKey,
         result: Result<Option<crate::BucketState>, CacheError>,
         from_peer: bool,
+        ctx: &mut Context<Self>,
     ) {
         let now = self.clock.now_ns();
         let waiters = self.pending.remove(&key).unwrap_or_default();
@@ -276,9 +299,14 @@ impl ShardActor {
             self.mark_dirty(&key, now);
         }
         for w in waiters {
+            if let Some(refusal) = self.unpersistable(&key, w.quota, w.cost, now) {
+                let _ = w.reply.send(refusal);
+                continue;
+            }
             let d = self.apply(&key, w.quota, w.cost, now);
-            let _ = w.reply.send(d);
+            self.answer(d, w.reply);
         }
+        self.flush_through(ctx);
         // Handed over while the restore was under way: the checks that came
         // first were answered; the key now lives on its new owner.
         if self.moved_to(&key).is_some() {
@@ -347,14 +375,28 @@ impl ShardActor {
             return;
         }
         let writes = Arc::new(self.take_dirty(now));
+        // Every waiting admitted check's bucket is dirty, so its state is in
+        // this batch (or its bucket left: handed over, nothing to write here).
+        let durable = std::mem::take(&mut self.durable_waiting);
         if writes.is_empty() {
+            for (d, reply) in durable {
+                let _ = reply.send(Ok(d));
+            }
             return;
         }
         self.flush_in_flight = true;
         let fut = self.cache.store(Arc::clone(&writes));
-        ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.flush_in_flight = false;
             let now = act.clock.now_ns();
+            let ok = res.is_ok();
+            for (d, reply) in durable {
+                let _ = reply.send(if ok {
+                    Ok(d)
+                } else {
+                    Err(Unserved::NotPersisted)
+                });
+            }
             match res {
                 Ok(()) => {
                     act.backoff = Duration::ZERO;
@@ -363,8 +405,15 @@ impl ShardActor {
                     act.stats()
                         .snapshot_writes
                         .fetch_add(writes.len() as u64, Relaxed);
+                    // Checks admitted while this batch was in flight.
+                    act.flush_through(ctx);
                 }
                 Err(e) => {
+                    // Checks admitted while the failed batch was in flight
+                    // would wait out the backoff: refuse them now.
+                    for (_, reply) in std::mem::take(&mut act.durable_waiting) {
+                        let _ = reply.send(Err(Unserved::NotPersisted));
+                    }
                     act.stats().snapshot_errors.fetch_add(1, Relaxed);
                     act.warn_throttled(now, "snapshot batch failed; will retry", &e);
                     act.backoff = (act.backoff * 2)
@@ -375,6 +424,43 @@ impl ShardActor {
                 }
             }
         }));
+    }
+
+    /// Write-through: starts a batch for the admitted checks waiting on one
+    /// (unless a batch is in flight; its completion starts the next).
+    fn flush_through(&mut self, ctx: &mut Context<Self>) {
+        if self.timing.write_through && !self.durable_waiting.is_empty() {
+            self.flush(ctx);
+        }
+    }
+
+    /// Write-through after a failed batch, until its backoff ends: a check
+    /// that would be admitted is refused without taking units, rather than
+    /// wait on a failing cache. (A refusal changes nothing: answered as usual.)
+    fn unpersistable(
+        &self,
+        key: &BucketKey,
+        quota: BucketQuota,
+        cost: u64,
+        now: u64,
+    ) -> Option<Result<Decision, Unserved>> {
+        if !self.timing.write_through || now >= self.retry_at_ns {
+            return None;
+        }
+        let mut probe = self.buckets.get(key)?.state;
+        probe
+            .try_consume(quota, now, cost)
+            .is_allowed()
+            .then_some(Err(Unserved::NotPersisted))
+    }
+
+    /// Sends a decision; in write-through an admitting one waits for its batch.
+    fn answer(&mut self, decision: Decision, reply: Reply) {
+        if self.timing.write_through && decision.is_allowed() {
+            self.durable_waiting.push((decision, reply));
+        } else {
+            let _ = reply.send(Ok(decision));
+        }
     }
 
     /// Drops every bucket that is full now; returns how many.
@@ -439,20 +525,33 @@ impl Actor for ShardActor {
 }
 
 impl Handler<Check> for ShardActor {
-    type Result = Response<Result<Decision, Moved>>;
+    type Result = Response<Result<Decision, Unserved>>;
 
     fn handle(&mut self, msg: Check, ctx: &mut Self::Context) -> Self::Result {
         if self.buckets.contains_key(&msg.key) {
             let now = self.clock.now_ns();
-            return Response::reply(Ok(self.apply(&msg.key, msg.quota, msg.cost, now)));
+            if !self.timing.write_through {
+                return Response::reply(Ok(self.apply(&msg.key, msg.quota, msg.cost, now)));
+            }
+            if let Some(refusal) = self.unpersistable(&msg.key, msg.quota, msg.cost, now) {
+                return Response::reply(refusal);
+            }
+            let decision = self.apply(&msg.key, msg.quota, msg.cost, now);
+            if !decision.is_allowed() {
+                return Response::reply(Ok(decision));
+            }
+            let (tx, rx) = oneshot::channel();
+            self.answer(decision, tx);
+            self.flush_through(ctx);
+            return Response::fut(async move { rx.await.unwrap_or(Err(Unserved::NotPersisted)) });
         }
         if msg.reclaim {
             self.tombstones.remove(&msg.key);
         } else if let Some(to) = self.moved_to(&msg.key) {
-            return Response::reply(Err(Moved {
+            return Response::reply(Err(Unserved::Moved(Moved {
                 to,
                 tenant: msg.key.tenant,
-            }));
+            })));
         }
         let (tx, rx) = oneshot::channel();
         let waiter = Waiter {
@@ -468,13 +567,13 @@ impl Handler<Check> for ShardActor {
             let fut = self.restore(key.clone());
             ctx.spawn(
                 fut.into_actor(self)
-                    .map(move |(res, from_peer), act, _| act.restored(key, res, from_peer)),
+                    .map(move |(res, from_peer), act, ctx| act.restored(key, res, from_peer, ctx)),
             );
         }
         // The sender lives in `pending` until the restore finishes; the actor
         // only drops it if it stops, and then the check is refused.
         Response::fut(async move {
-            Ok(rx.await.unwrap_or(Decision::Refused {
+            rx.await.unwrap_or(Ok(Decision::Refused {
                 remaining: 0,
                 retry_after_ns: 1_000_000_000,
                 reset_after_ns: 0,

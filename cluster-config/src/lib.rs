@@ -22,6 +22,6 @@ pub mod tenant;
 pub use cluster::{ClusterConfig, ClusterFile, ClusterOverrides, OwnerUnreachable};
 pub use error::ConfigError;
 pub use limits::{Limit, Quota, RateLimitConfig, TenantOverride};
-pub use node::{FileConfig, LogFormat, NodeConfig, Overrides, ShardPlacement};
+pub use node::{FileConfig, LogFormat, NodeConfig, Overrides, ShardPlacement, SnapshotMode};
 pub use ring::{Fingerprint, Ring, DEFAULT_VNODES};
 pub use tenant::{validate_tenant_id, TenantIdError, MAX_TENANT_ID_LEN};

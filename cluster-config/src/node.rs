@@ -75,6 +75,43 @@ impl std::str::FromStr for ShardPlacement {
     }
 }
 
+/// When a check's new bucket state reaches the cache layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotMode {
+    /// Answer at once; changed buckets are written every
+    /// `snapshot_interval_ms` in one batch. A crash loses at most the
+    /// consumption of the last interval.
+    #[default]
+    WriteBehind,
+    /// Answer an admitting check only after its new state is in Redis
+    /// (group commit per shard). A crash loses nothing; every admitted check
+    /// waits one Redis round trip.
+    WriteThrough,
+}
+
+impl SnapshotMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotMode::WriteBehind => "write-behind",
+            SnapshotMode::WriteThrough => "write-through",
+        }
+    }
+}
+
+impl std::str::FromStr for SnapshotMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "write-behind" => Ok(SnapshotMode::WriteBehind),
+            "write-through" => Ok(SnapshotMode::WriteThrough),
+            other => Err(format!(
+                "expected `write-behind` or `write-through`, got `{other}`"
+            )),
+        }
+    }
+}
+
 /// A node's resolved, validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeConfig {
@@ -88,6 +125,8 @@ pub struct NodeConfig {
     pub redis_url: Option<String>,
     /// Write-behind period: dirty buckets go to the cache layer this often.
     pub snapshot_interval_ms: u64,
+    /// Write-behind (default) or write-through.
+    pub snapshot_mode: SnapshotMode,
     /// Bound on every Redis call, so a hung Redis cannot stall checks.
     pub redis_timeout_ms: u64,
     /// Number of shard actors.
@@ -113,6 +152,7 @@ pub struct FileConfig {
     pub node_id: Option<String>,
     pub redis_url: Option<String>,
     pub snapshot_interval_ms: Option<u64>,
+    pub snapshot_mode: Option<SnapshotMode>,
     pub redis_timeout_ms: Option<u64>,
     pub shards: Option<usize>,
     pub shard_placement: Option<ShardPlacement>,
@@ -150,6 +190,7 @@ pub struct Overrides {
     pub node_id: Option<String>,
     pub redis_url: Option<String>,
     pub snapshot_interval_ms: Option<u64>,
+    pub snapshot_mode: Option<SnapshotMode>,
     pub redis_timeout_ms: Option<u64>,
     pub shards: Option<usize>,
     pub shard_placement: Option<ShardPlacement>,
@@ -227,6 +268,16 @@ impl NodeConfig {
             1,
             MAX_INTERVAL_MS,
         )?;
+        let snapshot_mode = overrides
+            .snapshot_mode
+            .or(file.snapshot_mode)
+            .unwrap_or_default();
+        if snapshot_mode == SnapshotMode::WriteThrough && redis_url.is_none() {
+            return Err(ConfigError::invalid(
+                "snapshot_mode",
+                "write-through needs redis_url (without Redis, buckets live only in memory)",
+            ));
+        }
         let redis_timeout_ms = in_range(
             "redis_timeout_ms",
             overrides
@@ -277,6 +328,7 @@ impl NodeConfig {
             node_id,
             redis_url,
             snapshot_interval_ms,
+            snapshot_mode,
             redis_timeout_ms,
             shards,
             shard_placement,
@@ -359,6 +411,11 @@ mod tests {
             ),
             (file("node_id = \"a b\""), Overrides::default(), "node_id"),
             (
+                file("snapshot_mode = \"write-through\""),
+                Overrides::default(),
+                "snapshot_mode",
+            ),
+            (
                 FileConfig::default(),
                 Overrides {
                     shards: Some(0),
@@ -379,6 +436,35 @@ mod tests {
             let err = NodeConfig::resolve(f, o).unwrap_err().to_string();
             assert!(err.contains(key), "{err} should name {key}");
         }
+    }
+
+    #[test]
+    fn snapshot_mode_defaults_to_write_behind_and_parses_from_every_source() {
+        let c = NodeConfig::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(c.snapshot_mode, SnapshotMode::WriteBehind);
+        let redis = "redis_url = \"redis://127.0.0.1:1\"\n";
+        let c = NodeConfig::resolve(
+            file(&format!("{redis}snapshot_mode = \"write-through\"")),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.snapshot_mode, SnapshotMode::WriteThrough);
+        let c = NodeConfig::resolve(
+            file(&format!("{redis}snapshot_mode = \"write-through\"")),
+            Overrides {
+                snapshot_mode: Some(SnapshotMode::WriteBehind),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            c.snapshot_mode,
+            SnapshotMode::WriteBehind,
+            "flag beats file"
+        );
+        assert!(FileConfig::parse("snapshot_mode = \"write-around\"").is_err());
+        assert_eq!("write-through".parse(), Ok(SnapshotMode::WriteThrough));
+        assert!("writethrough".parse::<SnapshotMode>().is_err());
     }
 
     #[test]

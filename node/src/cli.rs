@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{ArgAction, Parser};
 use llmtrace_cluster_config::{
     ClusterOverrides, ConfigError, FileConfig, LogFormat, NodeConfig, Overrides, OwnerUnreachable,
-    ShardPlacement,
+    ShardPlacement, SnapshotMode,
 };
 
 /// One node of an llmtrace cluster: exact per-tenant token-bucket rate
@@ -51,6 +51,14 @@ pub struct Cli {
     /// pipeline. At most this much consumption is lost on a crash. [default: 100]
     #[arg(long, env = "LLMTRACE_SNAPSHOT_INTERVAL_MS", value_name = "MS")]
     pub snapshot_interval_ms: Option<u64>,
+
+    /// `write-behind`: answer at once, snapshot every interval (a crash loses
+    /// at most one interval of consumption). `write-through`: answer an
+    /// admitted check only once its new state is in Redis (a crash loses
+    /// nothing; needs --redis-url; while Redis is down admitting checks get
+    /// 503). [default: write-behind]
+    #[arg(long, env = "LLMTRACE_SNAPSHOT_MODE", value_name = "MODE")]
+    pub snapshot_mode: Option<SnapshotMode>,
 
     /// Bound on each Redis call; a hung Redis delays a tenant's first check by
     /// at most this long and never blocks resident buckets. [default: 250]
@@ -223,6 +231,7 @@ impl Cli {
             node_id: self.node_id.clone(),
             redis_url: self.redis_url.clone(),
             snapshot_interval_ms: self.snapshot_interval_ms,
+            snapshot_mode: self.snapshot_mode,
             redis_timeout_ms: self.redis_timeout_ms,
             shards: self.shards,
             shard_placement: self.shard_placement,

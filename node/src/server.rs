@@ -19,7 +19,7 @@ use llmtrace_actors::{
     MembershipSettings, PeerClient, PeerHandoff, RedisCacheLayer, Router, RouterSettings,
     ShardTiming, SystemClock,
 };
-use llmtrace_cluster_config::{NodeConfig, Quota, ShardPlacement};
+use llmtrace_cluster_config::{NodeConfig, Quota, ShardPlacement, SnapshotMode};
 use tracing::{info, warn};
 
 use crate::http::{self, NodeContext};
@@ -140,6 +140,7 @@ pub async fn serve(
         // snapshots into the same process would double the memory of every
         // bucket and survive nothing the maps do not.
         write_behind: config.redis_url.is_some(),
+        write_through: config.snapshot_mode == SnapshotMode::WriteThrough,
         snapshot_interval: Duration::from_millis(config.snapshot_interval_ms),
         ..ShardTiming::default()
     };

@@ -22,6 +22,7 @@ fn check_error(e: CheckError) -> ApiError {
             ApiError::field("cost", e.to_string())
         }
         CheckError::Unavailable(m) => ApiError::unavailable(m),
+        CheckError::NotPersisted => ApiError::not_persisted(e.to_string()),
         // The router follows moved buckets; this only reaches a client if
         // the new owner could not be asked either.
         CheckError::Moved { to, .. } => {

@@ -70,6 +70,16 @@ impl ApiError {
         }
     }
 
+    /// Write-through could not persist the new state (Redis down).
+    pub fn not_persisted(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "not_persisted",
+            message: message.into(),
+            field: None,
+        }
+    }
+
     /// The JSON body, also used for per-item errors of a batch.
     pub fn body(&self) -> serde_json::Value {
         let mut error = json!({ "code": self.code, "message": self.message });
