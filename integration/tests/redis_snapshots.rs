@@ -200,3 +200,50 @@ fn redis_outage_mid_run() {
     assert!(pttl > 0 && pttl <= 1_060_000, "PTTL {pttl}");
     assert_eq!(node.check("during", 500).status, 429);
 }
+
+/// Redis holds a key per non-full bucket, not per tenant ever seen: snapshots of idle
+/// tenants expire by TTL (time to refill + 1 s), while buckets that keep being used keep
+/// theirs; once every bucket is full again, Redis is empty.
+#[test]
+fn idle_tenants_expire_and_keys_track_non_full_buckets() {
+    let redis = RedisServer::start();
+    // rps 100, burst 100: a half-drained bucket is full again within 0.5 s, so its
+    // snapshot lives at most ~1.5 s.
+    let node = Node::builder()
+        .rate(100, 100)
+        .flag("redis-url", redis.url())
+        .start();
+    let idle: Vec<String> = (0..150).map(|i| format!("idle-{i}")).collect();
+    let hot: Vec<String> = (0..15).map(|i| format!("hot-{i}")).collect();
+    for t in idle.iter().chain(&hot) {
+        assert_eq!(node.check(t, 50).status, 200);
+    }
+    let mut conn = redis.conn();
+    let total = (idle.len() + hot.len()) as i64;
+    llmtrace_integration::wait_until(KEY_TIMEOUT, "a snapshot of every used bucket", || {
+        conn.dbsize().unwrap_or(0) == total
+    });
+    let pttl = conn.pttl(&key("idle-0")).expect("PTTL");
+    assert!(pttl > 0 && pttl <= 1_500, "time to refill 0.5 s + 1 s: PTTL {pttl}");
+    // Keep the hot tenants below full; the idle ones must expire meanwhile.
+    let mut hot_keys: Vec<String> = hot.iter().map(|t| key(t)).collect();
+    hot_keys.sort();
+    let mut last = Vec::new();
+    let what = "idle tenants' snapshots to expire while hot tenants keep theirs";
+    llmtrace_integration::wait_until(Duration::from_secs(30), what, || {
+        for t in &hot {
+            let status = node.check(t, 50).status;
+            assert!(status == 200 || status == 429, "{t}: {status}");
+        }
+        let mut keys = conn.keys("llmtrace:bucket:*").unwrap_or_default();
+        keys.sort();
+        let done = keys == hot_keys;
+        last = keys;
+        done
+    });
+    eprintln!("Redis keys with 15 hot and 150 idle tenants: {}", last.len());
+    // Nothing is used any more: every bucket refills, every key expires.
+    llmtrace_integration::wait_until(KEY_TIMEOUT, "Redis to be empty", || {
+        conn.dbsize().unwrap_or(-1) == 0
+    });
+}
