@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks for the llmtrace cluster node.
 #
-#   scripts/bench.sh [single|memory|cluster|all]     (default: all)
+#   scripts/bench.sh [single|memory|cluster|redis|failover|all]     (default: all)
 #
 # single  wrk (scripts/bench/check.lua) posts /v1/check with random tenants out of
 #         100,000 over keep-alive connections, first against llmtrace-node, then
@@ -53,6 +53,30 @@
 #         (BENCH_CLUSTER_ARGS="--http-workers 1": a node sized to its share of
 #         the cores, as it would be on its own machine); set BENCH_CLUSTER_ARGS
 #         to compare (2 workers per node oversubscribes 2 cores 3 times).
+# redis   a node snapshotting to its own redis-server (started here on a free
+#         loopback port, no persistence), every check allowed (the `single`
+#         quota: rps 1, burst 10^9, cost 10) over BENCH_HOT_TENANTS (1000) hot
+#         tenants. For each snapshot interval in BENCH_REDIS_INTERVALS (default
+#         "100 1000" ms; 100 is the default) the same node is loaded at two
+#         offered rates: BENCH_REDIS_CONNS connections, then twice as many, each
+#         pausing BENCH_REDIS_DELAY_MS before every request (wrk delay()), so the
+#         second level offers twice the first. Redis commands per second come from
+#         `INFO commandstats` (SET and GET calls) read right before and after each
+#         measured run. Write-behind writes each dirty bucket at most once per
+#         interval, so SET/s <= min(checks/s, tenants * 1000 / interval_ms); once
+#         (nearly) every hot bucket is dirty in every interval, doubling the check
+#         rate leaves Redis traffic unchanged. Prints checks/s, SET/s, the bound,
+#         and the ratios. Then the cost of write-through: the same node settings
+#         with --snapshot-mode write-behind and write-through, wrk as in `single`
+#         (as fast as they answer) over the hot tenants: checks/s, p50/p99, SET/s
+#         and the throughput ratio write-through / write-behind.
+# failover  redis-server and 3 nodes with default settings (write-behind 100 ms,
+#         on_owner_unreachable local, phi 8, gossip 100 ms); tenants f-0 ..
+#         f-(BENCH_FAILOVER_TENANTS-1) get one check each, node-2 is killed with
+#         SIGKILL, and scripts/bench/failover.py measures the time until every
+#         tenant node-2 owned is decided normally (200/429, not degraded) by both
+#         survivors (target <= 5 s), plus when their rings agreed and the degraded
+#         answers meanwhile. Repeated BENCH_FAILOVER_RUNS times (default 3).
 #
 # Environment:
 #   BENCH_DURATION=10s     wrk measuring time (wrk syntax: 10, 10s, 1m)
@@ -74,6 +98,11 @@
 #   BENCH_CLUSTER_WAIT=20  seconds the 3 nodes may take to converge on one ring
 #   BENCH_CLUSTER_SETTLE=11  seconds to wait after convergence, past the 10 s handoff
 #                          window (0: measure the cluster right after it formed)
+#   BENCH_HOT_TENANTS=1000     hot tenants of the redis benchmark
+#   BENCH_REDIS_INTERVALS="100 1000"  snapshot intervals (ms) of the redis benchmark
+#   BENCH_REDIS_CONNS=16 BENCH_REDIS_DELAY_MS=2   first load level of the redis
+#                          benchmark (second: 2 x BENCH_REDIS_CONNS)
+#   BENCH_FAILOVER_TENANTS=1000 BENCH_FAILOVER_RUNS=3   failover benchmark
 #   BENCH_SKIP_BUILD=0     1 = use the binaries already in target/release
 #
 # Only 127.0.0.1 is used: every server binds ephemeral ports there. Every load run
@@ -84,9 +113,9 @@ set -euo pipefail
 
 MODE="${1:-all}"
 case "$MODE" in
-  single|memory|cluster|all) ;;
+  single|memory|cluster|redis|failover|all) ;;
   -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
-  *) echo "usage: $0 [single|memory|cluster|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [single|memory|cluster|redis|failover|all]" >&2; exit 2 ;;
 esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -114,6 +143,12 @@ BENCH_CLUSTER_ARGS="${BENCH_CLUSTER_ARGS---http-workers 1}"
 BENCH_CLUSTER_WAIT="${BENCH_CLUSTER_WAIT:-20}"
 BENCH_CLUSTER_SETTLE="${BENCH_CLUSTER_SETTLE:-11}"
 BENCH_SKIP_BUILD="${BENCH_SKIP_BUILD:-0}"
+BENCH_HOT_TENANTS="${BENCH_HOT_TENANTS:-1000}"
+BENCH_REDIS_INTERVALS="${BENCH_REDIS_INTERVALS:-100 1000}"
+BENCH_REDIS_CONNS="${BENCH_REDIS_CONNS:-16}"
+BENCH_REDIS_DELAY_MS="${BENCH_REDIS_DELAY_MS:-2}"
+BENCH_FAILOVER_TENANTS="${BENCH_FAILOVER_TENANTS:-1000}"
+BENCH_FAILOVER_RUNS="${BENCH_FAILOVER_RUNS:-3}"
 export BENCH_TENANT_SPACE BENCH_STATUS BENCH_COST
 
 WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/llmtrace-bench.XXXXXX")"
@@ -651,12 +686,178 @@ bench_cluster() {
     --after "$WORKDIR/metrics-after.json" || echo "  !! could not compute the cluster metrics"
 }
 
-[[ "$MODE" == memory ]] || ensure_wrk
+# ---------------------------------------------------------------- redis
+
+ensure_redis() {
+  command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 && return 0
+  if [[ "$(id -u)" != 0 ]]; then
+    log "redis-server is not installed and this is not root: install it (apt-get install redis-server)"
+    exit 1
+  fi
+  log "installing redis-server with apt-get"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >"$WORKDIR/apt-redis.log" 2>&1 || {
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$WORKDIR/apt-redis.log" 2>&1
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >>"$WORKDIR/apt-redis.log" 2>&1 || {
+      tail -20 "$WORKDIR/apt-redis.log" >&2; exit 1; }
+  }
+}
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# start_redis -> REDIS_PORT, REDIS_PID (no persistence, loopback only)
+start_redis() {
+  local i
+  REDIS_PORT="$(free_port)"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$WORKDIR" >"$WORKDIR/redis.log" 2>&1 &
+  REDIS_PID=$!
+  PIDS+=("$REDIS_PID")
+  for i in $(seq 1 100); do
+    redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG && return 0
+    kill -0 "$REDIS_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  log "redis-server did not answer PING on port $REDIS_PORT"; tail -20 "$WORKDIR/redis.log" >&2; exit 1
+}
+
+redis_calls() { # redis_calls CMD -> calls of CMD so far (INFO commandstats)
+  redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' \
+    | sed -n "s/^cmdstat_$1:calls=\([0-9]*\),.*/\1/p" | head -1 | sed 's/^$/0/'
+}
+
+# redis_level NAME CONNS INTERVAL -> one wrk run of the hot tenants at CONNS
+# connections pausing BENCH_REDIS_DELAY_MS; appends "name conns checks/s set/s get/s"
+# to $WORKDIR/redis-levels.txt
+redis_level() {
+  local name="$1" conns="$2" out="$WORKDIR/wrk-$1.txt" set0 set1 get0 get1 t0 t1
+  BENCH_DELAY_MS="$BENCH_REDIS_DELAY_MS" run_load timeout 300 wrk -t2 -c"$conns" -d"$BENCH_WARMUP" --timeout 5s \
+    -s "$BENCH_DIR/check.lua" "$NODE_URL" >"$WORKDIR/wrk-$name-warmup.txt" 2>&1 || {
+      log "wrk warm-up $name failed"; cat "$WORKDIR/wrk-$name-warmup.txt" >&2; exit 1; }
+  set0="$(redis_calls set)"; get0="$(redis_calls get)"; t0="$(date +%s.%N)"
+  BENCH_DELAY_MS="$BENCH_REDIS_DELAY_MS" run_load timeout 900 wrk -t2 -c"$conns" -d"$BENCH_DURATION" --timeout 5s \
+    --latency -s "$BENCH_DIR/check.lua" "$NODE_URL" >"$out" 2>&1 || {
+      log "wrk $name failed"; cat "$out" >&2; exit 1; }
+  set1="$(redis_calls set)"; get1="$(redis_calls get)"; t1="$(date +%s.%N)"
+  grep -q '^BENCH_RESULT ' "$out" || { log "wrk printed no BENCH_RESULT line"; cat "$out" >&2; exit 1; }
+  [[ "$(field "$out" non2xx)" == 0 ]] || echo "  !! $name: $(field "$out" non2xx) non-2xx responses"
+  awk -v n="$name" -v c="$conns" -v r="$(field "$out" rps)" -v s=$((set1 - set0)) -v g=$((get1 - get0)) \
+      -v t0="$t0" -v t1="$t1" -v p99="$(field "$out" p99_us)" 'BEGIN {
+    d = t1 - t0; printf "%s %d %.1f %.1f %.1f %.2f\n", n, c, r, s / d, g / d, p99 / 1000 }' >>"$WORKDIR/redis-levels.txt"
+}
+
+bench_redis() {
+  local interval pid lvl wb_rps wt_rps
+  echo
+  echo "== redis: write-behind traffic over $BENCH_HOT_TENANTS hot tenants at two load levels;" \
+       "write-through cost =="
+  ensure_redis
+  start_redis
+  echo "-- redis-server on 127.0.0.1:$REDIS_PORT (pid $REDIS_PID, no persistence)"
+  export BENCH_TENANT_SPACE="$BENCH_HOT_TENANTS"
+  : >"$WORKDIR/redis-levels.txt"
+  load_note
+  for interval in $BENCH_REDIS_INTERVALS; do
+    node_args
+    NODE_ARGS+=(--node-id "redis-$interval" --requests-per-second "$BENCH_RPS" --burst-size "$BENCH_BURST"
+      --redis-url "redis://127.0.0.1:$REDIS_PORT" --snapshot-interval-ms "$interval")
+    echo "-- llmtrace-node ${NODE_ARGS[*]}"
+    start_proc "node-redis-$interval" "$NODE_BIN" "${NODE_ARGS[@]}"
+    pid="$PROC_PID"; NODE_URL="http://$PROC_PUBLIC"
+    redis_level "wb-$interval-x1" "$BENCH_REDIS_CONNS"
+    redis_level "wb-$interval-x2" $((2 * BENCH_REDIS_CONNS))
+    health_note "node-redis-$interval" "$pid"
+    stop_pid "$pid"
+    redis-cli -p "$REDIS_PORT" flushall >/dev/null
+  done
+  for mode in write-behind write-through; do
+    node_args
+    NODE_ARGS+=(--node-id "$mode" --requests-per-second "$BENCH_RPS" --burst-size "$BENCH_BURST"
+      --redis-url "redis://127.0.0.1:$REDIS_PORT" --snapshot-mode "$mode")
+    echo "-- llmtrace-node ${NODE_ARGS[*]}"
+    start_proc "node-$mode" "$NODE_BIN" "${NODE_ARGS[@]}"
+    pid="$PROC_PID"; NODE_URL="http://$PROC_PUBLIC"
+    local set0 set1 t0 t1
+    set0="$(redis_calls set)"; t0="$(date +%s.%N)"
+    run_wrk "$mode" "$NODE_URL" "$pid"
+    set1="$(redis_calls set)"; t1="$(date +%s.%N)"
+    awk -v s=$((set1 - set0)) -v t0="$t0" -v t1="$t1" 'BEGIN { printf "%.1f\n", s / (t1 - t0) }' \
+      >"$WORKDIR/sets-$mode.txt"
+    health_note "node-$mode" "$pid"
+    stop_pid "$pid"
+    redis-cli -p "$REDIS_PORT" flushall >/dev/null
+  done
+
+  echo
+  echo "redis results ($BENCH_HOT_TENANTS hot tenants, every check allowed and changing its bucket):"
+  awk -v tenants="$BENCH_HOT_TENANTS" '
+    { split($1, p, "-"); iv = p[2]; lvl = p[3]
+      printf "  interval %5d ms, %-3s %3d conns: %10.1f checks/s  %9.1f SET/s  %7.1f GET/s  p99 %.2f ms  (bound min(checks/s, %d x 1000/%d) = %.0f SET/s)\n", \
+        iv, lvl, $2, $3, $4, $5, $6, tenants, iv, ($3 < tenants * 1000 / iv) ? $3 : tenants * 1000 / iv
+      if ($4 > ((($3 < tenants * 1000 / iv) ? $3 : tenants * 1000 / iv) * 1.02))
+        printf "  !! interval %d ms %s: %.1f SET/s is above the write-behind bound\n", iv, lvl, $4
+      rate[iv, lvl] = $3; sets[iv, lvl] = $4; ivs[iv] = 1 }
+    END { for (iv in ivs) if (rate[iv, "x1"] > 0 && sets[iv, "x1"] > 0)
+      printf "  interval %5d ms: x2 / x1 checks/s %.2f, SET/s %.2f\n", iv, rate[iv, "x2"] / rate[iv, "x1"], sets[iv, "x2"] / sets[iv, "x1"] }
+  ' "$WORKDIR/redis-levels.txt"
+  summarize_wrk write-behind; wb_rps="$RPS"
+  echo "  write-behind           $(cat "$WORKDIR/sets-write-behind.txt") SET/s"
+  summarize_wrk write-through; wt_rps="$RPS"
+  echo "  write-through          $(cat "$WORKDIR/sets-write-through.txt") SET/s"
+  awk -v a="$wt_rps" -v b="$wb_rps" 'BEGIN {
+    if (b > 0) printf "  ratio write-through / write-behind   %.3f (checks/s)\n", a / b }'
+}
+
+# ---------------------------------------------------------------- failover
+
+bench_failover() {
+  [[ "$NODE_HAS_CLUSTER_LISTEN" == 1 ]] || { log "llmtrace-node has no --cluster-listen"; exit 1; }
+  local run i seed pids specs survivors victim_pid victim_admin
+  echo
+  echo "== failover: 3 nodes + Redis, default settings; kill -9 of node-2; time until every" \
+       "tenant it owned is decided normally by both survivors =="
+  ensure_redis
+  : >"$WORKDIR/failover.txt"
+  for run in $(seq 1 "$BENCH_FAILOVER_RUNS"); do
+    start_redis
+    seed=""; pids=(); specs=(); survivors=()
+    for i in 0 1 2; do
+      node_args
+      NODE_ARGS+=(--node-id "node-$i" --redis-url "redis://127.0.0.1:$REDIS_PORT")
+      [[ -n "$seed" ]] && NODE_ARGS+=(--seeds "$seed")
+      start_proc "failover-$run-node-$i" "$NODE_BIN" "${NODE_ARGS[@]}"
+      [[ -n "$seed" ]] || seed="$PROC_CLUSTER"
+      pids+=("$PROC_PID")
+      specs+=(--node "node-$i=$PROC_PUBLIC=$PROC_ADMIN")
+      if [[ "$i" == 2 ]]; then
+        victim_pid="$PROC_PID"; victim_admin="$PROC_ADMIN"
+      else
+        survivors+=(--node "node-$i=$PROC_PUBLIC=$PROC_ADMIN")
+      fi
+    done
+    wait_converged "$BENCH_CLUSTER_WAIT" "${specs[@]}"
+    echo "-- run $run: kill -9 node-2 (pid $victim_pid)"
+    run_load timeout 120 python3 "$BENCH_DIR/failover.py" --victim node-2 --victim-pid "$victim_pid" \
+      --victim-admin "$victim_admin" --tenants "$BENCH_FAILOVER_TENANTS" --deadline 60 \
+      "${survivors[@]}" | tee -a "$WORKDIR/failover.txt" || echo "  !! run $run failed"
+    for pid in "${pids[@]}"; do stop_pid "$pid"; done
+    stop_pid "$REDIS_PID"
+  done
+  echo
+  echo "failover results:"
+  awk '/^FAILOVER_RESULT/ { n++; sub(/^FAILOVER_RESULT /, ""); printf "  run %d: %s\n", n, $0 }' "$WORKDIR/failover.txt"
+  awk '/^FAILOVER_RESULT/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "seconds") { n++; s = kv[2]; if (s > m) m = s } } }
+    END { if (n > 0) printf "  worst of %d runs: %.2f s from kill -9 to every tenant served again (target <= 5 s: %s)\n", n, m, (m <= 5) ? "met" : "NOT met" }' \
+    "$WORKDIR/failover.txt"
+}
+
+[[ "$MODE" == memory || "$MODE" == failover ]] || ensure_wrk
 command -v python3 >/dev/null 2>&1 || { log "python3 is required"; exit 1; }
 build
 case "$MODE" in
   single) bench_single ;;
   memory) bench_memory ;;
   cluster) bench_cluster ;;
-  all) bench_single; bench_cluster; bench_memory ;;
+  redis) bench_redis ;;
+  failover) bench_failover ;;
+  all) bench_single; bench_cluster; bench_redis; bench_failover; bench_memory ;;
 esac

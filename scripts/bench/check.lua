@@ -10,6 +10,10 @@
 --   BENCH_COST          cost of every check (default 1)
 --   BENCH_STATUS        1 = count responses per HTTP status (adds a response()
 --                       callback, which costs some client CPU; default 0)
+--   BENCH_DELAY_MS      pause of every connection before each request (wrk's
+--                       delay() hook), to offer a bounded rate: at most
+--                       connections * 1000 / BENCH_DELAY_MS checks/s (default 0:
+--                       as fast as the server answers)
 --
 -- done() prints one machine-readable line that bench.sh parses:
 --   BENCH_RESULT requests=.. duration_s=.. rps=.. p50_us=.. p90_us=.. p99_us=..
@@ -19,6 +23,7 @@
 local tenant_space = tonumber(os.getenv("BENCH_TENANT_SPACE") or "") or 100000
 local cost = tonumber(os.getenv("BENCH_COST") or "") or 1
 local count_status = (os.getenv("BENCH_STATUS") or "0") == "1"
+local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS") or "") or 0
 
 wrk.method = "POST"
 wrk.path = "/v1/check"
@@ -48,6 +53,12 @@ local format = wrk.format
 function request()
   local body = '{"tenant_id":"t' .. random(1, tenant_space) .. tail
   return format(nil, nil, nil, body)
+end
+
+if delay_ms > 0 then
+  function delay()
+    return delay_ms
+  end
 end
 
 if count_status then
