@@ -99,46 +99,51 @@ impl PeerHandoff {
     }
 }
 
+/// Attempts per previous owner when a pull fails (timeout, refused
+/// connection): a bucket restored from the cache layer while its previous
+/// owner still holds it would be served twice.
+const PULL_ATTEMPTS: usize = 2;
+
 impl HandoffSource for PeerHandoff {
     fn pull(
         &self,
         key: &BucketKey,
+        hint: Option<&str>,
+        reclaim: bool,
     ) -> Option<LocalBoxFuture<'static, Result<Option<BucketState>, String>>> {
         let view = self.view.load();
-        // Only a node that owns the key now asks.
-        if !view
-            .owner(&key.tenant, key.limit)
-            .is_some_and(|o| view.is_self(o))
-        {
-            return None;
+        let mut owners: Vec<&str> = hint.into_iter().collect();
+        match view.owner(&key.tenant, key.limit) {
+            Some(o) if view.is_self(o) => {}
+            // Decided here because the owner could not be reached: do not
+            // wait on it again (the policy's bucket is this node's own).
+            _ if reclaim => return None,
+            // A check forwarded as often as allowed is decided where it
+            // lands, also on a node that is not the owner by its own (stale
+            // or early) view: take the bucket from that owner rather than
+            // start a second one.
+            Some(o) => owners.push(o),
+            None => return None,
         }
-        // Who held it: the owner by the previous ring and, for a node that
-        // just joined (its view may have skipped intermediate rings), the
-        // owner by the current ring without this node.
+        // Who else may hold it: its owners by every ring replaced within the
+        // window; for a node that joined within it, every member. (A joining
+        // node's first rings may lack members whose state has not reached it
+        // yet, so no ring of its own names the holder for sure; only the
+        // holder has the bucket to give.)
+        for o in view.previous_owners(&key.tenant, key.limit, HANDOFF_WINDOW) {
+            if !owners.contains(&o) {
+                owners.push(o);
+            }
+        }
+        if view.joined_within(HANDOFF_WINDOW) {
+            for m in &view.members {
+                if !owners.contains(&m.node_id.as_str()) {
+                    owners.push(&m.node_id);
+                }
+            }
+        }
         let mut candidates: Vec<std::net::SocketAddr> = Vec::new();
-        let without_self = llmtrace_cluster_config::Ring::new(
-            view.ring
-                .members()
-                .iter()
-                .filter(|m| m.as_str() != &*view.self_id)
-                .cloned(),
-            view.ring.vnodes(),
-        );
-        // Only a node that was not in the previous ring (it just joined)
-        // asks the owner-without-itself: for a node that stayed, every key it
-        // owns would qualify.
-        let joined = view.previous.as_ref().is_some_and(|(ring, at)| {
-            at.elapsed() <= HANDOFF_WINDOW && !ring.contains(&view.self_id)
-        });
-        let owners = [
-            view.previous_owner(&key.tenant, key.limit, HANDOFF_WINDOW),
-            if joined {
-                without_self.owner(&key.tenant, key.limit)
-            } else {
-                None
-            },
-        ];
-        for owner in owners.into_iter().flatten() {
+        for owner in owners {
             if view.is_self(owner) {
                 continue;
             }
@@ -148,23 +153,40 @@ impl HandoffSource for PeerHandoff {
                 }
             }
         }
+        tracing::debug!(%key, ?candidates, "asking for a bucket");
         if candidates.is_empty() {
             return None;
         }
-        let asks: Vec<_> = candidates
-            .into_iter()
-            .map(|addr| self.ask(addr, &view.self_id, key))
-            .collect();
-        Some(
+        // Every candidate at once; at most one holds the bucket. Requests
+        // are sent when polled: a second attempt only after a failure.
+        let asks = candidates.into_iter().map(|addr| {
+            let attempts: Vec<_> = (0..PULL_ATTEMPTS)
+                .map(|_| self.ask(addr, &view.self_id, key))
+                .collect();
             async move {
                 let mut last = Ok(None);
-                for ask in asks {
-                    match ask.await {
-                        Ok(Some(state)) => return Ok(Some(state)),
-                        other => last = other,
+                for ask in attempts {
+                    last = ask.await;
+                    if last.is_ok() {
+                        break;
                     }
                 }
                 last
+            }
+        });
+        let all = futures_util::future::join_all(asks);
+        Some(
+            async move {
+                let mut failed = None;
+                for answer in all.await {
+                    tracing::debug!(?answer, "handoff answer");
+                    match answer {
+                        Ok(Some(state)) => return Ok(Some(state)),
+                        Ok(None) => {}
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                failed.map_or(Ok(None), Err)
             }
             .boxed_local(),
         )
@@ -176,11 +198,19 @@ impl HandoffSource for PeerHandoff {
 /// delivered are returned, for the caller to write to the cache layer.
 pub async fn push_all(
     limiter: &crate::Limiter,
-    view: &crate::ClusterView,
+    views: &ViewHandle,
     secret: Option<&str>,
     timeout: Duration,
 ) -> (usize, Vec<(BucketKey, BucketState)>) {
-    let buckets = limiter.take_all().await;
+    let live = views.clone();
+    let owner_of: crate::shard::OwnerOf = Arc::new(move |key: &BucketKey| {
+        let view = live.load();
+        view.owner(&key.tenant, key.limit)
+            .filter(|o| !view.is_self(o))
+            .map(Arc::from)
+    });
+    let buckets = limiter.take_all(owner_of).await;
+    let view = views.load_full();
     let mut by_owner: HashMap<String, Vec<(BucketKey, BucketState)>> = HashMap::new();
     let mut undelivered = Vec::new();
     for (key, state) in buckets {

@@ -19,8 +19,8 @@ use crate::key::{shard_of, BucketKey};
 use crate::metrics::Metrics;
 use crate::placement::{self, ShardHost, ShardParts, ShardSlots};
 use crate::shard::{
-    Check, FlushNow, HandoffSource, Install, Moved, ShardTiming, SweepNow, TakeAll, TakeBucket,
-    Unserved,
+    Check, FlushNow, HandoffSource, Install, Moved, OwnerOf, ShardTiming, SweepNow, TakeAll,
+    TakeBucket, Unserved,
 };
 
 /// The answer to a check that was well-formed.
@@ -280,9 +280,15 @@ impl Limiter {
 
     /// Removes and returns every resident bucket (a leaving node pushes them
     /// to their new owners).
-    pub async fn take_all(&self) -> Vec<(BucketKey, BucketState)> {
+    /// From then on, checks of keys not held are sent to `owner_of`.
+    pub async fn take_all(&self, owner_of: OwnerOf) -> Vec<(BucketKey, BucketState)> {
         let shards = self.shards.all();
-        let all = join_all(shards.iter().map(|s| s.send(TakeAll))).await;
+        let all = join_all(shards.iter().map(|s| {
+            s.send(TakeAll {
+                owner_of: Arc::clone(&owner_of),
+            })
+        }))
+        .await;
         all.into_iter()
             .flat_map(|r| r.unwrap_or_default())
             .collect()

@@ -385,8 +385,19 @@ async fn a_pushed_bucket_merges_to_the_lower_level() {
         .is_allowed());
     assert!(!allowed(&f.limiter, "t").await);
     // A leaving node gives up everything it holds.
-    let all = f.limiter.take_all().await;
+    let all = f
+        .limiter
+        .take_all(Arc::new(|_: &BucketKey| Some(Arc::from("other"))))
+        .await;
     assert_eq!(all.len(), 1);
+    assert_eq!(f.limiter.metrics().resident(), 0);
+    // Afterwards no bucket starts here: every key is sent to its owner.
+    for tenant in ["t", "never-seen"] {
+        match f.limiter.check(tenant.into(), Limit::Requests, 1).await {
+            Err(CheckError::Moved { to, .. }) => assert_eq!(to, "other"),
+            other => panic!("{tenant}: expected Moved, got {other:?}"),
+        }
+    }
     assert_eq!(f.limiter.metrics().resident(), 0);
 }
 

@@ -80,10 +80,20 @@ pub struct ClusterView {
     pub ring: Ring,
     /// Every live member (any state), sorted by node id.
     pub members: Vec<Member>,
-    /// The ring in force before the last change, and when it changed: a
-    /// bucket that moved is fetched from its previous owner (handoff).
-    pub previous: Option<(Ring, std::time::Instant)>,
+    /// Rings in force before the current one, newest first, each with the
+    /// instant it was replaced (kept for [`HISTORY_KEEP`]): a bucket that
+    /// moved is fetched from a previous owner (handoff). Several changes can
+    /// follow each other within a second (a node joining sees the members
+    /// one by one), so one previous ring is not enough.
+    pub history: Vec<(Ring, std::time::Instant)>,
+    /// When this node first saw itself in its own ring.
+    pub joined_at: Option<std::time::Instant>,
 }
+
+/// How long replaced rings are remembered.
+pub const HISTORY_KEEP: Duration = Duration::from_secs(30);
+/// At most this many replaced rings are remembered.
+const HISTORY_MAX: usize = 16;
 
 impl ClusterView {
     /// A view with only this node, not yet ready: an empty ring.
@@ -92,7 +102,8 @@ impl ClusterView {
             self_id: self_id.into(),
             ring: Ring::new(Vec::<String>::new(), vnodes),
             members: Vec::new(),
-            previous: None,
+            history: Vec::new(),
+            joined_at: None,
         }
     }
 
@@ -106,42 +117,48 @@ impl ClusterView {
             self_id: self_id.into(),
             ring: Ring::new(ready, vnodes),
             members,
-            previous: None,
+            history: Vec::new(),
+            joined_at: None,
         }
     }
 
     /// Carries the ring history over from `before`: when the ring changed,
-    /// `before`'s ring becomes the previous one.
+    /// `before`'s ring joins the history.
     pub fn succeeding(mut self, before: &ClusterView) -> Self {
-        self.previous = if before.fingerprint() != self.fingerprint() {
-            // A node whose first view already holds itself (updates
-            // coalesced while it joined) took its keys from the others.
-            let prev = if before.ring.is_empty() && self.ring.contains(&self.self_id) {
-                let others = self
-                    .ring
-                    .members()
-                    .iter()
-                    .filter(|m| m.as_str() != &*self.self_id)
-                    .cloned();
-                Ring::new(others, self.ring.vnodes())
-            } else {
-                before.ring.clone()
-            };
-            Some((prev, std::time::Instant::now()))
-        } else {
-            before.previous.clone()
-        };
+        let now = std::time::Instant::now();
+        self.joined_at = before
+            .joined_at
+            .or_else(|| self.ring.contains(&self.self_id).then_some(now));
+        let mut history = before.history.clone();
+        if before.fingerprint() != self.fingerprint() && !before.ring.is_empty() {
+            history.insert(0, (before.ring.clone(), now));
+        }
+        history.retain(|(_, at)| at.elapsed() <= HISTORY_KEEP);
+        history.truncate(HISTORY_MAX);
+        self.history = history;
         self
     }
 
-    /// The owner of `(tenant, limit)` by the previous ring, if the ring
-    /// changed less than `window` ago.
-    pub fn previous_owner(&self, tenant: &str, limit: Limit, window: Duration) -> Option<&str> {
-        let (ring, at) = self.previous.as_ref()?;
-        if at.elapsed() > window {
-            return None;
+    /// The owners of `(tenant, limit)` by the rings replaced less than
+    /// `window` ago, newest first, each once.
+    pub fn previous_owners(&self, tenant: &str, limit: Limit, window: Duration) -> Vec<&str> {
+        let mut owners: Vec<&str> = Vec::new();
+        for (ring, at) in &self.history {
+            if at.elapsed() > window {
+                break;
+            }
+            if let Some(o) = ring.owner(tenant, limit) {
+                if !owners.contains(&o) {
+                    owners.push(o);
+                }
+            }
         }
-        ring.owner(tenant, limit)
+        owners
+    }
+
+    /// This node entered its own ring less than `window` ago.
+    pub fn joined_within(&self, window: Duration) -> bool {
+        self.joined_at.is_some_and(|at| at.elapsed() <= window)
     }
 
     /// The owner of `(tenant, limit)`, `None` while no member is ready.
@@ -401,6 +418,32 @@ impl Membership {
         seen
     }
 
+    /// After a peer was seen: resolves once this node's ring of the ready
+    /// members is the ring every one of them publishes (their states reach a
+    /// joining node over several gossip rounds; a node that announced itself
+    /// ready on a partial view would own, by its own ring, keys that another
+    /// member holds). True when caught up, false on timeout.
+    pub async fn wait_until_caught_up(&self, timeout: Duration) -> bool {
+        let mut changes = self.changes.clone();
+        tokio::time::timeout(timeout, async {
+            loop {
+                let view = self.view.load();
+                let peers_ready = view
+                    .members
+                    .iter()
+                    .any(|m| m.state == MemberState::Ready && !view.is_self(&m.node_id));
+                if peers_ready && view.agreed() {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
     /// Resolves once this node's view contains `node_id` as a ready member.
     pub async fn wait_until_ready_in_view(&self, timeout: Duration) -> bool {
         let mut changes = self.changes.clone();
@@ -503,6 +546,54 @@ mod tests {
             16,
         );
         assert!(!v.agreed());
+    }
+
+    #[test]
+    fn history_keeps_every_ring_of_a_join_and_when_self_joined() {
+        let view = |members: &[&str]| {
+            ClusterView::from_members(
+                "d",
+                members
+                    .iter()
+                    .map(|m| member(m, MemberState::Ready, None))
+                    .collect(),
+                16,
+            )
+        };
+        // Node d sees the others one by one, then itself.
+        let v0 = ClusterView::alone("d", 16);
+        let v1 = view(&["a"]).succeeding(&v0);
+        let v2 = view(&["a", "b"]).succeeding(&v1);
+        let v3 = view(&["a", "b", "d"]).succeeding(&v2);
+        let v4 = view(&["a", "b", "c", "d"]).succeeding(&v3);
+        assert!(v2.joined_at.is_none());
+        assert!(v3.joined_within(Duration::from_secs(1)));
+        assert_eq!(v4.joined_at, v3.joined_at, "the first time counts");
+        let rings: Vec<Vec<String>> = v4
+            .history
+            .iter()
+            .map(|(r, _)| r.members().to_vec())
+            .collect();
+        assert_eq!(rings, [vec!["a", "b", "d"], vec!["a", "b"], vec!["a"]]);
+        // The same ring again adds nothing.
+        let v5 = view(&["a", "b", "c", "d"]).succeeding(&v4);
+        assert_eq!(v5.history.len(), 3);
+        // Every owner of a key in those rings, newest first, each once.
+        for t in 0..50 {
+            let t = format!("t-{t}");
+            let owners = v4.previous_owners(&t, Limit::Requests, Duration::from_secs(10));
+            let mut expected: Vec<&str> = Vec::new();
+            for (ring, _) in &v4.history {
+                let o = ring.owner(&t, Limit::Requests).unwrap();
+                if !expected.contains(&o) {
+                    expected.push(o);
+                }
+            }
+            assert_eq!(owners, expected);
+            assert!(v4
+                .previous_owners(&t, Limit::Requests, Duration::ZERO)
+                .is_empty());
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::snapshot;
 
 #[path = "shard_handoff.rs"]
 mod handoff;
-pub use self::handoff::{HandoffSource, Install, TakeAll, TakeBucket};
+pub use self::handoff::{HandoffSource, Install, OwnerOf, TakeAll, TakeBucket};
 
 /// Longest wait between retries of a failed snapshot batch.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -118,6 +118,9 @@ pub enum Unserved {
 /// How long a shard refuses to serve a key it handed over (views converge
 /// in about a second; a check arriving meanwhile is sent to the new owner).
 pub const TOMBSTONE_TTL_NS: u64 = 10_000_000_000;
+/// How long a shard remembers where it handed a key after the tombstone
+/// lapsed: if the key comes back to it, that node is asked for the bucket.
+pub const HANDED_HINT_NS: u64 = 30_000_000_000;
 
 type Reply = oneshot::Sender<Result<Decision, Unserved>>;
 
@@ -162,6 +165,9 @@ pub struct ShardActor {
     outbox: HashMap<BucketKey, BucketState>,
     /// Write-through: admitted checks whose state is in no batch yet.
     durable_waiting: Vec<(Decision, Reply)>,
+    /// Set once every bucket was given up (the node leaves): where keys
+    /// this shard does not hold are served now.
+    handed_over: Option<OwnerOf>,
 }
 
 impl ShardActor {
@@ -193,6 +199,7 @@ impl ShardActor {
             handoff: None,
             outbox: HashMap::new(),
             durable_waiting: Vec::new(),
+            handed_over: None,
         }
     }
 
@@ -466,7 +473,8 @@ impl ShardActor {
     /// Drops every bucket that is full now; returns how many.
     fn sweep(&mut self) -> usize {
         let now = self.clock.now_ns();
-        self.tombstones.retain(|_, (_, until)| *until > now);
+        self.tombstones
+            .retain(|_, (_, until)| until.saturating_add(HANDED_HINT_NS - TOMBSTONE_TTL_NS) > now);
         let limits = &self.limits;
         let mut dropped = 0usize;
         let mut dropped_dirty = 0i64;
@@ -545,6 +553,8 @@ impl Handler<Check> for ShardActor {
             self.flush_through(ctx);
             return Response::fut(async move { rx.await.unwrap_or(Err(Unserved::NotPersisted)) });
         }
+        // Where this shard handed the key last: the first node to ask for it.
+        let hint = self.tombstones.get(&msg.key).map(|(to, _)| Arc::clone(to));
         if msg.reclaim {
             self.tombstones.remove(&msg.key);
         } else if let Some(to) = self.moved_to(&msg.key) {
@@ -564,7 +574,7 @@ impl Handler<Check> for ShardActor {
         } else {
             self.pending.insert(msg.key.clone(), vec![waiter]);
             let key = msg.key;
-            let fut = self.restore(key.clone());
+            let fut = self.restore(key.clone(), hint, msg.reclaim);
             ctx.spawn(
                 fut.into_actor(self)
                     .map(move |(res, from_peer), act, ctx| act.restored(key, res, from_peer, ctx)),

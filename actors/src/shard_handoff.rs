@@ -22,21 +22,40 @@ use crate::key::BucketKey;
 
 /// Where a new owner gets a moved bucket from.
 pub trait HandoffSource: Send + Sync + 'static {
-    /// `None` when no other node owned `key` recently (nothing to ask).
-    /// Otherwise a future resolving to the previous owner's state, `None`
-    /// when it held none, `Err` when it could not be asked.
+    /// `None` when no other node can hold `key` (nothing to ask).
+    /// Otherwise a future resolving to the state given up by the node that
+    /// held it, `None` when none did, `Err` when they could not be asked.
+    /// `hint` is the node this shard handed the key to last; `reclaim` is
+    /// set for a check decided here because the owner is unreachable (the
+    /// owner is not asked then).
     #[allow(clippy::type_complexity)]
     fn pull(
         &self,
         key: &BucketKey,
+        hint: Option<&str>,
+        reclaim: bool,
     ) -> Option<LocalBoxFuture<'static, Result<Option<BucketState>, String>>>;
 }
 
+/// The node that owns a key now, when it is not this node.
+pub type OwnerOf = Arc<dyn Fn(&BucketKey) -> Option<Arc<str>> + Send + Sync>;
+
 /// Give up every resident bucket (a leaving node pushes them to their new
-/// owners); answers them.
-#[derive(Debug, Message)]
+/// owners); answers them. From then on the shard starts no bucket: a check
+/// of a key it does not hold is answered [`super::Unserved::Moved`] to the
+/// key's owner by `owner_of` (a check that still reaches a leaving node
+/// would otherwise start a second bucket beside the one pushed).
+#[derive(Message)]
 #[rtype(result = "Vec<(BucketKey, BucketState)>")]
-pub struct TakeAll;
+pub struct TakeAll {
+    pub owner_of: OwnerOf,
+}
+
+impl std::fmt::Debug for TakeAll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TakeAll")
+    }
+}
 
 /// Install a bucket pushed by its previous owner. If this shard already
 /// holds the key (a check got here first), the lower level wins: units
@@ -57,8 +76,12 @@ pub struct TakeBucket {
 }
 
 impl ShardActor {
-    /// The node a key was handed to, while the tombstone lasts.
+    /// The node a key was handed to, while the tombstone lasts; after
+    /// [`TakeAll`], the key's owner.
     pub(super) fn moved_to(&self, key: &BucketKey) -> Option<Arc<str>> {
+        if let Some(owner_of) = &self.handed_over {
+            return owner_of(key);
+        }
         if self.tombstones.is_empty() {
             return None;
         }
@@ -72,9 +95,14 @@ impl ShardActor {
     pub(super) fn restore(
         &self,
         key: BucketKey,
+        hint: Option<Arc<str>>,
+        reclaim: bool,
     ) -> LocalBoxFuture<'static, (Result<Option<BucketState>, CacheError>, bool)> {
         let cache = Arc::clone(&self.cache);
-        let pull = self.handoff.as_ref().and_then(|h| h.pull(&key));
+        let pull = self
+            .handoff
+            .as_ref()
+            .and_then(|h| h.pull(&key, hint.as_deref(), reclaim));
         let metrics = Arc::clone(&self.metrics);
         let id = self.id;
         async move {
@@ -142,7 +170,8 @@ impl Handler<Install> for ShardActor {
 impl Handler<TakeAll> for ShardActor {
     type Result = Vec<(BucketKey, BucketState)>;
 
-    fn handle(&mut self, _: TakeAll, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: TakeAll, _: &mut Self::Context) -> Self::Result {
+        self.handed_over = Some(msg.owner_of);
         let stats = &self.metrics.shards[self.id];
         let n = self.buckets.len();
         stats.resident.fetch_sub(n as i64, Relaxed);

@@ -30,6 +30,9 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long a node with seeds waits to hear from a peer before it starts as
 /// a cluster of one.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a joining node waits for its view to match the ring the members
+/// publish before it announces itself ready.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a leaving node waits for its peers to drop it from their rings
 /// while it still answers (readyz already 503).
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -287,7 +290,11 @@ pub async fn serve(
             warn!("not every shard started; staying not ready");
             return std::future::pending::<()>().await;
         }
-        membership.wait_for_peers(JOIN_TIMEOUT).await;
+        if membership.wait_for_peers(JOIN_TIMEOUT).await
+            && !membership.wait_until_caught_up(CATCH_UP_TIMEOUT).await
+        {
+            warn!("the members' published rings did not match this node's view within {CATCH_UP_TIMEOUT:?}; joining anyway");
+        }
         membership.set_state(MemberState::Ready).await;
         if membership
             .wait_until_ready_in_view(Duration::from_secs(10))
@@ -318,9 +325,13 @@ pub async fn serve(
     }
     // Hand every bucket still held here to its new owner (those already
     // asked for were pulled); what cannot be delivered goes to Redis.
-    let view = membership.view().load_full();
-    let (pushed, undelivered) =
-        push_all(&limiter, &view, c.secret.as_deref(), forward_timeout).await;
+    let (pushed, undelivered) = push_all(
+        &limiter,
+        &membership.view(),
+        c.secret.as_deref(),
+        forward_timeout,
+    )
+    .await;
     info!(
         pushed,
         undelivered = undelivered.len(),
