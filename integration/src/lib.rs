@@ -1,6 +1,7 @@
 //! Harness for black-box tests that run real `redis-server` and `llmtrace-node` processes.
 //!
 //! Layout:
+//! - [`nginx`]: a real nginx load balancer rendered from `deploy/nginx.conf`.
 //! - [`node`]: start an `llmtrace-node` child (builder, ready line, SIGTERM / SIGKILL,
 //!   kill on drop) and talk to it over HTTP.
 //! - [`browser`]: headless Chromium through ChromeDriver's WebDriver HTTP protocol.
@@ -23,6 +24,7 @@ pub mod cluster;
 pub mod http;
 pub mod load;
 pub mod metrics;
+pub mod nginx;
 pub mod node;
 pub mod output;
 pub mod redis;
