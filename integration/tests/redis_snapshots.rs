@@ -224,7 +224,10 @@ fn idle_tenants_expire_and_keys_track_non_full_buckets() {
         conn.dbsize().unwrap_or(0) == total
     });
     let pttl = conn.pttl(&key("idle-0")).expect("PTTL");
-    assert!(pttl > 0 && pttl <= 1_500, "time to refill 0.5 s + 1 s: PTTL {pttl}");
+    assert!(
+        pttl > 0 && pttl <= 1_500,
+        "time to refill 0.5 s + 1 s: PTTL {pttl}"
+    );
     // Keep the hot tenants below full; the idle ones must expire meanwhile.
     let mut hot_keys: Vec<String> = hot.iter().map(|t| key(t)).collect();
     hot_keys.sort();
@@ -241,7 +244,10 @@ fn idle_tenants_expire_and_keys_track_non_full_buckets() {
         last = keys;
         done
     });
-    eprintln!("Redis keys with 15 hot and 150 idle tenants: {}", last.len());
+    eprintln!(
+        "Redis keys with 15 hot and 150 idle tenants: {}",
+        last.len()
+    );
     // Nothing is used any more: every bucket refills, every key expires.
     llmtrace_integration::wait_until(KEY_TIMEOUT, "Redis to be empty", || {
         conn.dbsize().unwrap_or(-1) == 0
