@@ -154,3 +154,62 @@ fn published_ports_match_the_listen_addresses() {
     // The compose nginx renders the same template as cluster.sh and the tests.
     assert!(compose.contains("render-nginx.sh /etc/llmtrace/nginx.conf"));
 }
+
+/// `(name, value)` of every `LLMTRACE_*` setting in `text`, as the file writes it:
+/// `NAME: value` (compose), `name: NAME, value: "value"` (k8s), `NAME=value` (Dockerfile).
+fn settings(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim().trim_end_matches('\\').trim();
+        if let Some(rest) = line.strip_prefix("- { name: LLMTRACE_") {
+            if let Some((name, value)) = rest.split_once(", value: ") {
+                let value = value.trim_end_matches('}').trim().trim_matches('"');
+                out.push((format!("LLMTRACE_{name}"), value.to_string()));
+            }
+        } else if line.starts_with("LLMTRACE_") {
+            let (name, value) = line
+                .split_once(": ")
+                .or_else(|| line.split_once('='))
+                .unwrap_or_else(|| panic!("unparsed setting line {line:?}"));
+            out.push((name.trim().to_string(), value.trim().to_string()));
+        } else if let Some(env) = line.strip_prefix("ENV ") {
+            if let Some((name, value)) = env.split_once('=') {
+                out.push((name.to_string(), value.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// The values these files give really start a node (the harness's flags put the
+/// three listeners on loopback port 0; placeholders the orchestrator fills in get
+/// local values).
+#[test]
+fn deployment_settings_start_a_node() {
+    for file in [
+        "Dockerfile",
+        "docker-compose.yml",
+        "deploy/k8s/statefulset.yaml",
+    ] {
+        let found = settings(&read(file));
+        assert!(found.len() >= 3, "{file}: settings not found: {found:?}");
+        // cluster.advertise stays as written: only peers use it, so an address
+        // that is not local still lets the node start.
+        let mut node = llmtrace_integration::Node::builder()
+            .env("LLMTRACE_CLUSTER_SECRET", "deploy-files-test-secret");
+        for (name, value) in &found {
+            let value = if value.contains("${") {
+                continue; // compose's required secret, set above
+            } else {
+                value
+                    .replace("$(POD_NAME)", "llmtrace-0")
+                    .replace("$(POD_IP)", "127.0.0.1")
+            };
+            node = node.env(name, value);
+        }
+        let node = node.start();
+        let reply = node.public().get("/healthz");
+        assert_eq!(reply.status, 200, "{file}: {reply}");
+        eprintln!("{file}: a node started with {found:?}");
+    }
+}
