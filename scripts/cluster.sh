@@ -83,6 +83,8 @@ up() {
     if [ -d "$pids" ] && [ -n "$(running_components)" ]; then
         die "a cluster already runs from $dir (scripts/cluster.sh status; scripts/cluster.sh down)"
     fi
+    # A failed `up` stops whatever it had started.
+    trap 'rc=$?; if [ "$rc" -ne 0 ]; then echo "cluster.sh: up failed; stopping what it started" >&2; down >&2; fi' EXIT
     need redis-server redis-server
     need curl curl
     need python3 python3
@@ -120,8 +122,14 @@ up() {
             --cluster-listen 127.0.0.1:0 --redis-url "$redis_url")
         [ -z "$seed" ] || args+=(--seeds "$seed")
         nohup "$bin" "${args[@]}" </dev/null >"$log" 2>&1 &
-        record "node-$i" $! "--node-id node-$i --listen"
-        wait_for "node-$i to start (see $log)" grep -q '^llmtrace-node listening ' "$log"
+        local pid=$!
+        record "node-$i" "$pid" "--node-id node-$i --listen"
+        # Ready line printed, or the process gone (then its log says why).
+        wait_for "node-$i to start (see $log)" \
+            bash -c "grep -q '^llmtrace-node listening ' '$log' || ! kill -0 $pid"
+        grep -q '^llmtrace-node listening ' "$log" ||
+            die "node-$i exited at start; the end of $log:
+$(tail -n 5 "$log")"
         local line
         line=$(grep -m1 '^llmtrace-node listening ' "$log")
         local public admin cluster
@@ -167,6 +175,7 @@ up() {
     echo "try:"
     echo "  curl -s -X POST http://127.0.0.1:$lb_port/v1/check -d '{\"tenant_id\": \"acme\", \"cost\": 1}'"
     echo "stop with: scripts/cluster.sh down"
+    trap - EXIT
 }
 
 # Sends SIGTERM to a recorded component and waits for it (SIGKILL after the wait).
