@@ -54,6 +54,8 @@ impl Nginx {
             let prefix = TempDir::new("nginx");
             let port = free_port();
             let listen = format!("127.0.0.1:{port}");
+            // As root, nginx's workers need a `user` to drop to; otherwise none.
+            // SAFETY: geteuid(2) only reads the process's credentials.
             let user = if unsafe { libc::geteuid() } == 0 {
                 "nobody nogroup"
             } else {
