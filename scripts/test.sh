@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Runs every check CI runs, on a fresh machine: installs what the tests need
-# (redis-server; apt-get, as root), then format check, clippy with warnings as
-# errors, and the whole test suite (unit, actor/HTTP and the integration tests
-# that start real redis-server and llmtrace-node processes on loopback).
+# (redis-server, nginx, Chromium and ChromeDriver, curl; apt-get, as root),
+# then format check, clippy with warnings as errors, and the whole test suite
+# (unit, actor/HTTP and the integration tests that start real redis-server,
+# llmtrace-node, nginx and headless Chromium processes on loopback).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# nginx (load balancer tests, scripts/cluster.sh), Debian's Chromium and
+# ChromeDriver (dashboard test), curl (scripts/cluster.sh).
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if ((${#need_apt[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "scripts/test.sh: missing ${need_apt[*]}; install it (apt-get install -y ${need_apt[*]}) or run as root" >&2
@@ -18,8 +25,10 @@ if ((${#need_apt[@]})); then
     apt-get update -qq
     apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-# The package may start a system redis on 6379; tests never use it (each
-# starts its own on an ephemeral port), so it does no harm either way.
+# The packages may start a system redis on 6379 or nginx on 80; tests never
+# use them (each starts its own on an ephemeral port), so they do no harm.
+# The tools are installed now: tests that need them fail instead of skipping.
+export LLMTRACE_REQUIRE_TOOLS=1
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

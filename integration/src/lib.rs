@@ -1,8 +1,10 @@
 //! Harness for black-box tests that run real `redis-server` and `llmtrace-node` processes.
 //!
 //! Layout:
+//! - [`nginx`]: a real nginx load balancer rendered from `deploy/nginx.conf`.
 //! - [`node`]: start an `llmtrace-node` child (builder, ready line, SIGTERM / SIGKILL,
 //!   kill on drop) and talk to it over HTTP.
+//! - [`browser`]: headless Chromium through ChromeDriver's WebDriver HTTP protocol.
 //! - [`cluster`]: N nodes seeded from the first, waiting until they agree on one ring;
 //!   add, stop and kill nodes.
 //! - [`load`]: a bounded background load of checks round-robin over nodes and tenants.
@@ -17,10 +19,12 @@
 //! when its guard drops. Synchronisation is by polling a condition ([`wait_until`]), never
 //! by a fixed sleep.
 
+pub mod browser;
 pub mod cluster;
 pub mod http;
 pub mod load;
 pub mod metrics;
+pub mod nginx;
 pub mod node;
 pub mod output;
 pub mod redis;
@@ -30,7 +34,7 @@ pub mod scenario;
 pub use cluster::{Cluster, ClusterBuilder};
 pub use http::Reply;
 pub use load::{Load, LoadReport};
-pub use node::{Node, NodeBuilder, StartFailure};
+pub use node::{node_help, Node, NodeBuilder, StartFailure};
 pub use redis::RedisServer;
 
 use std::net::TcpListener;
@@ -73,6 +77,22 @@ pub fn holds_for(duration: Duration, what: &str, mut cond: impl FnMut() -> bool)
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Whether an external tool a test needs (Chromium, nginx) is installed. When it is
+/// not, the test prints why and skips, unless `LLMTRACE_REQUIRE_TOOLS` is set (as
+/// `scripts/test.sh` does after installing them): then a missing tool fails the test.
+pub fn tool_available(found: Result<(), String>, test: &str) -> bool {
+    match found {
+        Ok(()) => true,
+        Err(why) if std::env::var_os("LLMTRACE_REQUIRE_TOOLS").is_some() => {
+            panic!("{test}: {why} (LLMTRACE_REQUIRE_TOOLS is set)")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            false
+        }
     }
 }
 

@@ -34,6 +34,18 @@ pub fn node_binary() -> PathBuf {
     path
 }
 
+/// `llmtrace-node --help`: tests use it to check that deployment files only use
+/// flags the binary accepts, and to see which optional flags it has.
+pub fn node_help() -> String {
+    let out = Command::new(node_binary())
+        .arg("--help")
+        .env_clear()
+        .output()
+        .expect("run llmtrace-node --help");
+    assert!(out.status.success(), "llmtrace-node --help failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// What a node said when it did not come up.
 #[derive(Debug)]
 pub struct StartFailure {

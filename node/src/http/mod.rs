@@ -1,5 +1,5 @@
 //! HTTP surfaces: the public listener (checks, health), the admin listener
-//! (metrics, cluster view) and the cluster listener (node-to-node RPC).
+//! (metrics, cluster view, dashboard) and the cluster listener (node-to-node RPC).
 //! Errors map to HTTP in exactly one place, [`error::ApiError`].
 
 pub mod admin;
@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod error;
 pub mod headers;
 pub mod input;
+pub mod ui;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -106,6 +107,7 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(get("/metrics", web::get().to(admin::metrics)))
         .service(get("/admin/cluster", web::get().to(admin::cluster)))
         .service(get("/admin/tenants/{tenant}", web::get().to(admin::tenant)))
+        .service(get("/admin/ui", web::get().to(ui::page)))
         .service(get("/healthz", web::get().to(healthz)))
         .default_service(web::to(not_found));
 }

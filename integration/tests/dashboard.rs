@@ -1,0 +1,226 @@
+//! The operator dashboard (`GET /admin/ui`) in a real headless Chromium, driven
+//! through ChromeDriver, against a real 3-node cluster under load: the page asks
+//! for the admin token, then shows the three members, their states and shares,
+//! the ring agreement, live check rates computed from `/metrics`, and a tenant
+//! lookup whose (hostile) tenant id is rendered as text, never as HTML.
+//!
+//! Skips with a printed reason when Chromium / ChromeDriver are not installed,
+//! unless `LLMTRACE_REQUIRE_TOOLS` is set (scripts/test.sh installs them and sets it).
+
+use llmtrace_integration::browser::{self, Browser};
+use llmtrace_integration::scenario::{load_on, tenants_owned_by};
+use llmtrace_integration::{node_help, tool_available, Cluster};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+const TOKEN: &str = "dashboard-test-token-0123456789";
+
+/// Percent-encodes a path segment (everything but unreserved characters).
+fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The `data-*` attribute of every element matching `css`, parsed as f64.
+fn numbers(page: &Browser, css: &str, attribute: &str) -> Vec<f64> {
+    page.find_all(css)
+        .iter()
+        .filter_map(|e| page.attribute(e, attribute))
+        .filter_map(|v| v.parse().ok())
+        .collect()
+}
+
+/// Polls until the `data-rate` of `#rate-<name>` is above zero; returns it.
+fn wait_rate(page: &Browser, name: &str) -> f64 {
+    let css = format!("#rate-{name}");
+    let what = format!("a non-zero {name} rate on the dashboard");
+    llmtrace_integration::wait_for(WAIT, &what, || {
+        numbers(page, &css, "data-rate")
+            .first()
+            .copied()
+            .filter(|r| *r > 0.0)
+    })
+}
+
+#[test]
+fn dashboard_shows_the_cluster_in_chromium() {
+    if !tool_available(
+        browser::find().map(|_| ()),
+        "dashboard_shows_the_cluster_in_chromium",
+    ) {
+        return;
+    }
+    // The admin token exists once the admin API requires it; the page sends it
+    // either way, and a wrong one is only refused when the node checks it.
+    let token_checked = node_help().contains("--admin-token");
+    let mut cluster = Cluster::builder().nodes(3).rate(20, 40);
+    if token_checked {
+        cluster = cluster.flag("admin-token", TOKEN);
+    }
+    let cluster = cluster.start();
+    let fingerprint = cluster.wait_converged(WAIT);
+    let node0 = cluster.node(0);
+    let ids = cluster.running_ids();
+
+    // The page: HTML, a strict policy, no caching.
+    let served = node0.admin().get("/admin/ui");
+    assert_eq!(served.status, 200, "{served}");
+    assert_eq!(
+        served.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let csp = served.header("content-security-policy").unwrap_or("");
+    assert!(
+        csp.contains("default-src 'none'")
+            && csp.contains("script-src 'sha256-")
+            && csp.contains("connect-src 'self'")
+            && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    assert_eq!(served.header("x-content-type-options"), Some("nosniff"));
+
+    // Load: a tenant owned by node 0 and one owned by node 1, sent to every node,
+    // so node 0 decides checks, forwards some and receives some from its peers.
+    let mut tenants = tenants_owned_by(node0, &ids[0], "dash-own", 1);
+    tenants.extend(tenants_owned_by(node0, &ids[1], "dash-fwd", 1));
+    let load = load_on(&cluster, &[0, 1, 2], &tenants);
+
+    let page = Browser::start();
+    page.set_size(1280, 1000);
+    page.goto(&format!("{}/admin/ui", node0.admin_url()));
+    page.wait_displayed("#token", WAIT);
+    assert!(
+        !page.is_displayed("#app"),
+        "the dashboard shows before a token"
+    );
+
+    if token_checked {
+        page.type_into("#token", "not-the-token");
+        page.click("#login-submit");
+        page.wait_text("#login-msg", WAIT, |t| t.contains("401"));
+        page.wait_displayed("#token", WAIT);
+    }
+    page.type_into("#token", TOKEN);
+    page.click("#login-submit");
+    page.wait_displayed("#app", WAIT);
+
+    // Members, states, shares, agreement.
+    llmtrace_integration::wait_until(WAIT, "three member rows", || {
+        page.find_all("tr.member").len() == 3
+    });
+    let mut shown: Vec<String> = page
+        .texts(".member-id")
+        .iter()
+        .map(|t| t.trim_end_matches(" (this node)").to_string())
+        .collect();
+    shown.sort();
+    assert_eq!(shown, ids, "member ids on the page");
+    assert_eq!(
+        page.texts(".member-state"),
+        vec!["ready"; 3],
+        "member states"
+    );
+    let shares = numbers(&page, ".share-value", "data-share");
+    assert_eq!(shares.len(), 3, "{shares:?}");
+    let sum: f64 = shares.iter().sum();
+    assert!((sum - 1.0).abs() < 0.01, "shares {shares:?} sum to {sum}");
+    assert!(shares.iter().all(|s| *s > 0.2), "unbalanced: {shares:?}");
+    let shown_sum: f64 = page
+        .text("#share-sum")
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or(0.0);
+    assert!(
+        (shown_sum - 1.0).abs() < 0.01,
+        "share sum shown: {shown_sum}"
+    );
+    assert_eq!(page.text("#agreement").as_deref(), Some("agreed"));
+    assert_eq!(page.text("#fingerprint"), Some(fingerprint));
+    assert_eq!(page.text("#self-node").as_deref(), Some(ids[0].as_str()));
+
+    // Live rates from /metrics counter deltas.
+    let decided = wait_rate(&page, "decided");
+    let refused = wait_rate(&page, "refused");
+    let forwarded = wait_rate(&page, "forwarded");
+    let received = wait_rate(&page, "received");
+    eprintln!(
+        "dashboard rates on {}: decided {decided:.1}/s, refused {refused:.1}/s, \
+         forwarded {forwarded:.1}/s, received {received:.1}/s",
+        ids[0]
+    );
+
+    // Tenant lookup with a hostile id: shown as text, no element created from it.
+    let hostile = "<i>x&amp;\"'y</i>";
+    let owner = node0.admin_get_json(&format!("/admin/tenants/{}", encode(hostile)))["owner"]
+        .as_str()
+        .expect("owner")
+        .to_string();
+    page.type_into("#tenant", hostile);
+    page.click("#lookup-submit");
+    page.wait_text("#tenant-id", WAIT, |t| t == hostile);
+    assert_eq!(page.text("#tenant-owner"), Some(owner.clone()));
+    assert!(ids.contains(&owner), "owner {owner} is not a member");
+    assert!(
+        page.find("#tenant-result i").is_none(),
+        "tenant id became HTML"
+    );
+    assert_eq!(
+        page.execute("return document.querySelectorAll('i').length;"),
+        0,
+        "an <i> element was created from the tenant id"
+    );
+    let limits = page.texts("tr.tenant-limit td:first-child");
+    assert!(limits.contains(&"requests".to_string()), "{limits:?}");
+
+    // An invalid tenant id (inner space): the API's error is shown in place of
+    // a result.
+    page.type_into("#tenant", "not valid");
+    page.click("#lookup-submit");
+    let message = page.wait_text("#lookup-msg", WAIT, |t| t.contains("400"));
+    assert!(message.contains("tenant_id"), "{message}");
+    assert!(
+        !page.is_displayed("#tenant-result"),
+        "a stale result is shown"
+    );
+
+    // A tenant of the load, for the screenshot.
+    page.type_into("#tenant", &tenants[0]);
+    page.click("#lookup-submit");
+    page.wait_text("#tenant-id", WAIT, |t| t == tenants[0]);
+
+    // The token lives in this tab's session storage only.
+    let storage = page.execute(
+        "return [sessionStorage.getItem('llmtrace-admin-token'), localStorage.length, document.cookie];",
+    );
+    assert_eq!(storage, serde_json::json!([TOKEN, 0, ""]));
+
+    let png = page.screenshot();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000,
+        "not a PNG"
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = root.join("target").join("dashboard.png");
+    std::fs::write(&out, &png).expect("write target/dashboard.png");
+    if std::env::var_os("LLMTRACE_UPDATE_SCREENSHOT").is_some() {
+        std::fs::write(root.join("docs").join("dashboard.png"), &png)
+            .expect("write docs/dashboard.png");
+    }
+
+    // Forgetting the token returns to the prompt and clears it.
+    page.click("#logout");
+    page.wait_displayed("#token", WAIT);
+    assert_eq!(
+        page.execute("return sessionStorage.getItem('llmtrace-admin-token');"),
+        serde_json::Value::Null
+    );
+
+    load.stop().assert_no_failures();
+}
