@@ -7,10 +7,17 @@
 //! All Redis I/O runs on a runtime of its own thread, so the connection
 //! never belongs to a thread that stops earlier (an HTTP worker hosting
 //! shards stops before the node's final flush).
+//!
+//! While Redis fails, restores fail fast instead of each waiting for the
+//! timeout (a circuit breaker): after a failed call, restores are refused at
+//! once until a snapshot batch succeeds again (the shards keep retrying those
+//! with backoff) or [`BREAKER_PROBE`] has passed, when one restore tries.
 
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use futures_util::future::{BoxFuture, FutureExt};
@@ -32,6 +39,35 @@ pub struct RedisCacheLayer {
     timeout: Duration,
     /// The runtime (thread `llmtrace-redis`) every Redis call runs on.
     io: tokio::runtime::Handle,
+    breaker: Arc<Breaker>,
+}
+
+/// After a failure, how long restores are refused without trying (unless a
+/// snapshot batch succeeds first).
+pub const BREAKER_PROBE: Duration = Duration::from_secs(2);
+
+/// Open after a failed call; closed by a successful one.
+struct Breaker {
+    epoch: Instant,
+    /// Nanoseconds since `epoch` until which restores are refused; 0: closed.
+    open_until: AtomicU64,
+}
+
+impl Breaker {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+    fn is_open(&self) -> bool {
+        let until = self.open_until.load(Relaxed);
+        until != 0 && self.now() < until
+    }
+    fn trip(&self) {
+        let until = self.now() + BREAKER_PROBE.as_nanos() as u64;
+        self.open_until.store(until.max(1), Relaxed);
+    }
+    fn close(&self) {
+        self.open_until.store(0, Relaxed);
+    }
 }
 
 /// Starts the thread that runs Redis I/O for the life of the process.
@@ -87,6 +123,10 @@ impl RedisCacheLayer {
             client,
             timeout,
             io,
+            breaker: Arc::new(Breaker {
+                epoch: Instant::now(),
+                open_until: AtomicU64::new(0),
+            }),
         })
     }
 
@@ -131,6 +171,12 @@ impl CacheLayer for RedisCacheLayer {
         &self,
         key: BucketKey,
     ) -> BoxFuture<'static, Result<Option<BucketState>, CacheError>> {
+        if self.breaker.is_open() {
+            return futures_util::future::ready(Err(CacheError::Unavailable(
+                "redis failed moments ago; not waiting for it".into(),
+            )))
+            .boxed();
+        }
         let mut conn = ConnectionManager::clone(&self.conn.load());
         let this = self.clone();
         let timeout = self.timeout;
@@ -138,10 +184,20 @@ impl CacheLayer for RedisCacheLayer {
             let mut cmd = redis::cmd("GET");
             cmd.arg(key.redis_key());
             let get = cmd.query_async::<Option<Vec<u8>>>(&mut conn);
-            let bytes = tokio::time::timeout(timeout, get)
-                .await
-                .map_err(|_| CacheError::Timeout)?
-                .map_err(|e| this.failed(e))?;
+            let bytes = match tokio::time::timeout(timeout, get).await {
+                Err(_) => {
+                    this.breaker.trip();
+                    return Err(CacheError::Timeout);
+                }
+                Ok(Err(e)) => {
+                    this.breaker.trip();
+                    return Err(this.failed(e));
+                }
+                Ok(Ok(bytes)) => {
+                    this.breaker.close();
+                    bytes
+                }
+            };
             match bytes {
                 None => Ok(None),
                 Some(b) => snapshot::decode(&b)
@@ -166,10 +222,15 @@ impl CacheLayer for RedisCacheLayer {
                     .arg(w.ttl_ms.max(1))
                     .ignore();
             }
-            tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn))
+            let result = tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn))
                 .await
-                .map_err(|_| CacheError::Timeout)?
-                .map_err(|e| this.failed(e))
+                .map_err(|_| CacheError::Timeout)
+                .and_then(|r| r.map_err(|e| this.failed(e)));
+            match &result {
+                Ok(()) => this.breaker.close(),
+                Err(_) => this.breaker.trip(),
+            }
+            result
         })
     }
 }
