@@ -14,10 +14,13 @@
 //! - [`router`]: local-or-forward decision, retries, unreachable-owner policy.
 //! - [`peer`]: the per-peer batching forwarder and the awc client.
 //! - [`rpc`]: the bincode node-to-node wire format, hostile-input safe.
+//! - [`overrides`]: runtime limit overrides: gossip propagation, Redis persistence.
 //! - [`dedup`]: makes forward retries safe (no double counting).
 //! - [`handoff`]: a new owner pulls a moved bucket from its previous owner.
+//! - [`admin_rpc`]: a tenant's bucket reported or refilled by its owner, from any node.
 //! - [`metrics`], [`cluster_metrics`]: Prometheus counters and histograms.
 
+pub mod admin_rpc;
 pub mod bucket;
 pub mod cache;
 pub mod clock;
@@ -28,6 +31,7 @@ pub mod key;
 pub mod limiter;
 pub mod membership;
 pub mod metrics;
+pub mod overrides;
 pub mod peer;
 pub mod placement;
 pub mod router;
@@ -43,7 +47,7 @@ pub use handoff::PeerHandoff;
 pub use key::BucketKey;
 pub use limiter::{CheckError, Limiter, Verdict};
 pub use membership::{
-    ClusterView, Member, MemberState, Membership, MembershipSettings, ViewHandle,
+    ClusterControl, ClusterView, Member, MemberState, Membership, MembershipSettings, ViewHandle,
 };
 pub use metrics::Metrics;
 pub use peer::{AwcPeerClient, BatchSettings, PeerClient};

@@ -19,8 +19,8 @@ use crate::key::{shard_of, BucketKey};
 use crate::metrics::Metrics;
 use crate::placement::{self, ShardHost, ShardParts, ShardSlots};
 use crate::shard::{
-    Check, FlushNow, HandoffSource, Install, Moved, OwnerOf, ShardTiming, SweepNow, TakeAll,
-    TakeBucket, Unserved,
+    BucketReport, Check, FlushNow, HandoffSource, Inspect, Install, Moved, OwnerOf, Reset,
+    ShardTiming, SweepNow, TakeAll, TakeBucket, Unserved,
 };
 
 /// The answer to a check that was well-formed.
@@ -275,6 +275,48 @@ impl Limiter {
             .await
             .send(TakeBucket { key, to })
             .await
+            .map_err(|e| CheckError::Unavailable(e.to_string()))
+    }
+
+    /// The state of `tenant`'s bucket for `limit` on this node, without
+    /// taking units; `None` when the tenant is unlimited.
+    pub async fn inspect(
+        &self,
+        tenant: &str,
+        limit: Limit,
+    ) -> Result<Option<(BucketQuota, BucketReport)>, CheckError> {
+        let Quota::Bucket { rate, burst } = self.quota(tenant, limit) else {
+            return Ok(None);
+        };
+        let quota = BucketQuota { rate, burst };
+        let i = shard_of(tenant, limit, self.shards.len());
+        let key = BucketKey::new(tenant, limit);
+        let report = self
+            .shards
+            .get(i)
+            .await
+            .send(Inspect { key, quota })
+            .await
+            .map_err(|e| CheckError::Unavailable(e.to_string()))?
+            .map_err(|e| CheckError::Unavailable(e.to_string()))?;
+        Ok(Some((quota, report)))
+    }
+
+    /// Refills `tenant`'s bucket for `limit` on this node (and its
+    /// snapshot, with write-behind).
+    pub async fn reset(&self, tenant: &str, limit: Limit) -> Result<(), CheckError> {
+        let Quota::Bucket { rate, burst } = self.quota(tenant, limit) else {
+            return Ok(());
+        };
+        let quota = BucketQuota { rate, burst };
+        let i = shard_of(tenant, limit, self.shards.len());
+        let key = BucketKey::new(tenant, limit);
+        self.shards
+            .get(i)
+            .await
+            .send(Reset { key, quota })
+            .await
+            .map_err(|e| CheckError::Unavailable(e.to_string()))?
             .map_err(|e| CheckError::Unavailable(e.to_string()))
     }
 

@@ -21,6 +21,7 @@ fn limits(rate: u32, burst: u32) -> RateLimitConfig {
         burst_size: burst,
         window_seconds: None,
         tenant_overrides: BTreeMap::new(),
+        runtime: Default::default(),
     }
 }
 

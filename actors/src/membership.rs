@@ -8,7 +8,7 @@
 //! `cluster_addr`, `admin_addr` and `fingerprint` (of its current ring), so
 //! any node can tell whether all members agree on the ring.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,10 +19,11 @@ use chitchat::transport::UdpTransport;
 use chitchat::{
     spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState,
 };
-use llmtrace_cluster_config::{Fingerprint, Limit, Ring};
+use llmtrace_cluster_config::{Fingerprint, Limit, Ring, RuntimeLimits};
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::cluster_metrics::ClusterMetrics;
+use crate::overrides::{self, OverrideEntry, OverrideTable, GOSSIP_PREFIX};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -232,6 +233,8 @@ pub struct MembershipSettings {
     pub vnodes: u32,
     pub gossip_interval: Duration,
     pub phi_threshold: f64,
+    /// Where the merged runtime limit overrides are installed.
+    pub runtime: RuntimeLimits,
 }
 
 const KEY_STATE: &str = "state";
@@ -246,6 +249,130 @@ pub struct Membership {
     view: ViewHandle,
     changes: watch::Receiver<Fingerprint>,
     settings: MembershipSettings,
+    control: ClusterControl,
+}
+
+type Chitchat = Arc<tokio::sync::Mutex<chitchat::Chitchat>>;
+
+/// What the admin API needs from membership: the override table (read and
+/// publish) and when each member was last heard from. Cheap to clone.
+#[derive(Clone)]
+pub struct ClusterControl {
+    chitchat: Chitchat,
+    /// Every override entry known (tombstones included), merged.
+    table: Arc<ArcSwap<OverrideTable>>,
+    runtime: RuntimeLimits,
+    /// Last heartbeat value seen per node id, and when it last changed.
+    last_seen: Arc<std::sync::Mutex<HashMap<String, (chitchat::Heartbeat, std::time::Instant)>>>,
+}
+
+impl ClusterControl {
+    /// The merged override table (tombstones included).
+    pub fn overrides(&self) -> Arc<OverrideTable> {
+        self.table.load_full()
+    }
+
+    /// Publishes an override entry under this node's gossip state and puts
+    /// it in force here at once (peers adopt it within a few gossip rounds).
+    pub async fn publish_override(&self, tenant: &str, limit: Limit, entry: OverrideEntry) {
+        let mut chitchat = self.chitchat.lock().await;
+        chitchat
+            .self_node_state()
+            .set(overrides::gossip_key(tenant, limit), entry.encode());
+        let mut table = (**self.table.load()).clone();
+        overrides::merge_into(&mut table, (tenant.to_string(), limit), entry);
+        overrides::install(&self.runtime, &table);
+        self.table.store(Arc::new(table));
+    }
+
+    /// Adds entries loaded from Redis at start-up (older ones are ignored).
+    pub async fn seed_overrides(&self, loaded: OverrideTable) {
+        for ((tenant, limit), entry) in loaded {
+            let newer = match self.table.load().get(&(tenant.clone(), limit)) {
+                Some(have) => entry.newer_than(have),
+                None => true,
+            };
+            if newer {
+                self.publish_override(&tenant, limit, entry).await;
+            }
+        }
+    }
+
+    /// Milliseconds since this node last heard from `node_id` (a new
+    /// heartbeat), `None` if never.
+    pub fn last_seen_ms(&self, node_id: &str) -> Option<u64> {
+        let map = self.last_seen.lock().ok()?;
+        map.get(node_id)
+            .map(|(_, at)| at.elapsed().as_millis() as u64)
+    }
+}
+
+/// The override entries published by live members, merged.
+fn overrides_of(live: &BTreeMap<ChitchatId, NodeState>) -> OverrideTable {
+    let mut table = OverrideTable::new();
+    for state in live.values() {
+        overrides::merge_fields(
+            &mut table,
+            state
+                .iter_prefix(GOSSIP_PREFIX)
+                .map(|(k, v)| (&k[GOSSIP_PREFIX.len()..], v.value.as_str())),
+        );
+    }
+    table
+}
+
+/// Merges this node's own published entries into `table`, republishes the
+/// entries it lacks or holds older (so they outlive the node that set them),
+/// and installs the result.
+async fn settle_overrides(control: &ClusterControl, mut table: OverrideTable) {
+    let mut chitchat = control.chitchat.lock().await;
+    let own = chitchat.self_node_state();
+    let mut mine = OverrideTable::new();
+    overrides::merge_fields(
+        &mut mine,
+        own.iter_prefix(GOSSIP_PREFIX)
+            .map(|(k, v)| (&k[GOSSIP_PREFIX.len()..], v.value.as_str())),
+    );
+    for (k, e) in &mine {
+        overrides::merge_into(&mut table, k.clone(), e.clone());
+    }
+    for ((tenant, limit), entry) in &table {
+        if mine.get(&(tenant.clone(), *limit)) != Some(entry) {
+            own.set(overrides::gossip_key(tenant, *limit), entry.encode());
+        }
+    }
+    drop(chitchat);
+    if **control.table.load() != table {
+        overrides::install(&control.runtime, &table);
+        control.table.store(Arc::new(table));
+    }
+}
+
+/// Records when each node's heartbeat last changed, every gossip round.
+fn track_last_seen(control: &ClusterControl, interval: Duration) {
+    let chitchat = Arc::downgrade(&control.chitchat);
+    let last_seen = Arc::clone(&control.last_seen);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            let Some(chitchat) = chitchat.upgrade() else {
+                return;
+            };
+            let chitchat = chitchat.lock().await;
+            let now = std::time::Instant::now();
+            let Ok(mut map) = last_seen.lock() else {
+                return;
+            };
+            for (id, state) in chitchat.node_states() {
+                let hb = state.heartbeat();
+                let e = map.entry(id.node_id.to_string()).or_insert((hb, now));
+                if e.0 != hb {
+                    *e = (hb, now);
+                }
+            }
+        }
+    });
 }
 
 fn member_of(id: &ChitchatId, state: &NodeState) -> Option<Member> {
@@ -329,12 +456,24 @@ impl Membership {
         let (tx, changes) = watch::channel(Fingerprint::default());
         let chitchat = handle.chitchat();
         let mut live = chitchat.lock().await.live_nodes_watcher();
+        let control = ClusterControl {
+            chitchat: Arc::clone(&chitchat),
+            table: Arc::new(ArcSwap::from_pointee(OverrideTable::new())),
+            runtime: settings.runtime.clone(),
+            last_seen: Arc::default(),
+        };
+        track_last_seen(&control, interval);
+        let task_control = control.clone();
         let task_view = view.clone();
         let (self_id, vnodes) = (settings.node_id.clone(), settings.vnodes);
         tokio::spawn(async move {
             let mut published = String::new();
             loop {
-                let members = members_of(&live.borrow_and_update());
+                let (members, table) = {
+                    let live_now = live.borrow_and_update();
+                    (members_of(&live_now), overrides_of(&live_now))
+                };
+                settle_overrides(&task_control, table).await;
                 let next = ClusterView::from_members(&self_id, members, vnodes)
                     .succeeding(&task_view.load());
                 let fp = next.fingerprint();
@@ -374,11 +513,17 @@ impl Membership {
             view,
             changes,
             settings,
+            control,
         })
     }
 
     pub fn view(&self) -> ViewHandle {
         self.view.clone()
+    }
+
+    /// Overrides and liveness for the admin API.
+    pub fn control(&self) -> ClusterControl {
+        self.control.clone()
     }
 
     pub fn settings(&self) -> &MembershipSettings {

@@ -24,6 +24,7 @@ fn limits(rate: u32, burst: u32) -> Arc<RateLimitConfig> {
         burst_size: burst,
         window_seconds: None,
         tenant_overrides: BTreeMap::new(),
+        runtime: Default::default(),
     })
 }
 

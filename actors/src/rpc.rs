@@ -257,6 +257,66 @@ pub fn decode_handoff(bytes: &[u8]) -> Result<(HandoffRequest, Limit), WireError
     Ok((req, limit))
 }
 
+/// HTTP path of the tenant RPC: the admin API of any node asks a bucket's
+/// owner for its state, or to refill it.
+pub const TENANT_PATH: &str = "/cluster/v1/tenant";
+
+/// What the tenant RPC does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub enum TenantOp {
+    /// Report the bucket without taking units.
+    Inspect,
+    /// Refill the bucket (and its snapshot), then report it.
+    Reset,
+}
+
+/// "Report (or refill) the bucket of this key."
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TenantRequest {
+    /// Node id of the asking node.
+    pub origin: String,
+    pub tenant: String,
+    /// Index into `Limit::ALL`.
+    pub limit: u8,
+    pub op: TenantOp,
+}
+
+/// One bucket as its owner sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct WireLimitReport {
+    pub rate: u32,
+    pub burst: u32,
+    /// 0 default, 1 config, 2 runtime.
+    pub source: u8,
+    /// No bucket applies (limiting disabled or rate 0).
+    pub unlimited: bool,
+    /// Level in nano-units.
+    pub level: u64,
+    pub full_in_ns: u64,
+    pub snapshot_age_ns: Option<u64>,
+    pub resident: bool,
+}
+
+/// The owner's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TenantResponse {
+    /// Node id of the node that answered.
+    pub node: String,
+    pub report: WireLimitReport,
+}
+
+/// Decodes and validates a tenant request.
+pub fn decode_tenant(bytes: &[u8]) -> Result<(TenantRequest, Limit), WireError> {
+    let req: TenantRequest = decode(bytes)?;
+    validate_tenant_id(&req.origin).map_err(|_| WireError::BadOrigin)?;
+    validate_tenant_id(&req.tenant).map_err(|_| WireError::Decode("invalid tenant id".into()))?;
+    let limit = Limit::ALL
+        .get(usize::from(req.limit))
+        .copied()
+        .ok_or_else(|| WireError::Decode(format!("unknown limit {}", req.limit)))?;
+    Ok((req, limit))
+}
+
 /// Why a node-to-node body was refused as a whole.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum WireError {
@@ -422,9 +482,55 @@ mod tests {
         );
     }
 
+    #[test]
+    fn tenant_request_validation() {
+        let ok = TenantRequest {
+            origin: "a".into(),
+            tenant: "t".into(),
+            limit: 0,
+            op: TenantOp::Reset,
+        };
+        assert_eq!(
+            decode_tenant(&encode(&ok)),
+            Ok((ok.clone(), Limit::Requests))
+        );
+        let bad_limit = TenantRequest {
+            limit: 200,
+            ..ok.clone()
+        };
+        assert!(matches!(
+            decode_tenant(&encode(&bad_limit)),
+            Err(WireError::Decode(_))
+        ));
+        let bad_tenant = TenantRequest {
+            tenant: String::new(),
+            ..ok.clone()
+        };
+        assert!(decode_tenant(&encode(&bad_tenant)).is_err());
+        let bad_origin = TenantRequest {
+            origin: "a b".into(),
+            ..ok
+        };
+        assert_eq!(
+            decode_tenant(&encode(&bad_origin)),
+            Err(WireError::BadOrigin)
+        );
+        // An op byte out of range is a decode error, not a panic.
+        let mut b = encode(&TenantRequest {
+            origin: "a".into(),
+            tenant: "t".into(),
+            limit: 0,
+            op: TenantOp::Inspect,
+        });
+        *b.last_mut().unwrap() = 9;
+        assert!(matches!(decode_tenant(&b), Err(WireError::Decode(_))));
+    }
+
     proptest! {
         #[test]
         fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_tenant(&bytes);
+            let _ = decode::<TenantResponse>(&bytes);
             let _ = decode_request(&bytes);
             let _ = decode::<BatchResponse>(&bytes);
         }

@@ -32,6 +32,9 @@ use crate::snapshot;
 #[path = "shard_handoff.rs"]
 mod handoff;
 pub use self::handoff::{HandoffSource, Install, OwnerOf, TakeAll, TakeBucket};
+#[path = "shard_admin.rs"]
+mod admin;
+pub use self::admin::{BucketReport, Inspect, Reset};
 
 /// Longest wait between retries of a failed snapshot batch.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);

@@ -5,6 +5,7 @@
 //!
 //! - [`limits`]: the llmtrace `[rate_limit]` block (seed-compatible names),
 //!   named limits and the quota a tenant resolves to.
+//! - [`runtime`]: runtime limit overrides (admin API), swapped atomically.
 //! - [`tenant`]: validation of tenant ids (shared by config and HTTP input).
 //! - [`cluster`]: the `[cluster]` block (membership, forwarding).
 //! - [`ring`]: the consistent-hash ring that places buckets on nodes.
@@ -17,11 +18,13 @@ pub mod error;
 pub mod limits;
 pub mod node;
 pub mod ring;
+pub mod runtime;
 pub mod tenant;
 
 pub use cluster::{ClusterConfig, ClusterFile, ClusterOverrides, OwnerUnreachable};
 pub use error::ConfigError;
-pub use limits::{Limit, Quota, RateLimitConfig, TenantOverride};
+pub use limits::{Limit, Quota, QuotaSource, RateLimitConfig, TenantOverride};
 pub use node::{FileConfig, LogFormat, NodeConfig, Overrides, ShardPlacement, SnapshotMode};
 pub use ring::{Fingerprint, Ring, DEFAULT_VNODES};
+pub use runtime::{validate_runtime_override, OverrideError, RuntimeLimits, MAX_RUNTIME_VALUE};
 pub use tenant::{validate_tenant_id, TenantIdError, MAX_TENANT_ID_LEN};

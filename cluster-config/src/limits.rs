@@ -8,6 +8,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+use crate::runtime::RuntimeLimits;
 use crate::tenant::validate_tenant_id;
 
 /// A named limit. A bucket is keyed by `(tenant_id, Limit)`; the proxy's
@@ -54,6 +55,27 @@ pub enum Quota {
     Bucket { rate: u32, burst: u32 },
 }
 
+/// Where a tenant's quota for one limit comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaSource {
+    /// The block's default rate and burst.
+    Default,
+    /// A `tenant_overrides` entry of the configuration.
+    Config,
+    /// A runtime override set through the admin API.
+    Runtime,
+}
+
+impl QuotaSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuotaSource::Default => "default",
+            QuotaSource::Config => "config",
+            QuotaSource::Runtime => "runtime",
+        }
+    }
+}
+
 /// Per-tenant replacement of the default rate and burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,6 +100,10 @@ pub struct RateLimitConfig {
     pub window_seconds: Option<u64>,
     /// Per-tenant rate and burst, keyed by tenant id.
     pub tenant_overrides: BTreeMap<String, TenantOverride>,
+    /// Runtime overrides (admin API), consulted before `tenant_overrides`.
+    /// Not part of the file; clones share the same table.
+    #[serde(skip)]
+    pub runtime: RuntimeLimits,
 }
 
 impl Default for RateLimitConfig {
@@ -88,25 +114,43 @@ impl Default for RateLimitConfig {
             burst_size: 200,
             window_seconds: None,
             tenant_overrides: BTreeMap::new(),
+            runtime: RuntimeLimits::default(),
         }
     }
 }
 
 impl RateLimitConfig {
     /// The quota of `tenant` for `limit`.
-    pub fn quota(&self, tenant: &str, _limit: Limit) -> Quota {
+    #[inline]
+    pub fn quota(&self, tenant: &str, limit: Limit) -> Quota {
+        self.quota_with_source(tenant, limit).0
+    }
+
+    /// The quota of `tenant` for `limit` and where it comes from: a runtime
+    /// override, else a configured tenant override, else the default.
+    /// Limiting disabled (`enabled = false`) wins over everything.
+    pub fn quota_with_source(&self, tenant: &str, limit: Limit) -> (Quota, QuotaSource) {
         if !self.enabled {
-            return Quota::Unlimited;
+            return (Quota::Unlimited, QuotaSource::Default);
         }
-        let (rate, burst) = match self.tenant_overrides.get(tenant) {
-            Some(o) => (o.requests_per_second, o.burst_size),
-            None => (self.requests_per_second, self.burst_size),
+        let (rate, burst, source) = if let Some(o) = self.runtime.get(tenant, limit) {
+            (o.requests_per_second, o.burst_size, QuotaSource::Runtime)
+        } else {
+            match self.tenant_overrides.get(tenant) {
+                Some(o) => (o.requests_per_second, o.burst_size, QuotaSource::Config),
+                None => (
+                    self.requests_per_second,
+                    self.burst_size,
+                    QuotaSource::Default,
+                ),
+            }
         };
-        if rate == 0 {
+        let quota = if rate == 0 {
             Quota::Unlimited
         } else {
             Quota::Bucket { rate, burst }
-        }
+        };
+        (quota, source)
     }
 
     /// Checks every value; the error names the key (`rate_limit.burst_size`).
@@ -229,6 +273,38 @@ mod tests {
             },
         );
         assert!(c.validate().unwrap_err().to_string().contains("has space"));
+    }
+
+    #[test]
+    fn runtime_overrides_win_and_report_their_source() {
+        let mut c = config(1, 2);
+        c.tenant_overrides.insert(
+            "big".into(),
+            TenantOverride {
+                requests_per_second: 500,
+                burst_size: 1000,
+            },
+        );
+        assert_eq!(
+            c.quota_with_source("big", Limit::Requests).1,
+            QuotaSource::Config
+        );
+        assert_eq!(
+            c.quota_with_source("x", Limit::Requests).1,
+            QuotaSource::Default
+        );
+        let shared = c.clone();
+        c.runtime.replace([(
+            ("big".to_string(), Limit::Requests),
+            TenantOverride {
+                requests_per_second: 7,
+                burst_size: 9,
+            },
+        )]);
+        assert_eq!(
+            shared.quota_with_source("big", Limit::Requests),
+            (Quota::Bucket { rate: 7, burst: 9 }, QuotaSource::Runtime)
+        );
     }
 
     #[test]

@@ -119,6 +119,9 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Admin listener: metrics (and later the admin API).
     pub admin_listen: SocketAddr,
+    /// Bearer token required on admin routes (all but `/healthz` and
+    /// `/admin/ui`). Mandatory when the admin listener is not on loopback.
+    pub admin_token: Option<String>,
     /// This node's identity; stable across restarts when configured.
     pub node_id: String,
     /// Redis URL for snapshots; `None` keeps snapshots in process memory.
@@ -149,6 +152,7 @@ pub struct NodeConfig {
 pub struct FileConfig {
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
+    pub admin_token: Option<String>,
     pub node_id: Option<String>,
     pub redis_url: Option<String>,
     pub snapshot_interval_ms: Option<u64>,
@@ -187,6 +191,7 @@ impl FileConfig {
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
+    pub admin_token: Option<String>,
     pub node_id: Option<String>,
     pub redis_url: Option<String>,
     pub snapshot_interval_ms: Option<u64>,
@@ -229,6 +234,39 @@ fn default_parallelism() -> usize {
         .unwrap_or(1)
 }
 
+/// Longest admin token accepted.
+pub const MAX_ADMIN_TOKEN_LEN: usize = 512;
+
+/// A token is 1 to 512 visible ASCII characters; an admin listener off
+/// loopback must have one (the admin API steers the whole cluster).
+fn validate_admin_token(token: Option<&str>, admin_listen: SocketAddr) -> Result<(), ConfigError> {
+    match token {
+        Some(t) => {
+            if t.is_empty() || t.len() > MAX_ADMIN_TOKEN_LEN {
+                return Err(ConfigError::invalid(
+                    "admin_token",
+                    format!("must be 1 to {MAX_ADMIN_TOKEN_LEN} characters"),
+                ));
+            }
+            if !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::invalid(
+                    "admin_token",
+                    "must be visible ASCII characters (no spaces or control characters)",
+                ));
+            }
+            Ok(())
+        }
+        None if !admin_listen.ip().is_loopback() => Err(ConfigError::invalid(
+            "admin_token",
+            format!(
+                "is required when admin_listen ({admin_listen}) is not a loopback address: \
+                 set --admin-token or LLMTRACE_ADMIN_TOKEN"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 impl NodeConfig {
     /// Merges `overrides` over `file` over the defaults and validates.
     pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<NodeConfig, ConfigError> {
@@ -242,6 +280,8 @@ impl NodeConfig {
             (None, Some(s)) => parse_addr("admin_listen", &s)?,
             (None, None) => DEFAULT_ADMIN_LISTEN.parse().expect("valid default"),
         };
+        let admin_token = overrides.admin_token.or(file.admin_token);
+        validate_admin_token(admin_token.as_deref(), admin_listen)?;
         let node_id = overrides
             .node_id
             .or(file.node_id)
@@ -325,6 +365,7 @@ impl NodeConfig {
         Ok(NodeConfig {
             listen,
             admin_listen,
+            admin_token,
             node_id,
             redis_url,
             snapshot_interval_ms,
@@ -414,6 +455,16 @@ mod tests {
                 file("snapshot_mode = \"write-through\""),
                 Overrides::default(),
                 "snapshot_mode",
+            ),
+            (
+                file("admin_listen = \"0.0.0.0:9090\""),
+                Overrides::default(),
+                "admin_token",
+            ),
+            (
+                file("admin_token = \"has space\""),
+                Overrides::default(),
+                "admin_token",
             ),
             (
                 FileConfig::default(),

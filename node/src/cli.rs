@@ -33,10 +33,23 @@ pub struct Cli {
     #[arg(long, env = "LLMTRACE_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
-    /// Admin listener (Prometheus /metrics). Keep it on loopback.
+    /// Admin listener (cluster view, tenant inspection, runtime limits,
+    /// drain, Prometheus /metrics). Keep it on loopback, or set --admin-token.
     /// [default: 127.0.0.1:9090]
     #[arg(long, env = "LLMTRACE_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
+
+    /// Bearer token required on every admin route except /healthz and
+    /// /admin/ui (`Authorization: Bearer <token>`, 401 otherwise). Required
+    /// when --admin-listen is not a loopback address. Prefer the environment
+    /// variable or the file: a flag shows in the process list. [default: none]
+    #[arg(
+        long,
+        env = "LLMTRACE_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
 
     /// This node's identity (1-128 visible ASCII characters). [default: a new UUID]
     #[arg(long, env = "LLMTRACE_NODE_ID", value_name = "ID")]
@@ -44,7 +57,14 @@ pub struct Cli {
 
     /// Redis URL for bucket snapshots (redis://host:port/db). Without it,
     /// buckets live only in this node's memory and a restart forgets them.
-    #[arg(long, env = "LLMTRACE_REDIS_URL", value_name = "URL")]
+    /// Runtime limit overrides (admin API) are kept there too. A password in
+    /// the URL is never logged nor shown by the admin API.
+    #[arg(
+        long,
+        env = "LLMTRACE_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub redis_url: Option<String>,
 
     /// Write-behind period: changed buckets are snapshotted this often, in one
@@ -138,6 +158,7 @@ pub struct Cli {
         long,
         env = "LLMTRACE_CLUSTER_SECRET",
         value_name = "SECRET",
+        hide_env_values = true,
         help_heading = "Cluster"
     )]
     pub cluster_secret: Option<String>,
@@ -228,6 +249,7 @@ impl Cli {
         Overrides {
             listen: self.listen,
             admin_listen: self.admin_listen,
+            admin_token: self.admin_token.clone(),
             node_id: self.node_id.clone(),
             redis_url: self.redis_url.clone(),
             snapshot_interval_ms: self.snapshot_interval_ms,

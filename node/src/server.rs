@@ -22,7 +22,10 @@ use llmtrace_actors::{
 use llmtrace_cluster_config::{NodeConfig, Quota, ShardPlacement, SnapshotMode};
 use tracing::{info, warn};
 
-use crate::http::{self, NodeContext};
+use crate::http::middleware::{admin_auth, request_id};
+use crate::http::{self, AdminContext, DrainState, NodeContext};
+use actix_web::middleware::from_fn;
+use llmtrace_actors::overrides::RedisOverrideStore;
 
 /// How long a stopping node waits for in-flight requests, then for the final
 /// snapshot flush.
@@ -129,6 +132,62 @@ fn peer_clients(secret: Option<String>, timeout: Duration) -> ClientFactory {
     })
 }
 
+/// Leaves the ring in order: readyz turns 503 (load balancers stop
+/// sending), peers learn `leaving` and drop this node from their rings, then
+/// every bucket still held here goes to its new owner (those already asked
+/// for were pulled); what cannot be delivered goes to Redis. Checks arriving
+/// meanwhile are still answered. Answers (pushed, undelivered).
+async fn leave(
+    ctx: &NodeContext,
+    membership: &Membership,
+    limiter: &Limiter,
+    cache: &Arc<dyn CacheLayer>,
+    config: &NodeConfig,
+    timing: ShardTiming,
+) -> (usize, usize) {
+    let c = &config.cluster;
+    let forward_timeout = Duration::from_millis(c.forward_timeout_ms);
+    ctx.set_ready(false);
+    membership.set_state(MemberState::Leaving).await;
+    if membership.wait_until_left(LEAVE_TIMEOUT).await {
+        info!("peers dropped this node from their rings");
+    } else {
+        warn!("peers did not confirm the leave within {LEAVE_TIMEOUT:?}; stopping anyway");
+    }
+    let (pushed, undelivered) = push_all(
+        limiter,
+        &membership.view(),
+        c.secret.as_deref(),
+        forward_timeout,
+    )
+    .await;
+    let n_undelivered = undelivered.len();
+    info!(
+        pushed,
+        undelivered = n_undelivered,
+        "buckets handed to their new owners"
+    );
+    if !undelivered.is_empty() && timing.write_behind {
+        let writes: Vec<SnapshotWrite> = undelivered
+            .into_iter()
+            .filter_map(
+                |(key, state)| match config.rate_limit.quota(&key.tenant, key.limit) {
+                    Quota::Bucket { rate, burst } => Some(SnapshotWrite {
+                        ttl_ms: snapshot::ttl_ms(&state, BucketQuota { rate, burst }),
+                        key,
+                        state,
+                    }),
+                    Quota::Unlimited => None,
+                },
+            )
+            .collect();
+        if let Err(e) = cache.store(Arc::new(writes)).await {
+            warn!("could not snapshot undelivered buckets: {e}");
+        }
+    }
+    (pushed, n_undelivered)
+}
+
 /// Runs a node on already-bound listeners until `shutdown` resolves, then
 /// leaves the cluster, stops taking requests, writes every dirty bucket and
 /// returns.
@@ -174,6 +233,8 @@ pub async fn serve(
             vnodes: c.vnodes,
             gossip_interval: Duration::from_millis(c.gossip_interval_ms),
             phi_threshold: c.phi_threshold,
+            // Shared with the limiter's copy of the block (clones share it).
+            runtime: config.rate_limit.runtime.clone(),
         },
         Arc::clone(&cluster_metrics),
     )
@@ -226,7 +287,44 @@ pub async fn serve(
         cluster_metrics,
         peer_clients(c.secret.clone(), forward_timeout),
     );
-    let ctx = web::Data::from(NodeContext::new(router, c.secret.clone(), cluster_addr));
+    // Runtime overrides: those stored in Redis first (a restarted cluster
+    // keeps them), then whatever peers gossip.
+    let control = membership.control();
+    let store = match &config.redis_url {
+        None => None,
+        Some(url) => match RedisOverrideStore::new(
+            url,
+            Duration::from_millis(config.redis_timeout_ms).max(Duration::from_secs(1)),
+        ) {
+            Ok(store) => {
+                match store.load().await {
+                    Ok(table) => {
+                        let n = table.values().filter(|e| e.value.is_some()).count();
+                        control.seed_overrides(table).await;
+                        info!(overrides = n, "runtime limit overrides loaded from Redis");
+                    }
+                    Err(e) => warn!("could not load runtime limit overrides from Redis (peers may still gossip them): {e}"),
+                }
+                Some(store)
+            }
+            Err(e) => {
+                warn!("runtime limit overrides will not persist: {e}");
+                None
+            }
+        },
+    };
+    let ctx = web::Data::from(NodeContext::with_admin(
+        router,
+        c.secret.clone(),
+        cluster_addr,
+        AdminContext {
+            token: config.admin_token.clone(),
+            control: Some(control),
+            store,
+            rpc_timeout: forward_timeout,
+            ..AdminContext::default()
+        },
+    ));
 
     // One server, one set of worker threads for the public and the cluster
     // listener: the workers host the shards, so a forwarded check whose shard
@@ -242,6 +340,7 @@ pub async fn serve(
         App::new()
             .app_data(data.clone())
             .configure(http::node_routes)
+            .wrap(from_fn(request_id))
     })
     .workers(config.http_workers)
     .disable_signals()
@@ -256,6 +355,8 @@ pub async fn serve(
         App::new()
             .app_data(data.clone())
             .configure(http::admin_routes)
+            .wrap(from_fn(admin_auth))
+            .wrap(from_fn(request_id))
     })
     .workers(1)
     .disable_signals()
@@ -308,52 +409,30 @@ pub async fn serve(
         }
         std::future::pending::<()>().await
     };
-    tokio::select! {
-        _ = shutdown => {}
-        _ = join => {}
-    }
-
-    // Leave in order: readyz turns 503 (load balancers stop sending), peers
-    // learn `leaving` and drop this node from their rings, and only then the
-    // public listener closes; checks arriving meanwhile are still answered.
-    ctx.set_ready(false);
-    membership.set_state(MemberState::Leaving).await;
-    if membership.wait_until_left(LEAVE_TIMEOUT).await {
-        info!("peers dropped this node from their rings");
-    } else {
-        warn!("peers did not confirm the leave within {LEAVE_TIMEOUT:?}; stopping anyway");
-    }
-    // Hand every bucket still held here to its new owner (those already
-    // asked for were pulled); what cannot be delivered goes to Redis.
-    let (pushed, undelivered) = push_all(
-        &limiter,
-        &membership.view(),
-        c.secret.as_deref(),
-        forward_timeout,
-    )
-    .await;
-    info!(
-        pushed,
-        undelivered = undelivered.len(),
-        "buckets handed to their new owners"
-    );
-    if !undelivered.is_empty() && timing.write_behind {
-        let writes: Vec<SnapshotWrite> = undelivered
-            .into_iter()
-            .filter_map(
-                |(key, state)| match config.rate_limit.quota(&key.tenant, key.limit) {
-                    Quota::Bucket { rate, burst } => Some(SnapshotWrite {
-                        ttl_ms: snapshot::ttl_ms(&state, BucketQuota { rate, burst }),
-                        key,
-                        state,
-                    }),
-                    Quota::Unlimited => None,
-                },
-            )
-            .collect();
-        if let Err(e) = cache.store(Arc::new(writes)).await {
-            warn!("could not snapshot undelivered buckets: {e}");
+    tokio::pin!(shutdown);
+    let mut drain_rx = ctx.admin.drain.subscribe();
+    let drain_requested = async move {
+        if drain_rx.wait_for(|s| *s != DrainState::Idle).await.is_err() {
+            std::future::pending::<()>().await;
         }
+    };
+    let drained = tokio::select! {
+        _ = &mut shutdown => false,
+        _ = join => false,
+        _ = drain_requested => true,
+    };
+
+    let (pushed, undelivered) = leave(&ctx, &membership, &limiter, &cache, &config, timing).await;
+    if drained {
+        ctx.admin.drain.send_replace(DrainState::Drained {
+            pushed,
+            undelivered,
+        });
+        info!(
+            pushed,
+            undelivered, "drained: out of the ring, still answering; stops on SIGTERM"
+        );
+        shutdown.await;
     }
     handles[0].stop(true).await;
     let flushed = match host {

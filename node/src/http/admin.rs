@@ -1,13 +1,25 @@
-//! Admin listener handlers: Prometheus metrics and this node's view of the
-//! cluster (members, ring fingerprint and agreement, key-space shares, the
-//! owner of a tenant's buckets).
+//! Admin listener handlers: Prometheus metrics, this node's view of the
+//! cluster, a tenant's buckets as their owners see them (from any node),
+//! refilling a tenant, and draining this node. Runtime limit overrides are in
+//! [`super::admin_limits`]. Every route but `/healthz` (and the dashboard)
+//! sits behind the admin token ([`super::middleware::admin_auth`]).
+
+use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
+use llmtrace_actors::admin_rpc::{ask_owner, serve_tenant, source_of};
+use llmtrace_actors::rpc::{TenantOp, TenantRequest, WireLimitReport};
+use llmtrace_actors::NANOS;
 use llmtrace_cluster_config::{validate_tenant_id, Limit};
-use serde_json::json;
+use serde_json::{json, Value};
+use tracing::warn;
 
 use super::error::ApiError;
-use super::NodeContext;
+use super::{DrainState, NodeContext};
+
+/// How long `POST /admin/drain` waits for the leave to finish before it
+/// answers 202 (the drain goes on).
+const DRAIN_WAIT: Duration = Duration::from_secs(30);
 
 /// `GET /metrics`.
 pub async fn metrics(ctx: web::Data<NodeContext>) -> HttpResponse {
@@ -17,6 +29,7 @@ pub async fn metrics(ctx: web::Data<NodeContext>) -> HttpResponse {
     ctx.router
         .metrics()
         .render(&mut text, &view.fingerprint().to_string());
+    super::admin_limits::render_metrics(&ctx, &mut text);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(text)
@@ -26,10 +39,16 @@ pub async fn metrics(ctx: web::Data<NodeContext>) -> HttpResponse {
 pub async fn cluster(ctx: web::Data<NodeContext>) -> HttpResponse {
     let view = ctx.router.view();
     let shares: std::collections::HashMap<String, f64> = view.ring.shares().into_iter().collect();
+    let control = ctx.admin.control.as_ref();
     let members: Vec<_> = view
         .members
         .iter()
         .map(|m| {
+            let last_seen_ms = if view.is_self(&m.node_id) {
+                Some(0)
+            } else {
+                control.and_then(|c| c.last_seen_ms(&m.node_id))
+            };
             json!({
                 "node_id": m.node_id,
                 "generation": m.generation,
@@ -37,40 +56,177 @@ pub async fn cluster(ctx: web::Data<NodeContext>) -> HttpResponse {
                 "public_addr": m.public_addr.map(|a| a.to_string()),
                 "cluster_addr": m.cluster_addr.to_string(),
                 "admin_addr": m.admin_addr.map(|a| a.to_string()),
-                "fingerprint": m.fingerprint,
+                "last_seen_ms": last_seen_ms,
                 "share": shares.get(&m.node_id).copied().unwrap_or(0.0),
+                "fingerprint": m.fingerprint,
             })
         })
         .collect();
     HttpResponse::Ok().json(json!({
         "node_id": &*view.self_id,
-        "ready": ctx.is_ready(),
         "fingerprint": view.fingerprint().to_string(),
         "vnodes": view.ring.vnodes(),
         "agreed": view.agreed(),
-        "ring_members": view.ring.members(),
         "members": members,
+        "ready": ctx.is_ready(),
+        "ring_members": view.ring.members(),
     }))
 }
 
-/// `GET /admin/tenants/{tenant}`: which node owns each of the tenant's
-/// buckets, by this node's ring.
+/// The tenant id of an admin path, validated.
+pub fn tenant_of(path: web::Path<String>) -> Result<String, ApiError> {
+    let tenant = path.into_inner();
+    validate_tenant_id(&tenant)
+        .map_err(|e| ApiError::field("tenant_id", format!("`tenant_id` {e}")))?;
+    Ok(tenant)
+}
+
+fn limit_json(limit: Limit, owner: Option<&str>, r: &WireLimitReport, degraded: bool) -> Value {
+    json!({
+        "limit": limit.as_str(),
+        "owner": owner,
+        "requests_per_second": r.rate,
+        "burst_size": r.burst,
+        "source": source_of(r.source).as_str(),
+        "unlimited": r.unlimited,
+        "remaining": (!r.unlimited).then_some(r.level / NANOS),
+        "full_in_ms": r.full_in_ns.div_ceil(1_000_000),
+        "degraded": degraded,
+        "snapshot_age_ms": r.snapshot_age_ns.map(|ns| ns / 1_000_000),
+        "resident": r.resident,
+    })
+}
+
+/// Asks each limit's owner for the tenant's bucket (this node's own shards
+/// when it is the owner). When an owner cannot be reached, an inspection
+/// answers from this node's shards marked `degraded`; a reset fails (503).
+async fn tenant_reports(
+    ctx: &NodeContext,
+    tenant: &str,
+    op: TenantOp,
+) -> Result<HttpResponse, ApiError> {
+    let view = ctx.router.view();
+    let local = ctx.router.local();
+    let unavailable = |e: llmtrace_actors::CheckError| ApiError::unavailable(e.to_string());
+    let mut limits = Vec::with_capacity(Limit::ALL.len());
+    for limit in Limit::ALL {
+        let owner = view.owner(tenant, limit);
+        let remote = owner
+            .filter(|o| !view.is_self(o))
+            .and_then(|o| view.member(o));
+        let (report, degraded) = match remote {
+            None => (
+                serve_tenant(local, tenant, limit, op)
+                    .await
+                    .map_err(unavailable)?,
+                false,
+            ),
+            Some(m) => {
+                let req = TenantRequest {
+                    origin: view.self_id.to_string(),
+                    tenant: tenant.to_string(),
+                    limit: limit as u8,
+                    op,
+                };
+                match ask_owner(
+                    m.cluster_addr,
+                    ctx.cluster_secret.as_deref(),
+                    ctx.admin.rpc_timeout,
+                    &req,
+                )
+                .await
+                {
+                    Ok(answer) => (answer.report, false),
+                    Err(e) => {
+                        warn!(owner = %m.node_id, error = %e, "owner did not answer a tenant request");
+                        if op == TenantOp::Reset {
+                            return Err(ApiError::unavailable(format!(
+                                "the owner {} of `{tenant}`'s {limit} bucket did not answer: {e}",
+                                m.node_id
+                            )));
+                        }
+                        (
+                            serve_tenant(local, tenant, limit, TenantOp::Inspect)
+                                .await
+                                .map_err(unavailable)?,
+                            true,
+                        )
+                    }
+                }
+            }
+        };
+        limits.push(limit_json(limit, owner, &report, degraded));
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "tenant_id": tenant,
+        "owner": view.owner(tenant, Limit::ALL[0]),
+        "limits": limits,
+    })))
+}
+
+/// `GET /admin/tenants/{tenant}`: the tenant's buckets as their owners see
+/// them. An unknown tenant has full buckets.
 pub async fn tenant(
     ctx: web::Data<NodeContext>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = path.into_inner();
-    validate_tenant_id(&tenant)
-        .map_err(|e| ApiError::field("tenant_id", format!("`tenant_id` {e}")))?;
-    let view = ctx.router.view();
-    let limits: Vec<_> = Limit::ALL
-        .iter()
-        .map(|l| json!({ "limit": l.as_str(), "owner": view.owner(&tenant, *l) }))
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "tenant_id": tenant,
-        "owner": view.owner(&tenant, Limit::Requests),
-        "fingerprint": view.fingerprint().to_string(),
-        "limits": limits,
-    })))
+    let tenant = tenant_of(path)?;
+    tenant_reports(&ctx, &tenant, TenantOp::Inspect).await
+}
+
+/// `POST /admin/tenants/{tenant}/reset`: refills every bucket of the tenant
+/// on its owner (and its snapshot), then reports them.
+pub async fn reset(
+    ctx: web::Data<NodeContext>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = tenant_of(path)?;
+    tracing::info!(tenant = %tenant, "admin reset of a tenant's buckets");
+    tenant_reports(&ctx, &tenant, TenantOp::Reset).await
+}
+
+fn drain_body(state: &DrainState) -> (u16, Value) {
+    match state {
+        DrainState::Drained {
+            pushed,
+            undelivered,
+        } => (
+            200,
+            json!({ "status": "drained", "pushed": pushed, "undelivered": undelivered }),
+        ),
+        _ => (202, json!({ "status": "draining" })),
+    }
+}
+
+/// `POST /admin/drain`: this node leaves the ring as on SIGTERM (readyz
+/// 503, peers drop it, its buckets go to their new owners) but keeps running:
+/// it still answers checks (forwarding them to their owners) and the admin
+/// API. Answers once drained (200), or 202 if that takes over 30 s.
+/// Idempotent.
+pub async fn drain(ctx: web::Data<NodeContext>) -> HttpResponse {
+    let tx = &ctx.admin.drain;
+    let started = tx.send_if_modified(|s| {
+        if *s == DrainState::Idle {
+            *s = DrainState::Draining;
+            true
+        } else {
+            false
+        }
+    });
+    if started {
+        tracing::info!("admin drain requested");
+    }
+    let mut rx = tx.subscribe();
+    let state = tokio::time::timeout(
+        DRAIN_WAIT,
+        rx.wait_for(|s| matches!(s, DrainState::Drained { .. })),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .map(|s| s.clone())
+    .unwrap_or(DrainState::Draining);
+    let (status, body) = drain_body(&state);
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).expect("valid status"))
+        .json(body)
 }

@@ -163,6 +163,29 @@ pub async fn install(
     HttpResponse::NoContent().finish()
 }
 
+/// `POST /cluster/v1/tenant`: another node's admin API asks this node, the
+/// owner, for a bucket's state (or to refill it).
+pub async fn tenant(
+    req: HttpRequest,
+    ctx: web::Data<NodeContext>,
+    payload: web::Payload,
+) -> HttpResponse {
+    let (request, limit) = match rpc_request(&req, &ctx, payload, rpc::decode_tenant).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let limiter = ctx.router.local();
+    match llmtrace_actors::admin_rpc::serve_tenant(limiter, &request.tenant, limit, request.op)
+        .await
+    {
+        Ok(report) => binary(rpc::encode(&rpc::TenantResponse {
+            node: ctx.router.view().self_id.to_string(),
+            report,
+        })),
+        Err(e) => ApiError::unavailable(e.to_string()).error_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::constant_time_eq;

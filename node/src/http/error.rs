@@ -1,6 +1,8 @@
 //! The one error type of the HTTP surfaces and its mapping to responses:
 //! `{"error": {"code": "...", "message": "...", "field": "..."}}`.
 
+use std::borrow::Cow;
+
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
@@ -11,17 +13,44 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    pub field: Option<&'static str>,
+    pub field: Option<Cow<'static, str>>,
 }
 
 impl ApiError {
     /// 400 for a field that is missing, mistyped or out of range.
-    pub fn field(field: &'static str, message: impl Into<String>) -> Self {
+    pub fn field(field: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             code: "invalid_field",
             message: message.into(),
-            field: Some(field),
+            field: Some(field.into()),
+        }
+    }
+
+    /// 400 for a field the route does not know.
+    pub fn unknown_field(name: &str, expected: &[&str]) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "unknown_field",
+            message: format!(
+                "unknown field `{name}`; expected {}",
+                expected
+                    .iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            field: Some(Cow::Owned(name.to_string())),
+        }
+    }
+
+    /// 401: the admin token is missing or wrong.
+    pub fn unauthorized() -> Self {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthorized",
+            message: "missing or wrong admin token (Authorization: Bearer <token>)".into(),
+            field: None,
         }
     }
 
@@ -83,7 +112,7 @@ impl ApiError {
     /// The JSON body, also used for per-item errors of a batch.
     pub fn body(&self) -> serde_json::Value {
         let mut error = json!({ "code": self.code, "message": self.message });
-        if let Some(field) = self.field {
+        if let Some(field) = &self.field {
             error["field"] = json!(field);
         }
         json!({ "error": error })

@@ -172,7 +172,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn field_of(body: &str) -> Option<&'static str> {
-        parse_check(body.as_bytes()).unwrap_err().field
+        let field = parse_check(body.as_bytes()).unwrap_err().field?;
+        // Test-only: a 'static name to compare with literals.
+        Some(Box::leak(field.into_owned().into_boxed_str()))
     }
 
     #[test]
@@ -214,22 +216,34 @@ mod tests {
     fn batches() {
         let items = parse_batch(br#"{"checks":[{"tenant_id":"a"},{"tenant_id":""}]}"#).unwrap();
         assert!(items[0].is_ok());
-        assert_eq!(items[1].as_ref().unwrap_err().field, Some("tenant_id"));
         assert_eq!(
-            parse_batch(br#"{"checks":[]}"#).unwrap_err().field,
+            items[1].as_ref().unwrap_err().field.as_deref(),
+            Some("tenant_id")
+        );
+        assert_eq!(
+            parse_batch(br#"{"checks":[]}"#)
+                .unwrap_err()
+                .field
+                .as_deref(),
             Some("checks")
         );
         assert_eq!(
-            parse_batch(br#"{"checks":1}"#).unwrap_err().field,
+            parse_batch(br#"{"checks":1}"#)
+                .unwrap_err()
+                .field
+                .as_deref(),
             Some("checks")
         );
-        assert_eq!(parse_batch(br#"{}"#).unwrap_err().field, Some("checks"));
+        assert_eq!(
+            parse_batch(br#"{}"#).unwrap_err().field.as_deref(),
+            Some("checks")
+        );
         let many = format!(
             r#"{{"checks":[{}]}}"#,
             vec![r#"{"tenant_id":"a"}"#; 1001].join(",")
         );
         assert_eq!(
-            parse_batch(many.as_bytes()).unwrap_err().field,
+            parse_batch(many.as_bytes()).unwrap_err().field.as_deref(),
             Some("checks")
         );
     }

@@ -27,6 +27,7 @@ fn node(rate: u32, burst: u32, secret: Option<&str>, cluster_listener: &str) -> 
             burst_size: burst,
             window_seconds: None,
             tenant_overrides: BTreeMap::new(),
+            runtime: Default::default(),
         }),
         Arc::new(InMemoryCacheLayer::new(clock.clone())),
         clock,

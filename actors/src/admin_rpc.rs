@@ -1,0 +1,96 @@
+//! The admin API's view of one tenant, from any node: the bucket's owner
+//! answers ([`serve_tenant`]); other nodes ask it over the cluster listener
+//! (`POST /cluster/v1/tenant`, [`ask_owner`]), so every node reports the same
+//! state.
+
+use std::time::Duration;
+
+use llmtrace_cluster_config::{Limit, QuotaSource};
+
+use crate::limiter::{CheckError, Limiter};
+use crate::rpc::{self, TenantOp, TenantRequest, TenantResponse, WireLimitReport};
+
+fn source_byte(s: QuotaSource) -> u8 {
+    match s {
+        QuotaSource::Default => 0,
+        QuotaSource::Config => 1,
+        QuotaSource::Runtime => 2,
+    }
+}
+
+/// The wire byte back to a source (unknown bytes read as default).
+pub fn source_of(b: u8) -> QuotaSource {
+    match b {
+        1 => QuotaSource::Config,
+        2 => QuotaSource::Runtime,
+        _ => QuotaSource::Default,
+    }
+}
+
+/// Answers a tenant request on this node's own shards.
+pub async fn serve_tenant(
+    limiter: &Limiter,
+    tenant: &str,
+    limit: Limit,
+    op: TenantOp,
+) -> Result<WireLimitReport, CheckError> {
+    if op == TenantOp::Reset {
+        limiter.reset(tenant, limit).await?;
+    }
+    let source = source_byte(limiter.limits().quota_with_source(tenant, limit).1);
+    Ok(match limiter.inspect(tenant, limit).await? {
+        None => WireLimitReport {
+            rate: 0,
+            burst: 0,
+            source,
+            unlimited: true,
+            level: 0,
+            full_in_ns: 0,
+            snapshot_age_ns: None,
+            resident: false,
+        },
+        Some((q, r)) => WireLimitReport {
+            rate: q.rate,
+            burst: q.burst,
+            source,
+            unlimited: false,
+            level: r.level,
+            full_in_ns: r.full_in_ns,
+            snapshot_age_ns: r.snapshot_age_ns,
+            resident: r.resident,
+        },
+    })
+}
+
+/// Asks the node at `cluster_addr` (the owner) for a tenant's bucket.
+pub async fn ask_owner(
+    cluster_addr: std::net::SocketAddr,
+    secret: Option<&str>,
+    timeout: Duration,
+    req: &TenantRequest,
+) -> Result<TenantResponse, String> {
+    let client = awc::Client::builder()
+        .timeout(timeout)
+        .disable_redirects()
+        .connector(awc::Connector::new().timeout(timeout))
+        .finish();
+    let mut r = client
+        .post(format!("http://{cluster_addr}{}", rpc::TENANT_PATH))
+        .insert_header(("content-type", "application/octet-stream"));
+    if let Some(s) = secret {
+        r = r.insert_header((rpc::SECRET_HEADER, s));
+    }
+    let mut resp = r
+        .send_body(rpc::encode(req))
+        .await
+        .map_err(|e| e.to_string())?;
+    let bytes = resp
+        .body()
+        .limit(rpc::MAX_BODY_BYTES)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("owner answered {}", resp.status()));
+    }
+    rpc::decode(&bytes).map_err(|e| e.to_string())
+}

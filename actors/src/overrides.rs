@@ -1,0 +1,306 @@
+//! Runtime limit overrides across the cluster: how they travel (gossip) and
+//! where they persist (Redis).
+//!
+//! An override of `(tenant, limit)` is an [`OverrideEntry`]: a value (rate,
+//! burst) or a deletion, stamped with a version (wall-clock milliseconds at
+//! the node that accepted it) and that node's id. Entries merge by "highest
+//! `(version, origin)` wins", so every node reaches the same table whatever
+//! order it hears them in.
+//!
+//! - **Gossip.** Every node publishes, under its own chitchat state, the key
+//!   `override/{limit}/{tenant}` for every entry it knows, and adopts any
+//!   newer entry a peer publishes. The table therefore lives as long as one
+//!   node does (the node that accepted a change may leave), and a joining
+//!   node learns it in its first gossip rounds. Deletions stay as tombstones
+//!   (one short key per tenant ever overridden).
+//! - **Redis** (when configured). The node that accepts a change writes it
+//!   to the hash `llmtrace:overrides` before answering; every node loads the
+//!   hash at start-up. This is what survives a restart of the whole cluster;
+//!   without Redis, overrides last while at least one node runs.
+//!
+//! The merged table is installed into [`RuntimeLimits`], which every quota
+//! resolution reads.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use llmtrace_cluster_config::{validate_tenant_id, Limit, RuntimeLimits, TenantOverride};
+
+/// Prefix of the gossip keys.
+pub const GOSSIP_PREFIX: &str = "override/";
+/// The Redis hash holding every entry (field = gossip key without prefix).
+pub const REDIS_KEY: &str = "llmtrace:overrides";
+
+/// One override, or its deletion, with the version that orders changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverrideEntry {
+    /// Milliseconds since the epoch at the accepting node (bumped past the
+    /// entry it replaces, so a later change always wins there).
+    pub version: u64,
+    /// Node id of the accepting node (breaks version ties).
+    pub origin: String,
+    /// `None`: the override was deleted.
+    pub value: Option<TenantOverride>,
+}
+
+impl OverrideEntry {
+    /// True when `self` replaces `other`.
+    pub fn newer_than(&self, other: &OverrideEntry) -> bool {
+        (self.version, self.origin.as_str()) > (other.version, other.origin.as_str())
+    }
+
+    /// `version;origin;rps;burst` or `version;origin;-`.
+    pub fn encode(&self) -> String {
+        match self.value {
+            Some(o) => format!(
+                "{};{};{};{}",
+                self.version, self.origin, o.requests_per_second, o.burst_size
+            ),
+            None => format!("{};{};-", self.version, self.origin),
+        }
+    }
+
+    /// Parses [`OverrideEntry::encode`]'s text; `None` for anything else.
+    pub fn decode(text: &str) -> Option<OverrideEntry> {
+        let mut parts = text.split(';');
+        let version = parts.next()?.parse().ok()?;
+        let origin = parts.next()?;
+        validate_tenant_id(origin).ok()?;
+        let value = match (parts.next()?, parts.next()) {
+            ("-", None) => None,
+            (rps, Some(burst)) => {
+                let o = llmtrace_cluster_config::validate_runtime_override(
+                    rps.parse().ok()?,
+                    burst.parse().ok()?,
+                )
+                .ok()?;
+                Some(o)
+            }
+            _ => return None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(OverrideEntry {
+            version,
+            origin: origin.to_string(),
+            value,
+        })
+    }
+}
+
+/// Every override known, by `(tenant, limit)`.
+pub type OverrideTable = BTreeMap<(String, Limit), OverrideEntry>;
+
+/// `{limit}/{tenant}`: the Redis field, and the gossip key after the prefix.
+pub fn field(tenant: &str, limit: Limit) -> String {
+    format!("{}/{tenant}", limit.as_str())
+}
+
+/// The gossip key of `(tenant, limit)`.
+pub fn gossip_key(tenant: &str, limit: Limit) -> String {
+    format!("{GOSSIP_PREFIX}{}", field(tenant, limit))
+}
+
+/// Parses a field written by [`field`].
+pub fn parse_field(field: &str) -> Option<(String, Limit)> {
+    let (limit, tenant) = field.split_once('/')?;
+    let limit = limit.parse().ok()?;
+    validate_tenant_id(tenant).ok()?;
+    Some((tenant.to_string(), limit))
+}
+
+/// Adds `entry` to `table` unless the table holds a newer one; true when
+/// it was added.
+pub fn merge_into(table: &mut OverrideTable, key: (String, Limit), entry: OverrideEntry) -> bool {
+    match table.get(&key) {
+        Some(have) if !entry.newer_than(have) => false,
+        _ => {
+            table.insert(key, entry);
+            true
+        }
+    }
+}
+
+/// Merges `(field, encoded entry)` pairs (gossip or Redis); malformed ones
+/// are skipped.
+pub fn merge_fields<'a>(
+    table: &mut OverrideTable,
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) {
+    for (f, v) in pairs {
+        if let (Some(key), Some(entry)) = (parse_field(f), OverrideEntry::decode(v)) {
+            merge_into(table, key, entry);
+        }
+    }
+}
+
+/// Installs the live entries of `table` (tombstones left out).
+pub fn install(runtime: &RuntimeLimits, table: &OverrideTable) {
+    runtime.replace(
+        table
+            .iter()
+            .filter_map(|(k, e)| e.value.map(|v| (k.clone(), v))),
+    );
+}
+
+/// The version for a change of an entry currently at `current`: now, but
+/// always past the current one.
+pub fn next_version(now_ms: u64, current: Option<&OverrideEntry>) -> u64 {
+    now_ms.max(current.map_or(0, |c| c.version + 1))
+}
+
+/// Overrides in Redis: the hash [`REDIS_KEY`]. Every call is bounded by the
+/// timeout; errors never contain the URL (it may hold a password).
+#[derive(Clone)]
+pub struct RedisOverrideStore {
+    client: redis::Client,
+    timeout: Duration,
+}
+
+impl RedisOverrideStore {
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
+        let client = redis::Client::open(url).map_err(|e| redact(&e.to_string(), url))?;
+        Ok(RedisOverrideStore { client, timeout })
+    }
+
+    async fn conn(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+        tokio::time::timeout(self.timeout, self.client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| "redis connect timed out".to_string())?
+            .map_err(|e| format!("redis connect failed: {:?}", e.kind()))
+    }
+
+    /// Every stored entry, merged.
+    pub async fn load(&self) -> Result<OverrideTable, String> {
+        let mut conn = self.conn().await?;
+        let pairs: Vec<(String, String)> = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("HGETALL").arg(REDIS_KEY).query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| "redis HGETALL timed out".to_string())?
+        .map_err(|e| format!("redis HGETALL failed: {:?}", e.kind()))?;
+        let mut table = OverrideTable::new();
+        merge_fields(
+            &mut table,
+            pairs.iter().map(|(f, v)| (f.as_str(), v.as_str())),
+        );
+        Ok(table)
+    }
+
+    /// Stores one entry (a deletion is stored as a tombstone, so an older
+    /// value gossiped by a node that missed the change cannot come back).
+    pub async fn save(
+        &self,
+        tenant: &str,
+        limit: Limit,
+        entry: &OverrideEntry,
+    ) -> Result<(), String> {
+        let mut conn = self.conn().await?;
+        tokio::time::timeout(
+            self.timeout,
+            redis::cmd("HSET")
+                .arg(REDIS_KEY)
+                .arg(field(tenant, limit))
+                .arg(entry.encode())
+                .query_async::<i64>(&mut conn),
+        )
+        .await
+        .map_err(|_| "redis HSET timed out".to_string())?
+        .map_err(|e| format!("redis HSET failed: {:?}", e.kind()))?;
+        Ok(())
+    }
+}
+
+/// Removes `url` (and its password, if any) from an error text.
+fn redact(text: &str, url: &str) -> String {
+    let mut out = text.replace(url, "<redis_url>");
+    if let Some(pw) = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, pw)| pw)
+        .filter(|pw| !pw.is_empty())
+    {
+        out = out.replace(pw, "***");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(version: u64, origin: &str, value: Option<(u32, u32)>) -> OverrideEntry {
+        OverrideEntry {
+            version,
+            origin: origin.into(),
+            value: value.map(|(r, b)| TenantOverride {
+                requests_per_second: r,
+                burst_size: b,
+            }),
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_and_refuse_garbage() {
+        for entry in [e(5, "n1", Some((3, 9))), e(7, "n-2", None)] {
+            assert_eq!(OverrideEntry::decode(&entry.encode()), Some(entry));
+        }
+        for bad in [
+            "",
+            "x;n;1;1",
+            "1;;1;1",
+            "1;n;0;0",
+            "1;n;1",
+            "1;n;-;1",
+            "1;n;1;1;1",
+        ] {
+            assert_eq!(OverrideEntry::decode(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            parse_field("requests/a/b"),
+            Some(("a/b".to_string(), Limit::Requests))
+        );
+        assert_eq!(parse_field("nope/a"), None);
+        assert_eq!(parse_field("requests/"), None);
+    }
+
+    #[test]
+    fn merge_keeps_the_newest_whatever_the_order() {
+        let k = ("t".to_string(), Limit::Requests);
+        let entries = [
+            e(5, "a", Some((1, 1))),
+            e(6, "a", None),
+            e(6, "b", Some((2, 2))),
+        ];
+        for order in [[0, 1, 2], [2, 1, 0], [1, 2, 0]] {
+            let mut table = OverrideTable::new();
+            for i in order {
+                merge_into(&mut table, k.clone(), entries[i].clone());
+            }
+            assert_eq!(table[&k], entries[2]);
+        }
+        let runtime = RuntimeLimits::new();
+        let mut table = OverrideTable::new();
+        table.insert(k.clone(), e(1, "a", None));
+        table.insert(("u".into(), Limit::Requests), e(1, "a", Some((4, 8))));
+        install(&runtime, &table);
+        assert_eq!(runtime.get("t", Limit::Requests), None);
+        assert_eq!(
+            runtime.get("u", Limit::Requests).map(|o| o.burst_size),
+            Some(8)
+        );
+        assert_eq!(next_version(10, Some(&e(50, "a", None))), 51);
+        assert_eq!(next_version(100, Some(&e(50, "a", None))), 100);
+    }
+
+    #[test]
+    fn redaction_hides_the_password() {
+        let url = "redis://user:hunter2@127.0.0.1:1/0";
+        let text = format!("bad url {url} hunter2");
+        let out = redact(&text, url);
+        assert!(!out.contains("hunter2"), "{out}");
+    }
+}

@@ -1,0 +1,136 @@
+//! Operator requests a shard answers for the admin API: the state of one
+//! bucket ([`Inspect`]) and a refill ([`Reset`]). Neither takes units.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::ShardActor;
+use crate::bucket::{BucketQuota, BucketState};
+use crate::cache::{CacheError, SnapshotWrite};
+use crate::key::BucketKey;
+use crate::snapshot;
+
+/// What an operator sees of one bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketReport {
+    /// Level now, in nano-units (whole units: `level / NANOS`).
+    pub level: u64,
+    /// Time until the bucket is full again.
+    pub full_in_ns: u64,
+    /// How far the snapshot in the cache layer lags behind this state:
+    /// 0 when it holds it, the age of the shard's oldest unwritten change
+    /// when the bucket changed since; `None` when there is no snapshot
+    /// (no Redis, or a full bucket never written).
+    pub snapshot_age_ns: Option<u64>,
+    /// The bucket is in this node's memory (else: read from its snapshot,
+    /// or full).
+    pub resident: bool,
+}
+
+/// Reports the bucket `key` under `quota` without changing it. A bucket not
+/// in memory is read from the cache layer (read only: no handoff pull, no
+/// restore into memory).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<BucketReport, CacheError>")]
+pub struct Inspect {
+    pub key: BucketKey,
+    pub quota: BucketQuota,
+}
+
+/// Refills the bucket `key`: drops it from memory and, with write-behind,
+/// writes a full snapshot before answering (so a restore cannot bring the
+/// old level back).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), CacheError>")]
+pub struct Reset {
+    pub key: BucketKey,
+    pub quota: BucketQuota,
+}
+
+fn report(
+    state: &BucketState,
+    quota: BucketQuota,
+    now: u64,
+    age: Option<u64>,
+    resident: bool,
+) -> BucketReport {
+    let mut s = *state;
+    s.advance(quota, now);
+    BucketReport {
+        level: s.level,
+        full_in_ns: s.time_to_full_ns(quota),
+        snapshot_age_ns: age,
+        resident,
+    }
+}
+
+impl Handler<Inspect> for ShardActor {
+    type Result = ResponseActFuture<Self, Result<BucketReport, CacheError>>;
+
+    fn handle(&mut self, msg: Inspect, _: &mut Self::Context) -> Self::Result {
+        let now = self.clock.now_ns();
+        if let Some(slot) = self.buckets.get(&msg.key) {
+            let age = if !self.timing.write_behind {
+                None
+            } else if slot.dirty {
+                Some(now.saturating_sub(self.oldest_dirty_ns.unwrap_or(now)))
+            } else {
+                Some(0)
+            };
+            let r = report(&slot.state, msg.quota, now, age, true);
+            return Box::pin(fut::ready(Ok(r)));
+        }
+        let full = BucketState::full(msg.quota, now);
+        if !self.timing.write_behind {
+            return Box::pin(fut::ready(Ok(report(&full, msg.quota, now, None, false))));
+        }
+        let restore = self.cache.restore(msg.key);
+        Box::pin(restore.into_actor(self).map(move |res, act, _| {
+            let now = act.clock.now_ns();
+            Ok(match res? {
+                Some(state) => report(&state, msg.quota, now, Some(0), false),
+                None => report(&full, msg.quota, now, None, false),
+            })
+        }))
+    }
+}
+
+impl Handler<Reset> for ShardActor {
+    type Result = ResponseActFuture<Self, Result<(), CacheError>>;
+
+    fn handle(&mut self, msg: Reset, _: &mut Self::Context) -> Self::Result {
+        let now = self.clock.now_ns();
+        if let Some(slot) = self.buckets.remove(&msg.key) {
+            let stats = &self.metrics.shards[self.id];
+            stats.resident.fetch_sub(1, Relaxed);
+            if slot.dirty {
+                stats.dirty.fetch_sub(1, Relaxed);
+                self.dirty.retain(|k| *k != msg.key);
+            }
+        }
+        self.outbox.remove(&msg.key);
+        if !self.timing.write_behind {
+            return Box::pin(fut::ready(Ok(())));
+        }
+        let state = BucketState::full(msg.quota, now);
+        let write = SnapshotWrite {
+            ttl_ms: snapshot::ttl_ms(&state, msg.quota),
+            key: msg.key,
+            state,
+        };
+        let store = self.cache.store(Arc::new(vec![write]));
+        Box::pin(store.into_actor(self).map(|res, act, _| {
+            match &res {
+                Ok(()) => {
+                    act.stats().snapshot_writes.fetch_add(1, Relaxed);
+                }
+                Err(_) => {
+                    act.stats().snapshot_errors.fetch_add(1, Relaxed);
+                }
+            }
+            res
+        }))
+    }
+}

@@ -1,0 +1,176 @@
+//! Runtime limit overrides: per-tenant rate and burst set through the admin
+//! API while the node runs. They take precedence over the `[rate_limit]`
+//! block (defaults and `tenant_overrides`) and are read on every quota
+//! resolution, so the table is an immutable map swapped whole on change
+//! (one atomic load on the hot path, no lock).
+//!
+//! This type only holds the table in force on this node; propagation between
+//! nodes (gossip) and persistence (Redis) live in `llmtrace-actors`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::limits::{Limit, TenantOverride};
+
+/// Largest `requests_per_second` or `burst_size` a runtime override may set
+/// (a billion units: far above any real tenant, and small enough that the
+/// bucket math in nano-units cannot overflow).
+pub const MAX_RUNTIME_VALUE: u64 = 1_000_000_000;
+
+/// A validated runtime override value.
+pub type RuntimeOverride = TenantOverride;
+
+type Table = HashMap<String, Vec<(Limit, TenantOverride)>>;
+
+/// The runtime overrides in force. Cloning gives another handle to the same
+/// table (the limiter, the shards and the admin API share one).
+#[derive(Clone, Default)]
+pub struct RuntimeLimits(Arc<ArcSwap<Table>>);
+
+impl RuntimeLimits {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The override of `(tenant, limit)`, if any.
+    #[inline]
+    pub fn get(&self, tenant: &str, limit: Limit) -> Option<TenantOverride> {
+        let table = self.0.load();
+        if table.is_empty() {
+            return None;
+        }
+        table
+            .get(tenant)?
+            .iter()
+            .find(|(l, _)| *l == limit)
+            .map(|(_, o)| *o)
+    }
+
+    /// Replaces the whole table.
+    pub fn replace(&self, entries: impl IntoIterator<Item = ((String, Limit), TenantOverride)>) {
+        let mut table = Table::new();
+        for ((tenant, limit), o) in entries {
+            let v = table.entry(tenant).or_default();
+            v.retain(|(l, _)| *l != limit);
+            v.push((limit, o));
+        }
+        self.0.store(Arc::new(table));
+    }
+
+    /// Every override, sorted by tenant then limit.
+    pub fn entries(&self) -> BTreeMap<(String, Limit), TenantOverride> {
+        let table = self.0.load();
+        table
+            .iter()
+            .flat_map(|(t, v)| v.iter().map(move |(l, o)| ((t.clone(), *l), *o)))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.load().values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.load().is_empty()
+    }
+}
+
+impl PartialEq for RuntimeLimits {
+    fn eq(&self, other: &Self) -> bool {
+        self.entries() == other.entries()
+    }
+}
+
+impl Eq for RuntimeLimits {}
+
+impl fmt::Debug for RuntimeLimits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.entries()).finish()
+    }
+}
+
+/// Why a runtime override value was refused: names the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverrideError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// Validates a runtime override. `requests_per_second` 0 means unlimited
+/// (as in the `[rate_limit]` block); `burst_size` must be at least 1.
+pub fn validate_runtime_override(
+    requests_per_second: u64,
+    burst_size: u64,
+) -> Result<TenantOverride, OverrideError> {
+    if requests_per_second > MAX_RUNTIME_VALUE {
+        return Err(OverrideError {
+            field: "requests_per_second",
+            message: format!("`requests_per_second` must be at most {MAX_RUNTIME_VALUE}"),
+        });
+    }
+    if burst_size == 0 {
+        return Err(OverrideError {
+            field: "burst_size",
+            message: "`burst_size` must be at least 1 (a bucket of capacity 0 refuses everything)"
+                .into(),
+        });
+    }
+    if burst_size > MAX_RUNTIME_VALUE {
+        return Err(OverrideError {
+            field: "burst_size",
+            message: format!("`burst_size` must be at most {MAX_RUNTIME_VALUE}"),
+        });
+    }
+    Ok(TenantOverride {
+        requests_per_second: requests_per_second as u32,
+        burst_size: burst_size as u32,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn o(r: u32, b: u32) -> TenantOverride {
+        TenantOverride {
+            requests_per_second: r,
+            burst_size: b,
+        }
+    }
+
+    #[test]
+    fn replace_and_get() {
+        let r = RuntimeLimits::new();
+        assert_eq!(r.get("a", Limit::Requests), None);
+        let shared = r.clone();
+        r.replace([(("a".to_string(), Limit::Requests), o(5, 10))]);
+        assert_eq!(shared.get("a", Limit::Requests), Some(o(5, 10)));
+        assert_eq!(shared.get("b", Limit::Requests), None);
+        assert_eq!(shared.len(), 1);
+        r.replace([]);
+        assert!(shared.is_empty());
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        assert_eq!(validate_runtime_override(5, 10), Ok(o(5, 10)));
+        assert_eq!(validate_runtime_override(0, 1), Ok(o(0, 1)));
+        assert_eq!(
+            validate_runtime_override(5, 0).unwrap_err().field,
+            "burst_size"
+        );
+        assert_eq!(
+            validate_runtime_override(MAX_RUNTIME_VALUE + 1, 1)
+                .unwrap_err()
+                .field,
+            "requests_per_second"
+        );
+        assert_eq!(
+            validate_runtime_override(1, u64::MAX).unwrap_err().field,
+            "burst_size"
+        );
+    }
+}
