@@ -71,6 +71,9 @@ impl std::fmt::Display for Reply {
 pub struct Client {
     agent: Agent,
     base: String,
+    /// Sent as `Authorization: Bearer <token>` on every request when set (the admin
+    /// listener of a node started with an admin token).
+    bearer: Option<String>,
 }
 
 impl Client {
@@ -81,7 +84,62 @@ impl Client {
             .max_idle_connections_per_host(16)
             .build()
             .into();
-        Client { agent, base }
+        Client {
+            agent,
+            base,
+            bearer: None,
+        }
+    }
+
+    /// The same client sending `Authorization: Bearer <token>`.
+    pub fn with_bearer(mut self, token: &str) -> Client {
+        self.bearer = Some(token.to_string());
+        self
+    }
+
+    /// The same client without a bearer token.
+    pub fn without_bearer(mut self) -> Client {
+        self.bearer = None;
+        self
+    }
+
+    fn auth(&self) -> Option<String> {
+        self.bearer.as_ref().map(|t| format!("Bearer {t}"))
+    }
+
+    /// `GET path` with extra request headers.
+    pub fn get_with_headers(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.agent.get(&url);
+        if let Some(a) = self.auth() {
+            req = req.header("authorization", &a);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        req.call()
+            .and_then(into_reply)
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    }
+
+    /// `PUT path` with a JSON body.
+    pub fn put_json(&self, path: &str, body: &Value) -> Reply {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .agent
+            .put(&url)
+            .header("content-type", "application/json");
+        if let Some(a) = self.auth() {
+            req = req.header("authorization", &a);
+        }
+        req.send(body.to_string().as_bytes())
+            .and_then(into_reply)
+            .unwrap_or_else(|e| panic!("PUT {url}: {e}"))
+    }
+
+    /// `DELETE path`.
+    pub fn delete(&self, path: &str) -> Reply {
+        self.request("DELETE", path)
     }
 
     pub fn base(&self) -> &str {
@@ -95,7 +153,11 @@ impl Client {
 
     pub fn try_get(&self, path: &str) -> Result<Reply, ureq::Error> {
         let url = format!("{}{path}", self.base);
-        self.agent.get(&url).call().and_then(into_reply)
+        let mut req = self.agent.get(&url);
+        if let Some(a) = self.auth() {
+            req = req.header("authorization", &a);
+        }
+        req.call().and_then(into_reply)
     }
 
     /// Sends `body` as is with an optional content type.
@@ -123,6 +185,9 @@ impl Client {
     ) -> Result<Reply, ureq::Error> {
         let url = format!("{}{path}", self.base);
         let mut req = self.agent.post(&url);
+        if let Some(a) = self.auth() {
+            req = req.header("authorization", &a);
+        }
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
@@ -143,7 +208,10 @@ impl Client {
     /// Methods that carry a body send `content-length: 0`.
     pub fn request(&self, method: &str, path: &str) -> Reply {
         let url = format!("{}{path}", self.base);
-        let builder = ureq::http::Request::builder().method(method).uri(&url);
+        let mut builder = ureq::http::Request::builder().method(method).uri(&url);
+        if let Some(a) = self.auth() {
+            builder = builder.header("authorization", a);
+        }
         let result = match method {
             "GET" | "HEAD" | "DELETE" | "OPTIONS" => {
                 self.agent.run(builder.body(()).expect("request"))

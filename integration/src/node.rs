@@ -61,6 +61,8 @@ pub struct NodeBuilder {
     args: Vec<String>,
     envs: Vec<(String, String)>,
     config_toml: Option<String>,
+    /// The admin token the node requires; its admin client sends it.
+    admin_token: Option<String>,
 }
 
 impl NodeBuilder {
@@ -78,6 +80,19 @@ impl NodeBuilder {
     pub fn rate(self, rps: u64, burst: u64) -> Self {
         self.flag("requests-per-second", rps)
             .flag("burst-size", burst)
+    }
+
+    /// `--admin-token token`; the node's admin client then sends it.
+    pub fn admin_token(mut self, token: &str) -> Self {
+        self.admin_token = Some(token.to_string());
+        self.flag("admin-token", token)
+    }
+
+    /// The admin client sends `token` without passing it to the node (set it through
+    /// the environment or the config file).
+    pub fn admin_bearer(mut self, token: &str) -> Self {
+        self.admin_token = Some(token.to_string());
+        self
     }
 
     pub fn redis(self, redis: &RedisServer) -> Self {
@@ -169,10 +184,14 @@ impl NodeBuilder {
         let public = field("public=");
         let admin = field("admin=");
         let cluster_addr = field("cluster=");
+        let mut admin_client = Client::new(format!("http://{admin}"));
+        if let Some(token) = &self.admin_token {
+            admin_client = admin_client.with_bearer(token);
+        }
         let node = Node {
             node_id: field("node_id="),
             public: Client::new(format!("http://{public}")),
-            admin: Client::new(format!("http://{admin}")),
+            admin: admin_client,
             cluster: Client::new(format!("http://{cluster_addr}")),
             cluster_addr,
             child,
@@ -297,6 +316,11 @@ impl Node {
         self.public
             .try_get("/readyz")
             .is_ok_and(|r| r.status == 200)
+    }
+
+    /// Everything the node wrote to stdout so far (tail).
+    pub fn stdout(&self) -> String {
+        self.output.stdout()
     }
 
     /// Everything the node wrote to stderr so far (tail).
