@@ -1,10 +1,20 @@
 //! Metrics of the cluster layer: membership, forwarding and the node-to-node
 //! endpoint. Rendered after the node's own metrics.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::metrics::Histogram;
+use crate::router::Route;
+
+/// A tenant counts as degraded for this long after its last check decided
+/// by the unreachable-owner policy.
+pub const DEGRADED_WINDOW: Duration = Duration::from_secs(60);
+/// Most tenants remembered as degraded (older ones are forgotten first).
+const MAX_DEGRADED_TRACKED: usize = 100_000;
 
 /// Upper bounds of the forwarded-batch-size histogram.
 const BATCH_BUCKETS: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
@@ -44,9 +54,54 @@ pub struct ClusterMetrics {
     pub live_members: AtomicI64,
     /// Ring rebuilds seen.
     pub ring_changes: AtomicU64,
+    /// Checks received from clients, by how they were decided: on this
+    /// node, by the owner (forwarded), by the unreachable-owner policy.
+    pub routed: [AtomicU64; 3],
+    /// Tenants decided by the unreachable-owner policy lately, with when
+    /// (off the hot path: touched only on a degraded decision).
+    degraded_tenants: Mutex<HashMap<Box<str>, Instant>>,
 }
 
 impl ClusterMetrics {
+    /// Counts one client check by route (and remembers degraded tenants).
+    #[inline]
+    pub fn observe_route(&self, route: &Route, tenant: &str) {
+        let i = match route {
+            Route::Local => 0,
+            Route::Forwarded => 1,
+            Route::Degraded(_) => 2,
+        };
+        self.routed[i].fetch_add(1, Relaxed);
+        if i == 2 {
+            self.mark_degraded(tenant);
+        }
+    }
+
+    fn mark_degraded(&self, tenant: &str) {
+        let Ok(mut seen) = self.degraded_tenants.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if seen.len() >= MAX_DEGRADED_TRACKED && !seen.contains_key(tenant) {
+            seen.retain(|_, at| now.duration_since(*at) < DEGRADED_WINDOW);
+            if seen.len() >= MAX_DEGRADED_TRACKED {
+                return;
+            }
+        }
+        seen.insert(tenant.into(), now);
+    }
+
+    /// Tenants decided by the unreachable-owner policy within the last
+    /// [`DEGRADED_WINDOW`].
+    pub fn degraded_tenants(&self) -> usize {
+        let Ok(mut seen) = self.degraded_tenants.lock() else {
+            return 0;
+        };
+        let now = Instant::now();
+        seen.retain(|_, at| now.duration_since(*at) < DEGRADED_WINDOW);
+        seen.len()
+    }
+
     pub fn observe_batch(&self, n: usize) {
         let i = BATCH_BUCKETS
             .iter()
@@ -138,6 +193,19 @@ impl ClusterMetrics {
                 v.load(Relaxed)
             );
         }
+        let _ = writeln!(out, "# HELP llmtrace_routed_checks_total Client checks by where they were decided: this node (local), the owner (forwarded), the unreachable-owner policy (degraded).\n# TYPE llmtrace_routed_checks_total counter");
+        for (route, v) in ["local", "forwarded", "degraded"].iter().zip(&self.routed) {
+            let _ = writeln!(
+                out,
+                "llmtrace_routed_checks_total{{route=\"{route}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP llmtrace_degraded_tenants Tenants decided by the unreachable-owner policy in the last 60 s.\n# TYPE llmtrace_degraded_tenants gauge\nllmtrace_degraded_tenants {}",
+            self.degraded_tenants()
+        );
         let _ = writeln!(out, "# HELP llmtrace_forward_batch_size Checks per forwarded batch.\n# TYPE llmtrace_forward_batch_size histogram");
         let mut cumulative = 0;
         for (b, c) in BATCH_BUCKETS.iter().zip(&self.batch_counts) {

@@ -74,6 +74,7 @@ pub struct Limiter {
     limits: Arc<RateLimitConfig>,
     metrics: Arc<Metrics>,
     cache_name: &'static str,
+    cache: Arc<dyn CacheLayer>,
 }
 
 impl Limiter {
@@ -136,6 +137,7 @@ impl Limiter {
             limits: Arc::clone(&limits),
             metrics: Arc::clone(&metrics),
             cache_name: cache.name(),
+            cache: Arc::clone(&cache),
         };
         let parts = ShardParts {
             limits,
@@ -159,6 +161,11 @@ impl Limiter {
 
     pub fn limits(&self) -> &RateLimitConfig {
         &self.limits
+    }
+
+    /// The cache layer in use.
+    pub fn cache(&self) -> &Arc<dyn CacheLayer> {
+        &self.cache
     }
 
     /// Name of the cache layer in use.

@@ -89,9 +89,11 @@ impl Handler<Inspect> for ShardActor {
         let restore = self.cache.restore(msg.key);
         Box::pin(restore.into_actor(self).map(move |res, act, _| {
             let now = act.clock.now_ns();
-            Ok(match res? {
-                Some(state) => report(&state, msg.quota, now, Some(0), false),
-                None => report(&full, msg.quota, now, None, false),
+            // As a check would: a snapshot that cannot be read (Redis
+            // down) leaves the bucket full.
+            Ok(match res {
+                Ok(Some(state)) => report(&state, msg.quota, now, Some(0), false),
+                Ok(None) | Err(_) => report(&full, msg.quota, now, None, false),
             })
         }))
     }

@@ -567,3 +567,69 @@ fn secrets_never_reach_logs_or_admin_answers() {
         );
     }
 }
+
+#[test]
+fn metrics_cover_routes_forwarding_members_and_redis() {
+    let redis = RedisServer::start();
+    let cluster = Cluster::builder()
+        .nodes(3)
+        .rate(1, 1000)
+        .flag("redis-url", redis.url())
+        .start();
+    let entry = cluster.node(0);
+    let me = entry.node_id.clone();
+    let mine = tenants_owned_by(entry, &me, "metrics-local", 4);
+    let theirs = tenants_owned_by(entry, &cluster.node(1).node_id, "metrics-remote", 3);
+    let metric = |node: &Node, sel: &str| node.metric(sel).unwrap_or(-1.0);
+    let local_before = metric(entry, "llmtrace_routed_checks_total{route=\"local\"}");
+    let fwd_before = metric(entry, "llmtrace_routed_checks_total{route=\"forwarded\"}");
+    for t in mine.iter().chain(&theirs) {
+        for _ in 0..5 {
+            assert_eq!(entry.check(t, 1).status, 200);
+        }
+    }
+    assert_eq!(
+        metric(entry, "llmtrace_routed_checks_total{route=\"local\"}") - local_before,
+        20.0
+    );
+    assert_eq!(
+        metric(entry, "llmtrace_routed_checks_total{route=\"forwarded\"}") - fwd_before,
+        15.0
+    );
+    assert_eq!(
+        metric(entry, "llmtrace_routed_checks_total{route=\"degraded\"}"),
+        0.0
+    );
+    assert_eq!(metric(entry, "llmtrace_degraded_tenants"), 0.0);
+    assert_eq!(metric(entry, "llmtrace_ring_members"), 3.0);
+    assert_eq!(metric(entry, "llmtrace_live_members"), 3.0);
+    assert!(metric(entry, "llmtrace_ring_changes_total") >= 1.0);
+    assert!(metric(entry, "llmtrace_forward_batch_size_count") >= 1.0);
+    assert!(metric(entry, "llmtrace_forwarded_check_duration_seconds_count") >= 15.0);
+    assert_eq!(
+        metric(
+            cluster.node(1),
+            "llmtrace_checks_total{limit=\"requests\",decision=\"allowed\"}"
+        ),
+        15.0
+    );
+    assert!(metric(entry, "llmtrace_buckets_resident") >= 4.0);
+    // Snapshots of the drained buckets reach Redis; the call latency is observed.
+    entry.wait_metric(
+        "llmtrace_redis_duration_seconds_count{op=\"store\"}",
+        Duration::from_secs(10),
+        |v| v >= 1.0,
+    );
+    for name in [
+        "llmtrace_snapshot_lag_seconds",
+        "llmtrace_snapshot_errors_total",
+        "llmtrace_handoffs_in_total",
+        "llmtrace_handoffs_out_total",
+        "llmtrace_forward_duration_seconds_count",
+        "llmtrace_runtime_overrides",
+        "llmtrace_node_ready",
+    ] {
+        assert!(entry.metric(name).is_some(), "{name} missing from /metrics");
+    }
+    assert_eq!(metric(entry, "llmtrace_node_ready"), 1.0);
+}

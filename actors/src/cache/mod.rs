@@ -54,4 +54,7 @@ pub trait CacheLayer: Send + Sync + 'static {
 
     /// Writes a batch of snapshots (Redis: one pipeline).
     fn store(&self, writes: Arc<Vec<SnapshotWrite>>) -> BoxFuture<'static, Result<(), CacheError>>;
+
+    /// Appends the layer's own Prometheus series (Redis: call latencies).
+    fn render_metrics(&self, _out: &mut String) {}
 }

@@ -27,6 +27,7 @@ use redis::ErrorKind;
 use super::{CacheError, CacheLayer, SnapshotWrite};
 use crate::bucket::BucketState;
 use crate::key::BucketKey;
+use crate::metrics::Histogram;
 use crate::snapshot;
 
 /// Redis-backed snapshots.
@@ -40,6 +41,9 @@ pub struct RedisCacheLayer {
     /// The runtime (thread `llmtrace-redis`) every Redis call runs on.
     io: tokio::runtime::Handle,
     breaker: Arc<Breaker>,
+    /// Round trips of restores (`GET`) and snapshot batches (pipelines),
+    /// failures included.
+    latency: Arc<[Histogram; 2]>,
 }
 
 /// After a failure, how long restores are refused without trying (unless a
@@ -127,6 +131,7 @@ impl RedisCacheLayer {
                 epoch: Instant::now(),
                 open_until: AtomicU64::new(0),
             }),
+            latency: Arc::default(),
         })
     }
 
@@ -184,7 +189,10 @@ impl CacheLayer for RedisCacheLayer {
             let mut cmd = redis::cmd("GET");
             cmd.arg(key.redis_key());
             let get = cmd.query_async::<Option<Vec<u8>>>(&mut conn);
-            let bytes = match tokio::time::timeout(timeout, get).await {
+            let started = std::time::Instant::now();
+            let answer = tokio::time::timeout(timeout, get).await;
+            this.latency[0].observe_ns(started.elapsed().as_nanos() as u64);
+            let bytes = match answer {
                 Err(_) => {
                     this.breaker.trip();
                     return Err(CacheError::Timeout);
@@ -222,15 +230,27 @@ impl CacheLayer for RedisCacheLayer {
                     .arg(w.ttl_ms.max(1))
                     .ignore();
             }
+            let started = std::time::Instant::now();
             let result = tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn))
                 .await
                 .map_err(|_| CacheError::Timeout)
                 .and_then(|r| r.map_err(|e| this.failed(e)));
+            this.latency[1].observe_ns(started.elapsed().as_nanos() as u64);
             match &result {
                 Ok(()) => this.breaker.close(),
                 Err(_) => this.breaker.trip(),
             }
             result
         })
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP llmtrace_redis_duration_seconds Round trip of Redis calls: restore (GET) and store (one pipelined snapshot batch).\n# TYPE llmtrace_redis_duration_seconds histogram"
+        );
+        self.latency[0].render(out, "llmtrace_redis_duration_seconds", "op=\"restore\",");
+        self.latency[1].render(out, "llmtrace_redis_duration_seconds", "op=\"store\",");
     }
 }

@@ -29,6 +29,7 @@ pub async fn metrics(ctx: web::Data<NodeContext>) -> HttpResponse {
     ctx.router
         .metrics()
         .render(&mut text, &view.fingerprint().to_string());
+    local.cache().render_metrics(&mut text);
     super::admin_limits::render_metrics(&ctx, &mut text);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

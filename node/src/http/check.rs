@@ -41,6 +41,9 @@ async fn decide(ctx: &NodeContext, input: CheckInput) -> Result<(CheckInput, Rou
         .map_err(check_error)?;
     let ns = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
     ctx.metrics().check_latency.observe_ns(ns);
+    ctx.router
+        .metrics()
+        .observe_route(&routed.route, &input.tenant_id);
     Ok((input, routed))
 }
 
