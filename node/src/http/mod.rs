@@ -152,56 +152,100 @@ fn post(path: &str, route: actix_web::Route) -> actix_web::Resource {
     get(path, route)
 }
 
-/// Every route each listener serves, as `(method, path)`: the OpenAPI test
-/// compares the document with these.
-pub const PUBLIC_ROUTES: [(&str, &str); 4] = [
-    ("POST", "/v1/check"),
-    ("POST", "/v1/check/batch"),
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-];
-pub const ADMIN_ROUTES: [(&str, &str); 9] = [
-    ("GET", "/metrics"),
-    ("GET", "/healthz"),
-    ("GET", "/admin/cluster"),
-    ("GET", "/admin/tenants/{tenant}"),
-    ("PUT", "/admin/tenants/{tenant}/limits"),
-    ("DELETE", "/admin/tenants/{tenant}/limits"),
-    ("POST", "/admin/tenants/{tenant}/reset"),
-    ("GET", "/admin/limits"),
-    ("POST", "/admin/drain"),
-];
+/// A route table: `(method, path, handler)`. The listeners are registered
+/// from these tables, and [`public_route_list`] / [`admin_route_list`] read
+/// the same tables, so the OpenAPI test compares the document with exactly
+/// what is served.
+type RouteTable = Vec<(&'static str, &'static str, actix_web::Route)>;
+
+fn public_table() -> RouteTable {
+    vec![
+        ("POST", "/v1/check", web::post().to(check::check)),
+        (
+            "POST",
+            "/v1/check/batch",
+            web::post().to(check::check_batch),
+        ),
+        ("GET", "/healthz", web::get().to(healthz)),
+        ("GET", "/readyz", web::get().to(readyz)),
+    ]
+}
+
+fn admin_table() -> RouteTable {
+    vec![
+        ("GET", "/metrics", web::get().to(admin::metrics)),
+        ("GET", "/healthz", web::get().to(healthz)),
+        ("GET", "/admin/cluster", web::get().to(admin::cluster)),
+        (
+            "GET",
+            "/admin/tenants/{tenant}",
+            web::get().to(admin::tenant),
+        ),
+        (
+            "PUT",
+            "/admin/tenants/{tenant}/limits",
+            web::put().to(admin_limits::put),
+        ),
+        (
+            "DELETE",
+            "/admin/tenants/{tenant}/limits",
+            web::delete().to(admin_limits::delete),
+        ),
+        (
+            "POST",
+            "/admin/tenants/{tenant}/reset",
+            web::post().to(admin::reset),
+        ),
+        ("GET", "/admin/limits", web::get().to(admin_limits::list)),
+        ("POST", "/admin/drain", web::post().to(admin::drain)),
+        ("GET", "/admin/ui", web::get().to(ui::page)),
+    ]
+}
+
+fn list(table: RouteTable) -> Vec<(&'static str, &'static str)> {
+    table.into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
+/// `(method, path)` of every public route.
+pub fn public_route_list() -> Vec<(&'static str, &'static str)> {
+    list(public_table())
+}
+
+/// `(method, path)` of every admin route.
+pub fn admin_route_list() -> Vec<(&'static str, &'static str)> {
+    list(admin_table())
+}
+
+/// Registers a table: one resource per path (in first-seen order) with its
+/// methods; other methods answer 405.
+fn register(cfg: &mut web::ServiceConfig, table: RouteTable) {
+    let mut by_path: Vec<(&'static str, Vec<actix_web::Route>)> = Vec::new();
+    for (_, path, route) in table {
+        match by_path.iter_mut().find(|(p, _)| *p == path) {
+            Some((_, routes)) => routes.push(route),
+            None => by_path.push((path, vec![route])),
+        }
+    }
+    for (path, routes) in by_path {
+        let resource = routes
+            .into_iter()
+            .fold(web::resource(path), |r, route| r.route(route))
+            .default_service(web::to(method_not_allowed));
+        cfg.service(resource);
+    }
+}
 
 /// Routes of the public listener (wrap the app in [`middleware::request_id`]).
 pub fn public_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(post("/v1/check", web::post().to(check::check)))
-        .service(post("/v1/check/batch", web::post().to(check::check_batch)))
-        .service(get("/healthz", web::get().to(healthz)))
-        .service(get("/readyz", web::get().to(readyz)))
-        .default_service(web::to(not_found));
+    register(cfg, public_table());
+    cfg.default_service(web::to(not_found));
 }
 
 /// Routes of the admin listener (wrap the app in [`middleware::admin_auth`]
 /// and [`middleware::request_id`]).
 pub fn admin_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(get("/metrics", web::get().to(admin::metrics)))
-        .service(get("/admin/cluster", web::get().to(admin::cluster)))
-        .service(get("/admin/tenants/{tenant}", web::get().to(admin::tenant)))
-        .service(get("/admin/ui", web::get().to(ui::page)))
-        .service(
-            web::resource("/admin/tenants/{tenant}/limits")
-                .route(web::put().to(admin_limits::put))
-                .route(web::delete().to(admin_limits::delete))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(post(
-            "/admin/tenants/{tenant}/reset",
-            web::post().to(admin::reset),
-        ))
-        .service(get("/admin/limits", web::get().to(admin_limits::list)))
-        .service(post("/admin/drain", web::post().to(admin::drain)))
-        .service(get("/healthz", web::get().to(healthz)))
-        .default_service(web::to(not_found));
+    register(cfg, admin_table());
+    cfg.default_service(web::to(not_found));
 }
 
 /// The node-to-node routes (each refuses requests that did not arrive on
