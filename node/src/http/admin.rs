@@ -162,6 +162,7 @@ async fn tenant_reports(
         "tenant_id": tenant,
         "owner": view.owner(tenant, Limit::ALL[0]),
         "limits": limits,
+        "fingerprint": view.fingerprint().to_string(),
     })))
 }
 
