@@ -519,6 +519,30 @@ mod tests {
     }
 
     #[test]
+    fn admin_token_precedence_and_loopback_rule() {
+        let f = file("admin_token = \"from-file\"\nadmin_listen = \"0.0.0.0:9090\"");
+        let c = NodeConfig::resolve(f.clone(), Overrides::default()).unwrap();
+        assert_eq!(c.admin_token.as_deref(), Some("from-file"));
+        let o = Overrides {
+            admin_token: Some("from-flag".into()),
+            ..Overrides::default()
+        };
+        let c = NodeConfig::resolve(f, o).unwrap();
+        assert_eq!(c.admin_token.as_deref(), Some("from-flag"));
+        // Loopback (v4 and v6) needs no token.
+        for addr in ["127.0.0.1:9090", "[::1]:9090"] {
+            let f = file(&format!("admin_listen = \"{addr}\""));
+            assert!(
+                NodeConfig::resolve(f, Overrides::default()).is_ok(),
+                "{addr}"
+            );
+        }
+        let err = NodeConfig::resolve(file("admin_listen = \"[::]:9090\""), Overrides::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("admin_token"), "{err}");
+    }
+
+    #[test]
     fn unknown_and_mistyped_keys_are_refused_by_name() {
         let err = FileConfig::parse("bogus = 1").unwrap_err();
         assert!(err.contains("bogus"), "{err}");

@@ -36,6 +36,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// `--admin-token token` on every node; their admin clients send it.
+    pub fn admin_token(mut self, token: &str) -> Self {
+        self.template = self.template.admin_token(token);
+        self
+    }
+
     /// `--name value` on every node.
     pub fn flag(mut self, name: &str, value: impl ToString) -> Self {
         self.template = self.template.flag(name, value);

@@ -83,7 +83,12 @@ fn admin_listener_off_loopback_needs_a_token() {
 
 #[test]
 fn cluster_view_has_every_member_and_agrees() {
-    let cluster = Cluster::start(3, 1, 10);
+    // With a token on every node: the harness (wait_converged, cluster_view) sends it.
+    let cluster = Cluster::builder()
+        .nodes(3)
+        .rate(1, 10)
+        .admin_token(TOKEN)
+        .start();
     let ids = cluster.running_ids();
     for node in cluster.running() {
         let view = node.cluster_view();
@@ -541,6 +546,19 @@ fn secrets_never_reach_logs_or_admin_answers() {
         "override not in Redis: {stored:?}"
     );
     assert!(node.terminate().success());
+    // --help shows where secrets come from, never their values.
+    let help = std::process::Command::new(llmtrace_integration::node::node_binary())
+        .arg("--help")
+        .env("LLMTRACE_REDIS_URL", &url)
+        .env("LLMTRACE_ADMIN_TOKEN", TOKEN)
+        .env("LLMTRACE_CLUSTER_SECRET", SECRET)
+        .output()
+        .expect("run --help");
+    answers.push_str(&String::from_utf8_lossy(&help.stdout));
+    assert!(
+        answers.contains("LLMTRACE_ADMIN_TOKEN"),
+        "--help names the variable"
+    );
     let logs = format!("{}\n{}", node.stdout(), node.stderr());
     // Everything was kept (the harness keeps the last 256 KiB of each stream).
     assert!(
