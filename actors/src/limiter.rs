@@ -62,6 +62,10 @@ pub enum CheckError {
     /// check was not admitted.
     #[error("bucket state could not be persisted (snapshot_mode write-through); not admitted")]
     NotPersisted,
+    /// The owner refused a forwarded check as invalid by its own quota
+    /// (for a moment after a runtime limit change, nodes' quotas differ).
+    #[error("the owner refused the check as invalid: {0:?}")]
+    OwnerRefused(crate::rpc::WireErrorCode),
     /// The shard is gone (node shutting down).
     #[error("limiter unavailable: {0}")]
     Unavailable(String),

@@ -96,6 +96,7 @@ fn wire_error(e: &CheckError) -> WireResult {
             WireResult::Unavailable(WireErrorCode::ShuttingDown)
         }
         CheckError::NotPersisted => WireResult::Unavailable(WireErrorCode::NotPersisted),
+        CheckError::OwnerRefused(code) => WireResult::Invalid(*code),
     }
 }
 
@@ -382,9 +383,7 @@ impl Router {
                         .map_or(Route::Forwarded, Route::Degraded),
                     owner: Some(owner.to_string()),
                 })),
-                (None, WireResult::Invalid(code)) => Err(CheckError::Unavailable(format!(
-                    "owner {owner} refused the check: {code:?}"
-                ))),
+                (None, WireResult::Invalid(code)) => Err(CheckError::OwnerRefused(*code)),
                 // The owner is up but its Redis is not: no other node may
                 // decide instead (that would admit without persisting).
                 (None, WireResult::Unavailable(WireErrorCode::NotPersisted)) => {

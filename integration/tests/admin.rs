@@ -8,7 +8,7 @@
 
 use llmtrace_integration::node::Node;
 use llmtrace_integration::scenario::{owner_of, tenants_owned_by};
-use llmtrace_integration::{wait_until, Cluster, RedisServer, Reply};
+use llmtrace_integration::{wait_for, wait_until, Cluster, RedisServer, Reply};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -650,4 +650,88 @@ fn metrics_cover_routes_forwarding_members_and_redis() {
         assert!(entry.metric(name).is_some(), "{name} missing from /metrics");
     }
     assert_eq!(metric(entry, "llmtrace_node_ready"), 1.0);
+}
+
+/// The burst `node` itself holds `tenant` to (the tenant report shows the owner's): the
+/// largest cost it does not refuse as invalid.
+fn local_burst(node: &Node, tenant: &str) -> u64 {
+    // Costs are validated against the quota of the node that receives the check; a
+    // cost above it is a 400 naming `cost`, without taking anything.
+    let mut lo: u64 = 1;
+    let mut hi: u64 = 1000;
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        let r = node.check_json(&json!({"tenant_id": tenant, "cost": mid, "limit": "requests"}));
+        if r.status == 400 {
+            assert_eq!(r.json["error"]["field"], "cost", "{r}");
+            hi = mid - 1;
+        } else {
+            assert!(r.status == 200 || r.status == 429, "{r}");
+            lo = mid;
+        }
+    }
+    lo
+}
+
+#[test]
+fn overrides_outlive_the_node_that_set_them_and_concurrent_changes_converge() {
+    // No Redis: gossip alone carries the table.
+    let mut cluster = Cluster::start(3, 1, 100);
+    let tenant = "gossip-only";
+    let r = put_override(
+        cluster.node(0),
+        tenant,
+        &json!({"requests_per_second": 1, "burst_size": 3}),
+    );
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.json["persisted"], false, "{r}");
+    for i in [1, 2] {
+        let node = cluster.node(i);
+        wait_until(PROPAGATION, "the override on every node", || {
+            burst_is_3(node, tenant)
+        });
+    }
+    // The node that accepted it leaves; a restarted node learns it from the others.
+    assert!(cluster.terminate(0).success());
+    assert!(cluster.terminate(2).success());
+    cluster.restart_node(2);
+    cluster.wait_converged(Duration::from_secs(20));
+    let node = cluster.node(2);
+    wait_until(
+        Duration::from_secs(5),
+        "a restarted node to learn the override",
+        || burst_is_3(node, tenant),
+    );
+    // Two nodes change the same tenant at once: every node ends on the same value.
+    let (a, b) = (cluster.node(1), cluster.node(2));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            put_override(
+                a,
+                tenant,
+                &json!({"requests_per_second": 1, "burst_size": 7}),
+            )
+        });
+        s.spawn(|| {
+            put_override(
+                b,
+                tenant,
+                &json!({"requests_per_second": 1, "burst_size": 9}),
+            )
+        });
+    });
+    // Every node's own table settles on one of the two (the highest version).
+    let settled = wait_for(PROPAGATION * 2, "nodes to agree on one override", || {
+        let tables: Vec<Value> = [a, b]
+            .iter()
+            .map(|n| n.admin_get_json("/admin/limits")["overrides"].clone())
+            .collect();
+        let first = tables[0][0]["burst_size"].as_u64()?;
+        tables.windows(2).all(|w| w[0] == w[1]).then_some(first)
+    });
+    assert!(settled == 7 || settled == 9, "settled on burst {settled}");
+    // And both decide by it.
+    for n in [a, b] {
+        assert_eq!(local_burst(n, tenant), settled, "{}", n.node_id);
+    }
 }

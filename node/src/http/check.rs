@@ -15,6 +15,7 @@ use super::error::ApiError;
 use super::headers::{self, LimitState};
 use super::input::{self, CheckInput};
 use super::NodeContext;
+use llmtrace_actors::rpc::WireErrorCode;
 
 fn check_error(e: CheckError) -> ApiError {
     match e {
@@ -23,6 +24,22 @@ fn check_error(e: CheckError) -> ApiError {
         }
         CheckError::Unavailable(m) => ApiError::unavailable(m),
         CheckError::NotPersisted => ApiError::not_persisted(e.to_string()),
+        // The owner's quota refused it (its view of a runtime override is
+        // ahead of or behind this node's for a moment).
+        CheckError::OwnerRefused(code) => match code {
+            WireErrorCode::BadTenant => {
+                ApiError::field("tenant_id", "the owner refused `tenant_id`")
+            }
+            WireErrorCode::UnknownLimit => {
+                ApiError::field("limit", "the owner does not know `limit`")
+            }
+            WireErrorCode::ZeroCost | WireErrorCode::CostAboveBurst => ApiError::field(
+                "cost",
+                "`cost` exceeds the tenant's burst_size on the node that owns its bucket \
+                 (a limit change is being applied) and cannot be admitted there",
+            ),
+            other => ApiError::unavailable(format!("the owner refused the check: {other:?}")),
+        },
         // The router follows moved buckets; this only reaches a client if
         // the new owner could not be asked either.
         CheckError::Moved { to, .. } => {
