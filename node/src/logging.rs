@@ -1,12 +1,22 @@
 //! Logging: tracing to stderr, human-readable or JSON, filtered by `RUST_LOG`
-//! (default `info`).
+//! (default `info`; an unparsable `RUST_LOG` is reported and ignored). Each
+//! HTTP request runs in a `request` span carrying its request id (see
+//! `http::middleware`), so every line logged while serving it names it.
 
 use llmtrace_cluster_config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. Safe to call once per process.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(f) => f,
+        Err(e) => {
+            if std::env::var_os(EnvFilter::DEFAULT_ENV).is_some() {
+                eprintln!("llmtrace-node: ignoring RUST_LOG ({e}); logging at info");
+            }
+            EnvFilter::new("info")
+        }
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
