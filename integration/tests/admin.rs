@@ -735,3 +735,59 @@ fn overrides_outlive_the_node_that_set_them_and_concurrent_changes_converge() {
         assert_eq!(local_burst(n, tenant), settled, "{}", n.node_id);
     }
 }
+
+#[test]
+fn tenant_rpc_is_guarded_like_the_other_node_to_node_routes() {
+    const SECRET: &str = "tenant-rpc-secret-1";
+    let cluster = Cluster::builder()
+        .nodes(2)
+        .rate(1, 10)
+        .flag("cluster-secret", SECRET)
+        .start();
+    let owner = cluster.node(1).node_id.clone();
+    let tenant = tenants_owned_by(cluster.node(0), &owner, "rpc", 1).remove(0);
+    // Through the secret: node 0 reports node 1's bucket.
+    assert_eq!(cluster.node(1).check(&tenant, 4).status, 200);
+    let r = cluster
+        .node(0)
+        .admin()
+        .get(&format!("/admin/tenants/{tenant}"));
+    assert_eq!(limits_of(&r)["degraded"], false, "{r}");
+    assert!(limits_of(&r)["remaining"].as_u64().unwrap() < 10, "{r}");
+    let send = |secret: Option<&str>, body: &[u8]| {
+        let mut headers = vec![("content-type", "application/octet-stream")];
+        if let Some(s) = secret {
+            headers.push(("x-llmtrace-cluster-secret", s));
+        }
+        cluster
+            .node(1)
+            .cluster()
+            .post_with_headers("/cluster/v1/tenant", &headers, body)
+    };
+    for secret in [None, Some("wrong"), Some("")] {
+        let r = send(secret, b"\x01garbage");
+        assert_eq!(r.status, 401, "{secret:?}: {r}");
+        r.error();
+    }
+    // Version byte, then a length prefix claiming 2^60 bytes of origin.
+    let mut huge_len = vec![1u8, 0xfd];
+    huge_len.extend_from_slice(&(1u64 << 60).to_le_bytes());
+    for body in [
+        &b""[..],
+        &b"\x01garbage"[..],
+        &[0xff; 16][..],
+        &huge_len[..],
+    ] {
+        let r = send(Some(SECRET), body);
+        assert_eq!(r.status, 400, "{r}");
+        r.error();
+    }
+    let r = send(Some(SECRET), &vec![0u8; 2 << 20]);
+    assert_eq!(r.status, 413, "{r}");
+    let r = cluster
+        .node(1)
+        .public()
+        .post_raw("/cluster/v1/tenant", None, b"\x01");
+    assert_eq!(r.status, 404, "not on the public listener: {r}");
+    assert_eq!(cluster.node(1).public().get("/healthz").status, 200);
+}

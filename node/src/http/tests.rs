@@ -386,3 +386,97 @@ async fn every_listed_route_is_served_and_other_methods_are_refused() {
         }
     }
 }
+
+/// A node whose ring also holds `ghost`, a member nobody answers for
+/// (127.0.0.1:1): its tenants' owner is unreachable.
+fn node_with_ghost() -> Arc<NodeContext> {
+    use llmtrace_actors::{Member, MemberState};
+    let member = |id: &str, port: u16| Member {
+        node_id: id.into(),
+        generation: 1,
+        state: MemberState::Ready,
+        public_addr: None,
+        cluster_addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        admin_addr: None,
+        fingerprint: None,
+    };
+    let view = ClusterView::from_members(
+        "test-node",
+        vec![member("ghost", 1), member("test-node", 7946)],
+        16,
+    );
+    let clock = Arc::new(SystemClock);
+    let limiter = Limiter::start(
+        1,
+        Arc::new(RateLimitConfig {
+            requests_per_second: 1,
+            burst_size: 10,
+            ..RateLimitConfig::default()
+        }),
+        Arc::new(InMemoryCacheLayer::new(clock.clone())),
+        clock,
+        ShardTiming::default(),
+    );
+    let router = Router::new(
+        limiter,
+        ViewHandle::new(view),
+        RouterSettings {
+            batch: BatchSettings {
+                max_items: 16,
+                max_wait: std::time::Duration::ZERO,
+            },
+            forward_timeout: std::time::Duration::from_millis(100),
+            on_owner_unreachable: Default::default(),
+        },
+        Arc::default(),
+        Arc::new(
+            |_: &llmtrace_actors::Member| -> Box<dyn llmtrace_actors::PeerClient> {
+                unreachable!("the admin API asks owners itself")
+            },
+        ),
+    );
+    NodeContext::new(router, None, "127.0.0.1:7946".parse().unwrap())
+}
+
+#[actix_rt::test]
+async fn unreachable_owner_reports_degraded_and_refuses_a_reset() {
+    let ctx = node_with_ghost();
+    let view = ctx.router.view();
+    let ghostly = (0..1000)
+        .map(|k| format!("g-{k}"))
+        .find(|t| view.owner(t, llmtrace_cluster_config::Limit::Requests) == Some("ghost"))
+        .expect("a tenant owned by the ghost");
+    let mine = (0..1000)
+        .map(|k| format!("m-{k}"))
+        .find(|t| view.owner(t, llmtrace_cluster_config::Limit::Requests) == Some("test-node"))
+        .expect("a tenant owned here");
+    let app = test::init_service(
+        App::new()
+            .app_data(web::Data::from(ctx))
+            .configure(admin_routes),
+    )
+    .await;
+    let get = |t: &str| {
+        test::TestRequest::get()
+            .uri(&format!("/admin/tenants/{t}"))
+            .to_request()
+    };
+    let body: Value = test::call_and_read_body_json(&app, get(&ghostly)).await;
+    let l = &body["limits"][0];
+    assert_eq!(l["degraded"], true, "{body}");
+    assert_eq!(l["owner"], "ghost", "{body}");
+    assert_eq!(l["remaining"], 10, "{body}");
+    let body: Value = test::call_and_read_body_json(&app, get(&mine)).await;
+    assert_eq!(body["limits"][0]["degraded"], false, "{body}");
+    assert_eq!(body["limits"][0]["snapshot_age_ms"], Value::Null, "{body}");
+    let resp = test::call_service(
+        &app,
+        test::TestRequest::post()
+            .uri(&format!("/admin/tenants/{ghostly}/reset"))
+            .to_request(),
+    )
+    .await;
+    assert_eq!(resp.status(), 503);
+    let body: Value = test::read_body_json(resp).await;
+    assert_eq!(body["error"]["code"], "unavailable", "{body}");
+}
