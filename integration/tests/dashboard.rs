@@ -62,7 +62,7 @@ fn dashboard_shows_the_cluster_in_chromium() {
     let token_checked = node_help().contains("--admin-token");
     let mut cluster = Cluster::builder().nodes(3).rate(20, 40);
     if token_checked {
-        cluster = cluster.flag("admin-token", TOKEN);
+        cluster = cluster.admin_token(TOKEN);
     }
     let cluster = cluster.start();
     let fingerprint = cluster.wait_converged(WAIT);

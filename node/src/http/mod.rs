@@ -9,8 +9,8 @@ pub mod cluster;
 pub mod error;
 pub mod headers;
 pub mod input;
-pub mod ui;
 pub mod middleware;
+pub mod ui;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
