@@ -131,9 +131,14 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
+        let mut resp = HttpResponse::build(self.status).json(self.body());
         if self.status.is_server_error() {
-            tracing::error!(code = self.code, message = %self.message, "request failed");
+            // Logged with the request id by the request-id middleware.
+            resp.extensions_mut().insert(super::middleware::Failure {
+                code: self.code,
+                message: self.message.clone(),
+            });
         }
-        HttpResponse::build(self.status).json(self.body())
+        resp
     }
 }
