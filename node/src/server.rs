@@ -171,13 +171,13 @@ async fn leave(
         let writes: Vec<SnapshotWrite> = undelivered
             .into_iter()
             .filter_map(
-                |(key, state)| match config.rate_limit.quota(&key.tenant, key.limit) {
-                    Quota::Bucket { rate, burst } => Some(SnapshotWrite {
-                        ttl_ms: snapshot::ttl_ms(&state, BucketQuota { rate, burst }),
+                |(key, state)| {
+                    let quota = BucketQuota::of(config.rate_limit.quota(&key.tenant, key.limit))?;
+                    Some(SnapshotWrite {
+                        ttl_ms: snapshot::ttl_ms(&state, quota),
                         key,
                         state,
-                    }),
-                    Quota::Unlimited => None,
+                    })
                 },
             )
             .collect();

@@ -28,6 +28,7 @@ fn node(rate: u32, burst: u32, secret: Option<&str>, cluster_listener: &str) -> 
             window_seconds: None,
             tenant_overrides: BTreeMap::new(),
             runtime: Default::default(),
+            tokens: Default::default(),
         }),
         Arc::new(InMemoryCacheLayer::new(clock.clone())),
         clock,
@@ -220,6 +221,7 @@ async fn cluster_endpoint_refuses_hostile_input() {
     let good = rpc::encode(&rpc::BatchRequest {
         origin: "peer".into(),
         checks: vec![rpc::WireCheck {
+            op: 0,
             id: 1,
             tenant: "t".into(),
             limit: 0,
