@@ -318,7 +318,9 @@ fn charge_pushes_into_debt_and_later_checks_wait() {
         }
         d => panic!("{d:?}"),
     }
-    assert!(!copy(b).try_consume(quota, 16 * SEC / 10 - 1, 1).is_allowed());
+    assert!(!copy(b)
+        .try_consume(quota, 16 * SEC / 10 - 1, 1)
+        .is_allowed());
     assert!(copy(b).try_consume(quota, 16 * SEC / 10, 1).is_allowed());
     // A refund during debt pays part of it back.
     b.refund(quota, SEC / 10, 5);

@@ -240,7 +240,13 @@ impl Router {
     }
 
     /// A check to forward to `to`'s node, `hops` forwards made so far.
-    fn wire_check(&self, tenant: String, (limit, op): (Limit, Op), cost: u64, hops: u8) -> WireCheck {
+    fn wire_check(
+        &self,
+        tenant: String,
+        (limit, op): (Limit, Op),
+        cost: u64,
+        hops: u8,
+    ) -> WireCheck {
         self.metrics.forwarded.fetch_add(1, Relaxed);
         WireCheck {
             id: self.next_check_id.fetch_add(1, Relaxed),
@@ -497,16 +503,18 @@ impl Router {
                     }
                     let result = match validate_check(&c) {
                         Err(code) => WireAnswer::plain(WireResult::Invalid(code)),
-                        Ok((limit, op)) => match self.apply(c.tenant, limit, op, c.cost, c.hops).await {
-                            Ok(routed) => WireAnswer {
-                                result: WireResult::from(routed.verdict),
-                                degraded: match routed.route {
-                                    Route::Degraded(p) => Some(policy_byte(p)),
-                                    _ => None,
+                        Ok((limit, op)) => {
+                            match self.apply(c.tenant, limit, op, c.cost, c.hops).await {
+                                Ok(routed) => WireAnswer {
+                                    result: WireResult::from(routed.verdict),
+                                    degraded: match routed.route {
+                                        Route::Degraded(p) => Some(policy_byte(p)),
+                                        _ => None,
+                                    },
                                 },
-                            },
-                            Err(e) => WireAnswer::plain(wire_error(&e)),
-                        },
+                                Err(e) => WireAnswer::plain(wire_error(&e)),
+                            }
+                        }
                     };
                     (c.id, result, true)
                 }),

@@ -440,7 +440,11 @@ async fn a_retried_charge_is_not_counted_twice() {
         .apply(tenant.clone(), Limit::Tokens, Op::Charge, 10, 0)
         .await
         .unwrap();
-    assert_eq!(r.route, Route::Forwarded, "the retry got the owner's answer");
+    assert_eq!(
+        r.route,
+        Route::Forwarded,
+        "the retry got the owner's answer"
+    );
     assert_eq!(remaining(&r), 90);
     let owner = c.routers[0]
         .view()

@@ -28,8 +28,8 @@ pub use limits::{
     Limit, Per, Quota, QuotaSource, RateLimitConfig, TenantOverride, TokenLimitConfig,
     TokenOverride, MAX_TOKEN_BURST,
 };
-pub use proxy::{ProxyConfig, ProxyFile, ProxyOverrides};
 pub use node::{FileConfig, LogFormat, NodeConfig, Overrides, ShardPlacement, SnapshotMode};
+pub use proxy::{ProxyConfig, ProxyFile, ProxyOverrides};
 pub use ring::{Fingerprint, Ring, DEFAULT_VNODES};
 pub use runtime::{validate_runtime_override, OverrideError, RuntimeLimits, MAX_RUNTIME_VALUE};
 pub use tenant::{validate_tenant_id, TenantIdError, MAX_TENANT_ID_LEN};

@@ -526,7 +526,10 @@ mod tests {
             )
         );
         // The requests limit of the same tenant is untouched.
-        assert_eq!(c.quota_with_source("t", Limit::Requests).1, QuotaSource::Default);
+        assert_eq!(
+            c.quota_with_source("t", Limit::Requests).1,
+            QuotaSource::Default
+        );
     }
 
     #[test]

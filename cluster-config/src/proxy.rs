@@ -2,6 +2,7 @@
 //! timeouts and size limits. Off unless `listen` is given.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -28,9 +29,13 @@ pub const MAX_PROXY_BYTES: usize = 1 << 30;
 pub struct ProxyConfig {
     /// Proxy listener; `None` (the default) disables proxy mode.
     pub listen: Option<SocketAddr>,
-    /// Base URL of the OpenAI-compatible upstream (`http://` or `https://`,
-    /// no trailing slash): the request path and query are appended.
+    /// Base URL of the OpenAI-compatible upstream (`http://` or
+    /// `https://`, no trailing slash): the request path and query are
+    /// appended.
     pub upstream: Option<String>,
+    /// Extra PEM certificates trusted for an `https://` upstream, on top of
+    /// the built-in Web PKI roots (a private CA, a self-signed test server).
+    pub ca_file: Option<PathBuf>,
     /// Take the tenant from `X-LLMTrace-Tenant-ID` (only behind a gateway
     /// that sets it); otherwise it is derived from the bearer key.
     pub trust_tenant_header: bool,
@@ -53,6 +58,7 @@ pub struct ProxyConfig {
 pub struct ProxyFile {
     pub listen: Option<String>,
     pub upstream: Option<String>,
+    pub ca_file: Option<PathBuf>,
     pub trust_tenant_header: Option<bool>,
     pub upstream_timeout_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
@@ -66,6 +72,7 @@ pub struct ProxyFile {
 pub struct ProxyOverrides {
     pub listen: Option<SocketAddr>,
     pub upstream: Option<String>,
+    pub ca_file: Option<PathBuf>,
     pub trust_tenant_header: Option<bool>,
     pub upstream_timeout_ms: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
@@ -110,9 +117,22 @@ impl ProxyConfig {
                 "required when proxy.listen is set",
             ));
         }
+        let ca_file = o.ca_file.or(file.ca_file);
+        if let Some(path) = &ca_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::invalid("proxy.ca_file", format!("{}: {e}", path.display()))
+            })?;
+            if !text.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(ConfigError::invalid(
+                    "proxy.ca_file",
+                    format!("{}: no PEM certificate in it", path.display()),
+                ));
+            }
+        }
         Ok(ProxyConfig {
             listen,
             upstream,
+            ca_file,
             trust_tenant_header: o
                 .trust_tenant_header
                 .or(file.trust_tenant_header)
@@ -219,6 +239,13 @@ mod tests {
             (file(Some("nope"), Some("http://x")), "proxy.listen"),
             (file(Some("127.0.0.1:1"), None), "proxy.upstream"),
             (file(None, Some("ftp://x")), "proxy.upstream"),
+            (
+                ProxyFile {
+                    ca_file: Some("/nonexistent/ca.pem".into()),
+                    ..ProxyFile::default()
+                },
+                "proxy.ca_file",
+            ),
             (file(None, Some("http://")), "proxy.upstream"),
             (file(None, Some("http://x/?a=1")), "proxy.upstream"),
             (
