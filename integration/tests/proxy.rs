@@ -573,3 +573,44 @@ fn an_https_upstream_is_reached_over_tls() {
     assert_eq!(r.json["error"]["code"], "upstream_unreachable");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn runtime_overrides_of_the_token_limit_apply_to_proxied_calls() {
+    let stub = Stub::start();
+    let node = proxy_node(&stub.url(), 10_000, &[]);
+    let key = "sk-override";
+    // The tenant of a key is its UUID v5, computed here by Python's uuid
+    // module (an independent implementation) to address the admin API.
+    let tenant_id = uuid_v5_of(key);
+    let r = node.admin().put_json(
+        &format!("/admin/tenants/{tenant_id}/limits"),
+        &json!({"limit": "tokens", "requests_per_second": 60, "burst_size": 500}),
+    );
+    assert_eq!(r.status, 200, "{r}");
+    let auth = format!("Bearer {key}");
+    llmtrace_integration::wait_until(WAIT, "the override to apply", || {
+        let r = post(
+            &node,
+            "/v1/chat/completions",
+            &[("authorization", &auth), ("x-stub-usage", "9,100")],
+            &chat(100),
+        );
+        assert!(r.status == 200 || r.status == 429, "{r}");
+        r.header("x-ratelimit-limit-tokens") == Some("500")
+    });
+}
+
+/// UUID v5 (OID namespace) of `key`, computed here independently of the
+/// node (RFC 9562: SHA-1 of namespace + name, version and variant bits).
+fn uuid_v5_of(key: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, uuid; print(uuid.uuid5(uuid.NAMESPACE_OID, sys.argv[1]))",
+            key,
+        ])
+        .output()
+        .expect("python3");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
