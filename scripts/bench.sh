@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks for the llmtrace cluster node.
 #
-#   scripts/bench.sh [single|memory|cluster|redis|failover|all]     (default: all)
+#   scripts/bench.sh [single|memory|cluster|redis|failover|proxy|all]     (default: all)
 #
 # single  wrk (scripts/bench/check.lua) posts /v1/check with random tenants out of
 #         100,000 over keep-alive connections, first against llmtrace-node, then
@@ -77,6 +77,16 @@
 #         tenant node-2 owned is decided normally (200/429, not degraded) by both
 #         survivors (target <= 5 s), plus when their rings agreed and the degraded
 #         answers meanwhile. Repeated BENCH_FAILOVER_RUNS times (default 3).
+# proxy   the latency proxy mode adds: the stub OpenAI-compatible upstream of
+#         the integration tests (target/release/llmtrace-stub-upstream, a
+#         thread per connection) and a node with --proxy-upstream pointing at
+#         it (request and token limits on, every call admitted: huge bursts,
+#         reconcile refunding). wrk (scripts/bench/proxy.lua: non-streaming
+#         chat completions, one of BENCH_TENANT_SPACE bearer keys each) runs
+#         first against the stub directly, then through the proxy, with
+#         BENCH_PROXY_CONNECTIONS connections (default 8: moderate load) and
+#         one wrk thread. Prints p50/p99 of both, the added p50/p99 (proxied
+#         minus direct; target <= 1 ms added p99) and proxied requests/s.
 #
 # Environment:
 #   BENCH_DURATION=10s     wrk measuring time (wrk syntax: 10, 10s, 1m)
@@ -113,9 +123,9 @@ set -euo pipefail
 
 MODE="${1:-all}"
 case "$MODE" in
-  single|memory|cluster|redis|failover|all) ;;
+  single|memory|cluster|redis|failover|proxy|all) ;;
   -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
-  *) echo "usage: $0 [single|memory|cluster|redis|failover|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [single|memory|cluster|redis|failover|proxy|all]" >&2; exit 2 ;;
 esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -149,6 +159,8 @@ BENCH_REDIS_CONNS="${BENCH_REDIS_CONNS:-16}"
 BENCH_REDIS_DELAY_MS="${BENCH_REDIS_DELAY_MS:-2}"
 BENCH_FAILOVER_TENANTS="${BENCH_FAILOVER_TENANTS:-1000}"
 BENCH_FAILOVER_RUNS="${BENCH_FAILOVER_RUNS:-3}"
+BENCH_PROXY_CONNECTIONS="${BENCH_PROXY_CONNECTIONS:-8}"
+STUB_BIN="$TARGET_DIR/release/llmtrace-stub-upstream"
 export BENCH_TENANT_SPACE BENCH_STATUS BENCH_COST
 
 WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/llmtrace-bench.XXXXXX")"
@@ -230,6 +242,10 @@ build() {
   else
     log "building release binaries: cargo build --release -p llmtrace-node --bins"
     (cd "$ROOT" && cargo build --release -p llmtrace-node --bins)
+    if [[ "$MODE" == proxy || "$MODE" == all ]]; then
+      log "building the stub upstream: cargo build --release -p llmtrace-integration --bin llmtrace-stub-upstream"
+      (cd "$ROOT" && cargo build --release -p llmtrace-integration --bin llmtrace-stub-upstream)
+    fi
   fi
   local b
   for b in "$NODE_BIN" "$PLAIN_BIN"; do
@@ -851,6 +867,63 @@ bench_failover() {
 }
 
 [[ "$MODE" == memory || "$MODE" == failover ]] || ensure_wrk
+# One wrk run of proxy.lua: run_proxy_wrk NAME URL
+run_proxy_wrk() {
+  local name="$1" url="$2" out="$WORKDIR/wrk-$1.txt"
+  if [[ "$BENCH_WARMUP" != 0 && "$BENCH_WARMUP" != 0s ]]; then
+    run_load timeout 300 wrk -t1 -c"$BENCH_PROXY_CONNECTIONS" -d"$BENCH_WARMUP" --timeout 5s \
+      -s "$BENCH_DIR/proxy.lua" "$url" >"$WORKDIR/wrk-$name-warmup.txt" 2>&1 || {
+        log "wrk warm-up against $name failed:"; cat "$WORKDIR/wrk-$name-warmup.txt" >&2; exit 1; }
+  fi
+  run_load timeout 900 wrk -t1 -c"$BENCH_PROXY_CONNECTIONS" -d"$BENCH_DURATION" --timeout 5s --latency \
+    -s "$BENCH_DIR/proxy.lua" "$url" >"$out" 2>&1 || {
+      log "wrk against $name failed:"; cat "$out" >&2; exit 1; }
+  sed 's/^/  | /' "$out"
+  grep -q '^BENCH_RESULT ' "$out" || { log "wrk printed no BENCH_RESULT line"; exit 1; }
+}
+
+bench_proxy() {
+  echo
+  echo "== proxy: POST /v1/chat/completions, wrk -t1 -c$BENCH_PROXY_CONNECTIONS -d$BENCH_DURATION," \
+       "$BENCH_TENANT_SPACE bearer keys, keep-alive, direct to the stub vs through the proxy =="
+  [[ -x "$STUB_BIN" ]] || { log "missing binary $STUB_BIN"; exit 1; }
+  load_note
+  start_proc stub "$STUB_BIN"
+  local stub_pid="$PROC_PID" stub_addr="$PROC_PUBLIC"
+  node_args
+  NODE_ARGS+=(--requests-per-second 1000000 --burst-size 1000000000
+              --tokens-per-minute 4000000000 --token-burst-size 100000000
+              --proxy-listen 127.0.0.1:0 --proxy-upstream "http://$stub_addr")
+  echo "-- llmtrace-node ${NODE_ARGS[*]}"
+  start_proc node-proxy "$NODE_BIN" "${NODE_ARGS[@]}"
+  local node_pid="$PROC_PID" line proxy_addr
+  line="$(grep -m1 ' listening public=' "$WORKDIR/node-proxy.out")"
+  proxy_addr="$(sed -n 's/.* proxy=\([^ ]*\).*/\1/p' <<<"$line")"
+  [[ -n "$proxy_addr" ]] || { log "the node printed no proxy= address: $line"; exit 1; }
+  echo "-- direct: http://$stub_addr"
+  run_proxy_wrk direct "http://$stub_addr"
+  echo "-- proxied: http://$proxy_addr"
+  run_proxy_wrk proxied "http://$proxy_addr"
+  timeout 60 python3 "$BENCH_DIR/drain.py" --metrics "$PROC_ADMIN" \
+    --metric llmtrace_proxy_requests_total --metric llmtrace_proxy_tokens_total \
+    | sed 's/^METRIC /  metric /' || echo "  !! could not read $PROC_ADMIN/metrics"
+  health_note node-proxy "$node_pid"
+  stop_pid "$node_pid"
+  stop_pid "$stub_pid"
+  echo
+  echo "proxy results:"
+  local d50 d99 p50 p99 rps non2xx
+  d50="$(field "$WORKDIR/wrk-direct.txt" p50_us)"; d99="$(field "$WORKDIR/wrk-direct.txt" p99_us)"
+  p50="$(field "$WORKDIR/wrk-proxied.txt" p50_us)"; p99="$(field "$WORKDIR/wrk-proxied.txt" p99_us)"
+  rps="$(field "$WORKDIR/wrk-proxied.txt" rps)"; non2xx="$(field "$WORKDIR/wrk-proxied.txt" non2xx)"
+  echo "  direct   p50 $(us_to_ms "$d50")  p99 $(us_to_ms "$d99")  $(field "$WORKDIR/wrk-direct.txt" rps) req/s"
+  echo "  proxied  p50 $(us_to_ms "$p50")  p99 $(us_to_ms "$p99")  $rps req/s  (non-2xx: $non2xx)"
+  awk -v a="$p50" -v b="$d50" -v c="$p99" -v d="$d99" 'BEGIN {
+    printf "  added    p50 %.2f ms  p99 %.2f ms  (target <= 1 ms added p99: %s)\n",
+      (a - b) / 1000, (c - d) / 1000, ((c - d) <= 1000) ? "met" : "NOT met"
+  }'
+}
+
 command -v python3 >/dev/null 2>&1 || { log "python3 is required"; exit 1; }
 build
 case "$MODE" in
@@ -859,5 +932,6 @@ case "$MODE" in
   cluster) bench_cluster ;;
   redis) bench_redis ;;
   failover) bench_failover ;;
-  all) bench_single; bench_cluster; bench_redis; bench_failover; bench_memory ;;
+  proxy) bench_proxy ;;
+  all) bench_single; bench_cluster; bench_redis; bench_failover; bench_memory; bench_proxy ;;
 esac

@@ -30,6 +30,24 @@ fi
 # The tools are installed now: tests that need them fail instead of skipping.
 export LLMTRACE_REQUIRE_TOOLS=1
 
+# The proxy test drives the node with the official `openai` Python client,
+# installed from PyPI into a venv under target/ (only when missing).
+venv="$PWD/target/py-venv"
+if ! "$venv/bin/python" -c "import openai" >/dev/null 2>&1; then
+    echo "==> creating $venv with the openai client"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+        if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get update -qq
+            apt-get install -y -qq python3-venv >/dev/null
+        fi
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+    fi
+    "$venv/bin/pip" install -q --disable-pip-version-check openai
+fi
+export LLMTRACE_PYTHON="$venv/bin/python"
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

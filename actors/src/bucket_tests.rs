@@ -1,6 +1,7 @@
 //! Bucket math with a fake clock: time is a number we choose; nothing sleeps.
 
 use super::*;
+use llmtrace_cluster_config::Per;
 use proptest::prelude::*;
 
 const SEC: u64 = NANOS;
@@ -8,7 +9,15 @@ const SEC: u64 = NANOS;
 const BEFORE_MINUTE: u64 = 1_795_780_859_500_000_000;
 
 fn q(rate: u32, burst: u32) -> BucketQuota {
-    BucketQuota { rate, burst }
+    BucketQuota::per_second(rate, burst)
+}
+
+fn per_minute(rate: u32, burst: u32) -> BucketQuota {
+    BucketQuota {
+        rate,
+        burst,
+        per: Per::Minute,
+    }
 }
 
 #[test]
@@ -36,7 +45,7 @@ fn refill_is_continuous_and_capped() {
     assert!(!b.try_consume(quota, SEC / 4 - 1, 1).is_allowed());
     assert!(b.try_consume(quota, SEC / 4, 1).is_allowed());
     // A long idle period refills to capacity and no further.
-    assert_eq!(b.level_at(quota, 1_000 * SEC), quota.capacity());
+    assert_eq!(b.level_at(quota, 1_000 * SEC), quota.capacity() as i64);
     assert!(b.is_full_at(quota, 1_000 * SEC));
 }
 
@@ -98,7 +107,7 @@ fn a_clock_stepping_back_neither_refills_nor_rewinds() {
 fn lowered_quota_caps_the_level() {
     let mut b = BucketState::full(q(1, 100), 0);
     let small = q(1, 5);
-    assert_eq!(b.level_at(small, 0), small.capacity());
+    assert_eq!(b.level_at(small, 0), small.capacity() as i64);
     assert_eq!(
         b.try_consume(small, 0, 5),
         Decision::Allowed {
@@ -225,4 +234,230 @@ proptest! {
         let bound = u64::from(burst) + (u128::from(rate) * u128::from(now) / u128::from(NANOS)) as u64;
         prop_assert_eq!(admitted, bound);
     }
+}
+
+const MIN: u64 = 60 * SEC;
+
+#[test]
+fn tokens_per_minute_refill_exactly_without_drift() {
+    // 7 tokens per minute is not an integer per second (or per nanosecond):
+    // the level is counted in 1/(60·10^9) token units, so every instant's
+    // level is exact.
+    let quota = per_minute(7, 7);
+    let mut b = BucketState::full(quota, 0);
+    assert!(b.try_consume(quota, 0, 7).is_allowed());
+    // After one minute exactly 7 tokens are back, not 6.999...
+    assert_eq!(b.level_at(quota, MIN), quota.capacity() as i64);
+    // After 8 4/7 s: exactly one token.
+    let one = MIN.div_ceil(7);
+    assert!(copy(b).try_consume(quota, one, 1).is_allowed());
+    assert!(!copy(b).try_consume(quota, one - 1, 1).is_allowed());
+    match b.try_consume(quota, 0, 1) {
+        Decision::Refused { retry_after_ns, .. } => assert_eq!(retry_after_ns, one),
+        d => panic!("{d:?}"),
+    }
+    // Over ten hours, 4200 tokens refill: no accumulated rounding.
+    let mut b = BucketState {
+        level: 0,
+        updated_ns: 0,
+    };
+    let mut taken = 0u64;
+    let mut now = 0;
+    while now <= 600 * MIN {
+        if b.try_consume(quota, now, 1).is_allowed() {
+            taken += 1;
+        }
+        now += SEC;
+    }
+    assert_eq!(taken, 7 * 600);
+}
+
+#[test]
+fn refund_gives_back_and_caps_at_full() {
+    let quota = per_minute(60, 100);
+    let mut b = BucketState::full(quota, 0);
+    assert!(b.try_consume(quota, 0, 80).is_allowed());
+    assert_eq!(
+        b.refund(quota, 0, 30),
+        Decision::Allowed {
+            remaining: 50,
+            reset_after_ns: 50 * SEC
+        }
+    );
+    // Capped: a refund never lifts a bucket above its capacity.
+    b.refund(quota, 0, 1_000_000);
+    assert!(b.is_full_at(quota, 0));
+    assert_eq!(b.level, quota.capacity() as i64);
+    // Huge amounts do not overflow.
+    b.refund(quota, 0, u64::MAX);
+    assert_eq!(b.level, quota.capacity() as i64);
+}
+
+#[test]
+fn charge_pushes_into_debt_and_later_checks_wait() {
+    let quota = q(10, 10);
+    let mut b = BucketState::full(quota, 0);
+    // 25 units charged from a full bucket of 10: 15 in debt.
+    assert_eq!(
+        b.charge(quota, 0, 25),
+        Decision::Allowed {
+            remaining: 0,
+            reset_after_ns: 25 * SEC / 10
+        }
+    );
+    assert_eq!(b.level, -15 * SEC as i64);
+    // One unit is available once 16 units have refilled: 1.6 s.
+    match copy(b).try_consume(quota, 0, 1) {
+        Decision::Refused {
+            retry_after_ns,
+            remaining,
+            ..
+        } => {
+            assert_eq!(retry_after_ns, 16 * SEC / 10);
+            assert_eq!(remaining, 0);
+        }
+        d => panic!("{d:?}"),
+    }
+    assert!(!copy(b)
+        .try_consume(quota, 16 * SEC / 10 - 1, 1)
+        .is_allowed());
+    assert!(copy(b).try_consume(quota, 16 * SEC / 10, 1).is_allowed());
+    // A refund during debt pays part of it back.
+    b.refund(quota, SEC / 10, 5);
+    assert_eq!(b.level, -9 * SEC as i64);
+    // Debt is bounded: a gigantic charge stops at MIN_LEVEL.
+    b.charge(quota, SEC / 10, u64::MAX);
+    assert_eq!(b.level, MIN_LEVEL);
+    assert!(b.time_to_full_ns(quota) > 0);
+}
+
+#[derive(Debug, Clone, Copy)]
+enum TestOp {
+    Take(u64),
+    Refund(u64),
+    Charge(u64),
+}
+
+fn ops() -> impl Strategy<Value = (u32, u32, bool, Vec<(u64, TestOp)>)> {
+    (1u32..2_000, 1u32..200, any::<bool>()).prop_flat_map(|(rate, burst, minute)| {
+        let b = u64::from(burst);
+        let op = prop_oneof![
+            3 => (1..=b).prop_map(TestOp::Take),
+            1 => (1..=2 * b).prop_map(TestOp::Refund),
+            1 => (1..=2 * b).prop_map(TestOp::Charge),
+        ];
+        (
+            Just(rate),
+            Just(burst),
+            Just(minute),
+            prop::collection::vec((0u64..3 * SEC, op), 1..200),
+        )
+    })
+}
+
+fn quota_of(rate: u32, burst: u32, minute: bool) -> BucketQuota {
+    if minute {
+        per_minute(rate, burst)
+    } else {
+        q(rate, burst)
+    }
+}
+
+proptest! {
+    /// Net consumption (taken + charged - refunded) at any admitted take
+    /// never exceeds burst + refill, whatever mix of operations came first.
+    #[test]
+    fn net_consumption_never_exceeds_burst_plus_refill((rate, burst, minute, steps) in ops()) {
+        let quota = quota_of(rate, burst, minute);
+        let mut b = BucketState::full(quota, 0);
+        let mut now = 0u64;
+        let mut net: i128 = 0;
+        for (gap, op) in steps {
+            now += gap;
+            let mut took = false;
+            match op {
+                TestOp::Take(c) => if b.try_consume(quota, now, c).is_allowed() { net += i128::from(c); took = true },
+                TestOp::Refund(c) => { b.refund(quota, now, c); net -= i128::from(c) },
+                TestOp::Charge(c) => { b.charge(quota, now, c); net += i128::from(c) },
+            }
+            // A take succeeds only from a non-negative level, so after it
+            // the net never exceeds what the bucket held plus its refill.
+            let refill = i128::from(rate) * i128::from(now) / i128::from(quota.unit());
+            if took {
+                prop_assert!(net <= i128::from(burst) + refill, "net {} > {} + {}", net, burst, refill);
+            }
+            // The level itself is exact: capacity - net + refill, or capped.
+            prop_assert!(i128::from(b.level_at(quota, now)) <= i128::from(quota.capacity()));
+        }
+    }
+
+    /// A refund of what was just taken (or charged) restores the state.
+    #[test]
+    fn refund_undoes_take_and_charge((rate, burst, minute, steps) in ops(), k in 1u64..500) {
+        let quota = quota_of(rate, burst, minute);
+        let mut b = BucketState::full(quota, 0);
+        let mut now = 0u64;
+        for (gap, op) in steps {
+            now += gap;
+            match op {
+                TestOp::Take(c) => { b.try_consume(quota, now, c); }
+                TestOp::Refund(c) => { b.refund(quota, now, c); }
+                TestOp::Charge(c) => { b.charge(quota, now, c); }
+            }
+        }
+        b.advance(quota, now);
+        let before = b;
+        b.charge(quota, now, k);
+        b.refund(quota, now, k);
+        prop_assert_eq!(b, before);
+        if copy(b).try_consume(quota, now, 1).is_allowed() {
+            let mut c = before;
+            c.try_consume(quota, now, 1);
+            c.refund(quota, now, 1);
+            prop_assert_eq!(c, before);
+        }
+    }
+
+    /// The retry-after of a refused take (after debt or not) is exactly the
+    /// first instant the take succeeds.
+    #[test]
+    fn retry_after_is_exact_after_debt(rate in 1u32..100_000, burst in 1u32..1000, minute: bool, debt in 0u64..5_000, cost in 1u64..1000) {
+        let quota = quota_of(rate, burst, minute);
+        let cost = cost.min(u64::from(burst));
+        let mut b = BucketState::full(quota, 0);
+        b.charge(quota, 0, u64::from(burst) + debt);
+        match copy(b).try_consume(quota, 0, cost) {
+            Decision::Refused { retry_after_ns, .. } => {
+                prop_assert!(!copy(b).try_consume(quota, retry_after_ns - 1, cost).is_allowed());
+                prop_assert!(copy(b).try_consume(quota, retry_after_ns, cost).is_allowed());
+            }
+            d => prop_assert!(false, "{:?}", d),
+        }
+    }
+
+    /// A greedy client of a per-minute bucket gets exactly
+    /// burst + floor(rate · t / 60 s).
+    #[test]
+    fn per_minute_greedy_client_gets_exactly_burst_plus_refill(rate in 1u32..1_000_000, burst in 1u32..50, n in 1usize..300) {
+        let quota = per_minute(rate, burst);
+        let mut b = BucketState::full(quota, 0);
+        let mut now = 0u64;
+        let mut admitted = 0u64;
+        for _ in 0..n {
+            match b.try_consume(quota, now, 1) {
+                Decision::Allowed { .. } => admitted += 1,
+                Decision::Refused { retry_after_ns, .. } => now += retry_after_ns,
+            }
+        }
+        while b.try_consume(quota, now, 1).is_allowed() {
+            admitted += 1;
+        }
+        let bound = u64::from(burst) + (u128::from(rate) * u128::from(now) / u128::from(MIN)) as u64;
+        prop_assert_eq!(admitted, bound);
+    }
+}
+
+/// A copy to try a check on without changing `b`.
+fn copy(b: BucketState) -> BucketState {
+    b
 }

@@ -124,6 +124,7 @@ mod tests {
 
     fn check(id: u64, retry: bool) -> WireCheck {
         WireCheck {
+            op: 0,
             id,
             tenant: "t".into(),
             limit: 0,

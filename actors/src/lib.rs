@@ -39,7 +39,7 @@ pub mod rpc;
 pub mod shard;
 pub mod snapshot;
 
-pub use bucket::{retry_after_secs, BucketQuota, BucketState, Decision, NANOS};
+pub use bucket::{retry_after_secs, BucketQuota, BucketState, Decision, Op, NANOS};
 pub use cache::{CacheError, CacheLayer, InMemoryCacheLayer, RedisCacheLayer, SnapshotWrite};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use cluster_metrics::ClusterMetrics;

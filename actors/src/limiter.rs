@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use llmtrace_cluster_config::{Limit, Quota, RateLimitConfig};
+
 use thiserror::Error;
 
 use crate::bucket::BucketState;
-use crate::bucket::{BucketQuota, Decision};
+use crate::bucket::{BucketQuota, Decision, Op};
 use crate::cache::{CacheError, CacheLayer};
 use crate::clock::Clock;
 use crate::key::{shard_of, BucketKey};
@@ -182,23 +183,39 @@ impl Limiter {
         self.limits.quota(tenant, limit)
     }
 
-    /// Validates `cost` against the quota; `Ok(None)` means unlimited.
+    /// Validates `cost` of a take against the quota; `Ok(None)` means
+    /// unlimited.
     pub fn validate(
         &self,
         tenant: &str,
         limit: Limit,
         cost: u64,
     ) -> Result<Option<BucketQuota>, CheckError> {
+        self.validate_op(tenant, limit, Op::Take, cost)
+    }
+
+    /// Validates `cost` of `op` against the quota: every cost is at least 1,
+    /// and a take's at most the burst (refunds and charges may be larger).
+    pub fn validate_op(
+        &self,
+        tenant: &str,
+        limit: Limit,
+        op: Op,
+        cost: u64,
+    ) -> Result<Option<BucketQuota>, CheckError> {
         if cost == 0 {
             return Err(CheckError::ZeroCost);
         }
-        match self.quota(tenant, limit) {
-            Quota::Unlimited => Ok(None),
-            Quota::Bucket { rate, burst } => {
-                if cost > u64::from(burst) {
-                    return Err(CheckError::CostAboveBurst { cost, burst });
+        match BucketQuota::of(self.quota(tenant, limit)) {
+            None => Ok(None),
+            Some(quota) => {
+                if op == Op::Take && cost > u64::from(quota.burst) {
+                    return Err(CheckError::CostAboveBurst {
+                        cost,
+                        burst: quota.burst,
+                    });
                 }
-                Ok(Some(BucketQuota { rate, burst }))
+                Ok(Some(quota))
             }
         }
     }
@@ -223,7 +240,21 @@ impl Limiter {
         reclaim: bool,
     ) -> Result<Verdict, CheckError> {
         let quota = self.validate(&tenant, limit, cost)?;
-        self.check_validated(tenant, limit, cost, quota, reclaim)
+        self.check_validated(tenant, limit, Op::Take, cost, quota, reclaim)
+            .await
+    }
+
+    /// Applies `op` (take, refund or charge) of `cost` units to the bucket
+    /// of `(tenant, limit)` on this node's shard.
+    pub async fn apply(
+        &self,
+        tenant: String,
+        limit: Limit,
+        op: Op,
+        cost: u64,
+    ) -> Result<Verdict, CheckError> {
+        let quota = self.validate_op(&tenant, limit, op, cost)?;
+        self.check_validated(tenant, limit, op, cost, quota, false)
             .await
     }
 
@@ -233,6 +264,7 @@ impl Limiter {
         &self,
         tenant: String,
         limit: Limit,
+        op: Op,
         cost: u64,
         quota: Option<BucketQuota>,
         reclaim: bool,
@@ -249,6 +281,7 @@ impl Limiter {
         let mut msg = Some(Check {
             key,
             quota,
+            op,
             cost,
             reclaim,
         });
@@ -296,10 +329,9 @@ impl Limiter {
         tenant: &str,
         limit: Limit,
     ) -> Result<Option<(BucketQuota, BucketReport)>, CheckError> {
-        let Quota::Bucket { rate, burst } = self.quota(tenant, limit) else {
+        let Some(quota) = BucketQuota::of(self.quota(tenant, limit)) else {
             return Ok(None);
         };
-        let quota = BucketQuota { rate, burst };
         let i = shard_of(tenant, limit, self.shards.len());
         let key = BucketKey::new(tenant, limit);
         let report = self
@@ -316,10 +348,9 @@ impl Limiter {
     /// Refills `tenant`'s bucket for `limit` on this node (and its
     /// snapshot, with write-behind).
     pub async fn reset(&self, tenant: &str, limit: Limit) -> Result<(), CheckError> {
-        let Quota::Bucket { rate, burst } = self.quota(tenant, limit) else {
+        let Some(quota) = BucketQuota::of(self.quota(tenant, limit)) else {
             return Ok(());
         };
-        let quota = BucketQuota { rate, burst };
         let i = shard_of(tenant, limit, self.shards.len());
         let key = BucketKey::new(tenant, limit);
         self.shards

@@ -22,6 +22,7 @@ fn limits(rate: u32, burst: u32) -> RateLimitConfig {
         window_seconds: None,
         tenant_overrides: BTreeMap::new(),
         runtime: Default::default(),
+        tokens: Default::default(),
     }
 }
 
@@ -372,7 +373,7 @@ async fn a_pushed_bucket_merges_to_the_lower_level() {
         .install(
             key,
             BucketState {
-                level: 2 * NANOS,
+                level: 2 * NANOS as i64,
                 updated_ns: T0,
             },
         )

@@ -23,7 +23,7 @@ use futures_util::future::join_all;
 use llmtrace_cluster_config::{Limit, OwnerUnreachable};
 use tracing::warn;
 
-use crate::bucket::{BucketQuota, Decision};
+use crate::bucket::{BucketQuota, Decision, Op};
 use crate::cluster_metrics::ClusterMetrics;
 use crate::dedup::{Claim, Dedup};
 use crate::limiter::{CheckError, Limiter, Verdict};
@@ -191,10 +191,12 @@ impl Router {
 
     /// Decides on this node's shard; `Err(Moved)` if the shard handed the
     /// bucket over moments ago.
+    #[allow(clippy::too_many_arguments)]
     async fn decide_here(
         &self,
         tenant: String,
         limit: Limit,
+        op: Op,
         cost: u64,
         quota: Option<BucketQuota>,
         route: Route,
@@ -202,7 +204,7 @@ impl Router {
     ) -> Result<Routed, CheckError> {
         let verdict = self
             .local
-            .check_validated(tenant, limit, cost, quota, false)
+            .check_validated(tenant, limit, op, cost, quota, false)
             .await?;
         Ok(Routed {
             verdict,
@@ -216,7 +218,7 @@ impl Router {
     async fn local_check(
         &self,
         tenant: String,
-        limit: Limit,
+        (limit, op): (Limit, Op),
         cost: u64,
         quota: Option<BucketQuota>,
         route: Route,
@@ -224,25 +226,33 @@ impl Router {
         hops: u8,
     ) -> Result<Routed, CheckError> {
         match self
-            .decide_here(tenant, limit, cost, quota, route, owner)
+            .decide_here(tenant, limit, op, cost, quota, route, owner)
             .await
         {
             // Only a bucket (never an unlimited check) can have moved.
             Err(CheckError::Moved { to, tenant }) => {
-                let quota = quota.unwrap_or(BucketQuota { rate: 1, burst: 1 });
-                self.follow_move(tenant, limit, cost, quota, to, hops).await
+                let quota = quota.unwrap_or(BucketQuota::per_second(1, 1));
+                self.follow_move(tenant, (limit, op), cost, quota, to, hops)
+                    .await
             }
             other => other,
         }
     }
 
     /// A check to forward to `to`'s node, `hops` forwards made so far.
-    fn wire_check(&self, tenant: String, limit: Limit, cost: u64, hops: u8) -> WireCheck {
+    fn wire_check(
+        &self,
+        tenant: String,
+        (limit, op): (Limit, Op),
+        cost: u64,
+        hops: u8,
+    ) -> WireCheck {
         self.metrics.forwarded.fetch_add(1, Relaxed);
         WireCheck {
             id: self.next_check_id.fetch_add(1, Relaxed),
             tenant,
             limit: limit as u8,
+            op: op as u8,
             cost,
             retry: false,
             hops: hops + 1,
@@ -253,7 +263,7 @@ impl Router {
     async fn follow_move(
         &self,
         tenant: String,
-        limit: Limit,
+        (limit, op): (Limit, Op),
         cost: u64,
         quota: BucketQuota,
         to: String,
@@ -267,7 +277,7 @@ impl Router {
             let owner = Some(view.self_id.to_string());
             let verdict = self
                 .local
-                .check_validated(tenant, limit, cost, Some(quota), true)
+                .check_validated(tenant, limit, op, cost, Some(quota), true)
                 .await?;
             return Ok(Routed {
                 verdict,
@@ -278,10 +288,10 @@ impl Router {
         if hops > MAX_FORWARDS {
             let reason = "hop limit reached following a handoff".to_string();
             return self
-                .unreachable(tenant, limit, cost, quota, to, reason)
+                .unreachable(tenant, (limit, op), cost, quota, to, reason)
                 .await;
         }
-        let check = self.wire_check(tenant, limit, cost, hops);
+        let check = self.wire_check(tenant, (limit, op), cost, hops);
         let answer = self.send(&view, &to, check.clone()).await;
         if let Some(routed) = self.settle(&answer, &to)? {
             return Ok(routed);
@@ -290,7 +300,7 @@ impl Router {
             Err(e) => e.to_string(),
             Ok(r) => format!("{r:?}"),
         };
-        self.unreachable(check.tenant, limit, cost, quota, to, reason)
+        self.unreachable(check.tenant, (limit, op), cost, quota, to, reason)
             .await
     }
 
@@ -303,9 +313,26 @@ impl Router {
         cost: u64,
         hops: u8,
     ) -> Result<Routed, CheckError> {
-        let Some(quota) = self.local.validate(&tenant, limit, cost)? else {
+        self.apply(tenant, limit, Op::Take, cost, hops).await
+    }
+
+    /// Applies `op` (take, refund or charge) of `cost` units on the owner of
+    /// `(tenant, limit)`, with the forwarding, retry and dedup of a check.
+    /// Under the `allow` and `deny` unreachable policies a refund or charge
+    /// whose owner cannot be reached is dropped (answered unlimited,
+    /// degraded); under `local` it applies on this node's shard.
+    pub async fn apply(
+        &self,
+        tenant: String,
+        limit: Limit,
+        op: Op,
+        cost: u64,
+        hops: u8,
+    ) -> Result<Routed, CheckError> {
+        let lo = (limit, op);
+        let Some(quota) = self.local.validate_op(&tenant, limit, op, cost)? else {
             return self
-                .local_check(tenant, limit, cost, None, Route::Local, None, hops)
+                .local_check(tenant, lo, cost, None, Route::Local, None, hops)
                 .await;
         };
         let q = Some(quota);
@@ -313,26 +340,26 @@ impl Router {
         let owner = match view.owner(&tenant, limit) {
             None => {
                 return self
-                    .local_check(tenant, limit, cost, q, Route::Local, None, hops)
+                    .local_check(tenant, lo, cost, q, Route::Local, None, hops)
                     .await
             }
             Some(o) if view.is_self(o) => {
                 let owner = Some(o.to_string());
                 return self
-                    .local_check(tenant, limit, cost, q, Route::Local, owner, hops)
+                    .local_check(tenant, lo, cost, q, Route::Local, owner, hops)
                     .await;
             }
             Some(o) => o.to_string(),
         };
         if hops >= MAX_FORWARDS {
             return self
-                .local_check(tenant, limit, cost, q, Route::Local, Some(owner), hops)
+                .local_check(tenant, lo, cost, q, Route::Local, Some(owner), hops)
                 .await;
         }
         if hops > 0 {
             self.metrics.reforwarded.fetch_add(1, Relaxed);
         }
-        let mut check = self.wire_check(tenant, limit, cost, hops);
+        let mut check = self.wire_check(tenant, lo, cost, hops);
         let started = std::time::Instant::now();
         let first = self.send(&view, &owner, check.clone()).await;
         self.metrics
@@ -349,7 +376,7 @@ impl Router {
             other => {
                 let owner = other.map(str::to_string);
                 return self
-                    .local_check(check.tenant, limit, cost, q, Route::Local, owner, hops)
+                    .local_check(check.tenant, lo, cost, q, Route::Local, owner, hops)
                     .await;
             }
         };
@@ -362,7 +389,7 @@ impl Router {
             Err(e) => e.to_string(),
             Ok(r) => format!("{r:?}"),
         };
-        self.unreachable(check.tenant, limit, cost, quota, owner2, reason)
+        self.unreachable(check.tenant, lo, cost, quota, owner2, reason)
             .await
     }
 
@@ -398,7 +425,7 @@ impl Router {
     async fn unreachable(
         &self,
         tenant: String,
-        limit: Limit,
+        (limit, op): (Limit, Op),
         cost: u64,
         quota: crate::BucketQuota,
         owner: String,
@@ -414,7 +441,7 @@ impl Router {
                 // unreachable node (reclaimed: restored from the cache layer).
                 let verdict = self
                     .local
-                    .check_validated(tenant, limit, cost, Some(quota), true)
+                    .check_validated(tenant, limit, op, cost, Some(quota), true)
                     .await?;
                 Ok(Routed {
                     verdict,
@@ -430,13 +457,22 @@ impl Router {
                     owner: Some(owner),
                 })
             }
+            OwnerUnreachable::Deny if op != Op::Take => {
+                // Nothing to refuse: the refund or charge is dropped.
+                self.metrics.unreachable_deny.fetch_add(1, Relaxed);
+                Ok(Routed {
+                    verdict: Verdict::Unlimited,
+                    route,
+                    owner: Some(owner),
+                })
+            }
             OwnerUnreachable::Deny => {
                 self.metrics.unreachable_deny.fetch_add(1, Relaxed);
                 let decision = Decision::Refused {
                     remaining: 0,
                     retry_after_ns: 1_000_000_000,
                     // Unknown: report the time a drained bucket takes.
-                    reset_after_ns: quota.capacity() / u64::from(quota.rate),
+                    reset_after_ns: quota.refill_ns(),
                 };
                 Ok(Routed {
                     verdict: Verdict::Limited { quota, decision },
@@ -467,16 +503,18 @@ impl Router {
                     }
                     let result = match validate_check(&c) {
                         Err(code) => WireAnswer::plain(WireResult::Invalid(code)),
-                        Ok(limit) => match self.check(c.tenant, limit, c.cost, c.hops).await {
-                            Ok(routed) => WireAnswer {
-                                result: WireResult::from(routed.verdict),
-                                degraded: match routed.route {
-                                    Route::Degraded(p) => Some(policy_byte(p)),
-                                    _ => None,
+                        Ok((limit, op)) => {
+                            match self.apply(c.tenant, limit, op, c.cost, c.hops).await {
+                                Ok(routed) => WireAnswer {
+                                    result: WireResult::from(routed.verdict),
+                                    degraded: match routed.route {
+                                        Route::Degraded(p) => Some(policy_byte(p)),
+                                        _ => None,
+                                    },
                                 },
-                            },
-                            Err(e) => WireAnswer::plain(wire_error(&e)),
-                        },
+                                Err(e) => WireAnswer::plain(wire_error(&e)),
+                            }
+                        }
                     };
                     (c.id, result, true)
                 }),

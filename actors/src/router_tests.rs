@@ -25,6 +25,7 @@ fn limits(rate: u32, burst: u32) -> Arc<RateLimitConfig> {
         window_seconds: None,
         tenant_overrides: BTreeMap::new(),
         runtime: Default::default(),
+        tokens: Default::default(),
     })
 }
 
@@ -313,6 +314,7 @@ async fn invalid_items_in_a_batch_get_their_own_error() {
         limits(1, 3),
     );
     let check = |id, tenant: &str, cost| WireCheck {
+        op: 0,
         id,
         tenant: tenant.into(),
         limit: 0,
@@ -344,4 +346,132 @@ async fn invalid_items_in_a_batch_get_their_own_error() {
         resp.results[3].result,
         WireResult::Invalid(WireErrorCode::CostAboveBurst)
     );
+}
+
+fn token_limits(per_minute: u32, burst: u32) -> Arc<RateLimitConfig> {
+    let mut c = (*limits(1, 1)).clone();
+    c.tokens.tokens_per_minute = per_minute;
+    c.tokens.burst_size = burst;
+    Arc::new(c)
+}
+
+/// A tenant whose token bucket node "a" does not own.
+fn token_tenant_elsewhere(c: &Cluster) -> String {
+    let v = c.routers[0].view();
+    (0..100)
+        .map(|i| format!("tok{i}"))
+        .find(|t| v.owner(t, Limit::Tokens) != Some("a"))
+        .expect("some tenant is owned elsewhere")
+}
+
+fn remaining(r: &Routed) -> u64 {
+    match r.verdict {
+        Verdict::Limited { decision, .. } => match decision {
+            Decision::Allowed { remaining, .. } | Decision::Refused { remaining, .. } => remaining,
+        },
+        Verdict::Unlimited => panic!("expected a bucket"),
+    }
+}
+
+#[actix_rt::test]
+async fn refund_and_charge_run_on_the_owner_from_any_node() {
+    // 60 tokens per minute: one per second; the clock does not move.
+    let c = cluster(
+        agreed_views(),
+        Fault::None,
+        OwnerUnreachable::Deny,
+        token_limits(60, 100),
+    );
+    let tenant = token_tenant_elsewhere(&c);
+    let a = &c.routers[0];
+    let r = a
+        .apply(tenant.clone(), Limit::Tokens, Op::Take, 100, 0)
+        .await
+        .unwrap();
+    assert_eq!(r.route, Route::Forwarded);
+    assert_eq!(remaining(&r), 0);
+    // A refund sent from another node lands on the owner's bucket.
+    let r = c.routers[1]
+        .apply(tenant.clone(), Limit::Tokens, Op::Refund, 30, 0)
+        .await
+        .unwrap();
+    assert_eq!(remaining(&r), 30);
+    // A charge of 50 leaves 20 in debt: a take of 1 waits 21 s.
+    let r = c.routers[2]
+        .apply(tenant.clone(), Limit::Tokens, Op::Charge, 50, 0)
+        .await
+        .unwrap();
+    assert_eq!(remaining(&r), 0);
+    let r = a
+        .apply(tenant.clone(), Limit::Tokens, Op::Take, 1, 0)
+        .await
+        .unwrap();
+    match r.verdict {
+        Verdict::Limited {
+            quota,
+            decision: Decision::Refused { retry_after_ns, .. },
+        } => {
+            assert_eq!(retry_after_ns, 21 * crate::NANOS);
+            assert_eq!(quota.per, llmtrace_cluster_config::Per::Minute);
+        }
+        v => panic!("{v:?}"),
+    }
+    // Refunds and charges may exceed the burst; zero is refused as invalid.
+    assert!(a
+        .apply(tenant.clone(), Limit::Tokens, Op::Refund, 1_000, 0)
+        .await
+        .is_ok());
+    assert_eq!(
+        a.apply(tenant, Limit::Tokens, Op::Charge, 0, 0).await,
+        Err(CheckError::ZeroCost)
+    );
+}
+
+#[actix_rt::test]
+async fn a_retried_charge_is_not_counted_twice() {
+    let c = cluster(
+        agreed_views(),
+        Fault::LoseFirstAnswer,
+        OwnerUnreachable::Deny,
+        token_limits(60, 100),
+    );
+    let tenant = token_tenant_elsewhere(&c);
+    let r = c.routers[0]
+        .apply(tenant.clone(), Limit::Tokens, Op::Charge, 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.route,
+        Route::Forwarded,
+        "the retry got the owner's answer"
+    );
+    assert_eq!(remaining(&r), 90);
+    let owner = c.routers[0]
+        .view()
+        .owner(&tenant, Limit::Tokens)
+        .unwrap()
+        .to_string();
+    let owner_router = c.routers.iter().find(|r| r.view().is_self(&owner)).unwrap();
+    assert_eq!(owner_router.metrics().dedup_hits.load(Relaxed), 1);
+    // Charged once: exactly 90 tokens are left.
+    let take = |n| owner_router.apply(tenant.clone(), Limit::Tokens, Op::Take, n, 0);
+    assert!(take(90).await.unwrap().verdict.is_allowed());
+    assert!(!take(1).await.unwrap().verdict.is_allowed());
+}
+
+#[actix_rt::test]
+async fn unreachable_owner_drops_refunds_under_deny() {
+    let c = cluster(
+        agreed_views(),
+        Fault::Down,
+        OwnerUnreachable::Deny,
+        token_limits(60, 100),
+    );
+    let tenant = token_tenant_elsewhere(&c);
+    let r = c.routers[0]
+        .apply(tenant, Limit::Tokens, Op::Refund, 10, 0)
+        .await
+        .unwrap();
+    assert_eq!(r.route, Route::Degraded(OwnerUnreachable::Deny));
+    assert_eq!(r.verdict, Verdict::Unlimited);
 }

@@ -5,14 +5,16 @@
 //! versions and trailing bytes are refused.
 
 use bincode::{config, Decode, Encode};
-use llmtrace_cluster_config::{validate_tenant_id, Limit, OwnerUnreachable};
+use llmtrace_cluster_config::{validate_tenant_id, Limit, OwnerUnreachable, Per};
 use thiserror::Error;
 
-use crate::bucket::{BucketQuota, Decision};
+use crate::bucket::{BucketQuota, Decision, Op};
 use crate::limiter::Verdict;
 
-/// Version of [`BatchRequest`] / [`BatchResponse`].
-pub const WIRE_VERSION: u8 = 1;
+/// Version of every node-to-node message. 2: checks carry an operation
+/// (take, refund, charge), answers the quota's period, bucket levels are
+/// signed.
+pub const WIRE_VERSION: u8 = 2;
 /// Largest node-to-node body accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// Most checks in one forwarded batch.
@@ -30,6 +32,8 @@ pub struct WireCheck {
     pub tenant: String,
     /// Index into `Limit::ALL`.
     pub limit: u8,
+    /// Index into `Op::ALL` (0: take).
+    pub op: u8,
     pub cost: u64,
     /// True when this is a retry of an earlier send of the same id.
     pub retry: bool,
@@ -57,12 +61,15 @@ pub enum WireResult {
     Allowed {
         rate: u32,
         burst: u32,
+        /// The rate's period: [`per_byte`].
+        per: u8,
         remaining: u64,
         reset_after_ns: u64,
     },
     Refused {
         rate: u32,
         burst: u32,
+        per: u8,
         remaining: u64,
         retry_after_ns: u64,
         reset_after_ns: u64,
@@ -84,6 +91,7 @@ pub enum WireErrorCode {
     DuplicateInFlight,
     /// Write-through owner could not persist the new state.
     NotPersisted,
+    UnknownOp,
 }
 
 /// The answer to one forwarded check and how it was reached.
@@ -121,6 +129,22 @@ pub fn policy_byte(p: OwnerUnreachable) -> u8 {
     }
 }
 
+/// The wire byte of a rate period.
+pub fn per_byte(p: Per) -> u8 {
+    match p {
+        Per::Second => 0,
+        Per::Minute => 1,
+    }
+}
+
+fn per_of(b: u8) -> Per {
+    if b == 1 {
+        Per::Minute
+    } else {
+        Per::Second
+    }
+}
+
 /// Answers in the order of the request's checks.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct BatchResponse {
@@ -140,6 +164,7 @@ impl From<Verdict> for WireResult {
                 } => WireResult::Allowed {
                     rate: quota.rate,
                     burst: quota.burst,
+                    per: per_byte(quota.per),
                     remaining,
                     reset_after_ns,
                 },
@@ -150,6 +175,7 @@ impl From<Verdict> for WireResult {
                 } => WireResult::Refused {
                     rate: quota.rate,
                     burst: quota.burst,
+                    per: per_byte(quota.per),
                     remaining,
                     retry_after_ns,
                     reset_after_ns,
@@ -167,10 +193,15 @@ impl WireResult {
             WireResult::Allowed {
                 rate,
                 burst,
+                per,
                 remaining,
                 reset_after_ns,
             } => Some(Verdict::Limited {
-                quota: BucketQuota { rate, burst },
+                quota: BucketQuota {
+                    rate,
+                    burst,
+                    per: per_of(per),
+                },
                 decision: Decision::Allowed {
                     remaining,
                     reset_after_ns,
@@ -179,11 +210,16 @@ impl WireResult {
             WireResult::Refused {
                 rate,
                 burst,
+                per,
                 remaining,
                 retry_after_ns,
                 reset_after_ns,
             } => Some(Verdict::Limited {
-                quota: BucketQuota { rate, burst },
+                quota: BucketQuota {
+                    rate,
+                    burst,
+                    per: per_of(per),
+                },
                 decision: Decision::Refused {
                     remaining,
                     retry_after_ns,
@@ -377,15 +413,20 @@ pub fn decode_request(bytes: &[u8]) -> Result<BatchRequest, WireError> {
 }
 
 /// Validates one forwarded check's fields (the quota checks come later).
-pub fn validate_check(c: &WireCheck) -> Result<Limit, WireErrorCode> {
+pub fn validate_check(c: &WireCheck) -> Result<(Limit, Op), WireErrorCode> {
     validate_tenant_id(&c.tenant).map_err(|_| WireErrorCode::BadTenant)?;
     if c.cost == 0 {
         return Err(WireErrorCode::ZeroCost);
     }
-    Limit::ALL
+    let limit = Limit::ALL
         .get(usize::from(c.limit))
         .copied()
-        .ok_or(WireErrorCode::UnknownLimit)
+        .ok_or(WireErrorCode::UnknownLimit)?;
+    let op = Op::ALL
+        .get(usize::from(c.op))
+        .copied()
+        .ok_or(WireErrorCode::UnknownOp)?;
+    Ok((limit, op))
 }
 
 #[cfg(test)]
@@ -401,6 +442,7 @@ mod tests {
                     id: i as u64,
                     tenant: format!("t{i}"),
                     limit: 0,
+                    op: 0,
                     cost: 1,
                     retry: false,
                     hops: 1,
@@ -424,6 +466,20 @@ mod tests {
             ],
         };
         assert_eq!(decode::<BatchResponse>(&encode(&resp)), Ok(resp));
+        // A per-minute quota survives the trip.
+        let quota = BucketQuota {
+            rate: 7,
+            burst: 9,
+            per: Per::Minute,
+        };
+        let v = Verdict::Limited {
+            quota,
+            decision: Decision::Allowed {
+                remaining: 3,
+                reset_after_ns: 5,
+            },
+        };
+        assert_eq!(WireResult::from(v).verdict(), Some(v));
     }
 
     #[test]
@@ -454,11 +510,27 @@ mod tests {
             id: 1,
             tenant: "t".into(),
             limit: 0,
+            op: 0,
             cost: 1,
             retry: false,
             hops: 1,
         };
-        assert_eq!(validate_check(&ok), Ok(Limit::Requests));
+        assert_eq!(validate_check(&ok), Ok((Limit::Requests, Op::Take)));
+        assert_eq!(
+            validate_check(&WireCheck {
+                limit: 1,
+                op: 2,
+                ..ok.clone()
+            }),
+            Ok((Limit::Tokens, Op::Charge))
+        );
+        assert_eq!(
+            validate_check(&WireCheck {
+                op: 3,
+                ..ok.clone()
+            }),
+            Err(WireErrorCode::UnknownOp)
+        );
         assert_eq!(
             validate_check(&WireCheck {
                 limit: 7,

@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use llmtrace_cluster_config::{Quota, RateLimitConfig};
+use llmtrace_cluster_config::RateLimitConfig;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use crate::bucket::{BucketQuota, BucketState, Decision};
+use crate::bucket::{BucketQuota, BucketState, Decision, Op};
 use crate::cache::{CacheError, CacheLayer, SnapshotWrite};
 use crate::clock::Clock;
 use crate::key::BucketKey;
@@ -70,14 +70,15 @@ impl Default for ShardTiming {
     }
 }
 
-/// Take `cost` units from the bucket `key` under `quota`.
-/// `Err(Unserved::Moved)` when the bucket was handed to another node moments
-/// ago: ask that node.
+/// Apply `op` with `cost` units (take, refund, charge) to the bucket `key`
+/// under `quota`. `Err(Unserved::Moved)` when the bucket was handed to
+/// another node moments ago: ask that node.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<Decision, Unserved>")]
 pub struct Check {
     pub key: BucketKey,
     pub quota: BucketQuota,
+    pub op: Op,
     pub cost: u64,
     /// This node owns the key again (the node it was handed to left the
     /// ring): forget the tombstone and serve.
@@ -129,6 +130,7 @@ type Reply = oneshot::Sender<Result<Decision, Unserved>>;
 
 struct Waiter {
     quota: BucketQuota,
+    op: Op,
     cost: u64,
     reply: Reply,
 }
@@ -231,8 +233,22 @@ impl ShardActor {
     }
 
     /// Applies one check to a resident bucket.
-    fn apply(&mut self, key: &BucketKey, quota: BucketQuota, cost: u64, now: u64) -> Decision {
+    fn apply(
+        &mut self,
+        key: &BucketKey,
+        quota: BucketQuota,
+        op: Op,
+        cost: u64,
+        now: u64,
+    ) -> Decision {
         let slot = self.buckets.get_mut(key).expect("caller checked residency");
+        if op != Op::Take {
+            // Refunds and charges always change the bucket; they are not
+            // decisions (the proxy counts them in its own metrics).
+            let decision = slot.state.apply(quota, now, op, cost);
+            self.mark_dirty(key, now);
+            return decision;
+        }
         let decision = slot.state.try_consume(quota, now, cost);
         let limit = key.limit as usize;
         let stats = &self.metrics.shards[self.id];
@@ -309,11 +325,11 @@ impl ShardActor {
             self.mark_dirty(&key, now);
         }
         for w in waiters {
-            if let Some(refusal) = self.unpersistable(&key, w.quota, w.cost, now) {
+            if let Some(refusal) = self.unpersistable(&key, w.quota, w.op, w.cost, now) {
                 let _ = w.reply.send(refusal);
                 continue;
             }
-            let d = self.apply(&key, w.quota, w.cost, now);
+            let d = self.apply(&key, w.quota, w.op, w.cost, now);
             self.answer(d, w.reply);
         }
         self.flush_through(ctx);
@@ -347,10 +363,9 @@ impl ShardActor {
                 continue;
             }
             slot.dirty = false;
-            let Quota::Bucket { rate, burst } = self.limits.quota(&key.tenant, key.limit) else {
+            let Some(quota) = BucketQuota::of(self.limits.quota(&key.tenant, key.limit)) else {
                 continue;
             };
-            let quota = BucketQuota { rate, burst };
             writes.push(SnapshotWrite {
                 ttl_ms: snapshot::ttl_ms(&slot.state, quota),
                 state: slot.state,
@@ -451,10 +466,13 @@ impl ShardActor {
         &self,
         key: &BucketKey,
         quota: BucketQuota,
+        op: Op,
         cost: u64,
         now: u64,
     ) -> Option<Result<Decision, Unserved>> {
-        if !self.timing.write_through || now >= self.retry_at_ns {
+        // Refunds and charges are never refused: they settle what already
+        // happened (the state changes in memory and is retried to Redis).
+        if !self.timing.write_through || now >= self.retry_at_ns || op != Op::Take {
             return None;
         }
         let mut probe = self.buckets.get(key)?.state;
@@ -482,11 +500,9 @@ impl ShardActor {
         let mut dropped = 0usize;
         let mut dropped_dirty = 0i64;
         self.buckets.retain(|key, slot| {
-            let full = match limits.quota(&key.tenant, key.limit) {
-                Quota::Unlimited => true,
-                Quota::Bucket { rate, burst } => {
-                    slot.state.is_full_at(BucketQuota { rate, burst }, now)
-                }
+            let full = match BucketQuota::of(limits.quota(&key.tenant, key.limit)) {
+                None => true,
+                Some(quota) => slot.state.is_full_at(quota, now),
             };
             if full {
                 // A full bucket carries no information; an older snapshot of
@@ -542,12 +558,12 @@ impl Handler<Check> for ShardActor {
         if self.buckets.contains_key(&msg.key) {
             let now = self.clock.now_ns();
             if !self.timing.write_through {
-                return Response::reply(Ok(self.apply(&msg.key, msg.quota, msg.cost, now)));
+                return Response::reply(Ok(self.apply(&msg.key, msg.quota, msg.op, msg.cost, now)));
             }
-            if let Some(refusal) = self.unpersistable(&msg.key, msg.quota, msg.cost, now) {
+            if let Some(refusal) = self.unpersistable(&msg.key, msg.quota, msg.op, msg.cost, now) {
                 return Response::reply(refusal);
             }
-            let decision = self.apply(&msg.key, msg.quota, msg.cost, now);
+            let decision = self.apply(&msg.key, msg.quota, msg.op, msg.cost, now);
             if !decision.is_allowed() {
                 return Response::reply(Ok(decision));
             }
@@ -569,6 +585,7 @@ impl Handler<Check> for ShardActor {
         let (tx, rx) = oneshot::channel();
         let waiter = Waiter {
             quota: msg.quota,
+            op: msg.op,
             cost: msg.cost,
             reply: tx,
         };

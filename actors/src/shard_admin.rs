@@ -15,7 +15,9 @@ use crate::snapshot;
 /// What an operator sees of one bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketReport {
-    /// Level now, in nano-units (whole units: `level / NANOS`).
+    /// Level now, in nano-units (whole units: `level / NANOS`), whatever
+    /// the limit's period (a per-minute bucket's finer sub-units are scaled
+    /// down); a bucket in debt reads 0.
     pub level: u64,
     /// Time until the bucket is full again.
     pub full_in_ns: u64,
@@ -58,8 +60,10 @@ fn report(
 ) -> BucketReport {
     let mut s = *state;
     s.advance(quota, now);
+    let nanos = u128::from(s.level.max(0) as u64) * u128::from(crate::bucket::NANOS)
+        / u128::from(quota.unit());
     BucketReport {
-        level: s.level,
+        level: nanos as u64,
         full_in_ns: s.time_to_full_ns(quota),
         snapshot_age_ns: age,
         resident,

@@ -133,11 +133,10 @@ impl ShardActor {
         match self.buckets.get_mut(&key) {
             Some(slot) => {
                 // Compare at the same instant: the older state refills first.
-                let quota = match self.limits.quota(&key.tenant, key.limit) {
-                    llmtrace_cluster_config::Quota::Bucket { rate, burst } => {
-                        crate::bucket::BucketQuota { rate, burst }
-                    }
-                    llmtrace_cluster_config::Quota::Unlimited => return,
+                let Some(quota) =
+                    crate::bucket::BucketQuota::of(self.limits.quota(&key.tenant, key.limit))
+                else {
+                    return;
                 };
                 let mut theirs = state;
                 theirs.advance(quota, now);

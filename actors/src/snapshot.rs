@@ -8,8 +8,17 @@ use thiserror::Error;
 
 use crate::bucket::{BucketQuota, BucketState};
 
-/// Current format version.
-pub const SNAPSHOT_VERSION: u8 = 1;
+/// Current format version: 2 stores a signed level (a bucket may be in
+/// debt). Version 1 (unsigned level) is still read.
+pub const SNAPSHOT_VERSION: u8 = 2;
+const V1: u8 = 1;
+
+/// The version 1 layout.
+#[derive(bincode::Decode)]
+struct StateV1 {
+    level: u64,
+    updated_ns: u64,
+}
 /// Longest encoded snapshot we accept.
 const MAX_LEN: usize = 64;
 /// Extra time a snapshot lives after the bucket would be full again.
@@ -43,14 +52,26 @@ pub fn encode(state: &BucketState) -> Vec<u8> {
 /// Decodes bytes written by [`encode`].
 pub fn decode(bytes: &[u8]) -> Result<BucketState, SnapshotError> {
     let (&version, body) = bytes.split_first().ok_or(SnapshotError::Empty)?;
-    if version != SNAPSHOT_VERSION {
+    if version != SNAPSHOT_VERSION && version != V1 {
         return Err(SnapshotError::Version(version));
     }
     if bytes.len() > MAX_LEN {
         return Err(SnapshotError::TooLong(bytes.len()));
     }
-    let (state, used): (BucketState, usize) = bincode::decode_from_slice(body, cfg())
-        .map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+    let corrupt = |e: bincode::error::DecodeError| SnapshotError::Corrupt(e.to_string());
+    let (state, used): (BucketState, usize) = if version == V1 {
+        let (old, used): (StateV1, usize) =
+            bincode::decode_from_slice(body, cfg()).map_err(corrupt)?;
+        let level = i64::try_from(old.level)
+            .map_err(|_| SnapshotError::Corrupt("level out of range".into()))?;
+        let state = BucketState {
+            level,
+            updated_ns: old.updated_ns,
+        };
+        (state, used)
+    } else {
+        bincode::decode_from_slice(body, cfg()).map_err(corrupt)?
+    };
     if used != body.len() {
         return Err(SnapshotError::Corrupt(format!(
             "{} trailing bytes",
@@ -77,16 +98,33 @@ mod tests {
             level: 5,
             updated_ns: 7,
         });
-        assert_eq!(bytes, vec![SNAPSHOT_VERSION, 5, 7]);
+        // Signed levels are zigzag varints: 5 is 10, -3 is 5.
+        assert_eq!(bytes, vec![SNAPSHOT_VERSION, 10, 7]);
+        let debt = encode(&BucketState {
+            level: -3,
+            updated_ns: 7,
+        });
+        assert_eq!(debt, vec![SNAPSHOT_VERSION, 5, 7]);
+    }
+
+    #[test]
+    fn reads_version_1() {
+        assert_eq!(
+            decode(&[1, 5, 7]),
+            Ok(BucketState {
+                level: 5,
+                updated_ns: 7
+            })
+        );
     }
 
     #[test]
     fn refuses_bad_bytes() {
         assert_eq!(decode(&[]), Err(SnapshotError::Empty));
         assert_eq!(decode(&[9, 0, 0]), Err(SnapshotError::Version(9)));
-        assert!(matches!(decode(&[1]), Err(SnapshotError::Corrupt(_))));
+        assert!(matches!(decode(&[2]), Err(SnapshotError::Corrupt(_))));
         assert!(matches!(
-            decode(&[1, 5, 7, 0]),
+            decode(&[2, 5, 7, 0]),
             Err(SnapshotError::Corrupt(_))
         ));
         assert!(matches!(
@@ -97,7 +135,7 @@ mod tests {
 
     #[test]
     fn ttl_covers_the_refill() {
-        let quota = BucketQuota { rate: 2, burst: 10 };
+        let quota = BucketQuota::per_second(2, 10);
         let drained = BucketState {
             level: 0,
             updated_ns: 0,
@@ -107,7 +145,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trips(level: u64, updated_ns: u64) {
+        fn round_trips(level: i64, updated_ns: u64) {
             let s = BucketState { level, updated_ns };
             prop_assert_eq!(decode(&encode(&s)), Ok(s));
         }

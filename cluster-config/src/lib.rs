@@ -17,14 +17,19 @@ pub mod cluster;
 pub mod error;
 pub mod limits;
 pub mod node;
+pub mod proxy;
 pub mod ring;
 pub mod runtime;
 pub mod tenant;
 
 pub use cluster::{ClusterConfig, ClusterFile, ClusterOverrides, OwnerUnreachable};
 pub use error::ConfigError;
-pub use limits::{Limit, Quota, QuotaSource, RateLimitConfig, TenantOverride};
+pub use limits::{
+    Limit, Per, Quota, QuotaSource, RateLimitConfig, TenantOverride, TokenLimitConfig,
+    TokenOverride, MAX_TOKEN_BURST,
+};
 pub use node::{FileConfig, LogFormat, NodeConfig, Overrides, ShardPlacement, SnapshotMode};
+pub use proxy::{ProxyConfig, ProxyFile, ProxyOverrides};
 pub use ring::{Fingerprint, Ring, DEFAULT_VNODES};
 pub use runtime::{validate_runtime_override, OverrideError, RuntimeLimits, MAX_RUNTIME_VALUE};
 pub use tenant::{validate_tenant_id, TenantIdError, MAX_TENANT_ID_LEN};

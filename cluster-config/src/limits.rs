@@ -11,22 +11,52 @@ use crate::error::ConfigError;
 use crate::runtime::RuntimeLimits;
 use crate::tenant::validate_tenant_id;
 
-/// A named limit. A bucket is keyed by `(tenant_id, Limit)`; the proxy's
-/// token limit becomes a second variant, not a rewrite.
+/// A named limit. A bucket is keyed by `(tenant_id, Limit)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Limit {
-    /// One unit per request (or `cost` units).
+    /// One unit per request (or `cost` units); the `[rate_limit]` block.
     Requests,
+    /// LLM tokens (prompt + completion) of proxied calls; the
+    /// `[token_limit]` block, refilled per minute.
+    Tokens,
 }
 
 impl Limit {
-    /// Every limit, in a fixed order.
-    pub const ALL: [Limit; 1] = [Limit::Requests];
+    /// Every limit, in a fixed order (the index is the wire and metrics id).
+    pub const ALL: [Limit; 2] = [Limit::Requests, Limit::Tokens];
 
     /// The name used in the API, in metrics and in Redis keys.
     pub fn as_str(self) -> &'static str {
         match self {
             Limit::Requests => "requests",
+            Limit::Tokens => "tokens",
+        }
+    }
+
+    /// The period the configured rate of this limit is given per.
+    pub fn per(self) -> Per {
+        match self {
+            Limit::Requests => Per::Second,
+            Limit::Tokens => Per::Minute,
+        }
+    }
+}
+
+/// The period a refill rate is counted over. Bucket math keeps the rate as an
+/// integer per this period (no float, no rounding): tokens per minute are
+/// not an integer per second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Per {
+    Second,
+    Minute,
+}
+
+impl Per {
+    /// Length of the period in seconds.
+    pub const fn secs(self) -> u64 {
+        match self {
+            Per::Second => 1,
+            Per::Minute => 60,
         }
     }
 }
@@ -51,8 +81,8 @@ pub enum Quota {
     /// Limiting disabled, or `requests_per_second = 0`: every check passes.
     Unlimited,
     /// A token bucket of capacity `burst` refilled continuously at `rate`
-    /// units per second. Both are at least 1.
-    Bucket { rate: u32, burst: u32 },
+    /// units per `per`. Both are at least 1.
+    Bucket { rate: u32, burst: u32, per: Per },
 }
 
 /// Where a tenant's quota for one limit comes from.
@@ -74,6 +104,71 @@ impl QuotaSource {
             QuotaSource::Runtime => "runtime",
         }
     }
+}
+
+/// Largest `token_limit` burst: the bucket math keeps a token bucket's level
+/// in signed 1/(60·10^9) units, which must fit in 63 bits.
+pub const MAX_TOKEN_BURST: u32 = 100_000_000;
+
+/// Per-tenant replacement of the default token rate and burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenOverride {
+    pub tokens_per_minute: u32,
+    pub burst_size: u32,
+}
+
+/// The `[token_limit]` block: LLM tokens per tenant, held by the proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenLimitConfig {
+    /// Refill rate in tokens per minute; 0 means unlimited.
+    pub tokens_per_minute: u32,
+    /// Bucket capacity in tokens (at most [`MAX_TOKEN_BURST`]); a new
+    /// tenant starts full. Also the largest reservation one call can take.
+    pub burst_size: u32,
+    /// Per-tenant rate and burst, keyed by tenant id.
+    pub tenant_overrides: BTreeMap<String, TokenOverride>,
+}
+
+impl Default for TokenLimitConfig {
+    fn default() -> Self {
+        TokenLimitConfig {
+            tokens_per_minute: 0,
+            burst_size: 100_000,
+            tenant_overrides: BTreeMap::new(),
+        }
+    }
+}
+
+impl TokenLimitConfig {
+    /// Checks every value; the error names the key (`token_limit.burst_size`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_tokens("token_limit", self.tokens_per_minute, self.burst_size)?;
+        for (tenant, o) in &self.tenant_overrides {
+            let key = format!("token_limit.tenant_overrides.\"{tenant}\"");
+            validate_tenant_id(tenant)
+                .map_err(|e| ConfigError::invalid(&key, format!("tenant id {e}")))?;
+            check_tokens(&key, o.tokens_per_minute, o.burst_size)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_tokens(prefix: &str, rate: u32, burst: u32) -> Result<(), ConfigError> {
+    if rate > 0 && burst == 0 {
+        return Err(ConfigError::invalid(
+            format!("{prefix}.burst_size"),
+            "must be at least 1 when tokens_per_minute > 0",
+        ));
+    }
+    if burst > MAX_TOKEN_BURST {
+        return Err(ConfigError::invalid(
+            format!("{prefix}.burst_size"),
+            format!("{burst} exceeds the largest token burst {MAX_TOKEN_BURST}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Per-tenant replacement of the default rate and burst.
@@ -104,6 +199,10 @@ pub struct RateLimitConfig {
     /// Not part of the file; clones share the same table.
     #[serde(skip)]
     pub runtime: RuntimeLimits,
+    /// The `[token_limit]` block (a separate TOML table, resolved into this
+    /// struct so that one [`RateLimitConfig::quota`] answers every limit).
+    #[serde(skip)]
+    pub tokens: TokenLimitConfig,
 }
 
 impl Default for RateLimitConfig {
@@ -115,12 +214,13 @@ impl Default for RateLimitConfig {
             window_seconds: None,
             tenant_overrides: BTreeMap::new(),
             runtime: RuntimeLimits::default(),
+            tokens: TokenLimitConfig::default(),
         }
     }
 }
 
 impl RateLimitConfig {
-    /// The quota of `tenant` for `limit`.
+    /// The quota of `tenant` for `limit`: the one place quotas resolve.
     #[inline]
     pub fn quota(&self, tenant: &str, limit: Limit) -> Quota {
         self.quota_with_source(tenant, limit).0
@@ -128,13 +228,26 @@ impl RateLimitConfig {
 
     /// The quota of `tenant` for `limit` and where it comes from: a runtime
     /// override, else a configured tenant override, else the default.
-    /// Limiting disabled (`enabled = false`) wins over everything.
+    /// `enabled = false` turns off the requests limit (it wins over
+    /// everything there); the token limit is off when its rate is 0. A
+    /// runtime override of `tokens` gives tokens per minute in its
+    /// `requests_per_second` field, and its burst is capped at
+    /// [`MAX_TOKEN_BURST`].
     pub fn quota_with_source(&self, tenant: &str, limit: Limit) -> (Quota, QuotaSource) {
-        if !self.enabled {
+        if limit == Limit::Requests && !self.enabled {
             return (Quota::Unlimited, QuotaSource::Default);
         }
         let (rate, burst, source) = if let Some(o) = self.runtime.get(tenant, limit) {
             (o.requests_per_second, o.burst_size, QuotaSource::Runtime)
+        } else if limit == Limit::Tokens {
+            match self.tokens.tenant_overrides.get(tenant) {
+                Some(o) => (o.tokens_per_minute, o.burst_size, QuotaSource::Config),
+                None => (
+                    self.tokens.tokens_per_minute,
+                    self.tokens.burst_size,
+                    QuotaSource::Default,
+                ),
+            }
         } else {
             match self.tenant_overrides.get(tenant) {
                 Some(o) => (o.requests_per_second, o.burst_size, QuotaSource::Config),
@@ -145,10 +258,19 @@ impl RateLimitConfig {
                 ),
             }
         };
+        let burst = if limit == Limit::Tokens {
+            burst.min(MAX_TOKEN_BURST)
+        } else {
+            burst
+        };
         let quota = if rate == 0 {
             Quota::Unlimited
         } else {
-            Quota::Bucket { rate, burst }
+            Quota::Bucket {
+                rate,
+                burst,
+                per: limit.per(),
+            }
         };
         (quota, source)
     }
@@ -162,7 +284,7 @@ impl RateLimitConfig {
                 .map_err(|e| ConfigError::invalid(&key, format!("tenant id {e}")))?;
             check_pair(&key, o.requests_per_second, o.burst_size)?;
         }
-        Ok(())
+        self.tokens.validate()
     }
 
     /// Warnings worth logging at start-up (accepted but meaningless keys).
@@ -210,7 +332,8 @@ mod tests {
             c.quota("t", Limit::Requests),
             Quota::Bucket {
                 rate: 100,
-                burst: 200
+                burst: 200,
+                per: Per::Second
             }
         );
     }
@@ -237,12 +360,17 @@ mod tests {
             c.quota("big", Limit::Requests),
             Quota::Bucket {
                 rate: 500,
-                burst: 1000
+                burst: 1000,
+                per: Per::Second
             }
         );
         assert_eq!(
             c.quota("small", Limit::Requests),
-            Quota::Bucket { rate: 1, burst: 2 }
+            Quota::Bucket {
+                rate: 1,
+                burst: 2,
+                per: Per::Second
+            }
         );
     }
 
@@ -276,6 +404,68 @@ mod tests {
     }
 
     #[test]
+    fn token_quota_is_per_minute_with_overrides() {
+        let mut c = RateLimitConfig::default();
+        assert_eq!(c.quota("t", Limit::Tokens), Quota::Unlimited);
+        c.tokens.tokens_per_minute = 90;
+        c.tokens.burst_size = 1000;
+        c.tokens.tenant_overrides.insert(
+            "big".into(),
+            TokenOverride {
+                tokens_per_minute: 7,
+                burst_size: 11,
+            },
+        );
+        let per = Per::Minute;
+        assert_eq!(
+            c.quota("t", Limit::Tokens),
+            Quota::Bucket {
+                rate: 90,
+                burst: 1000,
+                per
+            }
+        );
+        assert_eq!(
+            c.quota("big", Limit::Tokens),
+            Quota::Bucket {
+                rate: 7,
+                burst: 11,
+                per
+            }
+        );
+        // Disabling the requests limit leaves the token limit alone.
+        c.enabled = false;
+        assert_eq!(c.quota("t", Limit::Requests), Quota::Unlimited);
+        assert!(matches!(c.quota("t", Limit::Tokens), Quota::Bucket { .. }));
+    }
+
+    #[test]
+    fn token_validation_names_the_key() {
+        let mut c = RateLimitConfig::default();
+        c.tokens.tokens_per_minute = 5;
+        c.tokens.burst_size = 0;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("token_limit.burst_size"), "{err}");
+        c.tokens.burst_size = MAX_TOKEN_BURST + 1;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("token_limit.burst_size"), "{err}");
+        c.tokens.burst_size = MAX_TOKEN_BURST;
+        assert!(c.validate().is_ok());
+        c.tokens.tenant_overrides.insert(
+            "x".into(),
+            TokenOverride {
+                tokens_per_minute: 1,
+                burst_size: 0,
+            },
+        );
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("token_limit.tenant_overrides.\"x\".burst_size"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn runtime_overrides_win_and_report_their_source() {
         let mut c = config(1, 2);
         c.tenant_overrides.insert(
@@ -303,7 +493,42 @@ mod tests {
         )]);
         assert_eq!(
             shared.quota_with_source("big", Limit::Requests),
-            (Quota::Bucket { rate: 7, burst: 9 }, QuotaSource::Runtime)
+            (
+                Quota::Bucket {
+                    rate: 7,
+                    burst: 9,
+                    per: Per::Second
+                },
+                QuotaSource::Runtime
+            )
+        );
+    }
+
+    #[test]
+    fn runtime_overrides_of_tokens_are_per_minute_and_capped() {
+        let c = RateLimitConfig::default();
+        c.runtime.replace([(
+            ("t".to_string(), Limit::Tokens),
+            TenantOverride {
+                requests_per_second: 600,
+                burst_size: 1_000_000_000,
+            },
+        )]);
+        assert_eq!(
+            c.quota_with_source("t", Limit::Tokens),
+            (
+                Quota::Bucket {
+                    rate: 600,
+                    burst: MAX_TOKEN_BURST,
+                    per: Per::Minute
+                },
+                QuotaSource::Runtime
+            )
+        );
+        // The requests limit of the same tenant is untouched.
+        assert_eq!(
+            c.quota_with_source("t", Limit::Requests).1,
+            QuotaSource::Default
         );
     }
 

@@ -14,7 +14,8 @@ use serde::Deserialize;
 
 use crate::cluster::{ClusterConfig, ClusterFile, ClusterOverrides};
 use crate::error::ConfigError;
-use crate::limits::RateLimitConfig;
+use crate::limits::{RateLimitConfig, TokenLimitConfig};
+use crate::proxy::{ProxyConfig, ProxyFile, ProxyOverrides};
 use crate::tenant::validate_tenant_id;
 
 /// Default public listener.
@@ -140,10 +141,13 @@ pub struct NodeConfig {
     pub http_workers: usize,
     /// Log format.
     pub log_format: LogFormat,
-    /// The llmtrace `[rate_limit]` block.
+    /// The llmtrace `[rate_limit]` block, with the `[token_limit]` block
+    /// resolved into `rate_limit.tokens`.
     pub rate_limit: RateLimitConfig,
     /// The `[cluster]` block: membership and forwarding.
     pub cluster: ClusterConfig,
+    /// The `[proxy]` block: the LLM proxy listener (off by default).
+    pub proxy: ProxyConfig,
 }
 
 /// The TOML file: every key optional, unknown keys refused.
@@ -163,7 +167,9 @@ pub struct FileConfig {
     pub http_workers: Option<usize>,
     pub log_format: Option<LogFormat>,
     pub rate_limit: Option<RateLimitConfig>,
+    pub token_limit: Option<TokenLimitConfig>,
     pub cluster: Option<ClusterFile>,
+    pub proxy: Option<ProxyFile>,
 }
 
 impl FileConfig {
@@ -204,7 +210,10 @@ pub struct Overrides {
     pub rate_limit_enabled: Option<bool>,
     pub requests_per_second: Option<u32>,
     pub burst_size: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+    pub token_burst_size: Option<u32>,
     pub cluster: ClusterOverrides,
+    pub proxy: ProxyOverrides,
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -360,8 +369,17 @@ impl NodeConfig {
         if let Some(v) = overrides.burst_size {
             rate_limit.burst_size = v;
         }
+        let mut tokens = file.token_limit.unwrap_or_default();
+        if let Some(v) = overrides.tokens_per_minute {
+            tokens.tokens_per_minute = v;
+        }
+        if let Some(v) = overrides.token_burst_size {
+            tokens.burst_size = v;
+        }
+        rate_limit.tokens = tokens;
         rate_limit.validate()?;
         let cluster = ClusterConfig::resolve(file.cluster.unwrap_or_default(), overrides.cluster)?;
+        let proxy = ProxyConfig::resolve(file.proxy.unwrap_or_default(), overrides.proxy)?;
         Ok(NodeConfig {
             listen,
             admin_listen,
@@ -377,6 +395,7 @@ impl NodeConfig {
             log_format,
             rate_limit,
             cluster,
+            proxy,
         })
     }
 }
@@ -429,6 +448,33 @@ mod tests {
         let c = NodeConfig::resolve(f, Overrides::default()).unwrap();
         assert_eq!(c.rate_limit.tenant_overrides["acme"].burst_size, 1000);
         assert_eq!(c.rate_limit.warnings().len(), 1);
+    }
+
+    #[test]
+    fn token_limit_block_and_precedence() {
+        let f = file(
+            "[token_limit]\ntokens_per_minute = 600\nburst_size = 50\n\
+             [token_limit.tenant_overrides.\"acme\"]\ntokens_per_minute = 6\nburst_size = 7\n\
+             [proxy]\nlisten = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:1\"\n",
+        );
+        let o = Overrides {
+            token_burst_size: Some(40),
+            ..Overrides::default()
+        };
+        let c = NodeConfig::resolve(f, o).unwrap();
+        assert_eq!(c.rate_limit.tokens.tokens_per_minute, 600);
+        assert_eq!(c.rate_limit.tokens.burst_size, 40);
+        assert_eq!(c.rate_limit.tokens.tenant_overrides["acme"].burst_size, 7);
+        assert!(c.proxy.listen.is_some());
+        let err = NodeConfig::resolve(
+            file("[token_limit]\ntokens_per_minute = 1\nburst_size = 0\n"),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("token_limit.burst_size"), "{err}");
+        let err = FileConfig::parse("[token_limit]\ntokens_per_second = 1").unwrap_err();
+        assert!(err.contains("tokens_per_second"), "{err}");
     }
 
     #[test]

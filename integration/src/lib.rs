@@ -14,6 +14,7 @@
 //! - [`metrics`]: parses the Prometheus text of the admin `/metrics` endpoint.
 //! - [`redis`]: start / stop / restart a private `redis-server` on a free loopback port.
 //! - [`resp`]: a tiny RESP client (PING, GET, PTTL, KEYS, ...) over a raw TCP socket.
+//! - [`stub`]: a stub OpenAI-compatible upstream for the proxy tests (the only mock).
 //!
 //! Everything binds loopback port 0 or a freshly probed free port; every child is killed
 //! when its guard drops. Synchronisation is by polling a condition ([`wait_until`]), never
@@ -30,12 +31,14 @@ pub mod output;
 pub mod redis;
 pub mod resp;
 pub mod scenario;
+pub mod stub;
 
 pub use cluster::{Cluster, ClusterBuilder};
 pub use http::Reply;
 pub use load::{Load, LoadReport};
 pub use node::{node_help, Node, NodeBuilder, StartFailure};
 pub use redis::RedisServer;
+pub use stub::Stub;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -194,6 +194,10 @@ impl NodeBuilder {
             admin: admin_client,
             cluster: Client::new(format!("http://{cluster_addr}")),
             cluster_addr,
+            proxy_addr: line
+                .split_whitespace()
+                .find_map(|t| t.strip_prefix("proxy="))
+                .map(str::to_string),
             child,
             output,
             _dir: dir,
@@ -232,6 +236,8 @@ pub struct Node {
     cluster: Client,
     /// `host:port` of the cluster listener, as peers pass it to `--seeds`.
     cluster_addr: String,
+    /// `host:port` of the proxy listener, when proxy mode is on.
+    proxy_addr: Option<String>,
     child: Child,
     output: Captured,
     /// Holds the config file for the node's lifetime.
@@ -255,6 +261,16 @@ impl Node {
     /// `http://127.0.0.1:PORT` of the public listener.
     pub fn public_url(&self) -> &str {
         self.public.base()
+    }
+
+    /// `http://host:port` of the proxy listener; panics when proxy mode is off.
+    pub fn proxy_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.proxy_addr
+                .as_deref()
+                .expect("node started without --proxy-listen")
+        )
     }
 
     pub fn admin_url(&self) -> &str {

@@ -227,3 +227,72 @@ fn listeners_from_file_are_overridden_by_flags() {
     assert!(!node.admin_url().ends_with(":1"), "{}", node.admin_url());
     assert_eq!(node.public().get("/healthz").status, 200);
 }
+
+#[test]
+fn token_limit_and_proxy_settings_are_validated_from_every_source() {
+    let check_exit_2 = |builder: NodeBuilder, key: &str| {
+        let failure = match builder.try_start() {
+            Ok(node) => panic!(
+                "node started (public {}) despite bad {key}",
+                node.public_url()
+            ),
+            Err(f) => f,
+        };
+        assert_eq!(
+            failure.status.and_then(|s| s.code()),
+            Some(2),
+            "exit code 2 expected; stderr:\n{}",
+            failure.stderr
+        );
+        assert!(
+            failure.stderr.contains(key),
+            "stderr should name {key}:\n{}",
+            failure.stderr
+        );
+    };
+    check_exit_2(
+        Node::builder()
+            .flag("tokens-per-minute", 5)
+            .flag("token-burst-size", 0),
+        "token_limit.burst_size",
+    );
+    check_exit_2(
+        Node::builder().env("LLMTRACE_TOKEN_BURST_SIZE", 100_000_001),
+        "token_limit.burst_size",
+    );
+    check_exit_2(
+        Node::builder().config_toml(
+            "[token_limit.tenant_overrides.\"vip\"]\ntokens_per_minute = 1\nburst_size = 0\n",
+        ),
+        "token_limit.tenant_overrides.\"vip\".burst_size",
+    );
+    check_exit_2(
+        Node::builder().flag("proxy-listen", "127.0.0.1:0"),
+        "proxy.upstream",
+    );
+    check_exit_2(
+        Node::builder()
+            .env("LLMTRACE_PROXY_UPSTREAM", "ftp://x")
+            .flag("proxy-listen", "127.0.0.1:0"),
+        "proxy.upstream",
+    );
+    check_exit_2(
+        Node::builder().config_toml("[proxy]\nupstream_timeout_ms = 0\n"),
+        "proxy.upstream_timeout_ms",
+    );
+    check_exit_2(
+        Node::builder().flag("proxy-ca-file", "/nonexistent/ca.pem"),
+        "proxy.ca_file",
+    );
+    // Flag beats environment beats file: the flag's valid burst wins over a
+    // file and an environment that are invalid.
+    let node = Node::builder()
+        .config_toml("[token_limit]\ntokens_per_minute = 60\nburst_size = 0\n")
+        .env("LLMTRACE_TOKEN_BURST_SIZE", 0)
+        .flag("token-burst-size", 7)
+        .start();
+    let r = node.check_json(&serde_json::json!({"tenant_id": "t", "limit": "tokens", "cost": 7}));
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.json["burst"], 7, "{r}");
+    assert_eq!(r.json["tokens_per_minute"], 60, "{r}");
+}

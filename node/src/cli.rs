@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{ArgAction, Parser};
 use llmtrace_cluster_config::{
     ClusterOverrides, ConfigError, FileConfig, LogFormat, NodeConfig, Overrides, OwnerUnreachable,
-    ShardPlacement, SnapshotMode,
+    ProxyOverrides, ShardPlacement, SnapshotMode,
 };
 
 /// One node of an llmtrace cluster: exact per-tenant token-bucket rate
@@ -19,7 +19,12 @@ use llmtrace_cluster_config::{
 /// TOML file given by --config (same name, snake_case); a flag beats the
 /// environment, which beats the file, which beats the default. The file also
 /// holds the llmtrace `[rate_limit]` block, including
-/// `[rate_limit.tenant_overrides."<tenant>"]`.
+/// `[rate_limit.tenant_overrides."<tenant>"]`, the `[token_limit]` block
+/// (with `[token_limit.tenant_overrides."<tenant>"]`) and the `[proxy]` block.
+///
+/// Proxy mode (--proxy-listen, off by default) forwards every request to an
+/// OpenAI-compatible upstream and streams the answer back, holding each
+/// tenant to its requests and tokens limits across the cluster.
 #[derive(Debug, Parser)]
 #[command(name = "llmtrace-node", version, about, long_about)]
 pub struct Cli {
@@ -96,7 +101,7 @@ pub struct Cli {
     #[arg(long, env = "LLMTRACE_SHARD_PLACEMENT", value_name = "PLACEMENT")]
     pub shard_placement: Option<ShardPlacement>,
 
-    /// HTTP worker threads serving the public and cluster listeners (with
+    /// HTTP worker threads serving the public, cluster and proxy listeners (with
     /// the default placement they also host the shards). [default: number of
     /// CPUs]
     #[arg(long, env = "LLMTRACE_HTTP_WORKERS", value_name = "N")]
@@ -119,6 +124,107 @@ pub struct Cli {
     /// [default: 200]
     #[arg(long, env = "LLMTRACE_BURST_SIZE", value_name = "N")]
     pub burst_size: Option<u32>,
+
+    /// token_limit.tokens_per_minute: refill rate of every tenant's token
+    /// bucket (LLM tokens of proxied calls), 0 means unlimited. [default: 0]
+    #[arg(long, env = "LLMTRACE_TOKENS_PER_MINUTE", value_name = "N")]
+    pub tokens_per_minute: Option<u32>,
+
+    /// token_limit.burst_size: capacity of the token bucket (at most
+    /// 100000000), also the largest reservation one call takes.
+    /// [default: 100000]
+    #[arg(long, env = "LLMTRACE_TOKEN_BURST_SIZE", value_name = "N")]
+    pub token_burst_size: Option<u32>,
+
+    /// proxy.listen: open the LLM proxy listener here; every request is
+    /// forwarded to --proxy-upstream. Off unless given.
+    #[arg(
+        long,
+        env = "LLMTRACE_PROXY_LISTEN",
+        value_name = "ADDR",
+        help_heading = "Proxy"
+    )]
+    pub proxy_listen: Option<SocketAddr>,
+
+    /// proxy.upstream: base URL of the OpenAI-compatible upstream
+    /// (http://host:port[/prefix] or https://...); the request path and
+    /// query are appended.
+    /// Required with --proxy-listen.
+    #[arg(
+        long,
+        env = "LLMTRACE_PROXY_UPSTREAM",
+        value_name = "URL",
+        help_heading = "Proxy"
+    )]
+    pub proxy_upstream: Option<String>,
+
+    /// proxy.ca_file: PEM certificates trusted for an https:// upstream on
+    /// top of the built-in Web PKI roots (private CA, self-signed server).
+    #[arg(
+        long,
+        env = "LLMTRACE_PROXY_CA_FILE",
+        value_name = "FILE",
+        help_heading = "Proxy"
+    )]
+    pub proxy_ca_file: Option<PathBuf>,
+
+    /// proxy.trust_tenant_header: take the tenant from X-LLMTrace-Tenant-ID
+    /// (only behind a gateway that sets it); otherwise the tenant is the
+    /// UUID v5 of the bearer key. [default: false]
+    #[arg(long, env = "LLMTRACE_PROXY_TRUST_TENANT_HEADER", value_name = "BOOL", action = ArgAction::Set, help_heading = "Proxy")]
+    pub proxy_trust_tenant_header: Option<bool>,
+
+    /// proxy.upstream_timeout_ms: time to the upstream's response head
+    /// (504 after), and longest silence between two chunks of its body.
+    /// [default: 60000]
+    #[arg(
+        long,
+        env = "LLMTRACE_PROXY_UPSTREAM_TIMEOUT_MS",
+        value_name = "MS",
+        help_heading = "Proxy"
+    )]
+    pub proxy_upstream_timeout_ms: Option<u64>,
+
+    /// proxy.connect_timeout_ms: bound on connecting to the upstream.
+    /// [default: 5000]
+    #[arg(
+        long,
+        env = "LLMTRACE_PROXY_CONNECT_TIMEOUT_MS",
+        value_name = "MS",
+        help_heading = "Proxy"
+    )]
+    pub proxy_connect_timeout_ms: Option<u64>,
+
+    /// proxy.max_request_bytes: largest request body (413 above).
+    /// [default: 4194304]
+    #[arg(
+        long,
+        env = "LLMTRACE_PROXY_MAX_REQUEST_BYTES",
+        value_name = "BYTES",
+        help_heading = "Proxy"
+    )]
+    pub proxy_max_request_bytes: Option<usize>,
+
+    /// proxy.max_response_bytes: largest upstream answer relayed (502 when
+    /// declared larger, the stream is cut when it grows larger).
+    /// [default: 67108864]
+    #[arg(
+        long,
+        env = "LLMTRACE_PROXY_MAX_RESPONSE_BYTES",
+        value_name = "BYTES",
+        help_heading = "Proxy"
+    )]
+    pub proxy_max_response_bytes: Option<usize>,
+
+    /// proxy.default_max_tokens: completion tokens reserved for a call that
+    /// sets neither max_tokens nor max_completion_tokens. [default: 4096]
+    #[arg(
+        long,
+        env = "LLMTRACE_PROXY_DEFAULT_MAX_TOKENS",
+        value_name = "N",
+        help_heading = "Proxy"
+    )]
+    pub proxy_default_max_tokens: Option<u32>,
 
     /// cluster.listen: node-to-node RPC (TCP) and gossip (UDP) on the same
     /// port. Port 0 picks a free one. [default: 127.0.0.1:7946]
@@ -262,6 +368,19 @@ impl Cli {
             rate_limit_enabled: self.rate_limit_enabled,
             requests_per_second: self.requests_per_second,
             burst_size: self.burst_size,
+            tokens_per_minute: self.tokens_per_minute,
+            token_burst_size: self.token_burst_size,
+            proxy: ProxyOverrides {
+                listen: self.proxy_listen,
+                upstream: self.proxy_upstream.clone(),
+                ca_file: self.proxy_ca_file.clone(),
+                trust_tenant_header: self.proxy_trust_tenant_header,
+                upstream_timeout_ms: self.proxy_upstream_timeout_ms,
+                connect_timeout_ms: self.proxy_connect_timeout_ms,
+                max_request_bytes: self.proxy_max_request_bytes,
+                max_response_bytes: self.proxy_max_response_bytes,
+                default_max_tokens: self.proxy_default_max_tokens,
+            },
             cluster: ClusterOverrides {
                 listen: self.cluster_listen,
                 advertise: self.cluster_advertise,

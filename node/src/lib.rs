@@ -10,8 +10,10 @@
 //!   until SIGTERM/SIGINT, then flushes snapshots.
 //! - [`http`]: routes of the public and admin listeners, the one error type
 //!   mapped to HTTP, rate-limit headers.
+//! - [`proxy`]: the optional LLM proxy listener (`--proxy-listen`).
 
 pub mod cli;
 pub mod http;
 pub mod logging;
+pub mod proxy;
 pub mod server;

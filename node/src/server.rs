@@ -19,11 +19,12 @@ use llmtrace_actors::{
     MembershipSettings, PeerClient, PeerHandoff, RedisCacheLayer, Router, RouterSettings,
     ShardTiming, SystemClock,
 };
-use llmtrace_cluster_config::{NodeConfig, Quota, ShardPlacement, SnapshotMode};
+use llmtrace_cluster_config::{NodeConfig, ShardPlacement, SnapshotMode};
 use tracing::{info, warn};
 
 use crate::http::middleware::{admin_auth, request_id};
 use crate::http::{self, AdminContext, DrainState, NodeContext};
+use crate::proxy::{self, ProxyContext};
 use actix_web::middleware::from_fn;
 use llmtrace_actors::overrides::RedisOverrideStore;
 
@@ -40,12 +41,14 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(5);
 /// while it still answers (readyz already 503).
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The three listeners of a node.
+/// The listeners of a node.
 pub struct Listeners {
     pub public: TcpListener,
     pub admin: TcpListener,
     /// TCP for node-to-node RPC; gossip binds UDP on the same port.
     pub cluster: TcpListener,
+    /// The LLM proxy listener, when proxy mode is on.
+    pub proxy: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -57,10 +60,18 @@ impl Listeners {
         let admin = TcpListener::bind(config.admin_listen)
             .with_context(|| format!("cannot bind admin_listen address {}", config.admin_listen))?;
         let cluster = bind_cluster(config.cluster.listen)?;
+        let proxy = match config.proxy.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .with_context(|| format!("cannot bind proxy.listen address {addr}"))?,
+            ),
+            None => None,
+        };
         Ok(Listeners {
             public,
             admin,
             cluster,
+            proxy,
         })
     }
 }
@@ -170,16 +181,14 @@ async fn leave(
     if !undelivered.is_empty() && timing.write_behind {
         let writes: Vec<SnapshotWrite> = undelivered
             .into_iter()
-            .filter_map(
-                |(key, state)| match config.rate_limit.quota(&key.tenant, key.limit) {
-                    Quota::Bucket { rate, burst } => Some(SnapshotWrite {
-                        ttl_ms: snapshot::ttl_ms(&state, BucketQuota { rate, burst }),
-                        key,
-                        state,
-                    }),
-                    Quota::Unlimited => None,
-                },
-            )
+            .filter_map(|(key, state)| {
+                let quota = BucketQuota::of(config.rate_limit.quota(&key.tenant, key.limit))?;
+                Some(SnapshotWrite {
+                    ttl_ms: snapshot::ttl_ms(&state, quota),
+                    key,
+                    state,
+                })
+            })
             .collect();
         if let Err(e) = cache.store(Arc::new(writes)).await {
             warn!("could not snapshot undelivered buckets: {e}");
@@ -332,6 +341,18 @@ pub async fn serve(
     // The node-to-node route answers only on the cluster listener.
     let data = ctx.clone();
     let shard_host = host.clone();
+    // The proxy listener (when on) is served by the same workers: its limit
+    // checks reach a shard on the worker that parsed the call without a
+    // thread hop, as public checks do.
+    let proxy_addr = match &listeners.proxy {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    let pctx = web::Data::from(ProxyContext::new(
+        ctx.router.clone(),
+        config.proxy.clone(),
+        Arc::clone(&ctx.proxy_metrics),
+    )?);
     let public_server = HttpServer::new(move || {
         // Runs once on each worker thread as it starts.
         if let Some(host) = &shard_host {
@@ -339,16 +360,31 @@ pub async fn serve(
         }
         App::new()
             .app_data(data.clone())
+            .app_data(pctx.clone())
+            .app_data(web::Data::new(proxy::client(&pctx)))
+            .wrap_fn(move |req, srv| proxy::dispatch(proxy_addr, req, srv))
             .configure(http::node_routes)
             .wrap(from_fn(request_id))
     })
     .workers(config.http_workers)
+    // Streamed answers go out as several writes (head, chunks, end): with
+    // Nagle's algorithm the last would wait for the client's delayed ACK.
+    .tcp_nodelay(true)
+    // A client that closes its side is gone: stop handling its request (a
+    // proxied call still waiting for the upstream's answer is cancelled).
+    .h1_allow_half_closed(false)
     .disable_signals()
     .shutdown_timeout(STOP_GRACE.as_secs())
     .listen(listeners.public)
     .context("cannot serve the public listener")?
     .listen(listeners.cluster)
-    .context("cannot serve the cluster listener")?
+    .context("cannot serve the cluster listener")?;
+    let public_server = match listeners.proxy {
+        Some(l) => public_server
+            .listen(l)
+            .context("cannot serve the proxy listener")?,
+        None => public_server,
+    }
     .run();
     let data = ctx.clone();
     let admin_server = HttpServer::new(move || {
@@ -381,8 +417,9 @@ pub async fn serve(
         "llmtrace-node started"
     );
     // Machine-readable start line (tests and scripts wait for it).
+    let proxy_field = proxy_addr.map_or(String::new(), |a| format!(" proxy={a}"));
     println!(
-        "llmtrace-node listening public={public_addr} admin={admin_addr} cluster={advertise} node_id={}",
+        "llmtrace-node listening public={public_addr} admin={admin_addr} cluster={advertise} node_id={}{proxy_field}",
         config.node_id
     );
 

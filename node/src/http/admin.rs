@@ -31,6 +31,7 @@ pub async fn metrics(ctx: web::Data<NodeContext>) -> HttpResponse {
         .render(&mut text, &view.fingerprint().to_string());
     local.cache().render_metrics(&mut text);
     super::admin_limits::render_metrics(&ctx, &mut text);
+    ctx.proxy_metrics.render(&mut text);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(text)

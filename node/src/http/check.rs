@@ -76,6 +76,9 @@ struct VerdictBody<'a> {
     limit: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     requests_per_second: Option<u32>,
+    /// The rate of a per-minute limit (`tokens`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens_per_minute: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     burst: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,6 +100,7 @@ fn verdict_body<'a>(input: &'a CheckInput, routed: &Routed) -> VerdictBody<'a> {
         tenant_id: &input.tenant_id,
         limit: input.limit.as_str(),
         requests_per_second: None,
+        tokens_per_minute: None,
         burst: None,
         remaining: None,
         reset_after_ms: None,
@@ -107,7 +111,10 @@ fn verdict_body<'a>(input: &'a CheckInput, routed: &Routed) -> VerdictBody<'a> {
     match routed.verdict {
         Verdict::Unlimited => body.unlimited = Some(true),
         Verdict::Limited { quota, decision } => {
-            body.requests_per_second = Some(quota.rate);
+            match quota.per {
+                llmtrace_cluster_config::Per::Second => body.requests_per_second = Some(quota.rate),
+                llmtrace_cluster_config::Per::Minute => body.tokens_per_minute = Some(quota.rate),
+            }
             body.burst = Some(quota.burst);
             match decision {
                 Decision::Allowed {

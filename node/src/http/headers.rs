@@ -15,12 +15,17 @@ pub struct LimitState {
 }
 
 /// OpenAI's header names of a limit (static: no allocation per response).
-fn openai_names(limit: Limit) -> [&'static str; 3] {
+pub fn openai_names(limit: Limit) -> [&'static str; 3] {
     match limit {
         Limit::Requests => [
             "x-ratelimit-limit-requests",
             "x-ratelimit-remaining-requests",
             "x-ratelimit-reset-requests",
+        ],
+        Limit::Tokens => [
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
         ],
     }
 }
@@ -55,9 +60,7 @@ pub fn openai_duration(ns: u64) -> String {
 pub fn insert(builder: &mut HttpResponseBuilder, state: &LimitState) {
     let burst = state.quota.burst;
     // The policy's window: the time a drained bucket takes to refill.
-    let window = u64::from(burst)
-        .div_ceil(u64::from(state.quota.rate))
-        .max(1);
+    let window = state.quota.refill_ns().div_ceil(NANOS).max(1);
     let name = state.limit.as_str();
     builder.insert_header((
         "RateLimit-Policy",

@@ -37,6 +37,8 @@ pub struct NodeContext {
     pub cluster_listener: std::net::SocketAddr,
     /// What the admin API needs beyond the router.
     pub admin: AdminContext,
+    /// Counters of the proxy listener (rendered on `/metrics`).
+    pub proxy_metrics: Arc<crate::proxy::metrics::ProxyMetrics>,
 }
 
 /// Where a node is in an admin-requested drain.
@@ -103,6 +105,7 @@ impl NodeContext {
             cluster_secret,
             cluster_listener,
             admin,
+            proxy_metrics: Arc::default(),
         })
     }
 

@@ -18,17 +18,31 @@ use super::*;
 /// cluster listener is `cluster_listener` (the test service's own listener
 /// is 127.0.0.1:8080).
 fn node(rate: u32, burst: u32, secret: Option<&str>, cluster_listener: &str) -> Arc<NodeContext> {
-    let clock = Arc::new(SystemClock);
-    let limiter = Limiter::start(
-        2,
-        Arc::new(RateLimitConfig {
+    node_with(
+        RateLimitConfig {
             enabled: true,
             requests_per_second: rate,
             burst_size: burst,
             window_seconds: None,
             tenant_overrides: BTreeMap::new(),
             runtime: Default::default(),
-        }),
+            tokens: Default::default(),
+        },
+        secret,
+        cluster_listener,
+    )
+}
+
+/// A ready node of one with `config`.
+fn node_with(
+    config: RateLimitConfig,
+    secret: Option<&str>,
+    cluster_listener: &str,
+) -> Arc<NodeContext> {
+    let clock = Arc::new(SystemClock);
+    let limiter = Limiter::start(
+        2,
+        Arc::new(config),
         Arc::new(InMemoryCacheLayer::new(clock.clone())),
         clock,
         ShardTiming::default(),
@@ -89,6 +103,37 @@ fn post(path: &str, body: &str) -> actix_web::test::TestRequest {
         .uri(path)
         .insert_header(("content-type", "application/json"))
         .set_payload(body.to_string())
+}
+
+#[actix_rt::test]
+async fn the_tokens_limit_is_checked_per_minute() {
+    let mut config = RateLimitConfig::default();
+    config.tokens.tokens_per_minute = 600;
+    config.tokens.burst_size = 1000;
+    let app = app!(node_with(config, None, "127.0.0.1:7946"));
+    let check = r#"{"tenant_id":"a","limit":"tokens","cost":400}"#;
+    let resp = test::call_service(&app, post("/v1/check", check).to_request()).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(hv(resp.headers(), "x-ratelimit-limit-tokens"), "1000");
+    assert_eq!(hv(resp.headers(), "x-ratelimit-remaining-tokens"), "600");
+    let body: Value = test::read_body_json(resp).await;
+    assert_eq!(body["limit"], "tokens");
+    assert_eq!(body["tokens_per_minute"], 600);
+    assert_eq!(body["requests_per_second"], Value::Null);
+    // 800 more: 200 missing at 10 per second, so 20 s to wait.
+    let resp = test::call_service(
+        &app,
+        post(
+            "/v1/check",
+            r#"{"tenant_id":"a","limit":"tokens","cost":800}"#,
+        )
+        .to_request(),
+    )
+    .await;
+    assert_eq!(resp.status(), 429);
+    let body: Value = test::read_body_json(resp).await;
+    let ms = body["retry_after_ms"].as_u64().unwrap();
+    assert!((19_900..=20_000).contains(&ms), "{ms}");
 }
 
 #[actix_rt::test]
@@ -220,6 +265,7 @@ async fn cluster_endpoint_refuses_hostile_input() {
     let good = rpc::encode(&rpc::BatchRequest {
         origin: "peer".into(),
         checks: vec![rpc::WireCheck {
+            op: 0,
             id: 1,
             tenant: "t".into(),
             limit: 0,

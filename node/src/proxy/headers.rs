@@ -1,0 +1,200 @@
+//! Headers of proxied calls: hop-by-hop fields are dropped both ways
+//! (RFC 9110 section 7.6.1: `Connection` and every field it names,
+//! `Proxy-Connection`, `Keep-Alive`, `TE`, `Transfer-Encoding`, `Upgrade`,
+//! plus the proxy's own `Proxy-Authorization`/`Proxy-Authenticate`); the
+//! tenant header is not forwarded; answers carry OpenAI's
+//! `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`.
+
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+use actix_web::{HttpResponse, HttpResponseBuilder};
+use llmtrace_actors::{BucketQuota, Decision};
+use llmtrace_cluster_config::Limit;
+
+use super::errors::ProxyError;
+use super::tenant::TENANT_HEADER;
+use crate::http::headers::{openai_duration, openai_names};
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// The fields a `Connection` header names (lower-cased); usually none.
+fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    let mut named = Vec::new();
+    for v in headers.get_all("connection") {
+        if let Ok(v) = v.to_str() {
+            named.extend(
+                v.split(',')
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .filter(|t| !t.is_empty() && t != "keep-alive" && t != "close"),
+            );
+        }
+    }
+    named
+}
+
+/// True when `name` must not be copied: hop-by-hop, named by
+/// `Connection`, or in `extra`.
+fn skip(name: &str, named: &[String], extra: &[&str]) -> bool {
+    HOP_BY_HOP.contains(&name) || extra.contains(&name) || named.iter().any(|n| n == name)
+}
+
+/// Copies a client's request headers to the upstream request. `Host` and
+/// `Content-Length` are set by the client library; token-accounted calls ask
+/// for an unencoded answer (its `usage` must be readable).
+pub fn copy_request(from: &HeaderMap, to: &mut HeaderMap, identity: bool) {
+    let named = connection_named(from);
+    let extra = ["host", "content-length", TENANT_HEADER, "accept-encoding"];
+    for (name, value) in from.iter() {
+        if !skip(name.as_str(), &named, &extra) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+    if identity {
+        to.insert(
+            HeaderName::from_static("accept-encoding"),
+            HeaderValue::from_static("identity"),
+        );
+    } else if let Some(v) = from.get("accept-encoding") {
+        to.insert(HeaderName::from_static("accept-encoding"), v.clone());
+    }
+}
+
+/// Copies the upstream's response headers to the client's response (the
+/// body is re-framed by this server, so `Content-Length` goes too).
+pub fn copy_response(from: &HeaderMap, to: &mut HttpResponseBuilder) {
+    let named = connection_named(from);
+    for (name, value) in from.iter() {
+        if !skip(name.as_str(), &named, &["content-length"]) {
+            to.append_header((name.clone(), value.clone()));
+        }
+    }
+}
+
+fn remaining(d: &Decision) -> u64 {
+    match d {
+        Decision::Allowed { remaining, .. } | Decision::Refused { remaining, .. } => *remaining,
+    }
+}
+
+fn reset(d: &Decision) -> u64 {
+    match d {
+        Decision::Allowed { reset_after_ns, .. } | Decision::Refused { reset_after_ns, .. } => {
+            *reset_after_ns
+        }
+    }
+}
+
+/// Adds `x-ratelimit-*` of every limited limit (OpenAI's formats: limit
+/// and remaining as integers, reset as a duration like `6m0s`).
+pub fn insert_limits(b: &mut HttpResponseBuilder, states: &[(Limit, BucketQuota, Decision)]) {
+    for (limit, quota, decision) in states {
+        let [l, r, t] = openai_names(*limit);
+        b.insert_header((l, HeaderValue::from(quota.burst)));
+        b.insert_header((r, HeaderValue::from(remaining(decision))));
+        b.insert_header((t, openai_duration(reset(decision))));
+    }
+}
+
+/// The 429 of a refused call: OpenAI's error body, `Retry-After` (whole
+/// seconds, rounded up) and `retry-after-ms`, and the limits' headers.
+pub fn refusal(
+    states: &[(Limit, BucketQuota, Decision)],
+    refused: &[Limit],
+    reserve: u64,
+) -> HttpResponse {
+    let wait_ns = states
+        .iter()
+        .filter_map(|(_, _, d)| match d {
+            Decision::Refused { retry_after_ns, .. } => Some(*retry_after_ns),
+            Decision::Allowed { .. } => None,
+        })
+        .max()
+        .unwrap_or(1_000_000_000);
+    let what: Vec<String> = states
+        .iter()
+        .filter(|(l, _, _)| refused.contains(l))
+        .map(|(l, q, d)| match l {
+            Limit::Requests => format!("requests (limit {}, remaining {})", q.burst, remaining(d)),
+            Limit::Tokens => format!(
+                "tokens (limit {}, remaining {}, requested {reserve})",
+                q.burst,
+                remaining(d)
+            ),
+        })
+        .collect();
+    let e = ProxyError::rate_limited(format!(
+        "Rate limit reached for {}. Please try again in {}.",
+        what.join(" and "),
+        openai_duration(wait_ns)
+    ));
+    let mut b = e.builder();
+    b.insert_header(("retry-after", wait_ns.div_ceil(1_000_000_000).max(1)));
+    b.insert_header(("retry-after-ms", wait_ns.div_ceil(1_000_000).max(1)));
+    insert_limits(&mut b, states);
+    b.json(e.body())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn request_drops_hop_by_hop_and_named_fields() {
+        let from = map(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic x"),
+            ("host", "proxy.local"),
+            ("content-length", "12"),
+            (TENANT_HEADER, "acme"),
+            ("authorization", "Bearer sk"),
+            ("x-custom", "a"),
+            ("x-custom", "b"),
+            ("accept-encoding", "gzip"),
+        ]);
+        let mut to = HeaderMap::new();
+        copy_request(&from, &mut to, true);
+        let names: Vec<&str> = to.keys().map(|k| k.as_str()).collect();
+        for gone in [
+            "connection",
+            "x-secret-hop",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "proxy-authorization",
+            "host",
+            "content-length",
+            TENANT_HEADER,
+        ] {
+            assert!(!names.contains(&gone), "{gone} forwarded: {names:?}");
+        }
+        assert_eq!(to.get("authorization").unwrap(), "Bearer sk");
+        assert_eq!(to.get_all("x-custom").count(), 2);
+        assert_eq!(to.get("accept-encoding").unwrap(), "identity");
+        let mut to = HeaderMap::new();
+        copy_request(&from, &mut to, false);
+        assert_eq!(to.get("accept-encoding").unwrap(), "gzip");
+    }
+}

@@ -1,0 +1,417 @@
+//! What a proxied call will cost in tokens, before it is sent: the prompt
+//! counted with the model's real tokenizer (tiktoken-rs, whose encodings are
+//! compiled into the binary: nothing is downloaded at run time) plus the
+//! completion tokens the request allows (`max_completion_tokens`,
+//! `max_tokens`, or `proxy.default_max_tokens`, times `n`).
+//!
+//! Models tiktoken-rs does not know are estimated: one token per 4 bytes of
+//! UTF-8 text, rounded up, per text field (the usual rule of thumb for
+//! English; reconciling with the upstream's `usage` corrects it afterwards).
+//! Image parts count 85 tokens (a low-detail image), tool definitions and
+//! tool calls their JSON text.
+//!
+//! Streaming calls get `stream_options.include_usage = true` when the client
+//! did not ask for it, so the final chunk carries the real usage; that
+//! usage-only chunk is then dropped before it reaches the client.
+
+use bytes::Bytes;
+use serde_json::Value;
+use tiktoken_rs::tokenizer::{get_tokenizer, Tokenizer};
+use tiktoken_rs::CoreBPE;
+
+/// The OpenAI endpoints whose tokens are limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `/chat/completions`: `messages`.
+    Chat,
+    /// `/completions`: `prompt`.
+    Completion,
+    /// `/embeddings`: `input`, no completion.
+    Embedding,
+}
+
+/// The endpoint of a path (`/v1/chat/completions`, with any prefix).
+pub fn endpoint(method: &actix_web::http::Method, path: &str) -> Option<Kind> {
+    if method != actix_web::http::Method::POST {
+        return None;
+    }
+    let path = path.trim_end_matches('/');
+    if path.ends_with("/chat/completions") {
+        Some(Kind::Chat)
+    } else if path.ends_with("/completions") {
+        Some(Kind::Completion)
+    } else if path.ends_with("/embeddings") {
+        Some(Kind::Embedding)
+    } else {
+        None
+    }
+}
+
+/// Counts tokens of one model.
+#[derive(Clone, Copy)]
+pub struct Counter {
+    bpe: Option<&'static CoreBPE>,
+}
+
+/// Tokens of an image part (OpenAI's low-detail cost).
+const IMAGE_TOKENS: u64 = 85;
+
+impl Counter {
+    /// The real tokenizer of `model` when known, else the estimate.
+    pub fn for_model(model: &str) -> Self {
+        let bpe = get_tokenizer(model).map(|t| match t {
+            Tokenizer::O200kBase => tiktoken_rs::o200k_base_singleton(),
+            Tokenizer::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
+            Tokenizer::P50kBase => tiktoken_rs::p50k_base_singleton(),
+            Tokenizer::P50kEdit => tiktoken_rs::p50k_edit_singleton(),
+            Tokenizer::R50kBase | Tokenizer::Gpt2 => tiktoken_rs::r50k_base_singleton(),
+        });
+        Counter { bpe }
+    }
+
+    /// True when the model's tokenizer is known (counts are exact).
+    pub fn is_exact(&self) -> bool {
+        self.bpe.is_some()
+    }
+
+    /// Tokens of `text`.
+    pub fn count(&self, text: &str) -> u64 {
+        match self.bpe {
+            Some(bpe) => bpe.encode_ordinary(text).len() as u64,
+            None => estimate(text),
+        }
+    }
+
+    fn count_json(&self, v: &Value) -> u64 {
+        match v {
+            Value::Null => 0,
+            Value::String(s) => self.count(s),
+            other => self.count(&other.to_string()),
+        }
+    }
+
+    /// A prompt given as a string, strings, or token arrays.
+    fn count_input(&self, v: &Value) -> u64 {
+        match v {
+            Value::String(s) => self.count(s),
+            Value::Array(items) => items
+                .iter()
+                .map(|i| match i {
+                    Value::Number(_) => 1,
+                    other => self.count_input(other),
+                })
+                .sum(),
+            Value::Null => 0,
+            other => self.count_json(other),
+        }
+    }
+
+    /// Chat messages, as OpenAI's cookbook counts them: 3 tokens per
+    /// message, its role, content and name (+1), and 3 to prime the reply.
+    fn count_messages(&self, messages: &[Value]) -> u64 {
+        let mut n = 3;
+        for m in messages {
+            n += 3;
+            n += m.get("role").map_or(0, |r| self.count_json(r));
+            n += match m.get("content") {
+                Some(Value::Array(parts)) => parts.iter().map(|p| self.count_part(p)).sum(),
+                Some(c) => self.count_json(c),
+                None => 0,
+            };
+            if let Some(name) = m.get("name") {
+                n += self.count_json(name) + 1;
+            }
+            for key in ["tool_calls", "function_call"] {
+                n += m.get(key).map_or(0, |v| self.count_json(v));
+            }
+        }
+        n
+    }
+
+    fn count_part(&self, part: &Value) -> u64 {
+        match part.get("type").and_then(Value::as_str) {
+            Some("text") => part.get("text").map_or(0, |t| self.count_json(t)),
+            Some("image_url") | Some("input_image") => IMAGE_TOKENS,
+            _ => self.count_json(part),
+        }
+    }
+}
+
+/// The estimate for unknown models: one token per 4 bytes, rounded up.
+pub fn estimate(text: &str) -> u64 {
+    (text.len() as u64).div_ceil(4)
+}
+
+/// What the proxy will reserve for a call, and how it forwards it.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Prompt tokens counted before forwarding.
+    pub prompt: u64,
+    /// Completion tokens the call may produce.
+    pub completion: u64,
+    /// The request's `model`.
+    pub model: String,
+    /// The request asked for a stream.
+    pub stream: bool,
+    /// The proxy added `stream_options.include_usage`: drop the usage-only
+    /// chunk before the client sees it.
+    pub injected_usage: bool,
+    /// The body to forward when the proxy changed it.
+    pub body: Option<Bytes>,
+}
+
+impl Plan {
+    /// Tokens to reserve.
+    pub fn total(&self) -> u64 {
+        self.prompt.saturating_add(self.completion)
+    }
+
+    /// The counter of this call's model.
+    pub fn counter(&self) -> Counter {
+        Counter::for_model(&self.model)
+    }
+}
+
+/// Largest `n` honoured when sizing a reservation.
+const MAX_CHOICES: u64 = 128;
+
+/// Plans a call of `kind` from its JSON body. A body that is not a JSON
+/// object reserves nothing (the upstream will refuse it).
+pub fn plan(kind: Kind, body: &[u8], default_max_tokens: u32) -> Plan {
+    let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(body) else {
+        return Plan::default();
+    };
+    let model = obj
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let counter = Counter::for_model(&model);
+    let prompt = match kind {
+        Kind::Chat => {
+            let messages = obj.get("messages").and_then(Value::as_array);
+            let mut n = messages.map_or(0, |m| counter.count_messages(m));
+            for key in ["tools", "functions"] {
+                n += obj.get(key).map_or(0, |v| counter.count_json(v));
+            }
+            n
+        }
+        Kind::Completion => obj.get("prompt").map_or(0, |p| counter.count_input(p)),
+        Kind::Embedding => obj.get("input").map_or(0, |p| counter.count_input(p)),
+    };
+    let completion = match kind {
+        Kind::Embedding => 0,
+        _ => {
+            let max = ["max_completion_tokens", "max_tokens"]
+                .iter()
+                .find_map(|k| obj.get(*k).and_then(Value::as_u64))
+                .unwrap_or(u64::from(default_max_tokens));
+            let n = obj
+                .get("n")
+                .and_then(Value::as_u64)
+                .unwrap_or(1)
+                .clamp(1, MAX_CHOICES);
+            max.saturating_mul(n)
+        }
+    };
+    let stream = obj.get("stream").and_then(Value::as_bool) == Some(true);
+    let mut injected_usage = false;
+    let mut new_body = None;
+    if stream && kind != Kind::Embedding {
+        let asked = obj
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            == Some(true);
+        if !asked {
+            let options = obj
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if !options.is_object() {
+                *options = Value::Object(Default::default());
+            }
+            options
+                .as_object_mut()
+                .expect("just made an object")
+                .insert("include_usage".into(), Value::Bool(true));
+            injected_usage = true;
+            new_body = serde_json::to_vec(&obj).ok().map(Bytes::from);
+        }
+    }
+    Plan {
+        prompt,
+        completion,
+        model,
+        stream,
+        injected_usage,
+        body: new_body,
+    }
+}
+
+/// Total tokens of an OpenAI `usage` object: `total_tokens`, else
+/// prompt + completion.
+pub fn usage_total(usage: &Value) -> Option<u64> {
+    if let Some(t) = usage.get("total_tokens").and_then(Value::as_u64) {
+        return Some(t);
+    }
+    let p = usage.get("prompt_tokens").and_then(Value::as_u64);
+    let c = usage.get("completion_tokens").and_then(Value::as_u64);
+    match (p, c) {
+        (None, None) => None,
+        (p, c) => Some(p.unwrap_or(0).saturating_add(c.unwrap_or(0))),
+    }
+}
+
+/// Builds the tokenizers once, off the request path.
+pub fn warm_up() {
+    std::thread::spawn(|| {
+        let _ = tiktoken_rs::o200k_base_singleton();
+        let _ = tiktoken_rs::cl100k_base_singleton();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(v: Value) -> Vec<u8> {
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn endpoints() {
+        use actix_web::http::Method;
+        assert_eq!(
+            endpoint(&Method::POST, "/v1/chat/completions"),
+            Some(Kind::Chat)
+        );
+        assert_eq!(
+            endpoint(&Method::POST, "/v1/completions"),
+            Some(Kind::Completion)
+        );
+        assert_eq!(
+            endpoint(&Method::POST, "/openai/v1/embeddings/"),
+            Some(Kind::Embedding)
+        );
+        assert_eq!(endpoint(&Method::GET, "/v1/chat/completions"), None);
+        assert_eq!(endpoint(&Method::POST, "/v1/models"), None);
+    }
+
+    #[test]
+    fn known_models_use_the_real_tokenizer() {
+        let c = Counter::for_model("gpt-4o");
+        assert!(c.is_exact());
+        // "hello world" is two tokens in o200k_base and cl100k_base.
+        assert_eq!(c.count("hello world"), 2);
+        assert_eq!(Counter::for_model("gpt-4").count("hello world"), 2);
+        // A chat of one user message "hello world": 3 + 1 (role) + 2 + 3.
+        let p = plan(
+            Kind::Chat,
+            &body(json!({"model": "gpt-4o", "max_tokens": 10,
+                         "messages": [{"role": "user", "content": "hello world"}]})),
+            4096,
+        );
+        assert_eq!((p.prompt, p.completion, p.total()), (9, 10, 19));
+        assert!(!p.stream && p.body.is_none());
+    }
+
+    #[test]
+    fn unknown_models_are_estimated() {
+        let c = Counter::for_model("llama-local");
+        assert!(!c.is_exact());
+        assert_eq!(c.count("abcdefgh"), 2);
+        assert_eq!(c.count("abcdefghi"), 3);
+        assert_eq!(c.count(""), 0);
+        let p = plan(
+            Kind::Embedding,
+            &body(json!({"model": "x", "input": ["abcd", "abcde", [1, 2, 3]]})),
+            4096,
+        );
+        assert_eq!((p.prompt, p.completion), (1 + 2 + 3, 0));
+    }
+
+    #[test]
+    fn completion_budget_defaults_and_scales_with_n() {
+        let p = plan(
+            Kind::Completion,
+            &body(json!({"model": "m", "prompt": "abcd"})),
+            50,
+        );
+        assert_eq!((p.prompt, p.completion), (1, 50));
+        let p = plan(
+            Kind::Chat,
+            &body(
+                json!({"model": "m", "messages": [], "max_completion_tokens": 7,
+                         "max_tokens": 99, "n": 3}),
+            ),
+            50,
+        );
+        assert_eq!((p.prompt, p.completion), (3, 21));
+    }
+
+    #[test]
+    fn streams_get_usage_added_once() {
+        let p = plan(
+            Kind::Chat,
+            &body(json!({"model": "m", "messages": [], "stream": true,
+                         "stream_options": {"other": 1}})),
+            5,
+        );
+        assert!(p.stream && p.injected_usage);
+        let sent: Value = serde_json::from_slice(p.body.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            sent["stream_options"],
+            json!({"other": 1, "include_usage": true})
+        );
+        let p = plan(
+            Kind::Chat,
+            &body(json!({"model": "m", "messages": [], "stream": true,
+                         "stream_options": {"include_usage": true}})),
+            5,
+        );
+        assert!(p.stream && !p.injected_usage && p.body.is_none());
+    }
+
+    #[test]
+    fn garbage_reserves_nothing() {
+        for b in [&b"not json"[..], b"[1,2]", b"", b"{\"messages\": 5}"] {
+            let p = plan(Kind::Chat, b, 100);
+            assert!(p.total() <= 103, "{p:?}");
+        }
+        assert_eq!(plan(Kind::Chat, b"nope", 100).total(), 0);
+    }
+
+    proptest::proptest! {
+        /// No body makes planning panic.
+        #[test]
+        fn any_body_plans_without_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            for kind in [Kind::Chat, Kind::Completion, Kind::Embedding] {
+                let _ = plan(kind, &bytes, 16);
+            }
+        }
+
+        #[test]
+        fn any_text_counts_without_panic(text in ".{0,200}", n in 0u64..1000) {
+            let body = body(json!({"model": "gpt-4o", "max_tokens": n, "n": 2,
+                                   "messages": [{"role": "user", "content": text.clone(), "name": "x"}]}));
+            let p = plan(Kind::Chat, &body, 16);
+            proptest::prop_assert_eq!(p.completion, 2 * n);
+            // Priming 3 + message 3 + role 1 + name "x" 1 + 1, whatever the text.
+            let overhead = 3 + 3 + 1 + 1 + 1;
+            proptest::prop_assert!(p.prompt >= overhead);
+            proptest::prop_assert!(Counter::for_model("unknown").count(&text) == estimate(&text));
+        }
+    }
+
+    #[test]
+    fn usage_totals() {
+        assert_eq!(usage_total(&json!({"total_tokens": 9})), Some(9));
+        assert_eq!(
+            usage_total(&json!({"prompt_tokens": 4, "completion_tokens": 3})),
+            Some(7)
+        );
+        assert_eq!(usage_total(&json!({"prompt_tokens": 4})), Some(4));
+        assert_eq!(usage_total(&json!({})), None);
+    }
+}
