@@ -156,6 +156,11 @@ fn tenant_report_is_the_same_from_every_node_and_reset_refills() {
         assert_eq!(l["degraded"], false, "{r}");
         assert_eq!(l["requests_per_second"], 1, "{r}");
         assert_eq!(l["burst_size"], BURST, "{r}");
+        // The tokens limit reports its rate in its own unit (unlimited here).
+        let tokens = &r.json["limits"][1];
+        assert_eq!(tokens["limit"], "tokens", "{r}");
+        assert_eq!(tokens["tokens_per_minute"], 0, "{r}");
+        assert!(tokens.get("requests_per_second").is_none(), "{r}");
     }
     // A tenant owned by node 2, drained by 15 through node 0.
     let owner = cluster.node(2).node_id.clone();

@@ -84,10 +84,15 @@ pub fn tenant_of(path: web::Path<String>) -> Result<String, ApiError> {
 }
 
 fn limit_json(limit: Limit, owner: Option<&str>, r: &WireLimitReport, degraded: bool) -> Value {
+    // Each limit's rate in its own unit, as in `/v1/check` answers.
+    let rate_key = match limit {
+        Limit::Requests => "requests_per_second",
+        Limit::Tokens => "tokens_per_minute",
+    };
     json!({
         "limit": limit.as_str(),
         "owner": owner,
-        "requests_per_second": r.rate,
+        rate_key: r.rate,
         "burst_size": r.burst,
         "source": source_of(r.source).as_str(),
         "unlimited": r.unlimited,
