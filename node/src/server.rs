@@ -364,7 +364,7 @@ pub async fn serve(
             .app_data(web::Data::new(proxy::client(&pctx)))
             .wrap_fn(move |req, srv| proxy::dispatch(proxy_addr, req, srv))
             .configure(http::node_routes)
-            .wrap(from_fn(request_id))
+            .wrap_fn(request_id)
     })
     .workers(config.http_workers)
     // Streamed answers go out as several writes (head, chunks, end): with
@@ -392,7 +392,7 @@ pub async fn serve(
             .app_data(data.clone())
             .configure(http::admin_routes)
             .wrap(from_fn(admin_auth))
-            .wrap(from_fn(request_id))
+            .wrap_fn(request_id)
     })
     .workers(1)
     .disable_signals()

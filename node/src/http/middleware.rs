@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, Error, ResponseError};
@@ -33,49 +33,100 @@ pub fn sane_request_id(id: &str) -> bool {
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static PREFIX: std::sync::OnceLock<[u8; 12]> = std::sync::OnceLock::new();
 
-/// A new id: a random per-process prefix and a counter (unique without a
-/// random draw per request).
-pub fn new_request_id() -> String {
-    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_string());
-    format!("{prefix}-{:x}", NEXT_ID.fetch_add(1, Relaxed))
+/// A new id: a random per-process prefix and a counter in hex (unique
+/// without a random draw per request), as a header value.
+pub fn new_request_id() -> HeaderValue {
+    let prefix = PREFIX.get_or_init(|| {
+        let mut p = [0u8; 12];
+        p.copy_from_slice(&uuid::Uuid::new_v4().simple().to_string().as_bytes()[..12]);
+        p
+    });
+    let mut buf = [0u8; 12 + 1 + 16];
+    buf[..12].copy_from_slice(prefix);
+    buf[12] = b'-';
+    let n = NEXT_ID.fetch_add(1, Relaxed);
+    let digits = if n == 0 {
+        1
+    } else {
+        (64 - n.leading_zeros() as usize).div_ceil(4)
+    };
+    for i in 0..digits {
+        let d = ((n >> (4 * (digits - 1 - i))) & 0xf) as u8;
+        buf[13 + i] = if d < 10 { b'0' + d } else { b'a' + d - 10 };
+    }
+    HeaderValue::from_bytes(&buf[..13 + digits]).expect("ASCII hex")
 }
 
-/// Takes the request id from `X-Request-Id` when sane, else makes one; runs
-/// the request inside a span carrying it and returns it in the response.
-pub async fn request_id(
+/// Takes the request id from `X-Request-Id` when sane, else makes one, and
+/// returns it in the response. A span per request costs more than the rest
+/// of a check's way through the node, so the request runs inside a span
+/// carrying the id only when debug logs are on; otherwise the id reaches
+/// the log with the failure of a request. Node-to-node routes (`/cluster/`)
+/// carry no id. (`wrap_fn`, not `from_fn`: no boxed future per request.)
+pub fn request_id<S, B>(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| sane_request_id(s))
-        .map(str::to_string)
-        .unwrap_or_else(new_request_id);
-    // A span per request costs more than the rest of a check's way through
-    // the node; it is made only when debug logs are on. Otherwise the
-    // request id reaches the log with the failure of a request (below).
-    let mut res = if tracing::enabled!(tracing::Level::DEBUG) {
-        let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.path());
-        let res = next.call(req).instrument(span.clone()).await?;
-        span.in_scope(|| tracing::debug!(status = res.status().as_u16(), "answered"));
-        res
+    srv: &S,
+) -> impl std::future::Future<Output = Result<ServiceResponse<B>, Error>>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+    S::Future: 'static,
+    B: 'static,
+{
+    let id = if req.path().starts_with("/cluster/") {
+        None
     } else {
-        next.call(req).await?
+        Some(
+            req.headers()
+                .get(&REQUEST_ID)
+                .filter(|v| v.to_str().is_ok_and(sane_request_id))
+                .cloned()
+                .unwrap_or_else(new_request_id),
+        )
     };
-    if res.status().is_server_error() {
-        let failure = res.response().extensions().get::<Failure>().cloned();
-        let (code, message) = failure.map_or(("", String::new()), |f| (f.code, f.message));
-        let req = res.request();
-        tracing::error!(request_id = %id, method = %req.method(), path = %req.path(), status = res.status().as_u16(), code, %message, "request failed");
+    let span = match &id {
+        Some(id) if tracing::enabled!(tracing::Level::DEBUG) => Some(tracing::info_span!(
+            "request",
+            request_id = id.to_str().unwrap_or_default(),
+            method = %req.method(),
+            path = %req.path()
+        )),
+        _ => None,
+    };
+    let fut = match &span {
+        Some(span) => span.in_scope(|| srv.call(req)),
+        None => srv.call(req),
+    };
+    async move {
+        let Some(id) = id else {
+            return fut.await;
+        };
+        let mut res = match span {
+            Some(span) => {
+                let res = fut.instrument(span.clone()).await?;
+                span.in_scope(|| tracing::debug!(status = res.status().as_u16(), "answered"));
+                res
+            }
+            None => fut.await?,
+        };
+        if res.status().is_server_error() {
+            let failure = res.response().extensions().get::<Failure>().cloned();
+            let (code, message) = failure.map_or(("", String::new()), |f| (f.code, f.message));
+            let req = res.request();
+            tracing::error!(
+                request_id = id.to_str().unwrap_or_default(),
+                method = %req.method(),
+                path = %req.path(),
+                status = res.status().as_u16(),
+                code,
+                %message,
+                "request failed"
+            );
+        }
+        res.headers_mut().insert(REQUEST_ID, id);
+        Ok(res)
     }
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        res.headers_mut().insert(REQUEST_ID, v);
-    }
-    Ok(res)
 }
 
 /// What a failed request's log line says; put in the response's extensions
@@ -131,7 +182,14 @@ mod tests {
         assert!(!sane_request_id(&"a".repeat(129)));
         let (a, b) = (new_request_id(), new_request_id());
         assert_ne!(a, b);
-        assert!(sane_request_id(&a), "{a}");
+        for v in [a, b] {
+            assert!(sane_request_id(v.to_str().unwrap()), "{v:?}");
+        }
+        // Hex counter digits, no padding.
+        let before = NEXT_ID.load(Relaxed);
+        let id = new_request_id();
+        let hex = id.to_str().unwrap().rsplit('-').next().unwrap().to_string();
+        assert!(u64::from_str_radix(&hex, 16).unwrap() >= before, "{hex}");
     }
 
     #[test]
