@@ -183,7 +183,10 @@ where
     if proxy_addr.is_none() || proxy_addr != Some(req.app_config().local_addr()) {
         return Either::Left(srv.call(req).map_ok(|r| r.map_into_left_body()));
     }
-    Either::Right(async move {
+    // Boxed: the proxy's future is kilobytes (a whole upstream call); kept
+    // inline it would make every check's future that large, and the HTTP
+    // dispatcher moves it on every request.
+    Either::Right(Box::pin(async move {
         let payload = req.extract::<web::Payload>().await?;
         let ctx = req
             .app_data::<web::Data<ProxyContext>>()
@@ -196,7 +199,7 @@ where
         let http = req.request().clone();
         let resp = forward(http, payload, ctx, client).await;
         Ok(req.into_response(resp).map_into_right_body())
-    })
+    }))
 }
 
 /// Any request on the proxy listener.
