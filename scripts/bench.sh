@@ -84,8 +84,11 @@
 #         reconcile refunding). wrk (scripts/bench/proxy.lua: non-streaming
 #         chat completions, one of BENCH_TENANT_SPACE bearer keys each) runs
 #         first against the stub directly, then through the proxy, with
-#         BENCH_PROXY_CONNECTIONS connections (default 8: moderate load) and
-#         one wrk thread. Prints p50/p99 of both, the added p50/p99 (proxied
+#         BENCH_PROXY_CONNECTIONS connections (default 8) and one wrk thread,
+#         each connection pausing BENCH_PROXY_DELAY_MS before every request
+#         (default 0: closed loop, as fast as the proxy answers, i.e. full
+#         load; e.g. 2 offers at most 4,000 requests/s with 8 connections, a
+#         moderate load). Prints p50/p99 of both, the added p50/p99 (proxied
 #         minus direct; target <= 1 ms added p99) and proxied requests/s.
 #
 # Environment:
@@ -113,6 +116,8 @@
 #   BENCH_REDIS_CONNS=16 BENCH_REDIS_DELAY_MS=2   first load level of the redis
 #                          benchmark (second: 2 x BENCH_REDIS_CONNS)
 #   BENCH_FAILOVER_TENANTS=1000 BENCH_FAILOVER_RUNS=3   failover benchmark
+#   BENCH_PROXY_CONNECTIONS=8 BENCH_PROXY_DELAY_MS=0   proxy benchmark: wrk
+#                          connections, and each one's pause before a request
 #   BENCH_SKIP_BUILD=0     1 = use the binaries already in target/release
 #
 # Only 127.0.0.1 is used: every server binds ephemeral ports there. Every load run
@@ -160,6 +165,7 @@ BENCH_REDIS_DELAY_MS="${BENCH_REDIS_DELAY_MS:-2}"
 BENCH_FAILOVER_TENANTS="${BENCH_FAILOVER_TENANTS:-1000}"
 BENCH_FAILOVER_RUNS="${BENCH_FAILOVER_RUNS:-3}"
 BENCH_PROXY_CONNECTIONS="${BENCH_PROXY_CONNECTIONS:-8}"
+BENCH_PROXY_DELAY_MS="${BENCH_PROXY_DELAY_MS:-0}"
 STUB_BIN="$TARGET_DIR/release/llmtrace-stub-upstream"
 export BENCH_TENANT_SPACE BENCH_STATUS BENCH_COST
 
@@ -871,11 +877,11 @@ bench_failover() {
 run_proxy_wrk() {
   local name="$1" url="$2" out="$WORKDIR/wrk-$1.txt"
   if [[ "$BENCH_WARMUP" != 0 && "$BENCH_WARMUP" != 0s ]]; then
-    run_load timeout 300 wrk -t1 -c"$BENCH_PROXY_CONNECTIONS" -d"$BENCH_WARMUP" --timeout 5s \
+    BENCH_DELAY_MS="$BENCH_PROXY_DELAY_MS" run_load timeout 300 wrk -t1 -c"$BENCH_PROXY_CONNECTIONS" -d"$BENCH_WARMUP" --timeout 5s \
       -s "$BENCH_DIR/proxy.lua" "$url" >"$WORKDIR/wrk-$name-warmup.txt" 2>&1 || {
         log "wrk warm-up against $name failed:"; cat "$WORKDIR/wrk-$name-warmup.txt" >&2; exit 1; }
   fi
-  run_load timeout 900 wrk -t1 -c"$BENCH_PROXY_CONNECTIONS" -d"$BENCH_DURATION" --timeout 5s --latency \
+  BENCH_DELAY_MS="$BENCH_PROXY_DELAY_MS" run_load timeout 900 wrk -t1 -c"$BENCH_PROXY_CONNECTIONS" -d"$BENCH_DURATION" --timeout 5s --latency \
     -s "$BENCH_DIR/proxy.lua" "$url" >"$out" 2>&1 || {
       log "wrk against $name failed:"; cat "$out" >&2; exit 1; }
   sed 's/^/  | /' "$out"

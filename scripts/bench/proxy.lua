@@ -7,6 +7,15 @@
 -- done() prints the BENCH_RESULT line of check.lua.
 
 local tenant_space = tonumber(os.getenv("BENCH_TENANT_SPACE") or "") or 100000
+-- BENCH_DELAY_MS: each connection pauses this long before each request, so
+-- the offered rate is at most connections * 1000 / BENCH_DELAY_MS (0: as fast
+-- as answers come).
+local delay_ms = tonumber(os.getenv("BENCH_DELAY_MS") or "") or 0
+if delay_ms > 0 then
+  function delay()
+    return delay_ms
+  end
+end
 
 wrk.method = "POST"
 wrk.path = "/v1/chat/completions"
