@@ -80,17 +80,5 @@ pub async fn ask_owner(
     if let Some(s) = secret {
         r = r.insert_header((rpc::SECRET_HEADER, s));
     }
-    let mut resp = r
-        .send_body(rpc::encode(req))
-        .await
-        .map_err(|e| e.to_string())?;
-    let bytes = resp
-        .body()
-        .limit(rpc::MAX_BODY_BYTES)
-        .await
-        .map_err(|e| e.to_string())?;
-    if !resp.status().is_success() {
-        return Err(format!("owner answered {}", resp.status()));
-    }
-    rpc::decode(&bytes).map_err(|e| e.to_string())
+    rpc::send(r, rpc::encode(req)).await
 }

@@ -83,16 +83,7 @@ impl PeerHandoff {
             req = req.insert_header((rpc::SECRET_HEADER, s.as_str()));
         }
         async move {
-            let mut resp = req.send_body(body).await.map_err(|e| e.to_string())?;
-            let bytes = resp
-                .body()
-                .limit(rpc::MAX_BODY_BYTES)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !resp.status().is_success() {
-                return Err(format!("handoff refused: {}", resp.status()));
-            }
-            let answer: HandoffResponse = rpc::decode(&bytes).map_err(|e| e.to_string())?;
+            let answer: HandoffResponse = rpc::send(req, body).await?;
             Ok(answer.state)
         }
         .boxed_local()

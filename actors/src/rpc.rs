@@ -375,6 +375,21 @@ fn cfg() -> impl config::Config {
 }
 
 /// Encodes a message with the leading version byte.
+/// Sends `body` with `req` (a node-to-node POST) and decodes the answer:
+/// the body read within [`MAX_BODY_BYTES`], a non-2xx status an error.
+pub async fn send<T: Decode<()>>(req: awc::ClientRequest, body: Vec<u8>) -> Result<T, String> {
+    let mut resp = req.send_body(body).await.map_err(|e| e.to_string())?;
+    let bytes = resp
+        .body()
+        .limit(MAX_BODY_BYTES)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !resp.status().is_success() {
+        return Err(format!("peer answered {}", resp.status()));
+    }
+    decode(&bytes).map_err(|e| e.to_string())
+}
+
 pub fn encode<T: Encode>(msg: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.push(WIRE_VERSION);

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
-use crate::error::ConfigError;
+use crate::error::{in_range as range, ConfigError};
 
 /// Default cluster listener: TCP for node-to-node RPC, UDP for gossip.
 pub const DEFAULT_CLUSTER_LISTEN: &str = "127.0.0.1:7946";
@@ -120,21 +120,6 @@ fn addr(
             .map_err(|_| ConfigError::invalid(key, format!("`{s}` is not an IP:port address"))),
         (None, None) => Ok(None),
     }
-}
-
-fn range<T: PartialOrd + std::fmt::Display + Copy>(
-    key: &str,
-    v: T,
-    min: T,
-    max: T,
-) -> Result<T, ConfigError> {
-    if v < min || v > max {
-        return Err(ConfigError::invalid(
-            key,
-            format!("{v} is out of range {min}..={max}"),
-        ));
-    }
-    Ok(v)
 }
 
 impl ClusterConfig {

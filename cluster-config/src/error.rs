@@ -26,3 +26,19 @@ impl ConfigError {
         }
     }
 }
+
+/// `value` when it lies in `min..=max`; otherwise an error naming `key`.
+pub(crate) fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{value} is out of range {min}..={max}"),
+        ));
+    }
+    Ok(value)
+}

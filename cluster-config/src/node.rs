@@ -13,7 +13,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::cluster::{ClusterConfig, ClusterFile, ClusterOverrides};
-use crate::error::ConfigError;
+use crate::error::{in_range, ConfigError};
 use crate::limits::{RateLimitConfig, TokenLimitConfig};
 use crate::proxy::{ProxyConfig, ProxyFile, ProxyOverrides};
 use crate::tenant::validate_tenant_id;
@@ -220,21 +220,6 @@ fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value
         .parse()
         .map_err(|_| ConfigError::invalid(key, format!("`{value}` is not an IP:port address")))
-}
-
-fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
-    key: &str,
-    value: T,
-    min: T,
-    max: T,
-) -> Result<T, ConfigError> {
-    if value < min || value > max {
-        return Err(ConfigError::invalid(
-            key,
-            format!("{value} is out of range {min}..={max}"),
-        ));
-    }
-    Ok(value)
 }
 
 fn default_parallelism() -> usize {

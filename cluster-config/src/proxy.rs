@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::error::ConfigError;
+use crate::error::{in_range as range, ConfigError};
 
 /// Default time to the upstream's response head, and longest silence
 /// between two body chunks.
@@ -79,21 +79,6 @@ pub struct ProxyOverrides {
     pub max_request_bytes: Option<usize>,
     pub max_response_bytes: Option<usize>,
     pub default_max_tokens: Option<u32>,
-}
-
-fn range<T: PartialOrd + std::fmt::Display + Copy>(
-    key: &str,
-    v: T,
-    min: T,
-    max: T,
-) -> Result<T, ConfigError> {
-    if v < min || v > max {
-        return Err(ConfigError::invalid(
-            key,
-            format!("{v} is out of range {min}..={max}"),
-        ));
-    }
-    Ok(v)
 }
 
 impl ProxyConfig {
