@@ -7,6 +7,7 @@
 use crate::http::Client;
 use crate::output::{capture, Captured};
 use crate::{free_port, wait_until, TempDir, STARTUP_TIMEOUT};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -85,6 +86,8 @@ impl Nginx {
                 .arg("-e")
                 .arg(prefix.path().join("error.log"))
                 .args(["-g", "daemon off;"])
+                // Its own process group: the workers can be killed with it.
+                .process_group(0)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -201,6 +204,12 @@ fn split_addrs(s: &str) -> Vec<String> {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // SIGKILL to the master alone would orphan its workers: kill the
+        // whole process group (master and workers), then reap the master.
+        if let Ok(pgid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) on the process group of our own unreaped child.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
