@@ -277,20 +277,27 @@ pub fn decode_install(
         .buckets
         .into_iter()
         .filter(|(t, _, _)| validate_tenant_id(t).is_ok())
-        .filter_map(|(t, l, s)| Some((t, *Limit::ALL.get(usize::from(l))?, s)))
+        .filter_map(|(t, l, s)| Some((t, wire_limit(l)?, s)))
         .collect())
 }
 
 /// Decodes and validates a handoff request.
 pub fn decode_handoff(bytes: &[u8]) -> Result<(HandoffRequest, Limit), WireError> {
     let req: HandoffRequest = decode(bytes)?;
-    validate_tenant_id(&req.origin).map_err(|_| WireError::BadOrigin)?;
-    validate_tenant_id(&req.tenant).map_err(|_| WireError::Decode("invalid tenant id".into()))?;
-    let limit = Limit::ALL
-        .get(usize::from(req.limit))
-        .copied()
-        .ok_or_else(|| WireError::Decode(format!("unknown limit {}", req.limit)))?;
+    let limit = addressed(&req.origin, &req.tenant, req.limit)?;
     Ok((req, limit))
+}
+
+/// The limit named by its wire byte.
+fn wire_limit(byte: u8) -> Option<Limit> {
+    Limit::ALL.get(usize::from(byte)).copied()
+}
+
+/// Validates the origin, tenant and limit a request about one bucket names.
+fn addressed(origin: &str, tenant: &str, limit: u8) -> Result<Limit, WireError> {
+    validate_tenant_id(origin).map_err(|_| WireError::BadOrigin)?;
+    validate_tenant_id(tenant).map_err(|_| WireError::Decode("invalid tenant id".into()))?;
+    wire_limit(limit).ok_or_else(|| WireError::Decode(format!("unknown limit {limit}")))
 }
 
 /// HTTP path of the tenant RPC: the admin API of any node asks a bucket's
@@ -344,12 +351,7 @@ pub struct TenantResponse {
 /// Decodes and validates a tenant request.
 pub fn decode_tenant(bytes: &[u8]) -> Result<(TenantRequest, Limit), WireError> {
     let req: TenantRequest = decode(bytes)?;
-    validate_tenant_id(&req.origin).map_err(|_| WireError::BadOrigin)?;
-    validate_tenant_id(&req.tenant).map_err(|_| WireError::Decode("invalid tenant id".into()))?;
-    let limit = Limit::ALL
-        .get(usize::from(req.limit))
-        .copied()
-        .ok_or_else(|| WireError::Decode(format!("unknown limit {}", req.limit)))?;
+    let limit = addressed(&req.origin, &req.tenant, req.limit)?;
     Ok((req, limit))
 }
 
@@ -433,10 +435,7 @@ pub fn validate_check(c: &WireCheck) -> Result<(Limit, Op), WireErrorCode> {
     if c.cost == 0 {
         return Err(WireErrorCode::ZeroCost);
     }
-    let limit = Limit::ALL
-        .get(usize::from(c.limit))
-        .copied()
-        .ok_or(WireErrorCode::UnknownLimit)?;
+    let limit = wire_limit(c.limit).ok_or(WireErrorCode::UnknownLimit)?;
     let op = Op::ALL
         .get(usize::from(c.op))
         .copied()
