@@ -128,6 +128,18 @@ pub const HANDED_HINT_NS: u64 = 30_000_000_000;
 
 type Reply = oneshot::Sender<Result<Decision, Unserved>>;
 
+/// Answers write-through checks once their batch is settled: their
+/// decisions if it was stored, [`Unserved::NotPersisted`] otherwise.
+fn settle(waiting: Vec<(Decision, Reply)>, stored: bool) {
+    for (decision, reply) in waiting {
+        let _ = reply.send(if stored {
+            Ok(decision)
+        } else {
+            Err(Unserved::NotPersisted)
+        });
+    }
+}
+
 struct Waiter {
     quota: BucketQuota,
     op: Op,
@@ -404,9 +416,7 @@ impl ShardActor {
         // this batch (or its bucket left: handed over, nothing to write here).
         let durable = std::mem::take(&mut self.durable_waiting);
         if writes.is_empty() {
-            for (d, reply) in durable {
-                let _ = reply.send(Ok(d));
-            }
+            settle(durable, true);
             return;
         }
         self.flush_in_flight = true;
@@ -414,14 +424,7 @@ impl ShardActor {
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.flush_in_flight = false;
             let now = act.clock.now_ns();
-            let ok = res.is_ok();
-            for (d, reply) in durable {
-                let _ = reply.send(if ok {
-                    Ok(d)
-                } else {
-                    Err(Unserved::NotPersisted)
-                });
-            }
+            settle(durable, res.is_ok());
             match res {
                 Ok(()) => {
                     act.backoff = Duration::ZERO;
@@ -436,9 +439,7 @@ impl ShardActor {
                 Err(e) => {
                     // Checks admitted while the failed batch was in flight
                     // would wait out the backoff: refuse them now.
-                    for (_, reply) in std::mem::take(&mut act.durable_waiting) {
-                        let _ = reply.send(Err(Unserved::NotPersisted));
-                    }
+                    settle(std::mem::take(&mut act.durable_waiting), false);
                     act.stats().snapshot_errors.fetch_add(1, Relaxed);
                     act.warn_throttled(now, "snapshot batch failed; will retry", &e);
                     act.backoff = (act.backoff * 2)
