@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::cluster::router::Route;
 use crate::metrics::Histogram;
-use crate::router::Route;
 
 /// A tenant counts as degraded for this long after its last check decided
 /// by the unreachable-owner policy.

@@ -2,56 +2,47 @@
 //!
 //! # Layout
 //!
-//! - [`bucket`]: exact token-bucket math, a pure function of (state, now, quota).
-//! - [`clock`]: the injected clock (system, or manual for tests).
-//! - [`key`]: bucket keys `(tenant, limit)` and their stable shard placement.
-//! - [`snapshot`]: the versioned bincode format of a bucket snapshot.
+//! A folder per concept; a module imports only from the folders above it in
+//! this list (`core` imports none of them).
+//!
+//! - [`core`]: exact token-bucket math (a pure function of state, now and
+//!   quota), the injected clock, bucket keys, the snapshot format and the
+//!   decision types ([`Verdict`], [`CheckError`]).
 //! - [`cache`]: the [`CacheLayer`] trait, in-memory and Redis implementations.
-//! - [`shard`]: the shard actor, sole owner of its buckets.
-//! - [`limiter`]: validates checks and sends them to this node's shards.
-//! - [`placement`]: shards on dedicated threads or on the HTTP workers.
-//! - [`membership`]: chitchat gossip and the cluster view (ring of ready members).
-//! - [`router`]: local-or-forward decision, retries, unreachable-owner policy.
-//! - [`peer`]: the per-peer batching forwarder and the awc client.
-//! - [`rpc`]: the bincode node-to-node wire format, hostile-input safe.
-//! - [`overrides`]: runtime limit overrides: gossip propagation, Redis persistence.
-//! - [`dedup`]: makes forward retries safe (no double counting).
-//! - [`handoff`]: a new owner pulls a moved bucket from its previous owner.
-//! - [`admin_rpc`]: a tenant's bucket reported or refilled by its owner, from any node.
 //! - [`metrics`], [`cluster_metrics`]: Prometheus counters and histograms.
+//! - [`shard`]: the shard actor, sole owner of its buckets; its handoff side
+//!   (give a bucket away, install one) and its admin side (inspect, reset).
+//! - [`local`]: this node's shards as one ([`Limiter`]) and where they run.
+//! - [`cluster`]: membership (view, gossip, control, overrides), the router
+//!   (local or forward), the per-peer forwarder, dedup of retried forwards,
+//!   the handoff client, the tenant RPC of the admin API, and `cluster::rpc`
+//!   (the wire format and the one node-to-node client).
 
-pub mod admin_rpc;
-pub mod bucket;
+#![forbid(unsafe_code)]
+
 pub mod cache;
-pub mod clock;
+pub mod cluster;
 pub mod cluster_metrics;
-pub mod dedup;
-pub mod handoff;
-pub mod key;
-pub mod limiter;
-pub mod membership;
+pub mod core;
+pub mod local;
 pub mod metrics;
-pub mod overrides;
-pub mod peer;
-pub mod placement;
-pub mod router;
-pub mod rpc;
 pub mod shard;
-pub mod snapshot;
 
-pub use bucket::{retry_after_secs, BucketQuota, BucketState, Decision, Op, NANOS};
+pub use crate::core::bucket::{retry_after_secs, BucketQuota, BucketState, Decision, Op, NANOS};
+pub use crate::core::clock::{Clock, ManualClock, SystemClock};
+pub use crate::core::key::BucketKey;
+pub use crate::core::verdict::{CheckError, ErrorCode, Verdict};
 pub use cache::{CacheError, CacheLayer, InMemoryCacheLayer, RedisCacheLayer, SnapshotWrite};
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use cluster::control::ClusterControl;
+pub use cluster::forwarder::{BatchSettings, PeerClient, RemotePeer};
+pub use cluster::gossip::{Membership, MembershipSettings};
+pub use cluster::handoff_client::PeerHandoff;
+pub use cluster::router::{ClientFactory, Route, Routed, Router, RouterSettings};
+pub use cluster::rpc::client::{CallError, ClusterClient, Rpc};
+pub use cluster::view::{ClusterView, Member, MemberState, ViewHandle};
 pub use cluster_metrics::ClusterMetrics;
-pub use handoff::PeerHandoff;
-pub use key::BucketKey;
-pub use limiter::{CheckError, Limiter, Verdict};
-pub use membership::{
-    ClusterControl, ClusterView, Member, MemberState, Membership, MembershipSettings, ViewHandle,
-};
+pub use local::limiter::Limiter;
+pub use local::placement::{ShardHost, ShardSlots};
 pub use metrics::Metrics;
-pub use peer::{AwcPeerClient, BatchSettings, PeerClient};
-pub use placement::{ShardHost, ShardSlots};
-pub use router::{ClientFactory, Route, Routed, Router, RouterSettings};
 pub use shard::HandoffSource;
 pub use shard::ShardTiming;

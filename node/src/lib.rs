@@ -6,14 +6,18 @@
 //!
 //! - [`cli`]: flags and environment variables, merged with the TOML file.
 //! - [`logging`]: tracing set-up (text or JSON lines on stderr).
-//! - [`server`]: builds the cache layer and shards, binds the listeners, runs
-//!   until SIGTERM/SIGINT, then flushes snapshots.
-//! - [`http`]: routes of the public and admin listeners, the one error type
-//!   mapped to HTTP, rate-limit headers.
+//! - [`listeners`]: the sockets a node serves, bound before it is built.
+//! - [`node`]: the node's lifecycle ([`node::Node`]: build, join, serve,
+//!   leave, shutdown) and [`node::run`], which serves until SIGTERM/SIGINT.
+//! - [`http`]: routes of the public, admin and cluster listeners, the one
+//!   error type mapped to HTTP, rate-limit headers.
 //! - [`proxy`]: the optional LLM proxy listener (`--proxy-listen`).
+
+#![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod http;
+pub mod listeners;
 pub mod logging;
+pub mod node;
 pub mod proxy;
-pub mod server;

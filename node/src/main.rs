@@ -16,7 +16,7 @@ fn main() -> std::process::ExitCode {
     for warning in config.rate_limit.warnings() {
         tracing::warn!("{warning}");
     }
-    match actix_rt::System::new().block_on(llmtrace_node::server::run(config)) {
+    match actix_rt::System::new().block_on(llmtrace_node::node::run(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("llmtrace-node stopped: {e:#}");

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use futures_util::future::{self, BoxFuture, FutureExt};
 
 use super::{CacheError, CacheLayer, SnapshotWrite};
-use crate::bucket::BucketState;
-use crate::clock::Clock;
-use crate::key::BucketKey;
+use crate::core::bucket::BucketState;
+use crate::core::clock::Clock;
+use crate::core::key::BucketKey;
 
 /// How often expired entries are purged on a write (nanoseconds).
 const PURGE_EVERY_NS: u64 = 1_000_000_000;

@@ -14,8 +14,9 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use thiserror::Error;
 
-use crate::bucket::BucketState;
-use crate::key::BucketKey;
+use crate::core::bucket::{BucketQuota, BucketState};
+use crate::core::key::BucketKey;
+use crate::core::snapshot;
 
 pub use self::memory::InMemoryCacheLayer;
 pub use self::redis::RedisCacheLayer;
@@ -27,6 +28,18 @@ pub struct SnapshotWrite {
     pub state: BucketState,
     /// Time to live: until the bucket would be full again, plus a margin.
     pub ttl_ms: u64,
+}
+
+impl SnapshotWrite {
+    /// The write of `state` under `quota`: kept until the bucket would be
+    /// full again (a full bucket carries no information).
+    pub fn new(key: BucketKey, state: BucketState, quota: BucketQuota) -> Self {
+        SnapshotWrite {
+            ttl_ms: snapshot::ttl_ms(&state, quota),
+            key,
+            state,
+        }
+    }
 }
 
 /// A failed cache operation. Never fatal: a failed restore starts the bucket

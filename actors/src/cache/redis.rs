@@ -25,10 +25,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::ErrorKind;
 
 use super::{CacheError, CacheLayer, SnapshotWrite};
-use crate::bucket::BucketState;
-use crate::key::BucketKey;
+use crate::core::bucket::BucketState;
+use crate::core::key::BucketKey;
+use crate::core::snapshot;
 use crate::metrics::Histogram;
-use crate::snapshot;
 
 /// Redis-backed snapshots.
 #[derive(Clone)]

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
-use llmtrace_actors::admin_rpc::{ask_owner, serve_tenant, source_of};
-use llmtrace_actors::rpc::{TenantOp, TenantRequest, WireLimitReport};
+use llmtrace_actors::cluster::rpc::wire::{TenantOp, TenantRequest, WireLimitReport};
+use llmtrace_actors::cluster::tenant_rpc::{serve_tenant, source_of};
 use llmtrace_actors::NANOS;
 use llmtrace_cluster_config::{validate_tenant_id, Limit};
 use serde_json::{json, Value};
@@ -135,14 +135,7 @@ async fn tenant_reports(
                     limit: limit as u8,
                     op,
                 };
-                match ask_owner(
-                    m.cluster_addr,
-                    ctx.cluster_secret.as_deref(),
-                    ctx.admin.rpc_timeout,
-                    &req,
-                )
-                .await
-                {
+                match ctx.admin.client.call(m.cluster_addr, &req).await {
                     Ok(answer) => (answer.report, false),
                     Err(e) => {
                         warn!(owner = %m.node_id, error = %e, "owner did not answer a tenant request");

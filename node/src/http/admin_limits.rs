@@ -4,14 +4,14 @@
 //! A change is validated, written to Redis when the node has one (before it
 //! is answered: a 503 means nothing changed), put in force on this node at
 //! once and published over gossip; every node adopts it within a few gossip
-//! rounds (see `llmtrace_actors::overrides`).
+//! rounds (see `llmtrace_actors::cluster::overrides`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::{web, HttpResponse};
-use llmtrace_actors::overrides::{next_version, OverrideEntry};
+use llmtrace_actors::cluster::overrides::{next_version, OverrideEntry};
 use llmtrace_cluster_config::{validate_runtime_override, Limit, TenantOverride};
 use serde_json::{json, Value};
 

@@ -15,7 +15,7 @@ use super::error::ApiError;
 use super::headers::{self, LimitState};
 use super::input::{self, CheckInput};
 use super::NodeContext;
-use llmtrace_actors::rpc::WireErrorCode;
+use llmtrace_actors::ErrorCode;
 
 fn check_error(e: CheckError) -> ApiError {
     match e {
@@ -27,13 +27,9 @@ fn check_error(e: CheckError) -> ApiError {
         // The owner's quota refused it (its view of a runtime override is
         // ahead of or behind this node's for a moment).
         CheckError::OwnerRefused(code) => match code {
-            WireErrorCode::BadTenant => {
-                ApiError::field("tenant_id", "the owner refused `tenant_id`")
-            }
-            WireErrorCode::UnknownLimit => {
-                ApiError::field("limit", "the owner does not know `limit`")
-            }
-            WireErrorCode::ZeroCost | WireErrorCode::CostAboveBurst => ApiError::field(
+            ErrorCode::BadTenant => ApiError::field("tenant_id", "the owner refused `tenant_id`"),
+            ErrorCode::UnknownLimit => ApiError::field("limit", "the owner does not know `limit`"),
+            ErrorCode::ZeroCost | ErrorCode::CostAboveBurst => ApiError::field(
                 "cost",
                 "`cost` exceeds the tenant's burst_size on the node that owns its bucket \
                  (a limit change is being applied) and cannot be admitted there",

@@ -1,7 +1,7 @@
 //! The node-to-node endpoint: `POST /cluster/v1/checks`, a bincode batch in,
 //! a bincode batch out. Input is hostile until proven otherwise: the cluster
 //! secret is checked in constant time, the body is capped while it streams
-//! in, decoding is bounded (see `llmtrace_actors::rpc`), and every refusal is
+//! in, decoding is bounded (see `llmtrace_actors::cluster::rpc::wire`), and every refusal is
 //! a JSON error, never a panic.
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
-use llmtrace_actors::rpc;
+use llmtrace_actors::cluster::rpc::wire as rpc;
 
 use super::error::ApiError;
 use super::NodeContext;
@@ -154,13 +154,15 @@ pub async fn install(
         Err(resp) => return resp,
     };
     let limiter = ctx.router.local();
+    let mut installed = 0;
     for (tenant, limit, state) in buckets {
         let key = llmtrace_actors::BucketKey::new(&tenant, limit);
         if let Err(e) = limiter.install(key, state).await {
             return ApiError::unavailable(e.to_string()).error_response();
         }
+        installed += 1;
     }
-    HttpResponse::NoContent().finish()
+    binary(rpc::encode(&rpc::InstallResponse { installed }))
 }
 
 /// `POST /cluster/v1/tenant`: another node's admin API asks this node, the
@@ -175,8 +177,13 @@ pub async fn tenant(
         Err(resp) => return resp,
     };
     let limiter = ctx.router.local();
-    match llmtrace_actors::admin_rpc::serve_tenant(limiter, &request.tenant, limit, request.op)
-        .await
+    match llmtrace_actors::cluster::tenant_rpc::serve_tenant(
+        limiter,
+        &request.tenant,
+        limit,
+        request.op,
+    )
+    .await
     {
         Ok(report) => binary(rpc::encode(&rpc::TenantResponse {
             node: ctx.router.view().self_id.to_string(),

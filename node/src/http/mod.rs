@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix_web::{web, HttpResponse};
-use llmtrace_actors::overrides::RedisOverrideStore;
-use llmtrace_actors::{ClusterControl, Metrics, Router};
+use llmtrace_actors::cluster::overrides::RedisOverrideStore;
+use llmtrace_actors::{ClusterClient, ClusterControl, Metrics, Router, Rpc};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -61,8 +61,8 @@ pub struct AdminContext {
     pub control: Option<ClusterControl>,
     /// Where runtime overrides persist (`None` without Redis).
     pub store: Option<RedisOverrideStore>,
-    /// Bound on a tenant request to the owner.
-    pub rpc_timeout: std::time::Duration,
+    /// Asks a tenant's owner for its bucket.
+    pub client: ClusterClient,
     /// Drain requests (admin) and progress (server).
     pub drain: watch::Sender<DrainState>,
 }
@@ -73,7 +73,7 @@ impl Default for AdminContext {
             token: None,
             control: None,
             store: None,
-            rpc_timeout: std::time::Duration::from_millis(500),
+            client: ClusterClient::new(None, std::time::Duration::from_millis(500)),
             drain: watch::channel(DrainState::Idle).0,
         }
     }
@@ -145,14 +145,11 @@ async fn readyz(ctx: web::Data<NodeContext>) -> HttpResponse {
     }
 }
 
-fn get(path: &str, route: actix_web::Route) -> actix_web::Resource {
+/// A resource serving `route` at `path`; other methods answer 405.
+fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
     web::resource(path)
         .route(route)
         .default_service(web::to(method_not_allowed))
-}
-
-fn post(path: &str, route: actix_web::Route) -> actix_web::Resource {
-    get(path, route)
 }
 
 /// A route table: `(method, path, handler)`. The listeners are registered
@@ -254,11 +251,25 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
 /// The node-to-node routes (each refuses requests that did not arrive on
 /// the cluster listener).
 fn node_to_node(cfg: &mut web::ServiceConfig) {
-    use llmtrace_actors::rpc::{CHECK_PATH, HANDOFF_PATH, INSTALL_PATH, TENANT_PATH};
-    cfg.service(post(CHECK_PATH, web::post().to(cluster::checks)))
-        .service(post(HANDOFF_PATH, web::post().to(cluster::handoff)))
-        .service(post(TENANT_PATH, web::post().to(cluster::tenant)))
-        .service(post(INSTALL_PATH, web::post().to(cluster::install)));
+    use llmtrace_actors::cluster::rpc::wire::{
+        BatchRequest, HandoffRequest, InstallRequest, TenantRequest,
+    };
+    cfg.service(resource(
+        BatchRequest::PATH,
+        web::post().to(cluster::checks),
+    ))
+    .service(resource(
+        HandoffRequest::PATH,
+        web::post().to(cluster::handoff),
+    ))
+    .service(resource(
+        TenantRequest::PATH,
+        web::post().to(cluster::tenant),
+    ))
+    .service(resource(
+        InstallRequest::PATH,
+        web::post().to(cluster::install),
+    ));
 }
 
 /// Routes of the cluster listener alone (tests).
@@ -275,5 +286,4 @@ pub fn node_routes(cfg: &mut web::ServiceConfig) {
 }
 
 #[cfg(test)]
-#[path = "tests.rs"]
 mod tests;

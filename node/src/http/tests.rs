@@ -253,7 +253,8 @@ async fn readyz_follows_the_ready_flag() {
 
 #[actix_rt::test]
 async fn cluster_endpoint_refuses_hostile_input() {
-    use llmtrace_actors::rpc;
+    use llmtrace_actors::cluster::rpc::wire as rpc;
+    use llmtrace_actors::Rpc;
     // Served as if on the cluster listener.
     let ctx = node(100, 200, Some("s3cret-value"), "127.0.0.1:8080");
     let app = test::init_service(
@@ -276,7 +277,7 @@ async fn cluster_endpoint_refuses_hostile_input() {
     });
     let call = |secret: Option<&str>, body: Vec<u8>| {
         let mut r = test::TestRequest::post()
-            .uri(rpc::CHECK_PATH)
+            .uri(rpc::BatchRequest::PATH)
             .set_payload(body);
         if let Some(s) = secret {
             r = r.insert_header((rpc::SECRET_HEADER, s.to_string()));
@@ -326,7 +327,7 @@ async fn node_to_node_route_is_not_served_on_the_public_listener() {
     )
     .await;
     let req = test::TestRequest::post()
-        .uri(llmtrace_actors::rpc::CHECK_PATH)
+        .uri(<llmtrace_actors::cluster::rpc::wire::BatchRequest as llmtrace_actors::Rpc>::PATH)
         .set_payload(vec![1u8, 2, 3])
         .to_request();
     assert_eq!(test::call_service(&app, req).await.status(), 404);

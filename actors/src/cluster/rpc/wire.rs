@@ -8,8 +8,9 @@ use bincode::{config, Decode, Encode};
 use llmtrace_cluster_config::{validate_tenant_id, Limit, OwnerUnreachable, Per};
 use thiserror::Error;
 
-use crate::bucket::{BucketQuota, Decision, Op};
-use crate::limiter::Verdict;
+use super::client::Rpc;
+use crate::core::bucket::{BucketQuota, Decision, Op};
+use crate::core::verdict::{ErrorCode, Verdict};
 
 /// Version of every node-to-node message. 2: checks carry an operation
 /// (take, refund, charge), answers the quota's period, bucket levels are
@@ -19,8 +20,6 @@ pub const WIRE_VERSION: u8 = 2;
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// Most checks in one forwarded batch.
 pub const MAX_BATCH_ITEMS: usize = 4096;
-/// HTTP path of the batch RPC on the cluster listener.
-pub const CHECK_PATH: &str = "/cluster/v1/checks";
 /// Header carrying the cluster secret.
 pub const SECRET_HEADER: &str = "x-llmtrace-cluster-secret";
 
@@ -75,23 +74,9 @@ pub enum WireResult {
         reset_after_ns: u64,
     },
     /// The check itself was invalid (cost, tenant, limit).
-    Invalid(WireErrorCode),
+    Invalid(ErrorCode),
     /// The owner could not decide (shutting down, duplicate still in flight).
-    Unavailable(WireErrorCode),
-}
-
-/// Per-item error codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
-pub enum WireErrorCode {
-    BadTenant,
-    UnknownLimit,
-    ZeroCost,
-    CostAboveBurst,
-    ShuttingDown,
-    DuplicateInFlight,
-    /// Write-through owner could not persist the new state.
-    NotPersisted,
-    UnknownOp,
+    Unavailable(ErrorCode),
 }
 
 /// The answer to one forwarded check and how it was reached.
@@ -143,6 +128,11 @@ fn per_of(b: u8) -> Per {
     } else {
         Per::Second
     }
+}
+
+impl Rpc for BatchRequest {
+    const PATH: &'static str = "/cluster/v1/checks";
+    type Response = BatchResponse;
 }
 
 /// Answers in the order of the request's checks.
@@ -231,9 +221,6 @@ impl WireResult {
     }
 }
 
-/// HTTP path of the handoff RPC: a new owner takes a moved bucket.
-pub const HANDOFF_PATH: &str = "/cluster/v1/handoff";
-
 /// "Give me the bucket of this key and stop serving it."
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct HandoffRequest {
@@ -244,21 +231,36 @@ pub struct HandoffRequest {
     pub limit: u8,
 }
 
+/// A new owner takes a moved bucket.
+impl Rpc for HandoffRequest {
+    const PATH: &'static str = "/cluster/v1/handoff";
+    type Response = HandoffResponse;
+}
+
 /// The previous owner's state of the key, if it held one.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct HandoffResponse {
-    pub state: Option<crate::bucket::BucketState>,
+    pub state: Option<crate::core::bucket::BucketState>,
 }
-
-/// HTTP path of the push RPC: a leaving node hands its buckets over.
-pub const INSTALL_PATH: &str = "/cluster/v1/install";
 
 /// Buckets a leaving node pushes to their new owner.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct InstallRequest {
     pub origin: String,
     /// `(tenant, limit index, state)`.
-    pub buckets: Vec<(String, u8, crate::bucket::BucketState)>,
+    pub buckets: Vec<(String, u8, crate::core::bucket::BucketState)>,
+}
+
+/// A leaving node hands its buckets over.
+impl Rpc for InstallRequest {
+    const PATH: &'static str = "/cluster/v1/install";
+    type Response = InstallResponse;
+}
+
+/// How many of the pushed buckets the new owner installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
+pub struct InstallResponse {
+    pub installed: u32,
 }
 
 /// Most buckets in one push.
@@ -267,7 +269,7 @@ pub const MAX_INSTALL_ITEMS: usize = 4096;
 /// Decodes and validates a push; invalid items are dropped.
 pub fn decode_install(
     bytes: &[u8],
-) -> Result<Vec<(String, Limit, crate::bucket::BucketState)>, WireError> {
+) -> Result<Vec<(String, Limit, crate::core::bucket::BucketState)>, WireError> {
     let req: InstallRequest = decode(bytes)?;
     validate_tenant_id(&req.origin).map_err(|_| WireError::BadOrigin)?;
     if req.buckets.len() > MAX_INSTALL_ITEMS {
@@ -300,10 +302,6 @@ fn addressed(origin: &str, tenant: &str, limit: u8) -> Result<Limit, WireError> 
     wire_limit(limit).ok_or_else(|| WireError::Decode(format!("unknown limit {limit}")))
 }
 
-/// HTTP path of the tenant RPC: the admin API of any node asks a bucket's
-/// owner for its state, or to refill it.
-pub const TENANT_PATH: &str = "/cluster/v1/tenant";
-
 /// What the tenant RPC does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
 pub enum TenantOp {
@@ -322,6 +320,13 @@ pub struct TenantRequest {
     /// Index into `Limit::ALL`.
     pub limit: u8,
     pub op: TenantOp,
+}
+
+/// The admin API of any node asks a bucket's owner for its state, or to
+/// refill it.
+impl Rpc for TenantRequest {
+    const PATH: &'static str = "/cluster/v1/tenant";
+    type Response = TenantResponse;
 }
 
 /// One bucket as its owner sees it.
@@ -377,21 +382,6 @@ fn cfg() -> impl config::Config {
 }
 
 /// Encodes a message with the leading version byte.
-/// Sends `body` with `req` (a node-to-node POST) and decodes the answer:
-/// the body read within [`MAX_BODY_BYTES`], a non-2xx status an error.
-pub async fn send<T: Decode<()>>(req: awc::ClientRequest, body: Vec<u8>) -> Result<T, String> {
-    let mut resp = req.send_body(body).await.map_err(|e| e.to_string())?;
-    let bytes = resp
-        .body()
-        .limit(MAX_BODY_BYTES)
-        .await
-        .map_err(|e| e.to_string())?;
-    if !resp.status().is_success() {
-        return Err(format!("peer answered {}", resp.status()));
-    }
-    decode(&bytes).map_err(|e| e.to_string())
-}
-
 pub fn encode<T: Encode>(msg: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.push(WIRE_VERSION);
@@ -430,16 +420,16 @@ pub fn decode_request(bytes: &[u8]) -> Result<BatchRequest, WireError> {
 }
 
 /// Validates one forwarded check's fields (the quota checks come later).
-pub fn validate_check(c: &WireCheck) -> Result<(Limit, Op), WireErrorCode> {
-    validate_tenant_id(&c.tenant).map_err(|_| WireErrorCode::BadTenant)?;
+pub fn validate_check(c: &WireCheck) -> Result<(Limit, Op), ErrorCode> {
+    validate_tenant_id(&c.tenant).map_err(|_| ErrorCode::BadTenant)?;
     if c.cost == 0 {
-        return Err(WireErrorCode::ZeroCost);
+        return Err(ErrorCode::ZeroCost);
     }
-    let limit = wire_limit(c.limit).ok_or(WireErrorCode::UnknownLimit)?;
+    let limit = wire_limit(c.limit).ok_or(ErrorCode::UnknownLimit)?;
     let op = Op::ALL
         .get(usize::from(c.op))
         .copied()
-        .ok_or(WireErrorCode::UnknownOp)?;
+        .ok_or(ErrorCode::UnknownOp)?;
     Ok((limit, op))
 }
 
@@ -474,7 +464,7 @@ mod tests {
             results: vec![
                 WireAnswer::plain(WireResult::Unlimited),
                 WireAnswer {
-                    result: WireResult::Invalid(WireErrorCode::ZeroCost),
+                    result: WireResult::Invalid(ErrorCode::ZeroCost),
                     degraded: Some(2),
                 },
             ],
@@ -543,28 +533,28 @@ mod tests {
                 op: 3,
                 ..ok.clone()
             }),
-            Err(WireErrorCode::UnknownOp)
+            Err(ErrorCode::UnknownOp)
         );
         assert_eq!(
             validate_check(&WireCheck {
                 limit: 7,
                 ..ok.clone()
             }),
-            Err(WireErrorCode::UnknownLimit)
+            Err(ErrorCode::UnknownLimit)
         );
         assert_eq!(
             validate_check(&WireCheck {
                 cost: 0,
                 ..ok.clone()
             }),
-            Err(WireErrorCode::ZeroCost)
+            Err(ErrorCode::ZeroCost)
         );
         assert_eq!(
             validate_check(&WireCheck {
                 tenant: "".into(),
                 ..ok
             }),
-            Err(WireErrorCode::BadTenant)
+            Err(ErrorCode::BadTenant)
         );
     }
 

@@ -3,7 +3,7 @@
 //! from the cache layer, write-behind snapshots, and dropping full buckets.
 //!
 //! Each shard runs on its own arbiter (thread). A key always maps to the same
-//! shard (see [`crate::key`]), so every check of a bucket is serialised here.
+//! shard (see [`crate::core::key`]), so every check of a bucket is serialised here.
 //!
 //! Snapshot bookkeeping: a bucket is *dirty* when a check took units since its
 //! last snapshot. Each dirty key sits once in `dirty` (the flag in the slot
@@ -22,17 +22,14 @@ use llmtrace_cluster_config::RateLimitConfig;
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use crate::bucket::{BucketQuota, BucketState, Decision, Op};
 use crate::cache::{CacheError, CacheLayer, SnapshotWrite};
-use crate::clock::Clock;
-use crate::key::BucketKey;
+use crate::core::bucket::{BucketQuota, BucketState, Decision, Op};
+use crate::core::clock::Clock;
+use crate::core::key::BucketKey;
 use crate::metrics::{Metrics, ShardStats};
-use crate::snapshot;
 
-#[path = "shard_handoff.rs"]
 mod handoff;
 pub use self::handoff::{HandoffSource, Install, OwnerOf, TakeAll, TakeBucket};
-#[path = "shard_admin.rs"]
 mod admin;
 pub use self::admin::{BucketReport, Inspect, Reset};
 
@@ -378,11 +375,7 @@ impl ShardActor {
             let Some(quota) = BucketQuota::of(self.limits.quota(&key.tenant, key.limit)) else {
                 continue;
             };
-            writes.push(SnapshotWrite {
-                ttl_ms: snapshot::ttl_ms(&slot.state, quota),
-                state: slot.state,
-                key,
-            });
+            writes.push(SnapshotWrite::new(key, slot.state, quota));
         }
         let n = writes.len() as i64;
         self.stats().dirty.fetch_sub(n, Relaxed);
@@ -648,3 +641,6 @@ impl Handler<SweepNow> for ShardActor {
         self.sweep()
     }
 }
+
+#[cfg(test)]
+mod tests;

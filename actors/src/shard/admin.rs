@@ -7,10 +7,9 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::ShardActor;
-use crate::bucket::{BucketQuota, BucketState};
 use crate::cache::{CacheError, SnapshotWrite};
-use crate::key::BucketKey;
-use crate::snapshot;
+use crate::core::bucket::{BucketQuota, BucketState};
+use crate::core::key::BucketKey;
 
 /// What an operator sees of one bucket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +59,7 @@ fn report(
 ) -> BucketReport {
     let mut s = *state;
     s.advance(quota, now);
-    let nanos = u128::from(s.level.max(0) as u64) * u128::from(crate::bucket::NANOS)
+    let nanos = u128::from(s.level.max(0) as u64) * u128::from(crate::core::bucket::NANOS)
         / u128::from(quota.unit());
     BucketReport {
         level: nanos as u64,
@@ -121,11 +120,7 @@ impl Handler<Reset> for ShardActor {
             return Box::pin(fut::ready(Ok(())));
         }
         let state = BucketState::full(msg.quota, now);
-        let write = SnapshotWrite {
-            ttl_ms: snapshot::ttl_ms(&state, msg.quota),
-            key: msg.key,
-            state,
-        };
+        let write = SnapshotWrite::new(msg.key, state, msg.quota);
         let store = self.cache.store(Arc::new(vec![write]));
         Box::pin(store.into_actor(self).map(|res, act, _| {
             match &res {

@@ -1,14 +1,13 @@
 //! The admin API's view of one tenant, from any node: the bucket's owner
 //! answers ([`serve_tenant`]); other nodes ask it over the cluster listener
-//! (`POST /cluster/v1/tenant`, [`ask_owner`]), so every node reports the same
-//! state.
-
-use std::time::Duration;
+//! (`TenantRequest` through the `ClusterClient`), so every node reports the
+//! same state.
 
 use llmtrace_cluster_config::{Limit, QuotaSource};
 
-use crate::limiter::{CheckError, Limiter};
-use crate::rpc::{self, TenantOp, TenantRequest, TenantResponse, WireLimitReport};
+use crate::cluster::rpc::wire::{TenantOp, WireLimitReport};
+use crate::core::verdict::CheckError;
+use crate::local::limiter::Limiter;
 
 fn source_byte(s: QuotaSource) -> u8 {
     match s {
@@ -60,25 +59,4 @@ pub async fn serve_tenant(
             resident: r.resident,
         },
     })
-}
-
-/// Asks the node at `cluster_addr` (the owner) for a tenant's bucket.
-pub async fn ask_owner(
-    cluster_addr: std::net::SocketAddr,
-    secret: Option<&str>,
-    timeout: Duration,
-    req: &TenantRequest,
-) -> Result<TenantResponse, String> {
-    let client = awc::Client::builder()
-        .timeout(timeout)
-        .disable_redirects()
-        .connector(awc::Connector::new().timeout(timeout))
-        .finish();
-    let mut r = client
-        .post(format!("http://{cluster_addr}{}", rpc::TENANT_PATH))
-        .insert_header(("content-type", "application/octet-stream"));
-    if let Some(s) = secret {
-        r = r.insert_header((rpc::SECRET_HEADER, s));
-    }
-    rpc::send(r, rpc::encode(req)).await
 }

@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::rpc::{WireAnswer, WireCheck, WireErrorCode, WireResult};
+use crate::cluster::rpc::wire::{WireAnswer, WireCheck, WireResult};
+use crate::core::verdict::ErrorCode;
 
 #[derive(Clone, Copy)]
 enum Slot {
@@ -81,7 +82,7 @@ impl Dedup {
                         Some(Slot::Done(r)) => return Claim::Answered(r),
                         Some(Slot::InFlight) => {
                             return Claim::Answered(WireAnswer::plain(WireResult::Unavailable(
-                                WireErrorCode::DuplicateInFlight,
+                                ErrorCode::DuplicateInFlight,
                             )))
                         }
                         None => {}
@@ -143,7 +144,7 @@ mod tests {
         assert_eq!(
             d.claim(&origin, &[check(1, true)]),
             vec![Claim::Answered(WireAnswer::plain(WireResult::Unavailable(
-                WireErrorCode::DuplicateInFlight
+                ErrorCode::DuplicateInFlight
             )))]
         );
         d.complete(&origin, [(1, WireAnswer::plain(WireResult::Unlimited))]);

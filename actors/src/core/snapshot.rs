@@ -6,7 +6,7 @@
 use bincode::config;
 use thiserror::Error;
 
-use crate::bucket::{BucketQuota, BucketState};
+use crate::core::bucket::{BucketQuota, BucketState};
 
 /// Current format version: 2 stores a signed level (a bucket may be in
 /// debt). Version 1 (unsigned level) is still read.

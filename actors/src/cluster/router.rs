@@ -23,16 +23,18 @@ use futures_util::future::join_all;
 use llmtrace_cluster_config::{Limit, OwnerUnreachable};
 use tracing::warn;
 
-use crate::bucket::{BucketQuota, Decision, Op};
-use crate::cluster_metrics::ClusterMetrics;
-use crate::dedup::{Claim, Dedup};
-use crate::limiter::{CheckError, Limiter, Verdict};
-use crate::membership::{ClusterView, Member, ViewHandle};
-use crate::peer::{BatchSettings, Forward, ForwardError, PeerClient, PeerForwarder};
-use crate::rpc::{
-    policy_byte, validate_check, BatchRequest, BatchResponse, WireAnswer, WireCheck, WireErrorCode,
-    WireResult, MAX_FORWARDS,
+use crate::cluster::dedup::{Claim, Dedup};
+use crate::cluster::forwarder::{BatchSettings, Forward, PeerClient, PeerForwarder};
+use crate::cluster::rpc::client::CallError;
+use crate::cluster::rpc::wire::{
+    policy_byte, validate_check, BatchRequest, BatchResponse, WireAnswer, WireCheck, WireResult,
+    MAX_FORWARDS,
 };
+use crate::cluster::view::{ClusterView, Member, ViewHandle};
+use crate::cluster_metrics::ClusterMetrics;
+use crate::core::bucket::{BucketQuota, Decision, Op};
+use crate::core::verdict::{CheckError, ErrorCode, Verdict};
+use crate::local::limiter::Limiter;
 
 /// Builds the client of one peer, on the thread that will use it.
 pub type ClientFactory = Arc<dyn Fn(&Member) -> Box<dyn PeerClient> + Send + Sync>;
@@ -90,12 +92,12 @@ pub struct Router {
 
 fn wire_error(e: &CheckError) -> WireResult {
     match e {
-        CheckError::ZeroCost => WireResult::Invalid(WireErrorCode::ZeroCost),
-        CheckError::CostAboveBurst { .. } => WireResult::Invalid(WireErrorCode::CostAboveBurst),
+        CheckError::ZeroCost => WireResult::Invalid(ErrorCode::ZeroCost),
+        CheckError::CostAboveBurst { .. } => WireResult::Invalid(ErrorCode::CostAboveBurst),
         CheckError::Unavailable(_) | CheckError::Moved { .. } => {
-            WireResult::Unavailable(WireErrorCode::ShuttingDown)
+            WireResult::Unavailable(ErrorCode::ShuttingDown)
         }
-        CheckError::NotPersisted => WireResult::Unavailable(WireErrorCode::NotPersisted),
+        CheckError::NotPersisted => WireResult::Unavailable(ErrorCode::NotPersisted),
         CheckError::OwnerRefused(code) => WireResult::Invalid(*code),
     }
 }
@@ -117,8 +119,8 @@ impl Router {
             clients,
             // Start from the clock so ids of a restarted node do not collide
             // with its previous generation's within a dedup window.
-            next_check_id: Arc::new(AtomicU64::new(crate::clock::Clock::now_ns(
-                &crate::clock::SystemClock,
+            next_check_id: Arc::new(AtomicU64::new(crate::core::clock::Clock::now_ns(
+                &crate::core::clock::SystemClock,
             ))),
             dedup: Arc::new(Dedup::new(settings.forward_timeout * 4)),
         }
@@ -172,10 +174,10 @@ impl Router {
         view: &ClusterView,
         owner: &str,
         check: WireCheck,
-    ) -> Result<WireAnswer, ForwardError> {
+    ) -> Result<WireAnswer, CallError> {
         let member = view
             .member(owner)
-            .ok_or_else(|| ForwardError::Unreachable(format!("{owner} has no known address")))?;
+            .ok_or_else(|| CallError::Unreachable(format!("{owner} has no known address")))?;
         let forwarder = self.forwarder(view, member);
         // The client's own timeout fires first; this one also covers time
         // spent waiting for the batch to fill.
@@ -183,8 +185,8 @@ impl Router {
             + self.settings.batch.max_wait
             + Duration::from_millis(50);
         match tokio::time::timeout(deadline, forwarder.send(Forward(check))).await {
-            Err(_) => Err(ForwardError::Timeout),
-            Ok(Err(mailbox)) => Err(ForwardError::Unreachable(mailbox.to_string())),
+            Err(_) => Err(CallError::Timeout),
+            Ok(Err(mailbox)) => Err(CallError::Unreachable(mailbox.to_string())),
             Ok(Ok(result)) => result,
         }
     }
@@ -397,7 +399,7 @@ impl Router {
     /// invalid, `None` when it could not decide.
     fn settle(
         &self,
-        result: &Result<WireAnswer, ForwardError>,
+        result: &Result<WireAnswer, CallError>,
         owner: &str,
     ) -> Result<Option<Routed>, CheckError> {
         match result {
@@ -413,7 +415,7 @@ impl Router {
                 (None, WireResult::Invalid(code)) => Err(CheckError::OwnerRefused(*code)),
                 // The owner is up but its Redis is not: no other node may
                 // decide instead (that would admit without persisting).
-                (None, WireResult::Unavailable(WireErrorCode::NotPersisted)) => {
+                (None, WireResult::Unavailable(ErrorCode::NotPersisted)) => {
                     Err(CheckError::NotPersisted)
                 }
                 (None, _) => Ok(None),
@@ -535,5 +537,4 @@ impl Router {
 }
 
 #[cfg(test)]
-#[path = "router_tests.rs"]
 mod tests;

@@ -10,9 +10,9 @@ use llmtrace_cluster_config::RateLimitConfig;
 
 use super::*;
 use crate::cache::InMemoryCacheLayer;
-use crate::clock::ManualClock;
-use crate::membership::MemberState;
-use crate::rpc;
+use crate::cluster::rpc::wire as rpc;
+use crate::cluster::view::MemberState;
+use crate::core::clock::ManualClock;
 use crate::shard::ShardTiming;
 
 type Registry = Arc<Mutex<HashMap<String, Router>>>;
@@ -68,20 +68,19 @@ struct InProcess {
 }
 
 impl PeerClient for InProcess {
-    fn call(&self, body: Vec<u8>) -> LocalBoxFuture<'static, Result<Vec<u8>, ForwardError>> {
+    fn call(&self, body: Vec<u8>) -> LocalBoxFuture<'static, Result<Vec<u8>, CallError>> {
         let n = self.calls.fetch_add(1, Relaxed);
         let router = self.registry.lock().unwrap().get(&self.target).cloned();
         let fault = self.fault;
         async move {
             if fault == Fault::Down {
-                return Err(ForwardError::Unreachable("connection refused".into()));
+                return Err(CallError::Unreachable("connection refused".into()));
             }
-            let router = router.ok_or_else(|| ForwardError::Unreachable("no such node".into()))?;
-            let req =
-                rpc::decode_request(&body).map_err(|e| ForwardError::Rejected(e.to_string()))?;
+            let router = router.ok_or_else(|| CallError::Unreachable("no such node".into()))?;
+            let req = rpc::decode_request(&body).map_err(|e| CallError::Rejected(e.to_string()))?;
             let resp = router.serve_batch(req).await;
             if fault == Fault::LoseFirstAnswer && n == 0 {
-                return Err(ForwardError::Timeout);
+                return Err(CallError::Timeout);
             }
             Ok(rpc::encode(&resp))
         }
@@ -336,15 +335,15 @@ async fn invalid_items_in_a_batch_get_their_own_error() {
     assert!(matches!(resp.results[0].result, WireResult::Allowed { .. }));
     assert_eq!(
         resp.results[1].result,
-        WireResult::Invalid(WireErrorCode::BadTenant)
+        WireResult::Invalid(ErrorCode::BadTenant)
     );
     assert_eq!(
         resp.results[2].result,
-        WireResult::Invalid(WireErrorCode::ZeroCost)
+        WireResult::Invalid(ErrorCode::ZeroCost)
     );
     assert_eq!(
         resp.results[3].result,
-        WireResult::Invalid(WireErrorCode::CostAboveBurst)
+        WireResult::Invalid(ErrorCode::CostAboveBurst)
     );
 }
 

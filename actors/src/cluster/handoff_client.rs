@@ -4,17 +4,17 @@
 //! change, consulted for [`HANDOFF_WINDOW`] after it; later, or when that
 //! node is gone, the cache layer (Redis) has the bucket's last snapshot.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{FutureExt, LocalBoxFuture};
 
-use crate::bucket::BucketState;
-use crate::key::BucketKey;
-use crate::membership::ViewHandle;
-use crate::rpc::{self, HandoffRequest, HandoffResponse};
+use crate::cluster::rpc::client::ClusterClient;
+use crate::cluster::rpc::wire::{HandoffRequest, InstallRequest, MAX_INSTALL_ITEMS};
+use crate::cluster::view::ViewHandle;
+use crate::core::bucket::BucketState;
+use crate::core::key::BucketKey;
 use crate::shard::HandoffSource;
 
 /// How long after a ring change a new owner asks previous owners first
@@ -23,45 +23,17 @@ use crate::shard::HandoffSource;
 /// cache layer.
 pub const HANDOFF_WINDOW: Duration = Duration::from_secs(10);
 
-thread_local! {
-    /// One HTTP client per thread (awc is not `Send`), by timeout in ms.
-    static CLIENTS: RefCell<HashMap<u64, awc::Client>> = RefCell::new(HashMap::new());
-}
-
 /// Pulls moved buckets from their previous owner.
 pub struct PeerHandoff {
     view: ViewHandle,
-    secret: Option<String>,
-    timeout: Duration,
+    client: ClusterClient,
 }
 
 impl PeerHandoff {
-    pub fn new(view: ViewHandle, secret: Option<String>, timeout: Duration) -> Arc<Self> {
-        Arc::new(PeerHandoff {
-            view,
-            secret,
-            timeout,
-        })
+    pub fn new(view: ViewHandle, client: ClusterClient) -> Arc<Self> {
+        Arc::new(PeerHandoff { view, client })
     }
 
-    fn client(&self) -> awc::Client {
-        let ms = self.timeout.as_millis() as u64;
-        CLIENTS.with(|c| {
-            c.borrow_mut()
-                .entry(ms)
-                .or_insert_with(|| {
-                    awc::Client::builder()
-                        .timeout(self.timeout)
-                        .disable_redirects()
-                        .connector(awc::Connector::new().timeout(self.timeout))
-                        .finish()
-                })
-                .clone()
-        })
-    }
-}
-
-impl PeerHandoff {
     /// Asks one node for the bucket of `key`.
     fn ask(
         &self,
@@ -69,24 +41,15 @@ impl PeerHandoff {
         origin: &str,
         key: &BucketKey,
     ) -> LocalBoxFuture<'static, Result<Option<BucketState>, String>> {
-        let url = format!("http://{cluster_addr}{}", rpc::HANDOFF_PATH);
-        let body = rpc::encode(&HandoffRequest {
-            origin: origin.to_string(),
-            tenant: key.tenant.to_string(),
-            limit: key.limit as u8,
-        });
-        let mut req = self
-            .client()
-            .post(url)
-            .insert_header(("content-type", "application/octet-stream"));
-        if let Some(s) = &self.secret {
-            req = req.insert_header((rpc::SECRET_HEADER, s.as_str()));
-        }
-        async move {
-            let answer: HandoffResponse = rpc::send(req, body).await?;
-            Ok(answer.state)
-        }
-        .boxed_local()
+        let answer = self.client.call(
+            cluster_addr,
+            &HandoffRequest {
+                origin: origin.to_string(),
+                tenant: key.tenant.to_string(),
+                limit: key.limit as u8,
+            },
+        );
+        async move { answer.await.map(|a| a.state).map_err(|e| e.to_string()) }.boxed_local()
     }
 }
 
@@ -185,14 +148,14 @@ impl HandoffSource for PeerHandoff {
 }
 
 /// A leaving node pushes every bucket it still holds to the key's owner by
-/// its current ring (which no longer holds it). Buckets that cannot be
-/// delivered are returned, for the caller to write to the cache layer.
-pub async fn push_all(
+/// its current ring (which no longer holds it); buckets that cannot be
+/// delivered are snapshotted, for their owner to restore. Answers (pushed,
+/// undelivered).
+pub async fn hand_over(
     limiter: &crate::Limiter,
     views: &ViewHandle,
-    secret: Option<&str>,
-    timeout: Duration,
-) -> (usize, Vec<(BucketKey, BucketState)>) {
+    client: &ClusterClient,
+) -> (usize, usize) {
     let live = views.clone();
     let owner_of: crate::shard::OwnerOf = Arc::new(move |key: &BucketKey| {
         let view = live.load();
@@ -213,40 +176,22 @@ pub async fn push_all(
             _ => undelivered.push((key, state)),
         }
     }
-    let client = awc::Client::builder()
-        .timeout(timeout)
-        .disable_redirects()
-        .finish();
     let mut delivered = 0;
     for (owner, items) in by_owner {
         let Some(member) = view.member(&owner) else {
             undelivered.extend(items);
             continue;
         };
-        for chunk in items.chunks(rpc::MAX_INSTALL_ITEMS) {
-            let body = rpc::encode(&rpc::InstallRequest {
+        for chunk in items.chunks(MAX_INSTALL_ITEMS) {
+            let push = InstallRequest {
                 origin: view.self_id.to_string(),
                 buckets: chunk
                     .iter()
                     .map(|(k, s)| (k.tenant.to_string(), k.limit as u8, *s))
                     .collect(),
-            });
-            let mut req = client
-                .post(format!(
-                    "http://{}{}",
-                    member.cluster_addr,
-                    rpc::INSTALL_PATH
-                ))
-                .insert_header(("content-type", "application/octet-stream"));
-            if let Some(s) = secret {
-                req = req.insert_header((rpc::SECRET_HEADER, s));
-            }
-            match req.send_body(body).await {
-                Ok(resp) if resp.status().is_success() => delivered += chunk.len(),
-                Ok(resp) => {
-                    tracing::warn!(%owner, status = %resp.status(), "bucket push refused");
-                    undelivered.extend_from_slice(chunk);
-                }
+            };
+            match client.call(member.cluster_addr, &push).await {
+                Ok(_) => delivered += chunk.len(),
                 Err(e) => {
                     tracing::warn!(%owner, error = %e, "bucket push failed");
                     undelivered.extend_from_slice(chunk);
@@ -254,5 +199,14 @@ pub async fn push_all(
             }
         }
     }
-    (delivered, undelivered)
+    let n_undelivered = undelivered.len();
+    tracing::info!(
+        pushed = delivered,
+        undelivered = n_undelivered,
+        "buckets handed to their new owners"
+    );
+    if let Err(e) = limiter.persist(undelivered).await {
+        tracing::warn!("could not snapshot undelivered buckets: {e}");
+    }
+    (delivered, n_undelivered)
 }

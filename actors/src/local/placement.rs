@@ -23,7 +23,7 @@ use llmtrace_cluster_config::RateLimitConfig;
 use tokio::sync::watch;
 
 use crate::cache::{CacheLayer, SnapshotWrite};
-use crate::clock::Clock;
+use crate::core::clock::Clock;
 use crate::metrics::Metrics;
 use crate::shard::{HandoffSource, ShardActor, ShardTiming};
 

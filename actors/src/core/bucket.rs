@@ -253,5 +253,4 @@ pub fn retry_after_secs(retry_after_ns: u64) -> u64 {
 }
 
 #[cfg(test)]
-#[path = "bucket_tests.rs"]
 mod tests;

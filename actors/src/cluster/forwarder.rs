@@ -3,106 +3,57 @@
 //! check that asked. Batching is Nagle-style: a check finding no batch in
 //! flight is sent at once; while one is out, checks gather and go when it
 //! returns, when `batch_max` is reached or after `batch_wait`, whichever
-//! comes first. The wire call sits behind [`PeerClient`]: awc + bincode
-//! for real ([`AwcPeerClient`]), an in-process function in unit tests.
+//! comes first. The wire call sits behind [`PeerClient`]: the
+//! [`ClusterClient`] for real ([`RemotePeer`]), an in-process function in
+//! unit tests.
 //!
 //! Forwarders live on the thread that uses them (one per HTTP worker and
 //! peer), so a forwarded check crosses no extra thread before the network.
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::future::{FutureExt, LocalBoxFuture};
-use thiserror::Error;
 use tokio::sync::oneshot;
 
+use crate::cluster::rpc::client::{CallError, ClusterClient, Rpc};
+use crate::cluster::rpc::wire::{self, BatchRequest, BatchResponse, WireAnswer, WireCheck};
 use crate::cluster_metrics::ClusterMetrics;
-use crate::rpc::{self, BatchRequest, BatchResponse, WireAnswer, WireCheck};
-
-/// Why a forward got no answer from the owner.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-pub enum ForwardError {
-    #[error("owner did not answer within the forward timeout")]
-    Timeout,
-    #[error("owner unreachable: {0}")]
-    Unreachable(String),
-    #[error("owner refused the batch: {0}")]
-    Rejected(String),
-    #[error("owner answered garbage: {0}")]
-    BadAnswer(String),
-}
 
 /// Sends one encoded batch to a peer and returns the encoded answer.
 pub trait PeerClient: 'static {
-    fn call(&self, body: Vec<u8>) -> LocalBoxFuture<'static, Result<Vec<u8>, ForwardError>>;
+    fn call(&self, body: Vec<u8>) -> LocalBoxFuture<'static, Result<Vec<u8>, CallError>>;
 }
 
-/// The real client: HTTP/1.1 keep-alive POST of the bincode body to the
-/// peer's cluster listener, with the cluster secret when configured.
-pub struct AwcPeerClient {
-    client: awc::Client,
-    url: String,
-    secret: Option<String>,
+/// The real peer: the batch RPC through the [`ClusterClient`].
+pub struct RemotePeer {
+    client: ClusterClient,
+    addr: SocketAddr,
 }
 
-impl AwcPeerClient {
-    /// Must be created on the thread that will use it (awc is not `Send`).
-    pub fn new(
-        cluster_addr: std::net::SocketAddr,
-        secret: Option<String>,
-        timeout: Duration,
-    ) -> Self {
-        let client = awc::Client::builder()
-            .timeout(timeout)
-            .disable_redirects()
-            .connector(awc::Connector::new().timeout(timeout).limit(64))
-            .finish();
-        AwcPeerClient {
-            client,
-            url: format!("http://{cluster_addr}{}", rpc::CHECK_PATH),
-            secret,
-        }
+impl RemotePeer {
+    pub fn new(client: ClusterClient, addr: SocketAddr) -> Self {
+        RemotePeer { client, addr }
     }
 }
 
-impl PeerClient for AwcPeerClient {
-    fn call(&self, body: Vec<u8>) -> LocalBoxFuture<'static, Result<Vec<u8>, ForwardError>> {
-        let mut req = self
-            .client
-            .post(&self.url)
-            .insert_header(("content-type", "application/octet-stream"));
-        if let Some(s) = &self.secret {
-            req = req.insert_header((rpc::SECRET_HEADER, s.as_str()));
-        }
-        async move {
-            let mut resp = req.send_body(body).await.map_err(|e| match e {
-                awc::error::SendRequestError::Timeout => ForwardError::Timeout,
-                other => ForwardError::Unreachable(other.to_string()),
-            })?;
-            let status = resp.status();
-            let bytes = resp
-                .body()
-                .limit(rpc::MAX_BODY_BYTES)
-                .await
-                .map_err(|e| ForwardError::BadAnswer(e.to_string()))?;
-            if !status.is_success() {
-                let text = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).to_string();
-                return Err(ForwardError::Rejected(format!("{status}: {text}")));
-            }
-            Ok(bytes.to_vec())
-        }
-        .boxed_local()
+impl PeerClient for RemotePeer {
+    fn call(&self, body: Vec<u8>) -> LocalBoxFuture<'static, Result<Vec<u8>, CallError>> {
+        self.client
+            .send(self.addr, BatchRequest::PATH, body)
+            .boxed_local()
     }
 }
 
 /// Forward one check to this forwarder's peer.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<WireAnswer, ForwardError>")]
+#[rtype(result = "Result<WireAnswer, CallError>")]
 pub struct Forward(pub WireCheck);
 
-type Reply = oneshot::Sender<Result<WireAnswer, ForwardError>>;
+type Reply = oneshot::Sender<Result<WireAnswer, CallError>>;
 
 /// Batching settings of a forwarder.
 #[derive(Debug, Clone, Copy)]
@@ -155,7 +106,7 @@ impl PeerForwarder {
         let (checks, replies): (Vec<WireCheck>, Vec<Reply>) = batch.into_iter().unzip();
         self.metrics.observe_batch(checks.len());
         let n = checks.len();
-        let body = rpc::encode(&BatchRequest {
+        let body = wire::encode(&BatchRequest {
             origin: self.origin.clone(),
             checks,
         });
@@ -167,9 +118,9 @@ impl PeerForwarder {
             async move {
                 let answer = call.await.and_then(|bytes| {
                     let resp: BatchResponse =
-                        rpc::decode(&bytes).map_err(|e| ForwardError::BadAnswer(e.to_string()))?;
+                        wire::decode(&bytes).map_err(|e| CallError::BadAnswer(e.to_string()))?;
                     if resp.results.len() != n {
-                        return Err(ForwardError::BadAnswer(format!(
+                        return Err(CallError::BadAnswer(format!(
                             "{} results for {n} checks",
                             resp.results.len()
                         )));
@@ -217,7 +168,7 @@ impl Actor for PeerForwarder {
 }
 
 impl Handler<Forward> for PeerForwarder {
-    type Result = ResponseFuture<Result<WireAnswer, ForwardError>>;
+    type Result = ResponseFuture<Result<WireAnswer, CallError>>;
 
     fn handle(&mut self, msg: Forward, ctx: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();
@@ -238,7 +189,7 @@ impl Handler<Forward> for PeerForwarder {
         }
         Box::pin(async move {
             rx.await
-                .unwrap_or_else(|_| Err(ForwardError::Unreachable("forwarder stopped".into())))
+                .unwrap_or_else(|_| Err(CallError::Unreachable("forwarder stopped".into())))
         })
     }
 }

@@ -6,10 +6,20 @@ use std::collections::BTreeMap;
 use futures_util::future::{self, BoxFuture, FutureExt};
 use llmtrace_cluster_config::TenantOverride;
 
-use super::*;
-use crate::bucket::{BucketState, NANOS};
-use crate::cache::{InMemoryCacheLayer, SnapshotWrite};
-use crate::clock::ManualClock;
+use std::time::Duration;
+
+use crate::cache::{CacheError, CacheLayer, InMemoryCacheLayer, SnapshotWrite};
+use crate::core::bucket::Decision;
+use crate::core::bucket::{BucketState, NANOS};
+use crate::core::clock::ManualClock;
+use crate::core::key::BucketKey;
+use crate::core::verdict::{CheckError, Verdict};
+use crate::local::limiter::Limiter;
+use crate::shard::ShardTiming;
+use llmtrace_cluster_config::Limit;
+use llmtrace_cluster_config::RateLimitConfig;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 /// 2026-11-27T12:00:59.000Z: one second before a wall-clock minute boundary.
 const T0: u64 = 1_795_780_859_000_000_000;

@@ -10,67 +10,19 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use llmtrace_cluster_config::{Limit, Quota, RateLimitConfig};
 
-use thiserror::Error;
+use crate::core::verdict::{CheckError, Verdict};
 
-use crate::bucket::BucketState;
-use crate::bucket::{BucketQuota, Decision, Op};
-use crate::cache::{CacheError, CacheLayer};
-use crate::clock::Clock;
-use crate::key::{shard_of, BucketKey};
+use crate::cache::{CacheError, CacheLayer, SnapshotWrite};
+use crate::core::bucket::BucketState;
+use crate::core::bucket::{BucketQuota, Op};
+use crate::core::clock::Clock;
+use crate::core::key::{shard_of, BucketKey};
+use crate::local::placement::{self, ShardHost, ShardParts, ShardSlots};
 use crate::metrics::Metrics;
-use crate::placement::{self, ShardHost, ShardParts, ShardSlots};
 use crate::shard::{
     BucketReport, Check, FlushNow, HandoffSource, Inspect, Install, Moved, OwnerOf, Reset,
     ShardTiming, SweepNow, TakeAll, TakeBucket, Unserved,
 };
-
-/// The answer to a check that was well-formed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// No bucket applies (limiting disabled, or rate 0).
-    Unlimited,
-    /// The bucket's decision, with the quota it was made under.
-    Limited {
-        quota: BucketQuota,
-        decision: Decision,
-    },
-}
-
-impl Verdict {
-    pub fn is_allowed(&self) -> bool {
-        match self {
-            Verdict::Unlimited => true,
-            Verdict::Limited { decision, .. } => decision.is_allowed(),
-        }
-    }
-}
-
-/// A check that could not be decided.
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-pub enum CheckError {
-    /// `cost` must be at least 1.
-    #[error("cost must be at least 1")]
-    ZeroCost,
-    /// A cost above the burst can never be admitted.
-    #[error(
-        "cost {cost} exceeds the bucket capacity (burst_size {burst}) and can never be admitted"
-    )]
-    CostAboveBurst { cost: u64, burst: u32 },
-    /// The bucket was just handed to this node: ask it.
-    #[error("bucket of {tenant} moved to node {to}")]
-    Moved { to: String, tenant: String },
-    /// Write-through: the new state could not be written to Redis, so the
-    /// check was not admitted.
-    #[error("bucket state could not be persisted (snapshot_mode write-through); not admitted")]
-    NotPersisted,
-    /// The owner refused a forwarded check as invalid by its own quota
-    /// (for a moment after a runtime limit change, nodes' quotas differ).
-    #[error("the owner refused the check as invalid: {0:?}")]
-    OwnerRefused(crate::rpc::WireErrorCode),
-    /// The shard is gone (node shutting down).
-    #[error("limiter unavailable: {0}")]
-    Unavailable(String),
-}
 
 /// Handle to a node's shards. Cheap to clone.
 #[derive(Clone)]
@@ -80,6 +32,8 @@ pub struct Limiter {
     metrics: Arc<Metrics>,
     cache_name: &'static str,
     cache: Arc<dyn CacheLayer>,
+    /// Buckets are snapshotted (a persistent cache layer is configured).
+    write_behind: bool,
 }
 
 impl Limiter {
@@ -143,6 +97,7 @@ impl Limiter {
             metrics: Arc::clone(&metrics),
             cache_name: cache.name(),
             cache: Arc::clone(&cache),
+            write_behind: timing.write_behind,
         };
         let parts = ShardParts {
             limits,
@@ -403,6 +358,55 @@ impl Limiter {
         Ok(total)
     }
 
+    /// Snapshots buckets this node holds no longer and could not hand to
+    /// their new owner (a leaving node), so the owner restores them; returns
+    /// how many were written (none without a persistent cache layer).
+    pub async fn persist(
+        &self,
+        buckets: Vec<(BucketKey, BucketState)>,
+    ) -> Result<usize, CacheError> {
+        if !self.write_behind {
+            return Ok(0);
+        }
+        let writes: Vec<SnapshotWrite> = buckets
+            .into_iter()
+            .filter_map(|(key, state)| {
+                let quota = BucketQuota::of(self.quota(&key.tenant, key.limit))?;
+                Some(SnapshotWrite::new(key, state, quota))
+            })
+            .collect();
+        let n = writes.len();
+        if n > 0 {
+            self.cache.store(Arc::new(writes)).await?;
+        }
+        Ok(n)
+    }
+
+    /// The last write of a stopping node: every dirty bucket. Shards on
+    /// dedicated threads are asked to flush; shards hosted by the HTTP
+    /// workers (`host`) handed their dirty set over as their workers
+    /// stopped. Returns how many buckets were written.
+    pub async fn final_flush(
+        &self,
+        host: Option<Arc<ShardHost>>,
+        timeout: Duration,
+    ) -> Result<usize, CacheError> {
+        let Some(host) = host else {
+            return self.flush_all(timeout).await;
+        };
+        let writes = tokio::task::spawn_blocking(move || host.final_writes(timeout))
+            .await
+            .unwrap_or_default();
+        let n = writes.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        tokio::time::timeout(timeout, self.cache.store(Arc::new(writes)))
+            .await
+            .unwrap_or(Err(CacheError::Timeout))
+            .map(|()| n)
+    }
+
     /// Drops full buckets on every shard now; returns how many.
     pub async fn sweep_all(&self) -> usize {
         let shards = self.shards.all();
@@ -410,7 +414,3 @@ impl Limiter {
         all.into_iter().map(|r| r.unwrap_or(0)).sum()
     }
 }
-
-#[cfg(test)]
-#[path = "limiter_tests.rs"]
-mod tests;

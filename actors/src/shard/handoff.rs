@@ -16,9 +16,9 @@ use actix::prelude::*;
 use futures_util::future::{FutureExt, LocalBoxFuture};
 
 use super::{ShardActor, TOMBSTONE_TTL_NS};
-use crate::bucket::BucketState;
 use crate::cache::CacheError;
-use crate::key::BucketKey;
+use crate::core::bucket::BucketState;
+use crate::core::key::BucketKey;
 
 /// Where a new owner gets a moved bucket from.
 pub trait HandoffSource: Send + Sync + 'static {
@@ -134,7 +134,7 @@ impl ShardActor {
             Some(slot) => {
                 // Compare at the same instant: the older state refills first.
                 let Some(quota) =
-                    crate::bucket::BucketQuota::of(self.limits.quota(&key.tenant, key.limit))
+                    crate::core::bucket::BucketQuota::of(self.limits.quota(&key.tenant, key.limit))
                 else {
                     return;
                 };

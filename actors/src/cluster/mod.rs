@@ -1,0 +1,16 @@
+//! Everything that spans nodes: who is in the cluster ([`view`], [`gossip`],
+//! [`control`], [`overrides`]), where a check is decided ([`router`],
+//! [`forwarder`], [`dedup`]), how buckets move between owners
+//! ([`handoff_client`]), the admin API's reach to a bucket's owner
+//! ([`tenant_rpc`]) and the node-to-node wire ([`rpc`]).
+
+pub mod control;
+pub mod dedup;
+pub mod forwarder;
+pub mod gossip;
+pub mod handoff_client;
+pub mod overrides;
+pub mod router;
+pub mod rpc;
+pub mod tenant_rpc;
+pub mod view;

@@ -1,0 +1,9 @@
+//! What every other module builds on, and which imports none of them: the
+//! bucket math, the clock, bucket keys, the snapshot format and the
+//! decision types.
+
+pub mod bucket;
+pub mod clock;
+pub mod key;
+pub mod snapshot;
+pub mod verdict;
