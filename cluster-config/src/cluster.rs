@@ -1,20 +1,35 @@
 //! The `[cluster]` settings: where a node gossips and answers its peers, whom
-//! it asks to join, and how checks are forwarded to the owning node.
+//! it asks to join, and how checks are forwarded to the owning node. The
+//! table as one source gives it ([`ClusterSettings`], also the flags under
+//! the heading Cluster) and its resolved form ([`ClusterConfig`]).
 
 use std::net::SocketAddr;
 
+use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
-use crate::error::{in_range as range, ConfigError};
+use crate::error::{in_range as range, parse_addr, ConfigError};
+use crate::flags::{shown, value_names};
+use crate::ring::DEFAULT_VNODES;
 
 /// Default cluster listener: TCP for node-to-node RPC, UDP for gossip.
 pub const DEFAULT_CLUSTER_LISTEN: &str = "127.0.0.1:7946";
+/// Default gossip round period.
+pub const DEFAULT_GOSSIP_INTERVAL_MS: u64 = 100;
+/// Default phi-accrual failure detector threshold.
+pub const DEFAULT_PHI_THRESHOLD: f64 = 8.0;
+/// Default number of checks per forwarded batch.
+pub const DEFAULT_FORWARD_BATCH_MAX: usize = 256;
+/// Default longest wait of a forwarded check for its batch to fill.
+pub const DEFAULT_FORWARD_BATCH_WAIT_US: u64 = 200;
+/// Default time after which an unanswered forward is retried.
+pub const DEFAULT_FORWARD_TIMEOUT_MS: u64 = 500;
 
 /// What a node does with a check whose owner cannot be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum OwnerUnreachable {
-    /// Decide on this node's own shard and mark the tenant degraded.
+    /// Decide on this node's own shard and mark the answer degraded.
     #[default]
     Local,
     /// Admit the check.
@@ -23,33 +38,17 @@ pub enum OwnerUnreachable {
     Deny,
 }
 
-impl std::str::FromStr for OwnerUnreachable {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "local" => Ok(OwnerUnreachable::Local),
-            "allow" => Ok(OwnerUnreachable::Allow),
-            "deny" => Ok(OwnerUnreachable::Deny),
-            other => Err(format!(
-                "expected `local`, `allow` or `deny`, got `{other}`"
-            )),
-        }
-    }
-}
-
-impl OwnerUnreachable {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OwnerUnreachable::Local => "local",
-            OwnerUnreachable::Allow => "allow",
-            OwnerUnreachable::Deny => "deny",
-        }
-    }
-}
+value_names!(OwnerUnreachable);
 
 /// Resolved cluster settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {
+    /// Whether clustering was asked for: `cluster.listen`, `cluster.advertise`
+    /// or `cluster.seeds` was given by some source (flag, environment or
+    /// file). A node without any of them is meant to run alone, and need not
+    /// open the cluster listener (two such nodes on one machine would
+    /// otherwise both claim the default port).
+    pub enabled: bool,
     /// Cluster listener: node-to-node RPC over TCP, gossip over UDP, same port.
     pub listen: SocketAddr,
     /// Address peers use to reach this node (default: `listen`).
@@ -74,61 +73,133 @@ pub struct ClusterConfig {
     pub on_owner_unreachable: OwnerUnreachable,
 }
 
-/// The `[cluster]` table of the TOML file.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The `[cluster]` table, or the cluster flags, as one source gives them;
+/// `None`: not given. Each field's doc is its `--help` text.
+#[derive(Debug, Clone, Default, Deserialize, Args)]
 #[serde(deny_unknown_fields)]
-pub struct ClusterFile {
+#[command(next_help_heading = "Cluster")]
+pub struct ClusterSettings {
+    /// cluster.listen: node-to-node RPC (TCP) and gossip (UDP) on the same
+    /// port. Port 0 picks a free one.
+    #[arg(
+        id = "cluster_listen",
+        long = "cluster-listen",
+        env = "LLMTRACE_CLUSTER_LISTEN",
+        value_name = "ADDR",
+        default_value = DEFAULT_CLUSTER_LISTEN
+    )]
     pub listen: Option<String>,
+
+    /// cluster.advertise: the address peers use to reach this node; required
+    /// when --cluster-listen is a wildcard address. [default: the listen address]
+    #[arg(
+        long = "cluster-advertise",
+        env = "LLMTRACE_CLUSTER_ADVERTISE",
+        value_name = "ADDR"
+    )]
     pub advertise: Option<String>,
-    pub seeds: Option<Vec<String>>,
-    pub secret: Option<String>,
-    pub vnodes: Option<u32>,
-    pub gossip_interval_ms: Option<u64>,
-    pub phi_threshold: Option<f64>,
-    pub forward_batch_max: Option<usize>,
-    pub forward_batch_wait_us: Option<u64>,
-    pub forward_timeout_ms: Option<u64>,
-    pub on_owner_unreachable: Option<OwnerUnreachable>,
-}
 
-/// Cluster values given by flags or environment.
-#[derive(Debug, Clone, Default)]
-pub struct ClusterOverrides {
-    pub listen: Option<SocketAddr>,
-    pub advertise: Option<SocketAddr>,
+    /// cluster.seeds: cluster addresses (host:port, comma-separated) of nodes to
+    /// join through. [default: none: the node forms a cluster of one]
+    #[arg(
+        long,
+        env = "LLMTRACE_SEEDS",
+        value_name = "ADDRS",
+        value_delimiter = ','
+    )]
     pub seeds: Option<Vec<String>>,
-    pub secret: Option<String>,
-    pub vnodes: Option<u32>,
-    pub gossip_interval_ms: Option<u64>,
-    pub phi_threshold: Option<f64>,
-    pub forward_batch_max: Option<usize>,
-    pub forward_batch_wait_us: Option<u64>,
-    pub forward_timeout_ms: Option<u64>,
-    pub on_owner_unreachable: Option<OwnerUnreachable>,
-}
 
-fn addr(
-    key: &str,
-    flag: Option<SocketAddr>,
-    file: Option<String>,
-) -> Result<Option<SocketAddr>, ConfigError> {
-    match (flag, file) {
-        (Some(a), _) => Ok(Some(a)),
-        (None, Some(s)) => s
-            .parse()
-            .map(Some)
-            .map_err(|_| ConfigError::invalid(key, format!("`{s}` is not an IP:port address"))),
-        (None, None) => Ok(None),
-    }
+    /// cluster.secret: shared secret (8-256 visible ASCII); node-to-node
+    /// requests without it are refused with 401. Nodes with different secrets
+    /// also ignore each other's gossip. [default: none]
+    #[arg(
+        long = "cluster-secret",
+        env = "LLMTRACE_CLUSTER_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub secret: Option<String>,
+
+    /// cluster.vnodes: virtual nodes per member on the hash ring; every node of
+    /// a cluster must use the same value.
+    #[arg(
+        long,
+        env = "LLMTRACE_VNODES",
+        value_name = "N",
+        default_value = shown!(DEFAULT_VNODES)
+    )]
+    pub vnodes: Option<u32>,
+
+    /// cluster.gossip_interval_ms: gossip round period; failure detection takes
+    /// roughly 10-20 rounds.
+    #[arg(
+        long,
+        env = "LLMTRACE_GOSSIP_INTERVAL_MS",
+        value_name = "MS",
+        default_value = shown!(DEFAULT_GOSSIP_INTERVAL_MS)
+    )]
+    pub gossip_interval_ms: Option<u64>,
+
+    /// cluster.phi_threshold: phi-accrual failure detector threshold; lower
+    /// detects a dead node sooner, with more false alarms.
+    #[arg(
+        long,
+        env = "LLMTRACE_PHI_THRESHOLD",
+        value_name = "PHI",
+        default_value = shown!(DEFAULT_PHI_THRESHOLD)
+    )]
+    pub phi_threshold: Option<f64>,
+
+    /// cluster.forward_batch_max: checks per forwarded batch before it is sent.
+    #[arg(
+        long,
+        env = "LLMTRACE_FORWARD_BATCH_MAX",
+        value_name = "N",
+        default_value = shown!(DEFAULT_FORWARD_BATCH_MAX)
+    )]
+    pub forward_batch_max: Option<usize>,
+
+    /// cluster.forward_batch_wait_us: longest a forwarded check waits for its
+    /// batch to fill.
+    #[arg(
+        long,
+        env = "LLMTRACE_FORWARD_BATCH_WAIT_US",
+        value_name = "US",
+        default_value = shown!(DEFAULT_FORWARD_BATCH_WAIT_US)
+    )]
+    pub forward_batch_wait_us: Option<u64>,
+
+    /// cluster.forward_timeout_ms: a forward unanswered this long is retried
+    /// once (same check id: never counted twice).
+    #[arg(
+        long,
+        env = "LLMTRACE_FORWARD_TIMEOUT_MS",
+        value_name = "MS",
+        default_value = shown!(DEFAULT_FORWARD_TIMEOUT_MS)
+    )]
+    pub forward_timeout_ms: Option<u64>,
+
+    /// cluster.on_owner_unreachable: what to do with a check whose owner stays
+    /// unreachable.
+    #[arg(
+        long,
+        env = "LLMTRACE_ON_OWNER_UNREACHABLE",
+        value_name = "POLICY",
+        default_value = shown!(OwnerUnreachable::default())
+    )]
+    pub on_owner_unreachable: Option<OwnerUnreachable>,
 }
 
 impl ClusterConfig {
-    /// Merges flags/environment over the file over the defaults and validates.
-    pub fn resolve(file: ClusterFile, o: ClusterOverrides) -> Result<ClusterConfig, ConfigError> {
-        let listen = addr("cluster.listen", o.listen, file.listen)?
-            .unwrap_or_else(|| DEFAULT_CLUSTER_LISTEN.parse().expect("valid default"));
-        let advertise = match addr("cluster.advertise", o.advertise, file.advertise)? {
-            Some(a) => a,
+    /// Applies the defaults to the settings given and validates.
+    pub fn resolve(s: ClusterSettings) -> Result<ClusterConfig, ConfigError> {
+        let enabled = s.listen.is_some() || s.advertise.is_some() || s.seeds.is_some();
+        let listen = parse_addr(
+            "cluster.listen",
+            s.listen.as_deref().unwrap_or(DEFAULT_CLUSTER_LISTEN),
+        )?;
+        let advertise = match s.advertise.as_deref() {
+            Some(a) => parse_addr("cluster.advertise", a)?,
             None if listen.ip().is_unspecified() => {
                 return Err(ConfigError::invalid(
                     "cluster.advertise",
@@ -143,9 +214,8 @@ impl ClusterConfig {
                 format!("`{advertise}` is not an address peers can reach"),
             ));
         }
-        let seeds: Vec<String> = o
+        let seeds: Vec<String> = s
             .seeds
-            .or(file.seeds)
             .unwrap_or_default()
             .into_iter()
             .map(|s| s.trim().to_string())
@@ -162,16 +232,18 @@ impl ClusterConfig {
                 ));
             }
         }
-        let secret = o.secret.or(file.secret);
-        if let Some(s) = &secret {
-            if s.len() < 8 || s.len() > 256 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        if let Some(secret) = &s.secret {
+            if secret.len() < 8
+                || secret.len() > 256
+                || !secret.bytes().all(|b| b.is_ascii_graphic())
+            {
                 return Err(ConfigError::invalid(
                     "cluster.secret",
                     "must be 8 to 256 visible ASCII characters",
                 ));
             }
         }
-        let phi = o.phi_threshold.or(file.phi_threshold).unwrap_or(8.0);
+        let phi = s.phi_threshold.unwrap_or(DEFAULT_PHI_THRESHOLD);
         if !(phi.is_finite() && (1.0..=100.0).contains(&phi)) {
             return Err(ConfigError::invalid(
                 "cluster.phi_threshold",
@@ -179,55 +251,44 @@ impl ClusterConfig {
             ));
         }
         Ok(ClusterConfig {
+            enabled,
             listen,
             advertise,
             seeds,
-            secret,
+            secret: s.secret,
             vnodes: range(
                 "cluster.vnodes",
-                o.vnodes
-                    .or(file.vnodes)
-                    .unwrap_or(crate::ring::DEFAULT_VNODES),
+                s.vnodes.unwrap_or(DEFAULT_VNODES),
                 1,
                 4096,
             )?,
             gossip_interval_ms: range(
                 "cluster.gossip_interval_ms",
-                o.gossip_interval_ms
-                    .or(file.gossip_interval_ms)
-                    .unwrap_or(100),
+                s.gossip_interval_ms.unwrap_or(DEFAULT_GOSSIP_INTERVAL_MS),
                 10,
                 10_000,
             )?,
             phi_threshold: phi,
             forward_batch_max: range(
                 "cluster.forward_batch_max",
-                o.forward_batch_max
-                    .or(file.forward_batch_max)
-                    .unwrap_or(256),
+                s.forward_batch_max.unwrap_or(DEFAULT_FORWARD_BATCH_MAX),
                 1,
                 4096,
             )?,
             forward_batch_wait_us: range(
                 "cluster.forward_batch_wait_us",
-                o.forward_batch_wait_us
-                    .or(file.forward_batch_wait_us)
-                    .unwrap_or(200),
+                s.forward_batch_wait_us
+                    .unwrap_or(DEFAULT_FORWARD_BATCH_WAIT_US),
                 0,
                 100_000,
             )?,
             forward_timeout_ms: range(
                 "cluster.forward_timeout_ms",
-                o.forward_timeout_ms
-                    .or(file.forward_timeout_ms)
-                    .unwrap_or(500),
+                s.forward_timeout_ms.unwrap_or(DEFAULT_FORWARD_TIMEOUT_MS),
                 1,
                 60_000,
             )?,
-            on_owner_unreachable: o
-                .on_owner_unreachable
-                .or(file.on_owner_unreachable)
-                .unwrap_or_default(),
+            on_owner_unreachable: s.on_owner_unreachable.unwrap_or_default(),
         })
     }
 }
@@ -235,41 +296,70 @@ impl ClusterConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flags::given;
 
-    fn resolve(file: &str, o: ClusterOverrides) -> Result<ClusterConfig, ConfigError> {
-        ClusterConfig::resolve(toml::from_str(file).unwrap(), o)
+    /// The `[cluster]` table `file` with the cluster flags `flags` over it.
+    fn resolve(file: &str, flags: &[&str]) -> Result<ClusterConfig, ConfigError> {
+        ClusterConfig::resolve(given(toml::from_str(file).unwrap(), flags))
     }
 
     #[test]
     fn defaults() {
-        let c = resolve("", ClusterOverrides::default()).unwrap();
+        let c = resolve("", &[]).unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_CLUSTER_LISTEN);
         assert_eq!(c.advertise, c.listen);
-        assert_eq!(c.vnodes, 256);
+        assert_eq!(c.vnodes, DEFAULT_VNODES);
         assert!(c.seeds.is_empty() && c.secret.is_none());
         assert_eq!(c.on_owner_unreachable, OwnerUnreachable::Local);
+        assert!(!c.enabled, "no cluster setting given: not enabled");
     }
 
     #[test]
     fn flags_beat_file() {
-        let o = ClusterOverrides {
-            seeds: Some(vec!["127.0.0.1:1".into(), " ".into()]),
-            ..Default::default()
-        };
         let c = resolve(
             "seeds = [\"127.0.0.1:9\"]\nvnodes = 64\non_owner_unreachable = \"deny\"",
-            o,
+            &["--seeds", "127.0.0.1:1, "],
         )
         .unwrap();
         assert_eq!(c.seeds, vec!["127.0.0.1:1"]);
         assert_eq!(c.vnodes, 64);
         assert_eq!(c.on_owner_unreachable, OwnerUnreachable::Deny);
+        let c = resolve(
+            "on_owner_unreachable = \"deny\"",
+            &["--on-owner-unreachable", "allow"],
+        )
+        .unwrap();
+        assert_eq!(c.on_owner_unreachable, OwnerUnreachable::Allow);
+    }
+
+    #[test]
+    fn enabled_when_listen_advertise_or_seeds_is_given_by_any_source() {
+        let given_by = [
+            ("listen = \"127.0.0.1:7946\"", &[][..]),
+            ("advertise = \"127.0.0.1:7946\"", &[]),
+            ("seeds = [\"127.0.0.1:7947\"]", &[]),
+            ("", &["--cluster-listen", "127.0.0.1:0"]),
+            ("", &["--cluster-advertise", "127.0.0.1:7946"]),
+            ("", &["--seeds", "127.0.0.1:7947"]),
+        ];
+        for (file, flags) in given_by {
+            assert!(resolve(file, flags).unwrap().enabled, "{file} {flags:?}");
+        }
+        let others = resolve(
+            "vnodes = 64\nsecret = \"long-enough\"",
+            &["--forward-batch-max", "8"],
+        );
+        assert!(
+            !others.unwrap().enabled,
+            "other cluster settings do not enable it"
+        );
     }
 
     #[test]
     fn errors_name_the_key() {
         let cases = [
             ("listen = \"0.0.0.0:7946\"", "cluster.advertise"),
+            ("listen = \"nope\"", "cluster.listen"),
             ("seeds = [\"nope\"]", "cluster.seeds"),
             ("seeds = [\"h:0\"]", "cluster.seeds"),
             ("secret = \"short\"", "cluster.secret"),
@@ -279,11 +369,8 @@ mod tests {
             ("forward_batch_max = 0", "cluster.forward_batch_max"),
         ];
         for (file, key) in cases {
-            let err = resolve(file, ClusterOverrides::default())
-                .unwrap_err()
-                .to_string();
+            let err = resolve(file, &[]).unwrap_err().to_string();
             assert!(err.contains(key), "{file}: {err}");
         }
-        assert!(toml::from_str::<ClusterFile>("on_owner_unreachable = \"maybe\"").is_err());
     }
 }

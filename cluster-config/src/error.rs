@@ -1,4 +1,5 @@
-//! The one error type of configuration loading. Every variant names the key.
+//! The one error type of configuration loading (every variant names the key),
+//! and the checks every config block shares: ranges and addresses.
 
 use thiserror::Error;
 
@@ -41,4 +42,11 @@ pub(crate) fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
         ));
     }
     Ok(value)
+}
+
+/// `value` as an `IP:port` address; otherwise an error naming `key`.
+pub(crate) fn parse_addr(key: &str, value: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::invalid(key, format!("`{value}` is not an IP:port address")))
 }

@@ -118,9 +118,13 @@ pub struct TokenOverride {
     pub burst_size: u32,
 }
 
+/// Default `token_limit.tokens_per_minute`: 0, the token limit is off.
+pub const DEFAULT_TOKENS_PER_MINUTE: u32 = 0;
+/// Default `token_limit.burst_size`.
+pub const DEFAULT_TOKEN_BURST_SIZE: u32 = 100_000;
+
 /// The `[token_limit]` block: LLM tokens per tenant, held by the proxy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenLimitConfig {
     /// Refill rate in tokens per minute; 0 means unlimited.
     pub tokens_per_minute: u32,
@@ -134,8 +138,8 @@ pub struct TokenLimitConfig {
 impl Default for TokenLimitConfig {
     fn default() -> Self {
         TokenLimitConfig {
-            tokens_per_minute: 0,
-            burst_size: 100_000,
+            tokens_per_minute: DEFAULT_TOKENS_PER_MINUTE,
+            burst_size: DEFAULT_TOKEN_BURST_SIZE,
             tenant_overrides: BTreeMap::new(),
         }
     }
@@ -179,9 +183,16 @@ pub struct TenantOverride {
     pub burst_size: u32,
 }
 
-/// The llmtrace `[rate_limit]` block.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// Default `rate_limit.enabled` (the seed's).
+pub const DEFAULT_RATE_LIMIT_ENABLED: bool = true;
+/// Default `rate_limit.requests_per_second` (the seed's).
+pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 100;
+/// Default `rate_limit.burst_size` (the seed's).
+pub const DEFAULT_BURST_SIZE: u32 = 200;
+
+/// The llmtrace `[rate_limit]` block, resolved (the file's table is
+/// [`crate::RateLimitSettings`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateLimitConfig {
     /// `false`: every check is allowed.
     pub enabled: bool,
@@ -191,26 +202,23 @@ pub struct RateLimitConfig {
     pub burst_size: u32,
     /// Accepted for compatibility with llmtrace 0.2.0 configs and ignored:
     /// the bucket refills continuously, there is no window.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub window_seconds: Option<u64>,
     /// Per-tenant rate and burst, keyed by tenant id.
     pub tenant_overrides: BTreeMap<String, TenantOverride>,
     /// Runtime overrides (admin API), consulted before `tenant_overrides`.
     /// Not part of the file; clones share the same table.
-    #[serde(skip)]
     pub runtime: RuntimeLimits,
     /// The `[token_limit]` block (a separate TOML table, resolved into this
     /// struct so that one [`RateLimitConfig::quota`] answers every limit).
-    #[serde(skip)]
     pub tokens: TokenLimitConfig,
 }
 
 impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
-            enabled: true,
-            requests_per_second: 100,
-            burst_size: 200,
+            enabled: DEFAULT_RATE_LIMIT_ENABLED,
+            requests_per_second: DEFAULT_REQUESTS_PER_SECOND,
+            burst_size: DEFAULT_BURST_SIZE,
             window_seconds: None,
             tenant_overrides: BTreeMap::new(),
             runtime: RuntimeLimits::default(),

@@ -1,12 +1,16 @@
 //! The `[proxy]` block: the transparent LLM proxy listener, its upstream,
-//! timeouts and size limits. Off unless `listen` is given.
+//! timeouts and size limits. Off unless `listen` is given. The table as one
+//! source gives it ([`ProxySettings`], also the flags under the heading
+//! Proxy) and its resolved form ([`ProxyConfig`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use clap::{ArgAction, Args};
 use serde::Deserialize;
 
-use crate::error::{in_range as range, ConfigError};
+use crate::error::{in_range as range, parse_addr, ConfigError};
+use crate::flags::shown;
 
 /// Default time to the upstream's response head, and longest silence
 /// between two body chunks.
@@ -19,6 +23,9 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4 << 20;
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
 /// Default completion tokens reserved when a request sets no `max_tokens`.
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+/// By default the tenant is derived from the bearer key, not taken from a
+/// header.
+pub const DEFAULT_TRUST_TENANT_HEADER: bool = false;
 /// Upper bound of the proxy's millisecond settings (one hour).
 pub const MAX_PROXY_TIMEOUT_MS: u64 = 3_600_000;
 /// Upper bound of the size settings (1 GiB).
@@ -52,47 +59,111 @@ pub struct ProxyConfig {
     pub default_max_tokens: u32,
 }
 
-/// The `[proxy]` table of the TOML file.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The `[proxy]` table, or the proxy flags, as one source gives them;
+/// `None`: not given. Each field's doc is its `--help` text.
+#[derive(Debug, Clone, Default, Deserialize, Args)]
 #[serde(deny_unknown_fields)]
-pub struct ProxyFile {
+#[command(next_help_heading = "Proxy")]
+pub struct ProxySettings {
+    /// proxy.listen: open the LLM proxy listener here; every request is
+    /// forwarded to --proxy-upstream. [default: none: proxy mode off]
+    #[arg(
+        id = "proxy_listen",
+        long = "proxy-listen",
+        env = "LLMTRACE_PROXY_LISTEN",
+        value_name = "ADDR"
+    )]
     pub listen: Option<String>,
-    pub upstream: Option<String>,
-    pub ca_file: Option<PathBuf>,
-    pub trust_tenant_header: Option<bool>,
-    pub upstream_timeout_ms: Option<u64>,
-    pub connect_timeout_ms: Option<u64>,
-    pub max_request_bytes: Option<usize>,
-    pub max_response_bytes: Option<usize>,
-    pub default_max_tokens: Option<u32>,
-}
 
-/// Proxy values from flags and environment.
-#[derive(Debug, Clone, Default)]
-pub struct ProxyOverrides {
-    pub listen: Option<SocketAddr>,
+    /// proxy.upstream: base URL of the OpenAI-compatible upstream
+    /// (http://host:port[/prefix] or https://...); the request path and
+    /// query are appended. Required with --proxy-listen. [default: none]
+    #[arg(
+        long = "proxy-upstream",
+        env = "LLMTRACE_PROXY_UPSTREAM",
+        value_name = "URL"
+    )]
     pub upstream: Option<String>,
+
+    /// proxy.ca_file: PEM certificates trusted for an https:// upstream on
+    /// top of the built-in Web PKI roots (private CA, self-signed server).
+    /// [default: none]
+    #[arg(
+        long = "proxy-ca-file",
+        env = "LLMTRACE_PROXY_CA_FILE",
+        value_name = "FILE"
+    )]
     pub ca_file: Option<PathBuf>,
+
+    /// proxy.trust_tenant_header: take the tenant from X-LLMTrace-Tenant-ID
+    /// (only behind a gateway that sets it); otherwise the tenant is the
+    /// UUID v5 of the bearer key.
+    #[arg(
+        long = "proxy-trust-tenant-header",
+        env = "LLMTRACE_PROXY_TRUST_TENANT_HEADER",
+        value_name = "BOOL",
+        action = ArgAction::Set,
+        default_value = shown!(DEFAULT_TRUST_TENANT_HEADER)
+    )]
     pub trust_tenant_header: Option<bool>,
+
+    /// proxy.upstream_timeout_ms: time to the upstream's response head
+    /// (504 after), and longest silence between two chunks of its body.
+    #[arg(
+        long = "proxy-upstream-timeout-ms",
+        env = "LLMTRACE_PROXY_UPSTREAM_TIMEOUT_MS",
+        value_name = "MS",
+        default_value = shown!(DEFAULT_UPSTREAM_TIMEOUT_MS)
+    )]
     pub upstream_timeout_ms: Option<u64>,
+
+    /// proxy.connect_timeout_ms: bound on connecting to the upstream.
+    #[arg(
+        long = "proxy-connect-timeout-ms",
+        env = "LLMTRACE_PROXY_CONNECT_TIMEOUT_MS",
+        value_name = "MS",
+        default_value = shown!(DEFAULT_CONNECT_TIMEOUT_MS)
+    )]
     pub connect_timeout_ms: Option<u64>,
+
+    /// proxy.max_request_bytes: largest request body (413 above).
+    #[arg(
+        long = "proxy-max-request-bytes",
+        env = "LLMTRACE_PROXY_MAX_REQUEST_BYTES",
+        value_name = "BYTES",
+        default_value = shown!(DEFAULT_MAX_REQUEST_BYTES)
+    )]
     pub max_request_bytes: Option<usize>,
+
+    /// proxy.max_response_bytes: largest upstream answer relayed (502 when
+    /// declared larger, the stream is cut when it grows larger).
+    #[arg(
+        long = "proxy-max-response-bytes",
+        env = "LLMTRACE_PROXY_MAX_RESPONSE_BYTES",
+        value_name = "BYTES",
+        default_value = shown!(DEFAULT_MAX_RESPONSE_BYTES)
+    )]
     pub max_response_bytes: Option<usize>,
+
+    /// proxy.default_max_tokens: completion tokens reserved for a call that
+    /// sets neither max_tokens nor max_completion_tokens.
+    #[arg(
+        long = "proxy-default-max-tokens",
+        env = "LLMTRACE_PROXY_DEFAULT_MAX_TOKENS",
+        value_name = "N",
+        default_value = shown!(DEFAULT_MAX_TOKENS)
+    )]
     pub default_max_tokens: Option<u32>,
 }
 
 impl ProxyConfig {
-    /// Merges flags/environment over the file over the defaults.
-    pub fn resolve(file: ProxyFile, o: ProxyOverrides) -> Result<Self, ConfigError> {
-        let listen = match (o.listen, file.listen) {
-            (Some(a), _) => Some(a),
-            (None, Some(s)) => Some(s.parse().map_err(|_| {
-                ConfigError::invalid("proxy.listen", format!("`{s}` is not an IP:port address"))
-            })?),
-            (None, None) => None,
+    /// Applies the defaults to the settings given and validates.
+    pub fn resolve(s: ProxySettings) -> Result<Self, ConfigError> {
+        let listen = match s.listen.as_deref() {
+            Some(a) => Some(parse_addr("proxy.listen", a)?),
+            None => None,
         };
-        let upstream = o.upstream.or(file.upstream);
-        let upstream = match upstream {
+        let upstream = match s.upstream {
             Some(u) => Some(validate_upstream(&u)?),
             None => None,
         };
@@ -102,8 +173,7 @@ impl ProxyConfig {
                 "required when proxy.listen is set",
             ));
         }
-        let ca_file = o.ca_file.or(file.ca_file);
-        if let Some(path) = &ca_file {
+        if let Some(path) = &s.ca_file {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 ConfigError::invalid("proxy.ca_file", format!("{}: {e}", path.display()))
             })?;
@@ -117,48 +187,35 @@ impl ProxyConfig {
         Ok(ProxyConfig {
             listen,
             upstream,
-            ca_file,
-            trust_tenant_header: o
-                .trust_tenant_header
-                .or(file.trust_tenant_header)
-                .unwrap_or(false),
+            ca_file: s.ca_file,
+            trust_tenant_header: s.trust_tenant_header.unwrap_or(DEFAULT_TRUST_TENANT_HEADER),
             upstream_timeout_ms: range(
                 "proxy.upstream_timeout_ms",
-                o.upstream_timeout_ms
-                    .or(file.upstream_timeout_ms)
-                    .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS),
+                s.upstream_timeout_ms.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS),
                 1,
                 MAX_PROXY_TIMEOUT_MS,
             )?,
             connect_timeout_ms: range(
                 "proxy.connect_timeout_ms",
-                o.connect_timeout_ms
-                    .or(file.connect_timeout_ms)
-                    .unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
+                s.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
                 1,
                 MAX_PROXY_TIMEOUT_MS,
             )?,
             max_request_bytes: range(
                 "proxy.max_request_bytes",
-                o.max_request_bytes
-                    .or(file.max_request_bytes)
-                    .unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
+                s.max_request_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BYTES),
                 1,
                 MAX_PROXY_BYTES,
             )?,
             max_response_bytes: range(
                 "proxy.max_response_bytes",
-                o.max_response_bytes
-                    .or(file.max_response_bytes)
-                    .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
+                s.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
                 1,
                 MAX_PROXY_BYTES,
             )?,
             default_max_tokens: range(
                 "proxy.default_max_tokens",
-                o.default_max_tokens
-                    .or(file.default_max_tokens)
-                    .unwrap_or(DEFAULT_MAX_TOKENS),
+                s.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
                 0,
                 crate::limits::MAX_TOKEN_BURST,
             )?,
@@ -187,18 +244,19 @@ fn validate_upstream(u: &str) -> Result<String, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flags::given;
 
-    fn file(listen: Option<&str>, upstream: Option<&str>) -> ProxyFile {
-        ProxyFile {
+    fn file(listen: Option<&str>, upstream: Option<&str>) -> ProxySettings {
+        ProxySettings {
             listen: listen.map(str::to_string),
             upstream: upstream.map(str::to_string),
-            ..ProxyFile::default()
+            ..ProxySettings::default()
         }
     }
 
     #[test]
     fn off_by_default() {
-        let c = ProxyConfig::resolve(ProxyFile::default(), ProxyOverrides::default()).unwrap();
+        let c = ProxyConfig::resolve(ProxySettings::default()).unwrap();
         assert_eq!(c.listen, None);
         assert!(!c.trust_tenant_header);
         assert_eq!(c.upstream_timeout_ms, DEFAULT_UPSTREAM_TIMEOUT_MS);
@@ -206,14 +264,19 @@ mod tests {
 
     #[test]
     fn flags_beat_file_and_upstream_is_normalised() {
-        let o = ProxyOverrides {
-            upstream: Some("http://127.0.0.1:9/v1base/".into()),
-            upstream_timeout_ms: Some(7),
-            ..ProxyOverrides::default()
-        };
         let mut f = file(Some("127.0.0.1:0"), Some("https://api.openai.com"));
         f.upstream_timeout_ms = Some(9);
-        let c = ProxyConfig::resolve(f, o).unwrap();
+        let flags = [
+            "--proxy-upstream",
+            "http://127.0.0.1:9/v1base/",
+            "--proxy-upstream-timeout-ms",
+            "7",
+        ];
+        let c = ProxyConfig::resolve(given(f, &flags)).unwrap();
+        assert_eq!(
+            c.listen.map(|a| a.to_string()).as_deref(),
+            Some("127.0.0.1:0")
+        );
         assert_eq!(c.upstream.as_deref(), Some("http://127.0.0.1:9/v1base"));
         assert_eq!(c.upstream_timeout_ms, 7);
     }
@@ -225,33 +288,31 @@ mod tests {
             (file(Some("127.0.0.1:1"), None), "proxy.upstream"),
             (file(None, Some("ftp://x")), "proxy.upstream"),
             (
-                ProxyFile {
+                ProxySettings {
                     ca_file: Some("/nonexistent/ca.pem".into()),
-                    ..ProxyFile::default()
+                    ..ProxySettings::default()
                 },
                 "proxy.ca_file",
             ),
             (file(None, Some("http://")), "proxy.upstream"),
             (file(None, Some("http://x/?a=1")), "proxy.upstream"),
             (
-                ProxyFile {
+                ProxySettings {
                     upstream_timeout_ms: Some(0),
-                    ..ProxyFile::default()
+                    ..ProxySettings::default()
                 },
                 "proxy.upstream_timeout_ms",
             ),
             (
-                ProxyFile {
+                ProxySettings {
                     max_request_bytes: Some(0),
-                    ..ProxyFile::default()
+                    ..ProxySettings::default()
                 },
                 "proxy.max_request_bytes",
             ),
         ];
         for (f, key) in cases {
-            let err = ProxyConfig::resolve(f, ProxyOverrides::default())
-                .unwrap_err()
-                .to_string();
+            let err = ProxyConfig::resolve(f).unwrap_err().to_string();
             assert!(err.contains(key), "{err} should name {key}");
         }
     }

@@ -9,7 +9,7 @@ use llmtrace_actors::{
     BatchSettings, ClusterView, InMemoryCacheLayer, Limiter, RouterSettings, ShardTiming,
     SystemClock, ViewHandle,
 };
-use llmtrace_cluster_config::{ProxyFile, ProxyOverrides, RateLimitConfig, TokenLimitConfig};
+use llmtrace_cluster_config::{ProxySettings, RateLimitConfig, TokenLimitConfig};
 use serde_json::{json, Value};
 
 use super::*;
@@ -64,14 +64,11 @@ fn dead_upstream() -> String {
 }
 
 fn context(router: Router, max_request_bytes: usize) -> Arc<ProxyContext> {
-    let config = ProxyConfig::resolve(
-        ProxyFile::default(),
-        ProxyOverrides {
-            upstream: Some(dead_upstream()),
-            max_request_bytes: Some(max_request_bytes),
-            ..ProxyOverrides::default()
-        },
-    )
+    let config = ProxyConfig::resolve(ProxySettings {
+        upstream: Some(dead_upstream()),
+        max_request_bytes: Some(max_request_bytes),
+        ..ProxySettings::default()
+    })
     .unwrap();
     ProxyContext::new(router, config, Arc::default()).unwrap()
 }
