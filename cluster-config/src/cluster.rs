@@ -80,7 +80,10 @@ pub struct ClusterConfig {
 #[command(next_help_heading = "Cluster")]
 pub struct ClusterSettings {
     /// cluster.listen: node-to-node RPC (TCP) and gossip (UDP) on the same
-    /// port. Port 0 picks a free one.
+    /// port. Port 0 picks a free one. A node given none of --cluster-listen,
+    /// --cluster-advertise and --seeds runs alone and takes a free loopback
+    /// port instead of the default, so single nodes on one machine do not
+    /// collide; give this flag to the first node of a cluster.
     #[arg(
         id = "cluster_listen",
         long = "cluster-listen",

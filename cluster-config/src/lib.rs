@@ -18,6 +18,8 @@
 //!   in `--help` and the names of the config enums.
 //! - [`error`]: [`ConfigError`], which always names the offending key.
 
+#![forbid(unsafe_code)]
+
 pub mod cluster;
 pub mod error;
 pub mod flags;

@@ -373,5 +373,4 @@ impl NodeConfig {
 }
 
 #[cfg(test)]
-#[path = "node_tests.rs"]
 mod tests;

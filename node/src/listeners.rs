@@ -24,7 +24,7 @@ impl Listeners {
             .with_context(|| format!("cannot bind listen address {}", config.listen))?;
         let admin = TcpListener::bind(config.admin_listen)
             .with_context(|| format!("cannot bind admin_listen address {}", config.admin_listen))?;
-        let cluster = bind_cluster(config.cluster.listen)?;
+        let cluster = bind_cluster(cluster_listen(config))?;
         let proxy = match config.proxy.listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -38,6 +38,17 @@ impl Listeners {
             cluster,
             proxy,
         })
+    }
+}
+
+/// Where the cluster port binds: the configured address when clustering was
+/// asked for, otherwise a free loopback port (a node running alone still
+/// runs membership, but nobody needs to reach it).
+fn cluster_listen(config: &NodeConfig) -> SocketAddr {
+    if config.cluster.enabled {
+        config.cluster.listen
+    } else {
+        SocketAddr::from(([127, 0, 0, 1], 0))
     }
 }
 

@@ -3,6 +3,8 @@
 //! HTTP request runs in a `request` span carrying its request id (see
 //! `http::middleware`), so every line logged while serving it names it.
 
+use std::io::IsTerminal;
+
 use llmtrace_cluster_config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
@@ -17,8 +19,11 @@ pub fn init(format: LogFormat) {
             EnvFilter::new("info")
         }
     };
+    // Colour only for a person at a terminal: a log file or a collector
+    // reading a pipe gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -103,7 +103,9 @@ impl Node {
         let admin_addr = listeners.admin.local_addr()?;
         let cluster_addr = listeners.cluster.local_addr()?;
         let c = &config.cluster;
-        let advertise = if c.advertise.port() == 0 {
+        let advertise = if !c.enabled {
+            cluster_addr
+        } else if c.advertise.port() == 0 {
             SocketAddr::new(c.advertise.ip(), cluster_addr.port())
         } else {
             c.advertise
