@@ -1,6 +1,6 @@
 # llmtrace-node image: a multi-stage build, then a small Debian runtime that runs
 # the binary as an unprivileged user. Not built on the development machine (it
-# has no Docker engine); see README "Deployment".
+# has no Docker engine); see docs/deployment.md.
 #
 #   docker build -t llmtrace-node .
 #   docker run --rm -p 8080:8080 llmtrace-node
