@@ -295,7 +295,7 @@ impl Router {
         }
         let check = self.wire_check(tenant, (limit, op), cost, hops);
         let answer = self.send(&view, &to, check.clone()).await;
-        if let Some(routed) = self.settle(&answer, &to)? {
+        if let Some(routed) = self.owner_answer(&answer, &to)? {
             return Ok(routed);
         }
         let reason = match &answer {
@@ -306,24 +306,34 @@ impl Router {
             .await
     }
 
-    /// Decides one check. `hops` is how many times it was already forwarded
-    /// (0 for a check from a client).
+    /// Decides one check from a client: takes `cost` units of `(tenant,
+    /// limit)` on its owner.
     pub async fn check(
         &self,
         tenant: String,
         limit: Limit,
         cost: u64,
-        hops: u8,
     ) -> Result<Routed, CheckError> {
-        self.apply(tenant, limit, Op::Take, cost, hops).await
+        self.route(tenant, limit, Op::Take, cost, 0).await
     }
 
-    /// Applies `op` (take, refund or charge) of `cost` units on the owner of
-    /// `(tenant, limit)`, with the forwarding, retry and dedup of a check.
+    /// Performs `op` (take, refund or charge) of `cost` units on the owner
+    /// of `(tenant, limit)`, with the forwarding, retry and dedup of a check.
     /// Under the `allow` and `deny` unreachable policies a refund or charge
     /// whose owner cannot be reached is dropped (answered unlimited,
-    /// degraded); under `local` it applies on this node's shard.
-    pub async fn apply(
+    /// degraded); under `local` it is performed on this node's shard.
+    pub async fn perform(
+        &self,
+        tenant: String,
+        limit: Limit,
+        op: Op,
+        cost: u64,
+    ) -> Result<Routed, CheckError> {
+        self.route(tenant, limit, op, cost, 0).await
+    }
+
+    /// [`Router::perform`] for a check already forwarded `hops` times.
+    async fn route(
         &self,
         tenant: String,
         limit: Limit,
@@ -367,7 +377,7 @@ impl Router {
         self.metrics
             .forwarded_check_latency
             .observe_ns(started.elapsed().as_nanos() as u64);
-        if let Some(routed) = self.settle(&first, &owner)? {
+        if let Some(routed) = self.owner_answer(&first, &owner)? {
             return Ok(routed);
         }
         // Retry once, with the owner looked up again.
@@ -384,7 +394,7 @@ impl Router {
         };
         check.retry = true;
         let second = self.send(&view, &owner2, check.clone()).await;
-        if let Some(routed) = self.settle(&second, &owner2)? {
+        if let Some(routed) = self.owner_answer(&second, &owner2)? {
             return Ok(routed);
         }
         let reason = match &second {
@@ -397,7 +407,7 @@ impl Router {
 
     /// `Some` when the owner decided, `Err` when it refused the check as
     /// invalid, `None` when it could not decide.
-    fn settle(
+    fn owner_answer(
         &self,
         result: &Result<WireAnswer, CallError>,
         owner: &str,
@@ -506,7 +516,7 @@ impl Router {
                     let result = match validate_check(&c) {
                         Err(code) => WireAnswer::plain(WireResult::Invalid(code)),
                         Ok((limit, op)) => {
-                            match self.apply(c.tenant, limit, op, c.cost, c.hops).await {
+                            match self.route(c.tenant, limit, op, c.cost, c.hops).await {
                                 Ok(routed) => WireAnswer {
                                     result: WireResult::from(routed.verdict),
                                     degraded: match routed.route {

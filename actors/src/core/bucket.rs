@@ -193,7 +193,7 @@ impl BucketState {
         self.advance(quota, now_ns);
         let add = i128::from(amount) * i128::from(quota.unit());
         self.level = clamp_level(i128::from(self.level) + add, quota);
-        self.settled(quota)
+        self.allowed(quota)
     }
 
     /// Takes `amount` units at `now_ns` whatever the level (what an answer
@@ -203,7 +203,7 @@ impl BucketState {
         self.advance(quota, now_ns);
         let sub = i128::from(amount) * i128::from(quota.unit());
         self.level = clamp_level(i128::from(self.level) - sub, quota);
-        self.settled(quota)
+        self.allowed(quota)
     }
 
     /// Applies `op` with `cost` units at `now_ns`.
@@ -215,7 +215,7 @@ impl BucketState {
         }
     }
 
-    fn settled(&self, quota: BucketQuota) -> Decision {
+    fn allowed(&self, quota: BucketQuota) -> Decision {
         Decision::Allowed {
             remaining: self.whole_units(quota),
             reset_after_ns: self.time_to_full_ns(quota),

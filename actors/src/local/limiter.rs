@@ -199,20 +199,6 @@ impl Limiter {
             .await
     }
 
-    /// Applies `op` (take, refund or charge) of `cost` units to the bucket
-    /// of `(tenant, limit)` on this node's shard.
-    pub async fn apply(
-        &self,
-        tenant: String,
-        limit: Limit,
-        op: Op,
-        cost: u64,
-    ) -> Result<Verdict, CheckError> {
-        let quota = self.validate_op(&tenant, limit, op, cost)?;
-        self.check_validated(tenant, limit, op, cost, quota, false)
-            .await
-    }
-
     /// [`Limiter::check_with`] for a cost the caller already validated
     /// against `quota` (what [`Limiter::validate`] answered).
     pub async fn check_validated(

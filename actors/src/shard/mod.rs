@@ -125,9 +125,9 @@ pub const HANDED_HINT_NS: u64 = 30_000_000_000;
 
 type Reply = oneshot::Sender<Result<Decision, Unserved>>;
 
-/// Answers write-through checks once their batch is settled: their
+/// Answers write-through checks once their batch is written (or not): their
 /// decisions if it was stored, [`Unserved::NotPersisted`] otherwise.
-fn settle(waiting: Vec<(Decision, Reply)>, stored: bool) {
+fn answer_durable(waiting: Vec<(Decision, Reply)>, stored: bool) {
     for (decision, reply) in waiting {
         let _ = reply.send(if stored {
             Ok(decision)
@@ -241,8 +241,8 @@ impl ShardActor {
         }
     }
 
-    /// Applies one check to a resident bucket.
-    fn apply(
+    /// Decides one check (any op) on a resident bucket.
+    fn decide(
         &mut self,
         key: &BucketKey,
         quota: BucketQuota,
@@ -338,7 +338,7 @@ impl ShardActor {
                 let _ = w.reply.send(refusal);
                 continue;
             }
-            let d = self.apply(&key, w.quota, w.op, w.cost, now);
+            let d = self.decide(&key, w.quota, w.op, w.cost, now);
             self.answer(d, w.reply);
         }
         self.flush_through(ctx);
@@ -409,7 +409,7 @@ impl ShardActor {
         // this batch (or its bucket left: handed over, nothing to write here).
         let durable = std::mem::take(&mut self.durable_waiting);
         if writes.is_empty() {
-            settle(durable, true);
+            answer_durable(durable, true);
             return;
         }
         self.flush_in_flight = true;
@@ -417,7 +417,7 @@ impl ShardActor {
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.flush_in_flight = false;
             let now = act.clock.now_ns();
-            settle(durable, res.is_ok());
+            answer_durable(durable, res.is_ok());
             match res {
                 Ok(()) => {
                     act.backoff = Duration::ZERO;
@@ -432,7 +432,7 @@ impl ShardActor {
                 Err(e) => {
                     // Checks admitted while the failed batch was in flight
                     // would wait out the backoff: refuse them now.
-                    settle(std::mem::take(&mut act.durable_waiting), false);
+                    answer_durable(std::mem::take(&mut act.durable_waiting), false);
                     act.stats().snapshot_errors.fetch_add(1, Relaxed);
                     act.warn_throttled(now, "snapshot batch failed; will retry", &e);
                     act.backoff = (act.backoff * 2)
@@ -464,7 +464,7 @@ impl ShardActor {
         cost: u64,
         now: u64,
     ) -> Option<Result<Decision, Unserved>> {
-        // Refunds and charges are never refused: they settle what already
+        // Refunds and charges are never refused: they account for what already
         // happened (the state changes in memory and is retried to Redis).
         if !self.timing.write_through || now >= self.retry_at_ns || op != Op::Take {
             return None;
@@ -552,12 +552,14 @@ impl Handler<Check> for ShardActor {
         if self.buckets.contains_key(&msg.key) {
             let now = self.clock.now_ns();
             if !self.timing.write_through {
-                return Response::reply(Ok(self.apply(&msg.key, msg.quota, msg.op, msg.cost, now)));
+                return Response::reply(
+                    Ok(self.decide(&msg.key, msg.quota, msg.op, msg.cost, now)),
+                );
             }
             if let Some(refusal) = self.unpersistable(&msg.key, msg.quota, msg.op, msg.cost, now) {
                 return Response::reply(refusal);
             }
-            let decision = self.apply(&msg.key, msg.quota, msg.op, msg.cost, now);
+            let decision = self.decide(&msg.key, msg.quota, msg.op, msg.cost, now);
             if !decision.is_allowed() {
                 return Response::reply(Ok(decision));
             }

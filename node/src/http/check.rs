@@ -49,7 +49,7 @@ async fn decide(ctx: &NodeContext, input: CheckInput) -> Result<(CheckInput, Rou
     let started = Instant::now();
     let routed = ctx
         .router
-        .check(input.tenant_id.clone(), input.limit, input.cost, 0)
+        .check(input.tenant_id.clone(), input.limit, input.cost)
         .await
         .map_err(check_error)?;
     let ns = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;

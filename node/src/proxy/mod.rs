@@ -415,7 +415,7 @@ async fn admit(
     plan: Option<&Plan>,
 ) -> Result<Result<Admitted, HttpResponse>, ProxyError> {
     let router = &ctx.router;
-    let requests = router.apply(tenant.to_string(), Limit::Requests, Op::Take, 1, 0);
+    let requests = router.perform(tenant.to_string(), Limit::Requests, Op::Take, 1);
     // A reservation never exceeds the bucket (it could never be admitted);
     // the excess is charged after the answer, so the tenant pays it back.
     let reserve = match (
@@ -426,7 +426,7 @@ async fn admit(
         _ => 0,
     };
     let (requests, tokens) = if reserve > 0 {
-        let tokens = router.apply(tenant.to_string(), Limit::Tokens, Op::Take, reserve, 0);
+        let tokens = router.perform(tenant.to_string(), Limit::Tokens, Op::Take, reserve);
         let (r, t) = futures_util::future::join(requests, tokens).await;
         (r, Some(t))
     } else {
@@ -469,14 +469,14 @@ async fn admit(
         let r = router.clone();
         let t = tenant.to_string();
         actix_rt::spawn(async move {
-            let _ = r.apply(t, Limit::Requests, Op::Refund, 1, 0).await;
+            let _ = r.perform(t, Limit::Requests, Op::Refund, 1).await;
         });
     }
     if tokens_taken {
         let r = router.clone();
         let t = tenant.to_string();
         actix_rt::spawn(async move {
-            let _ = r.apply(t, Limit::Tokens, Op::Refund, reserve, 0).await;
+            let _ = r.perform(t, Limit::Tokens, Op::Refund, reserve).await;
         });
     }
     Ok(Err(headers::refusal(&states, &refused, reserve)))

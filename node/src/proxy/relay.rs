@@ -25,7 +25,7 @@ use tracing::warn;
 use super::metrics::ProxyMetrics;
 use super::tokens::{usage_total, Plan};
 
-/// A token reservation still to settle.
+/// A token reservation still to reconcile.
 pub struct Reservation {
     pub router: Router,
     pub tenant: String,
@@ -35,9 +35,9 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// Settles against `actual` tokens: refunds the unused part or charges
+    /// Reconciles the reservation with the `actual` tokens used: refunds the unused part or charges
     /// the excess, on the bucket's owner. Runs in the background.
-    pub fn settle(self, actual: u64) {
+    pub fn reconcile(self, actual: u64) {
         let (op, n) = if actual < self.reserved {
             (Op::Refund, self.reserved - actual)
         } else {
@@ -47,7 +47,7 @@ impl Reservation {
             return;
         }
         // Not inside a runtime any more (the node is stopping): nothing
-        // to run the settlement on.
+        // to run the reconciliation on.
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
@@ -56,11 +56,7 @@ impl Reservation {
                 Op::Refund => &self.metrics.tokens_refunded,
                 _ => &self.metrics.tokens_charged,
             };
-            match self
-                .router
-                .apply(self.tenant, Limit::Tokens, op, n, 0)
-                .await
-            {
+            match self.router.perform(self.tenant, Limit::Tokens, op, n).await {
                 Ok(_) => {
                     counter.fetch_add(n, Relaxed);
                 }
@@ -74,7 +70,7 @@ impl Reservation {
 
     /// Gives the whole reservation back (the call failed).
     pub fn refund_all(self) {
-        self.settle(0);
+        self.reconcile(0);
     }
 }
 
@@ -184,7 +180,7 @@ pub struct Relay {
     scanner: Scanner,
     total: usize,
     max: usize,
-    /// The reservation to settle when the body ends or is dropped.
+    /// The reservation to reconcile when the body ends or is dropped.
     reservation: Option<Reservation>,
     /// Prompt tokens counted before forwarding (for the fallback count).
     prompt: u64,
@@ -238,7 +234,7 @@ impl Relay {
                 None => None,
             };
             if let Some(actual) = actual {
-                r.settle(actual);
+                r.reconcile(actual);
             }
         }
         rest
@@ -336,7 +332,7 @@ impl Stream for Relay {
 }
 
 impl Drop for Relay {
-    /// The client went away (or the body ended): settle with what is known.
+    /// The client went away (or the body ended): reconcile with what is known.
     fn drop(&mut self) {
         let _ = self.finish();
     }

@@ -150,7 +150,7 @@ async fn checks_from_every_node_share_one_exact_bucket() {
         OwnerUnreachable::Local,
         limits(1, 100),
     );
-    let checks = (0..900).map(|i| c.routers[i % 3].check("hot".into(), Limit::Requests, 1, 0));
+    let checks = (0..900).map(|i| c.routers[i % 3].check("hot".into(), Limit::Requests, 1));
     let results = join_all(checks).await;
     let admitted = results
         .iter()
@@ -195,7 +195,7 @@ async fn many_tenants_each_exact() {
         limits(1, 5),
     );
     let checks =
-        (0..600).map(|i| c.routers[i % 3].check(format!("t{}", i % 20), Limit::Requests, 1, 0));
+        (0..600).map(|i| c.routers[i % 3].check(format!("t{}", i % 20), Limit::Requests, 1));
     let results = join_all(checks).await;
     let mut admitted: HashMap<String, usize> = HashMap::new();
     for (i, r) in results.iter().enumerate() {
@@ -228,7 +228,7 @@ async fn unreachable_owner_applies_each_policy() {
         let c = cluster(agreed_views(), Fault::Down, policy, limits(1, 1));
         let (node, tenant) = first_forwarded(&c).await;
         let r = c.routers[node]
-            .check(tenant.clone(), Limit::Requests, 1, 0)
+            .check(tenant.clone(), Limit::Requests, 1)
             .await
             .unwrap();
         assert_eq!(r.route, Route::Degraded(policy));
@@ -239,7 +239,7 @@ async fn unreachable_owner_applies_each_policy() {
         if policy == OwnerUnreachable::Local {
             // Decided on the local shard: its bucket (burst 1) is now empty.
             let again = c.routers[node]
-                .check(tenant, Limit::Requests, 1, 0)
+                .check(tenant, Limit::Requests, 1)
                 .await
                 .unwrap();
             assert!(!again.verdict.is_allowed());
@@ -257,7 +257,7 @@ async fn a_retry_after_a_lost_answer_is_not_counted_twice() {
     );
     let (node, tenant) = first_forwarded(&c).await;
     let r = c.routers[node]
-        .check(tenant.clone(), Limit::Requests, 1, 0)
+        .check(tenant.clone(), Limit::Requests, 1)
         .await
         .unwrap();
     assert_eq!(
@@ -275,12 +275,12 @@ async fn a_retry_after_a_lost_answer_is_not_counted_twice() {
     assert_eq!(owner_router.metrics().dedup_hits.load(Relaxed), 1);
     // Burst 2, one check consumed once: exactly one more is admitted.
     let r = owner_router
-        .check(tenant.clone(), Limit::Requests, 1, 0)
+        .check(tenant.clone(), Limit::Requests, 1)
         .await
         .unwrap();
     assert!(r.verdict.is_allowed());
     let r = owner_router
-        .check(tenant, Limit::Requests, 1, 0)
+        .check(tenant, Limit::Requests, 1)
         .await
         .unwrap();
     assert!(!r.verdict.is_allowed());
@@ -292,7 +292,7 @@ async fn disagreeing_views_forward_at_most_twice() {
     let views = vec![view("a", &["b"]), view("b", &["c"]), view("c", &["a"])];
     let c = cluster(views, Fault::None, OwnerUnreachable::Deny, limits(1, 1));
     let r = c.routers[0]
-        .check("t".into(), Limit::Requests, 1, 0)
+        .check("t".into(), Limit::Requests, 1)
         .await
         .unwrap();
     assert_eq!(r.route, Route::Forwarded);
@@ -384,25 +384,25 @@ async fn refund_and_charge_run_on_the_owner_from_any_node() {
     let tenant = token_tenant_elsewhere(&c);
     let a = &c.routers[0];
     let r = a
-        .apply(tenant.clone(), Limit::Tokens, Op::Take, 100, 0)
+        .perform(tenant.clone(), Limit::Tokens, Op::Take, 100)
         .await
         .unwrap();
     assert_eq!(r.route, Route::Forwarded);
     assert_eq!(remaining(&r), 0);
     // A refund sent from another node lands on the owner's bucket.
     let r = c.routers[1]
-        .apply(tenant.clone(), Limit::Tokens, Op::Refund, 30, 0)
+        .perform(tenant.clone(), Limit::Tokens, Op::Refund, 30)
         .await
         .unwrap();
     assert_eq!(remaining(&r), 30);
     // A charge of 50 leaves 20 in debt: a take of 1 waits 21 s.
     let r = c.routers[2]
-        .apply(tenant.clone(), Limit::Tokens, Op::Charge, 50, 0)
+        .perform(tenant.clone(), Limit::Tokens, Op::Charge, 50)
         .await
         .unwrap();
     assert_eq!(remaining(&r), 0);
     let r = a
-        .apply(tenant.clone(), Limit::Tokens, Op::Take, 1, 0)
+        .perform(tenant.clone(), Limit::Tokens, Op::Take, 1)
         .await
         .unwrap();
     match r.verdict {
@@ -417,11 +417,11 @@ async fn refund_and_charge_run_on_the_owner_from_any_node() {
     }
     // Refunds and charges may exceed the burst; zero is refused as invalid.
     assert!(a
-        .apply(tenant.clone(), Limit::Tokens, Op::Refund, 1_000, 0)
+        .perform(tenant.clone(), Limit::Tokens, Op::Refund, 1_000)
         .await
         .is_ok());
     assert_eq!(
-        a.apply(tenant, Limit::Tokens, Op::Charge, 0, 0).await,
+        a.perform(tenant, Limit::Tokens, Op::Charge, 0).await,
         Err(CheckError::ZeroCost)
     );
 }
@@ -436,7 +436,7 @@ async fn a_retried_charge_is_not_counted_twice() {
     );
     let tenant = token_tenant_elsewhere(&c);
     let r = c.routers[0]
-        .apply(tenant.clone(), Limit::Tokens, Op::Charge, 10, 0)
+        .perform(tenant.clone(), Limit::Tokens, Op::Charge, 10)
         .await
         .unwrap();
     assert_eq!(
@@ -453,7 +453,7 @@ async fn a_retried_charge_is_not_counted_twice() {
     let owner_router = c.routers.iter().find(|r| r.view().is_self(&owner)).unwrap();
     assert_eq!(owner_router.metrics().dedup_hits.load(Relaxed), 1);
     // Charged once: exactly 90 tokens are left.
-    let take = |n| owner_router.apply(tenant.clone(), Limit::Tokens, Op::Take, n, 0);
+    let take = |n| owner_router.perform(tenant.clone(), Limit::Tokens, Op::Take, n);
     assert!(take(90).await.unwrap().verdict.is_allowed());
     assert!(!take(1).await.unwrap().verdict.is_allowed());
 }
@@ -468,7 +468,7 @@ async fn unreachable_owner_drops_refunds_under_deny() {
     );
     let tenant = token_tenant_elsewhere(&c);
     let r = c.routers[0]
-        .apply(tenant, Limit::Tokens, Op::Refund, 10, 0)
+        .perform(tenant, Limit::Tokens, Op::Refund, 10)
         .await
         .unwrap();
     assert_eq!(r.route, Route::Degraded(OwnerUnreachable::Deny));
