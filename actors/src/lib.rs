@@ -27,6 +27,8 @@ pub mod core;
 pub mod local;
 pub mod metrics;
 pub mod shard;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use crate::core::bucket::{retry_after_secs, BucketQuota, BucketState, Decision, Op, NANOS};
 pub use crate::core::clock::{Clock, ManualClock, SystemClock};

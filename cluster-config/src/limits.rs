@@ -228,6 +228,17 @@ impl Default for RateLimitConfig {
 }
 
 impl RateLimitConfig {
+    /// Limiting on, `rate` requests per second with capacity `burst`, and
+    /// the defaults for everything else (no overrides, tokens unlimited).
+    pub fn with_requests(rate: u32, burst: u32) -> Self {
+        RateLimitConfig {
+            enabled: true,
+            requests_per_second: rate,
+            burst_size: burst,
+            ..RateLimitConfig::default()
+        }
+    }
+
     /// The quota of `tenant` for `limit`: the one place quotas resolve.
     #[inline]
     pub fn quota(&self, tenant: &str, limit: Limit) -> Quota {
@@ -325,11 +336,7 @@ mod tests {
     use super::*;
 
     fn config(rate: u32, burst: u32) -> RateLimitConfig {
-        RateLimitConfig {
-            requests_per_second: rate,
-            burst_size: burst,
-            ..RateLimitConfig::default()
-        }
+        RateLimitConfig::with_requests(rate, burst)
     }
 
     #[test]

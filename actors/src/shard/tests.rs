@@ -1,8 +1,6 @@
 //! The llmtrace seed's six behaviours and the regressions for its defects,
 //! through the real front and shard actors, with a manual clock.
 
-use std::collections::BTreeMap;
-
 use futures_util::future::{self, BoxFuture, FutureExt};
 use llmtrace_cluster_config::TenantOverride;
 
@@ -25,15 +23,7 @@ use std::sync::Arc;
 const T0: u64 = 1_795_780_859_000_000_000;
 
 fn limits(rate: u32, burst: u32) -> RateLimitConfig {
-    RateLimitConfig {
-        enabled: true,
-        requests_per_second: rate,
-        burst_size: burst,
-        window_seconds: None,
-        tenant_overrides: BTreeMap::new(),
-        runtime: Default::default(),
-        tokens: Default::default(),
-    }
+    RateLimitConfig::with_requests(rate, burst)
 }
 
 struct Fixture {

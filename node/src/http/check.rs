@@ -132,10 +132,14 @@ fn verdict_body<'a>(input: &'a CheckInput, routed: &Routed) -> VerdictBody<'a> {
     body
 }
 
-fn invalid(ctx: &NodeContext, e: ApiError) -> ApiError {
-    ctx.metrics()
-        .invalid_requests
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+/// Passes `e` on, counting it as an invalid request when the client is at
+/// fault (4xx); a check the node could not decide (503) is not invalid.
+pub(super) fn invalid(ctx: &NodeContext, e: ApiError) -> ApiError {
+    if e.status.is_client_error() {
+        ctx.metrics()
+            .invalid_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     e
 }
 

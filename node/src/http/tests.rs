@@ -1,14 +1,11 @@
 //! HTTP tests: the real routes and the real limiter (shards on arbiters),
 //! driven through `actix_web::test`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix_web::{test, App};
-use llmtrace_actors::{
-    BatchSettings, ClusterView, InMemoryCacheLayer, Limiter, Router, RouterSettings, ShardTiming,
-    SystemClock, ViewHandle,
-};
+use llmtrace_actors::testing::RouterFixture;
+use llmtrace_actors::ClusterView;
 use llmtrace_cluster_config::RateLimitConfig;
 use serde_json::Value;
 
@@ -19,15 +16,7 @@ use super::*;
 /// is 127.0.0.1:8080).
 fn node(rate: u32, burst: u32, secret: Option<&str>, cluster_listener: &str) -> Arc<NodeContext> {
     node_with(
-        RateLimitConfig {
-            enabled: true,
-            requests_per_second: rate,
-            burst_size: burst,
-            window_seconds: None,
-            tenant_overrides: BTreeMap::new(),
-            runtime: Default::default(),
-            tokens: Default::default(),
-        },
+        RateLimitConfig::with_requests(rate, burst),
         secret,
         cluster_listener,
     )
@@ -39,32 +28,7 @@ fn node_with(
     secret: Option<&str>,
     cluster_listener: &str,
 ) -> Arc<NodeContext> {
-    let clock = Arc::new(SystemClock);
-    let limiter = Limiter::start(
-        2,
-        Arc::new(config),
-        Arc::new(InMemoryCacheLayer::new(clock.clone())),
-        clock,
-        ShardTiming::default(),
-    );
-    let router = Router::new(
-        limiter,
-        ViewHandle::new(ClusterView::alone("test-node", 16)),
-        RouterSettings {
-            batch: BatchSettings {
-                max_items: 16,
-                max_wait: std::time::Duration::ZERO,
-            },
-            forward_timeout: std::time::Duration::from_millis(100),
-            on_owner_unreachable: Default::default(),
-        },
-        Arc::default(),
-        Arc::new(
-            |_: &llmtrace_actors::Member| -> Box<dyn llmtrace_actors::PeerClient> {
-                unreachable!("a node of one never forwards")
-            },
-        ),
-    );
+    let router = RouterFixture::new(config).shards(2).start();
     let ctx = NodeContext::new(
         router,
         secret.map(str::to_string),
@@ -452,36 +416,9 @@ fn node_with_ghost() -> Arc<NodeContext> {
         vec![member("ghost", 1), member("test-node", 7946)],
         16,
     );
-    let clock = Arc::new(SystemClock);
-    let limiter = Limiter::start(
-        1,
-        Arc::new(RateLimitConfig {
-            requests_per_second: 1,
-            burst_size: 10,
-            ..RateLimitConfig::default()
-        }),
-        Arc::new(InMemoryCacheLayer::new(clock.clone())),
-        clock,
-        ShardTiming::default(),
-    );
-    let router = Router::new(
-        limiter,
-        ViewHandle::new(view),
-        RouterSettings {
-            batch: BatchSettings {
-                max_items: 16,
-                max_wait: std::time::Duration::ZERO,
-            },
-            forward_timeout: std::time::Duration::from_millis(100),
-            on_owner_unreachable: Default::default(),
-        },
-        Arc::default(),
-        Arc::new(
-            |_: &llmtrace_actors::Member| -> Box<dyn llmtrace_actors::PeerClient> {
-                unreachable!("the admin API asks owners itself")
-            },
-        ),
-    );
+    let router = RouterFixture::new(RateLimitConfig::with_requests(1, 10))
+        .view(view)
+        .start();
     NodeContext::new(router, None, "127.0.0.1:7946".parse().unwrap())
 }
 
@@ -526,4 +463,21 @@ async fn unreachable_owner_reports_degraded_and_refuses_a_reset() {
     assert_eq!(resp.status(), 503);
     let body: Value = test::read_body_json(resp).await;
     assert_eq!(body["error"]["code"], "unavailable", "{body}");
+}
+
+#[actix_rt::test]
+async fn only_client_errors_count_as_invalid_requests() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let ctx = limiter(1, 1);
+    let invalid = || ctx.metrics().invalid_requests.load(Relaxed);
+    let _ = check::invalid(&ctx, error::ApiError::unavailable("owner unreachable"));
+    let _ = check::invalid(&ctx, error::ApiError::not_persisted("redis down"));
+    assert_eq!(
+        invalid(),
+        0,
+        "a check the node could not decide is not invalid"
+    );
+    let _ = check::invalid(&ctx, error::ApiError::field("cost", "must be at least 1"));
+    let _ = check::invalid(&ctx, error::ApiError::too_large(10));
+    assert_eq!(invalid(), 2);
 }

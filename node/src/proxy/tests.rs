@@ -5,54 +5,22 @@
 use std::collections::BTreeMap;
 
 use actix_web::{test, App};
-use llmtrace_actors::{
-    BatchSettings, ClusterView, InMemoryCacheLayer, Limiter, RouterSettings, ShardTiming,
-    SystemClock, ViewHandle,
-};
+use llmtrace_actors::testing::RouterFixture;
 use llmtrace_cluster_config::{ProxySettings, RateLimitConfig, TokenLimitConfig};
 use serde_json::{json, Value};
 
 use super::*;
 
 fn router(rps: u32, burst: u32, tokens_per_minute: u32, token_burst: u32) -> Router {
-    let clock = Arc::new(SystemClock);
-    let limiter = Limiter::start(
-        1,
-        Arc::new(RateLimitConfig {
-            enabled: true,
-            requests_per_second: rps,
-            burst_size: burst,
-            window_seconds: None,
+    RouterFixture::new(RateLimitConfig {
+        tokens: TokenLimitConfig {
+            tokens_per_minute,
+            burst_size: token_burst,
             tenant_overrides: BTreeMap::new(),
-            runtime: Default::default(),
-            tokens: TokenLimitConfig {
-                tokens_per_minute,
-                burst_size: token_burst,
-                tenant_overrides: BTreeMap::new(),
-            },
-        }),
-        Arc::new(InMemoryCacheLayer::new(clock.clone())),
-        clock,
-        ShardTiming::default(),
-    );
-    Router::new(
-        limiter,
-        ViewHandle::new(ClusterView::alone("proxy-test", 16)),
-        RouterSettings {
-            batch: BatchSettings {
-                max_items: 16,
-                max_wait: Duration::ZERO,
-            },
-            forward_timeout: Duration::from_millis(100),
-            on_owner_unreachable: Default::default(),
         },
-        Arc::default(),
-        Arc::new(
-            |_: &llmtrace_actors::Member| -> Box<dyn llmtrace_actors::PeerClient> {
-                unreachable!("a node of one never forwards")
-            },
-        ),
-    )
+        ..RateLimitConfig::with_requests(rps, burst)
+    })
+    .start()
 }
 
 /// An upstream address where nothing listens.

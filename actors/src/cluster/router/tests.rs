@@ -2,7 +2,6 @@
 //! router and view; peers talk through [`PeerClient`]s that run the real
 //! encode → serve_batch → decode path in process (no network).
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use futures_util::future::{FutureExt, LocalBoxFuture};
@@ -18,15 +17,7 @@ use crate::shard::ShardTiming;
 type Registry = Arc<Mutex<HashMap<String, Router>>>;
 
 fn limits(rate: u32, burst: u32) -> Arc<RateLimitConfig> {
-    Arc::new(RateLimitConfig {
-        enabled: true,
-        requests_per_second: rate,
-        burst_size: burst,
-        window_seconds: None,
-        tenant_overrides: BTreeMap::new(),
-        runtime: Default::default(),
-        tokens: Default::default(),
-    })
+    Arc::new(RateLimitConfig::with_requests(rate, burst))
 }
 
 fn member(id: &str, i: u16) -> Member {
