@@ -63,6 +63,8 @@ pub struct NodeBuilder {
     config_toml: Option<String>,
     /// The admin token the node requires; its admin client sends it.
     admin_token: Option<String>,
+    /// Start as a node not asked to cluster: no `--cluster-listen`.
+    alone: bool,
 }
 
 impl NodeBuilder {
@@ -80,6 +82,13 @@ impl NodeBuilder {
     pub fn rate(self, rps: u64, burst: u64) -> Self {
         self.flag("requests-per-second", rps)
             .flag("burst-size", burst)
+    }
+
+    /// Passes no `--cluster-listen` (the harness otherwise gives port 0):
+    /// the node runs as one not asked to cluster.
+    pub fn alone(mut self) -> Self {
+        self.alone = true;
+        self
     }
 
     /// `--admin-token token`; the node's admin client then sends it.
@@ -138,10 +147,11 @@ impl NodeBuilder {
         }
         // Ephemeral ports unless the test sets the listeners itself.
         for flag in ["--listen", "--admin-listen", "--cluster-listen"] {
-            if !self
-                .args
-                .iter()
-                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+            if !(self.alone && flag == "--cluster-listen")
+                && !self
+                    .args
+                    .iter()
+                    .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
             {
                 cmd.args([flag, "127.0.0.1:0"]);
             }

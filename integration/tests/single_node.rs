@@ -250,3 +250,34 @@ fn health_ready_and_metrics() {
         "the drained bucket is resident: {resident}"
     );
 }
+
+/// Logs written to a pipe or a file carry no terminal colour codes.
+#[test]
+fn logs_off_a_terminal_are_plain_text() {
+    let node = Node::builder().rate(1, 2).start();
+    node.wait_ready();
+    node.check_until_refused("plain", 10);
+    let log = node.stderr();
+    assert!(
+        log.contains("llmtrace-node started"),
+        "the start line is logged:\n{log}"
+    );
+    assert!(!log.contains('\u{1b}'), "ANSI escape in the log:\n{log}");
+}
+
+/// Nodes not asked to cluster (no --cluster-listen, --cluster-advertise or
+/// --seeds) take a free loopback cluster port, so two of them run side by
+/// side on one machine.
+#[test]
+fn two_lone_nodes_do_not_collide() {
+    let a = Node::builder().alone().rate(1, 2).start();
+    let b = Node::builder().alone().rate(1, 2).start();
+    for node in [&a, &b] {
+        node.wait_ready();
+        let addr: std::net::SocketAddr = node.cluster_addr().parse().unwrap();
+        assert!(addr.ip().is_loopback(), "{addr}");
+        assert_ne!(addr.port(), 7946, "not the default cluster port");
+        assert_eq!(node.check("t", 1).status, 200);
+    }
+    assert_ne!(a.cluster_addr(), b.cluster_addr());
+}
