@@ -5,12 +5,13 @@
 //! port and starts Chromium with a fresh profile directory; both are stopped
 //! when the [`Browser`] drops.
 
-use crate::output::{capture, Captured};
-use crate::{free_port, wait_for, TempDir, STARTUP_TIMEOUT};
+use crate::output::Captured;
+use crate::process;
+use crate::{free_port, wait_for, TempDir};
 use base64::Engine as _;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 use ureq::Agent;
 
@@ -78,26 +79,18 @@ impl Browser {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
-            let mut driver = Command::new(&chromedriver)
-                .arg(format!("--port={port}"))
-                .arg("--allowed-ips=127.0.0.1")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn chromedriver");
-            let (output, ready) = capture(
-                driver.stdout.take().expect("stdout"),
-                driver.stderr.take().expect("stderr"),
-                |line| line.contains("started successfully"),
-            );
-            if ready.recv_timeout(STARTUP_TIMEOUT).is_err() {
-                let _ = driver.kill();
-                let _ = driver.wait();
-                output.wait_closed(Duration::from_secs(2));
-                last = output.describe();
-                continue;
-            }
+            let mut cmd = Command::new(&chromedriver);
+            cmd.arg(format!("--port={port}"))
+                .arg("--allowed-ips=127.0.0.1");
+            let (mut driver, output) = match process::start(&mut cmd, |l| {
+                l.contains("started successfully")
+            }) {
+                Ok(started) => (started.child, started.output),
+                Err(f) => {
+                    last = format!("--- stdout ---\n{}\n--- stderr ---\n{}", f.stdout, f.stderr);
+                    continue;
+                }
+            };
             let base = format!("http://127.0.0.1:{port}");
             let profile = TempDir::new("chromium");
             let caps = json!({"capabilities": {"alwaysMatch": {

@@ -36,6 +36,12 @@ impl ClusterBuilder {
         self
     }
 
+    /// The flag template of every node (binary, flags), replacing what was set so far.
+    pub fn template(mut self, template: NodeBuilder) -> Self {
+        self.template = template;
+        self
+    }
+
     /// `--admin-token token` on every node; their admin clients send it.
     pub fn admin_token(mut self, token: &str) -> Self {
         self.template = self.template.admin_token(token);
@@ -50,6 +56,14 @@ impl ClusterBuilder {
 
     /// Starts the nodes and waits (at most [`STARTUP_TIMEOUT`]) until they converge.
     pub fn start(self) -> Cluster {
+        let cluster = self.spawn();
+        cluster.wait_converged(STARTUP_TIMEOUT);
+        cluster
+    }
+
+    /// Starts the nodes without waiting for them to converge: see
+    /// [`Cluster::wait_converged`].
+    pub fn spawn(self) -> Cluster {
         let mut cluster = Cluster {
             template: self.template,
             nodes: Vec::new(),
@@ -59,7 +73,6 @@ impl ClusterBuilder {
         for _ in 0..self.size {
             cluster.add_node();
         }
-        cluster.wait_converged(STARTUP_TIMEOUT);
         cluster
     }
 }

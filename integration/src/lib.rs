@@ -11,10 +11,17 @@
 //! - [`http`]: a thin blocking HTTP client that never treats a status as an error.
 //! - [`output`]: drains a child's stdout / stderr in threads and keeps the tail for
 //!   failure messages.
-//! - [`metrics`]: parses the Prometheus text of the admin `/metrics` endpoint.
+//! - [`process`]: spawns a server child and waits for its ready line (nodes, ChromeDriver,
+//!   the benchmark's plain baseline server).
+//! - [`metrics`]: parses the Prometheus text of the admin `/metrics` endpoint: series
+//!   values and histogram quantiles.
 //! - [`redis`]: start / stop / restart a private `redis-server` on a free loopback port.
 //! - [`resp`]: a tiny RESP client (PING, GET, PTTL, KEYS, ...) over a raw TCP socket.
-//! - [`stub`]: a stub OpenAI-compatible upstream for the proxy tests (the only mock).
+//! - [`stub`]: a stub OpenAI-compatible upstream for the proxy tests and the proxy
+//!   benchmark (the only mock).
+//! - [`scenario`]: building blocks shared by the multi-node tests (owners, loads, sums).
+//!
+//! The benchmarks (`src/bin/bench`, run by `scripts/bench.sh`) drive the same harness.
 //!
 //! Everything binds loopback port 0 or a freshly probed free port; every child is killed
 //! when its guard drops. Synchronisation is by polling a condition ([`wait_until`]), never
@@ -28,6 +35,7 @@ pub mod metrics;
 pub mod nginx;
 pub mod node;
 pub mod output;
+pub mod process;
 pub mod redis;
 pub mod resp;
 pub mod scenario;
@@ -36,7 +44,8 @@ pub mod stub;
 pub use cluster::{Cluster, ClusterBuilder};
 pub use http::Reply;
 pub use load::{Load, LoadReport};
-pub use node::{node_help, Node, NodeBuilder, StartFailure};
+pub use node::{node_help, Node, NodeBuilder};
+pub use process::StartFailure;
 pub use redis::RedisServer;
 pub use stub::Stub;
 
@@ -97,6 +106,15 @@ pub fn tool_available(found: Result<(), String>, test: &str) -> bool {
             false
         }
     }
+}
+
+/// The first `name` found in `$PATH`, then in `extra_dirs` (e.g. `/usr/sbin`).
+pub fn find_program(name: &str, extra_dirs: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra_dirs.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// A loopback port that was free a moment ago (bind port 0, read it, drop the socket).

@@ -5,11 +5,11 @@
 //! process, killed on drop. Started as root, its workers run as `nobody`.
 
 use crate::http::Client;
-use crate::output::{capture, Captured};
-use crate::{free_port, wait_until, TempDir, STARTUP_TIMEOUT};
+use crate::output::{spawn_captured, Captured};
+use crate::{find_program, free_port, wait_until, TempDir, STARTUP_TIMEOUT};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 /// The repository root (templates live under `deploy/`).
@@ -19,11 +19,7 @@ fn repo_root() -> PathBuf {
 
 /// The nginx binary, or why the nginx tests cannot run.
 pub fn find() -> Result<PathBuf, String> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|d| d.join("nginx"))
-        .find(|p| p.is_file())
+    find_program("nginx", &["/usr/sbin"])
         .ok_or_else(|| "nginx is missing (apt-get install -y nginx; scripts/test.sh does)".into())
 }
 
@@ -78,8 +74,8 @@ impl Nginx {
                 String::from_utf8_lossy(&rendered.stderr)
             );
             let conf = prefix.write("nginx.conf", &String::from_utf8_lossy(&rendered.stdout));
-            let mut child = Command::new(&binary)
-                .arg("-p")
+            let mut cmd = Command::new(&binary);
+            cmd.arg("-p")
                 .arg(prefix.path())
                 .arg("-c")
                 .arg(&conf)
@@ -87,17 +83,8 @@ impl Nginx {
                 .arg(prefix.path().join("error.log"))
                 .args(["-g", "daemon off;"])
                 // Its own process group: the workers can be killed with it.
-                .process_group(0)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn nginx");
-            let (output, _) = capture(
-                child.stdout.take().expect("stdout"),
-                child.stderr.take().expect("stderr"),
-                |_| false,
-            );
+                .process_group(0);
+            let (child, output, _) = spawn_captured(&mut cmd, |_| false);
             let mut nginx = Nginx {
                 child,
                 output,

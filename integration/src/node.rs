@@ -3,16 +3,13 @@
 //! kill on drop (printing the node's output when the test is failing).
 
 use crate::http::{Client, Reply};
-use crate::output::{capture, Captured};
+use crate::output::Captured;
+use crate::process::{self, line_field, wait_exit, StartFailure, STOP_TIMEOUT};
 use crate::{metrics, wait_for, wait_until, RedisServer, TempDir, STARTUP_TIMEOUT};
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::RecvTimeoutError;
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
-
-/// How long a node may take to stop after SIGTERM (it flushes snapshots first).
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The path of the `llmtrace-node` binary: `$LLMTRACE_NODE_BIN`, else the one next to
 /// the test executable's directory (`target/debug/llmtrace-node`).
@@ -46,18 +43,11 @@ pub fn node_help() -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// What a node said when it did not come up.
-#[derive(Debug)]
-pub struct StartFailure {
-    /// The exit status, when the process exited (None: it hung and was killed).
-    pub status: Option<ExitStatus>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
 /// Flags, environment and config file for one node.
 #[derive(Default, Clone)]
 pub struct NodeBuilder {
+    /// The binary to run; [`node_binary`] when unset.
+    binary: Option<PathBuf>,
     args: Vec<String>,
     envs: Vec<(String, String)>,
     config_toml: Option<String>,
@@ -68,6 +58,17 @@ pub struct NodeBuilder {
 }
 
 impl NodeBuilder {
+    /// Runs `path` instead of [`node_binary`] (e.g. a release build).
+    pub fn binary(mut self, path: PathBuf) -> Self {
+        self.binary = Some(path);
+        self
+    }
+
+    /// The arguments given so far (the ephemeral listeners are added at start).
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
         self
@@ -135,7 +136,7 @@ impl NodeBuilder {
     /// Starts the node; `Err` when it exits (or stays silent) before its ready line.
     pub fn try_start(self) -> Result<Node, StartFailure> {
         let dir = TempDir::new("node");
-        let mut cmd = Command::new(node_binary());
+        let mut cmd = Command::new(self.binary.clone().unwrap_or_else(node_binary));
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("LLMTRACE_") {
                 cmd.env_remove(key);
@@ -156,74 +157,31 @@ impl NodeBuilder {
                 cmd.args([flag, "127.0.0.1:0"]);
             }
         }
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn llmtrace-node");
-        let (output, ready) = capture(
-            child.stdout.take().expect("stdout piped"),
-            child.stderr.take().expect("stderr piped"),
-            |line| line.starts_with("llmtrace-node listening "),
-        );
-        let line = match ready.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(line) => line,
-            Err(e) => {
-                let status = match e {
-                    RecvTimeoutError::Disconnected => wait_exit(&mut child, STOP_TIMEOUT),
-                    RecvTimeoutError::Timeout => None,
-                };
-                if status.is_none() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-                output.wait_closed(Duration::from_secs(5));
-                return Err(StartFailure {
-                    status,
-                    stdout: output.stdout(),
-                    stderr: output.stderr(),
-                });
-            }
-        };
+        cmd.args(&self.args);
+        let started = process::start(&mut cmd, |l| l.starts_with("llmtrace-node listening "))?;
+        let line = started.line;
         let field = |key: &str| {
-            line.split_whitespace()
-                .find_map(|t| t.strip_prefix(key))
-                .unwrap_or_else(|| panic!("ready line {line:?} lacks {key}"))
-                .to_string()
+            line_field(&line, key).unwrap_or_else(|| panic!("ready line {line:?} lacks {key}="))
         };
-        let public = field("public=");
-        let admin = field("admin=");
-        let cluster_addr = field("cluster=");
+        let public = field("public");
+        let admin = field("admin");
+        let cluster_addr = field("cluster");
         let mut admin_client = Client::new(format!("http://{admin}"));
         if let Some(token) = &self.admin_token {
             admin_client = admin_client.with_bearer(token);
         }
         let node = Node {
-            node_id: field("node_id="),
+            node_id: field("node_id"),
             public: Client::new(format!("http://{public}")),
             admin: admin_client,
             cluster: Client::new(format!("http://{cluster_addr}")),
             cluster_addr,
-            proxy_addr: line
-                .split_whitespace()
-                .find_map(|t| t.strip_prefix("proxy="))
-                .map(str::to_string),
-            child,
-            output,
+            proxy_addr: line_field(&line, "proxy"),
+            child: started.child,
+            output: started.output,
             _dir: dir,
         };
         Ok(node)
-    }
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => return None,
-        }
     }
 }
 
@@ -436,10 +394,7 @@ impl Node {
 
     /// Sends SIGTERM and returns at once (the node starts leaving).
     pub fn signal_term(&self) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) with a pid of our own, not yet reaped child: no memory is touched.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM): {}", std::io::Error::last_os_error());
+        process::signal(&self.child, libc::SIGTERM);
     }
 
     /// SIGTERM, then waits (at most [`STOP_TIMEOUT`]) for the exit status. Panics (after a

@@ -3,6 +3,7 @@
 //! the tail of everything for failure messages.
 
 use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
@@ -86,6 +87,26 @@ fn drain_lines(stream: impl Read, buf: Arc<Mutex<String>>, mut on_line: impl FnM
             }
         }
     }
+}
+
+/// Spawns `cmd` with stdin closed and its stdout / stderr drained by [`capture`];
+/// panics when it cannot be spawned.
+pub fn spawn_captured(
+    cmd: &mut Command,
+    is_ready: impl Fn(&str) -> bool + Send + 'static,
+) -> (Child, Captured, Receiver<String>) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+    let (captured, ready) = capture(
+        child.stdout.take().expect("stdout piped"),
+        child.stderr.take().expect("stderr piped"),
+        is_ready,
+    );
+    (child, captured, ready)
 }
 
 /// Starts the drain threads. The receiver yields the first stdout line for which

@@ -2,7 +2,7 @@
 //! `stop` and `restart` (same port) simulate Redis outages.
 
 use crate::resp::{Conn, Value};
-use crate::{free_port, TempDir, STARTUP_TIMEOUT};
+use crate::{find_program, free_port, TempDir, STARTUP_TIMEOUT};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,13 +15,9 @@ pub struct RedisServer {
 }
 
 fn find_redis_server() -> std::path::PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("redis-server"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("redis-server not found on PATH: install redis-server (scripts/test.sh does)")
-        })
+    find_program("redis-server", &[]).unwrap_or_else(|| {
+        panic!("redis-server not found on PATH: install redis-server (scripts/test.sh does)")
+    })
 }
 
 impl RedisServer {
@@ -55,6 +51,11 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn url(&self) -> String {

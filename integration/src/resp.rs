@@ -1,5 +1,5 @@
 //! A tiny RESP2 client over a raw TCP socket: enough to inspect what the node wrote to
-//! Redis (PING, GET, PTTL, KEYS, DBSIZE, ...) without a redis crate.
+//! Redis (PING, GET, PTTL, KEYS, DBSIZE, INFO commandstats, ...) without a redis crate.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -129,6 +129,22 @@ impl Conn {
                 .collect()),
             other => Err(unexpected("KEYS", other)),
         }
+    }
+
+    /// How many times `command` ran on the server so far (`INFO commandstats`; 0 when
+    /// it never ran).
+    pub fn command_calls(&mut self, command: &str) -> io::Result<u64> {
+        let info = match self.cmd(&["INFO", "commandstats"])? {
+            Value::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+            other => return Err(unexpected("INFO", other)),
+        };
+        let prefix = format!("cmdstat_{}:calls=", command.to_ascii_lowercase());
+        Ok(info
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0))
     }
 
     fn int(&mut self, args: &[&str]) -> io::Result<i64> {

@@ -1,4 +1,5 @@
--- wrk script for `scripts/bench.sh single`: POST /v1/check with random tenants.
+-- wrk script for `scripts/bench.sh` single, cluster and redis: POST /v1/check with
+-- random tenants.
 --
 -- Each request carries {"tenant_id":"t<N>","cost":C} with N drawn uniformly from
 -- 1..BENCH_TENANT_SPACE (default 100000) by math.random, seeded differently in
@@ -15,7 +16,8 @@
 --                       connections * 1000 / BENCH_DELAY_MS checks/s (default 0:
 --                       as fast as the server answers)
 --
--- done() prints one machine-readable line that bench.sh parses:
+-- done() prints one machine-readable line that the bench binary parses
+-- (integration/src/bin/bench/wrk.rs):
 --   BENCH_RESULT requests=.. duration_s=.. rps=.. p50_us=.. p90_us=.. p99_us=..
 --                max_us=.. non2xx=.. connect_err=.. read_err=.. write_err=.. timeout_err=..
 -- and, with BENCH_STATUS=1, a line `BENCH_STATUS 200=.. 429=.. ...`.

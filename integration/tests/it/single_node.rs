@@ -5,7 +5,7 @@
 //! rps is 1 everywhere so a bucket cannot refill meaningfully during a test; where a
 //! refill could still happen on a very slow machine, bounds use the measured time.
 
-use llmtrace_integration::{Node, Reply};
+use llmtrace_integration::{metrics, Node, Reply};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -242,7 +242,10 @@ fn health_ready_and_metrics() {
         "llmtrace_snapshot_errors_total",
         "llmtrace_restore_errors_total",
     ] {
-        assert!(page.contains(name), "/metrics lacks {name}:\n{page}");
+        assert!(
+            metrics::value(&page, name).is_some(),
+            "/metrics lacks {name}:\n{page}"
+        );
     }
     let resident = node.metric("llmtrace_buckets_resident").unwrap();
     assert!(

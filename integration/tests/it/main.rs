@@ -1,0 +1,24 @@
+//! The integration tests: one test binary (linked once) with a module per area. Each
+//! test starts real `llmtrace-node` processes (and redis-server, nginx, Chromium where
+//! it says so) on loopback through the harness in `integration/src`; run one area with
+//! `cargo test -p llmtrace-integration --test it admin::`.
+
+mod admin;
+mod bad_input;
+mod cluster;
+mod cluster_membership;
+mod cluster_script;
+mod concurrency;
+mod config;
+mod dashboard;
+mod deploy_files;
+mod failover;
+mod harness;
+mod nginx;
+mod openapi;
+mod proxy;
+mod proxy_openai;
+mod redis_outage;
+mod redis_snapshots;
+mod single_node;
+mod write_through;
