@@ -148,12 +148,12 @@ impl NodeBuilder {
         }
         // Ephemeral ports unless the test sets the listeners itself.
         for flag in ["--listen", "--admin-listen", "--cluster-listen"] {
-            if !(self.alone && flag == "--cluster-listen")
-                && !self
-                    .args
-                    .iter()
-                    .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
-            {
+            let given = self
+                .args
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+            let omitted = self.alone && flag == "--cluster-listen";
+            if !given && !omitted {
                 cmd.args([flag, "127.0.0.1:0"]);
             }
         }

@@ -12,6 +12,7 @@ mod concurrency;
 mod config;
 mod dashboard;
 mod deploy_files;
+mod docs;
 mod failover;
 mod harness;
 mod nginx;
