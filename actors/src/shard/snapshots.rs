@@ -1,0 +1,206 @@
+//! The shard's snapshot side: the dirty set, write-behind batches (one in
+//! flight per shard, retried with backoff), write-through answers held
+//! until their batch is stored, and the final flush.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::{Reply, ShardActor, Unserved, MAX_BACKOFF};
+use crate::cache::{CacheError, SnapshotWrite};
+use crate::core::bucket::{BucketQuota, Decision, Op};
+use crate::core::key::BucketKey;
+
+/// Write every dirty bucket now and answer once the cache layer acknowledged
+/// (graceful shutdown, tests). Answers the number of snapshots written.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<usize, CacheError>")]
+pub struct FlushNow;
+
+/// Answers write-through checks once their batch is written (or not): their
+/// decisions if it was stored, [`Unserved::NotPersisted`] otherwise.
+fn answer_durable(waiting: Vec<(Decision, Reply)>, stored: bool) {
+    for (decision, reply) in waiting {
+        let _ = reply.send(if stored {
+            Ok(decision)
+        } else {
+            Err(Unserved::NotPersisted)
+        });
+    }
+}
+
+impl ShardActor {
+    /// Queues a resident bucket for the next snapshot (once).
+    pub(super) fn mark_dirty(&mut self, key: &BucketKey, now: u64) {
+        if !self.timing.write_behind {
+            return;
+        }
+        if let Some(slot) = self.buckets.get_mut(key) {
+            if !slot.dirty {
+                slot.dirty = true;
+                self.metrics.shards[self.id].dirty.fetch_add(1, Relaxed);
+                self.oldest_dirty_ns.get_or_insert(now);
+                self.dirty.push(key.clone());
+            }
+        }
+    }
+
+    /// Takes the dirty set as a batch of writes.
+    pub(super) fn take_dirty(&mut self, now: u64) -> Vec<SnapshotWrite> {
+        let keys = std::mem::take(&mut self.dirty);
+        if let Some(oldest) = self.oldest_dirty_ns.take() {
+            let lag_ms = now.saturating_sub(oldest) / 1_000_000;
+            self.stats().snapshot_lag_ms.store(lag_ms, Relaxed);
+        }
+        let mut writes = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Some(slot) = self.buckets.get_mut(&key) else {
+                continue;
+            };
+            if !slot.dirty {
+                continue;
+            }
+            slot.dirty = false;
+            let Some(quota) = BucketQuota::of(self.limits.quota(&key.tenant, key.limit)) else {
+                continue;
+            };
+            writes.push(SnapshotWrite::new(key, slot.state, quota));
+        }
+        let n = writes.len() as i64;
+        self.stats().dirty.fetch_sub(n, Relaxed);
+        writes
+    }
+
+    /// Puts a failed batch back into the dirty set (unless the bucket changed
+    /// or left memory since: then there is nothing older worth writing).
+    pub(super) fn remark_dirty(&mut self, writes: &[SnapshotWrite], now: u64) {
+        for w in writes {
+            if let Some(slot) = self.buckets.get_mut(&w.key) {
+                if !slot.dirty {
+                    slot.dirty = true;
+                    self.metrics.shards[self.id].dirty.fetch_add(1, Relaxed);
+                    self.dirty.push(w.key.clone());
+                }
+            }
+        }
+        if !self.dirty.is_empty() {
+            self.oldest_dirty_ns.get_or_insert(now);
+        }
+    }
+
+    pub(super) fn flush(&mut self, ctx: &mut Context<Self>) {
+        let now = self.clock.now_ns();
+        if self.flush_in_flight || self.dirty.is_empty() || now < self.retry_at_ns {
+            return;
+        }
+        let writes = Arc::new(self.take_dirty(now));
+        // Every waiting admitted check's bucket is dirty, so its state is in
+        // this batch (or its bucket left: handed over, nothing to write here).
+        let durable = std::mem::take(&mut self.durable_waiting);
+        if writes.is_empty() {
+            answer_durable(durable, true);
+            return;
+        }
+        self.flush_in_flight = true;
+        let fut = self.cache.store(Arc::clone(&writes));
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.flush_in_flight = false;
+            let now = act.clock.now_ns();
+            answer_durable(durable, res.is_ok());
+            match res {
+                Ok(()) => {
+                    act.backoff = Duration::ZERO;
+                    act.retry_at_ns = 0;
+                    act.stats().snapshot_batches.fetch_add(1, Relaxed);
+                    act.stats()
+                        .snapshot_writes
+                        .fetch_add(writes.len() as u64, Relaxed);
+                    // Checks admitted while this batch was in flight.
+                    act.flush_through(ctx);
+                }
+                Err(e) => {
+                    // Checks admitted while the failed batch was in flight
+                    // would wait out the backoff: refuse them now.
+                    answer_durable(std::mem::take(&mut act.durable_waiting), false);
+                    act.stats().snapshot_errors.fetch_add(1, Relaxed);
+                    act.warn_throttled(now, "snapshot batch failed; will retry", &e);
+                    act.backoff = (act.backoff * 2)
+                        .max(act.timing.snapshot_interval)
+                        .min(MAX_BACKOFF);
+                    act.retry_at_ns = now.saturating_add(act.backoff.as_nanos() as u64);
+                    act.remark_dirty(&writes, now);
+                }
+            }
+        }));
+    }
+
+    /// Write-through: starts a batch for the admitted checks waiting on one
+    /// (unless a batch is in flight; its completion starts the next).
+    pub(super) fn flush_through(&mut self, ctx: &mut Context<Self>) {
+        if self.timing.write_through && !self.durable_waiting.is_empty() {
+            self.flush(ctx);
+        }
+    }
+
+    /// Write-through after a failed batch, until its backoff ends: a check
+    /// that would be admitted is refused without taking units, rather than
+    /// wait on a failing cache. (A refusal changes nothing: answered as usual.)
+    pub(super) fn unpersistable(
+        &self,
+        key: &BucketKey,
+        quota: BucketQuota,
+        op: Op,
+        cost: u64,
+        now: u64,
+    ) -> Option<Result<Decision, Unserved>> {
+        // Refunds and charges are never refused: they account for what already
+        // happened (the state changes in memory and is retried to Redis).
+        if !self.timing.write_through || now >= self.retry_at_ns || op != Op::Take {
+            return None;
+        }
+        let mut probe = self.buckets.get(key)?.state;
+        probe
+            .try_consume(quota, now, cost)
+            .is_allowed()
+            .then_some(Err(Unserved::NotPersisted))
+    }
+
+    /// Sends a decision; in write-through an admitting one waits for its batch.
+    pub(super) fn answer(&mut self, decision: Decision, reply: Reply) {
+        if self.timing.write_through && decision.is_allowed() {
+            self.durable_waiting.push((decision, reply));
+        } else {
+            let _ = reply.send(Ok(decision));
+        }
+    }
+}
+
+impl Handler<FlushNow> for ShardActor {
+    type Result = ResponseActFuture<Self, Result<usize, CacheError>>;
+
+    fn handle(&mut self, _: FlushNow, _: &mut Self::Context) -> Self::Result {
+        let now = self.clock.now_ns();
+        let writes = Arc::new(self.take_dirty(now));
+        if writes.is_empty() {
+            return Box::pin(fut::ready(Ok(0)));
+        }
+        let fut = self.cache.store(Arc::clone(&writes));
+        Box::pin(fut.into_actor(self).map(move |res, act, _| {
+            let n = writes.len();
+            match res {
+                Ok(()) => {
+                    act.stats().snapshot_batches.fetch_add(1, Relaxed);
+                    act.stats().snapshot_writes.fetch_add(n as u64, Relaxed);
+                    Ok(n)
+                }
+                Err(e) => {
+                    act.stats().snapshot_errors.fetch_add(1, Relaxed);
+                    act.remark_dirty(&writes, act.clock.now_ns());
+                    Err(e)
+                }
+            }
+        }))
+    }
+}
