@@ -43,10 +43,26 @@ impl Bench {
             let mut cmd = Command::new(cargo);
             cmd.current_dir(repo_root())
                 .args(["build", "-p", "llmtrace-node", "--bins"]);
+            // `cargo run` hands this process its package's CARGO_PKG_* / CARGO_MANIFEST_*;
+            // build scripts that rerun when those change (ring's) would then rebuild the
+            // node on every run, and again on the next plain `cargo build`.
+            for (key, _) in std::env::vars_os() {
+                let k = key.to_string_lossy();
+                if k.starts_with("CARGO_PKG_")
+                    || k.starts_with("CARGO_MANIFEST_")
+                    || matches!(
+                        k.as_ref(),
+                        "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+                    )
+                {
+                    cmd.env_remove(&key);
+                }
+            }
             if release {
                 cmd.arg("--release");
             }
-            eprintln!("building the node's binaries: {cmd:?}");
+            let profile = if release { " --release" } else { "" };
+            eprintln!("building the node's binaries: cargo build -p llmtrace-node --bins{profile}");
             let status = cmd.status().expect("run cargo build");
             assert!(status.success(), "cargo build failed: {status}");
         }
