@@ -3,13 +3,14 @@
 //! # Layout
 //!
 //! A folder per concept; a module imports only from the folders above it in
-//! this list (`core` imports none of them).
+//! this list (`core` imports none of them; tests may reach further).
 //!
 //! - [`core`]: exact token-bucket math (a pure function of state, now and
 //!   quota), the injected clock, bucket keys, the snapshot format and the
 //!   decision types ([`Verdict`], [`CheckError`]).
 //! - [`cache`]: the [`CacheLayer`] trait, in-memory and Redis implementations.
-//! - [`metrics`], [`cluster_metrics`]: Prometheus counters and histograms.
+//! - [`metrics`]: the Prometheus registry and what each part registers in
+//!   it (shards and checks, cluster, Redis round trips).
 //! - [`shard`]: the shard actor, sole owner of its buckets; its handoff side
 //!   (give a bucket away, install one) and its admin side (inspect, reset).
 //! - [`local`]: this node's shards as one ([`Limiter`]) and where they run.
@@ -22,7 +23,6 @@
 
 pub mod cache;
 pub mod cluster;
-pub mod cluster_metrics;
 pub mod core;
 pub mod local;
 pub mod metrics;
@@ -34,7 +34,9 @@ pub use crate::core::bucket::{retry_after_secs, BucketQuota, BucketState, Decisi
 pub use crate::core::clock::{Clock, ManualClock, SystemClock};
 pub use crate::core::key::BucketKey;
 pub use crate::core::verdict::{CheckError, ErrorCode, Verdict};
-pub use cache::{CacheError, CacheLayer, InMemoryCacheLayer, RedisCacheLayer, SnapshotWrite};
+pub use cache::{
+    CacheError, CacheLayer, InMemoryCacheLayer, RedisCacheLayer, RedisLatency, SnapshotWrite,
+};
 pub use cluster::control::ClusterControl;
 pub use cluster::forwarder::{BatchSettings, PeerClient, RemotePeer};
 pub use cluster::gossip::{Membership, MembershipSettings};
@@ -42,9 +44,8 @@ pub use cluster::handoff_client::PeerHandoff;
 pub use cluster::router::{ClientFactory, Route, Routed, Router, RouterSettings};
 pub use cluster::rpc::client::{CallError, ClusterClient, Rpc};
 pub use cluster::view::{ClusterView, Member, MemberState, ViewHandle};
-pub use cluster_metrics::ClusterMetrics;
 pub use local::limiter::Limiter;
 pub use local::placement::{ShardHost, ShardSlots};
-pub use metrics::Metrics;
+pub use metrics::{ClusterMetrics, Metrics};
 pub use shard::HandoffSource;
 pub use shard::ShardTiming;

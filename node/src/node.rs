@@ -18,6 +18,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use llmtrace_actors::cluster::handoff_client::hand_over;
 use llmtrace_actors::cluster::overrides::RedisOverrideStore;
+use llmtrace_actors::metrics::{self, Registry};
 use llmtrace_actors::{
     BatchSettings, CacheLayer, ClientFactory, ClusterClient, ClusterControl, ClusterMetrics,
     ClusterView, HandoffSource, InMemoryCacheLayer, Limiter, Member, MemberState, Membership,
@@ -98,7 +99,10 @@ impl Node {
     /// Builds every part on already-bound listeners and starts serving them
     /// (readyz answers 503 until [`Node::join`] is done).
     pub async fn build(config: NodeConfig, listeners: Listeners) -> anyhow::Result<Node> {
-        let cache = cache_layer(&config)?;
+        // Every series of `GET /metrics`: the cache layer's here, the
+        // rest by the node context.
+        let mut registry = Registry::default();
+        let cache = cache_layer(&config, &mut registry)?;
         let public_addr = listeners.public.local_addr()?;
         let admin_addr = listeners.admin.local_addr()?;
         let cluster_addr = listeners.cluster.local_addr()?;
@@ -153,6 +157,7 @@ impl Node {
                 client: client.clone(),
                 ..AdminContext::default()
             },
+            registry,
         ));
         let proxy_addr = match &listeners.proxy {
             Some(l) => Some(l.local_addr()?),
@@ -300,13 +305,21 @@ impl Node {
     }
 }
 
-/// Builds the cache layer the configuration asks for.
-fn cache_layer(config: &NodeConfig) -> anyhow::Result<Arc<dyn CacheLayer>> {
+/// Builds the cache layer the configuration asks for (Redis: with its
+/// round-trip histograms, registered in `registry`).
+fn cache_layer(
+    config: &NodeConfig,
+    registry: &mut Registry,
+) -> anyhow::Result<Arc<dyn CacheLayer>> {
     Ok(match &config.redis_url {
         None => Arc::new(InMemoryCacheLayer::new(Arc::new(SystemClock))),
         Some(url) => Arc::new(
-            RedisCacheLayer::new(url, Duration::from_millis(config.redis_timeout_ms))
-                .with_context(|| "invalid value for `redis_url`".to_string())?,
+            RedisCacheLayer::new(
+                url,
+                Duration::from_millis(config.redis_timeout_ms),
+                metrics::cache::register_redis(registry),
+            )
+            .with_context(|| "invalid value for `redis_url`".to_string())?,
         ),
     })
 }

@@ -19,7 +19,7 @@ use crate::core::key::BucketKey;
 use crate::core::snapshot;
 
 pub use self::memory::InMemoryCacheLayer;
-pub use self::redis::RedisCacheLayer;
+pub use self::redis::{RedisCacheLayer, RedisLatency};
 
 /// One snapshot to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +67,4 @@ pub trait CacheLayer: Send + Sync + 'static {
 
     /// Writes a batch of snapshots (Redis: one pipeline).
     fn store(&self, writes: Arc<Vec<SnapshotWrite>>) -> BoxFuture<'static, Result<(), CacheError>>;
-
-    /// Appends the layer's own Prometheus series (Redis: call latencies).
-    fn render_metrics(&self, _out: &mut String) {}
 }

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use futures_util::future::{BoxFuture, FutureExt};
+use prometheus_client::metrics::histogram::Histogram;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::ErrorKind;
 
@@ -28,7 +29,6 @@ use super::{CacheError, CacheLayer, SnapshotWrite};
 use crate::core::bucket::BucketState;
 use crate::core::key::BucketKey;
 use crate::core::snapshot;
-use crate::metrics::Histogram;
 
 /// Redis-backed snapshots.
 #[derive(Clone)]
@@ -41,9 +41,16 @@ pub struct RedisCacheLayer {
     /// The runtime (thread `llmtrace-redis`) every Redis call runs on.
     io: tokio::runtime::Handle,
     breaker: Arc<Breaker>,
-    /// Round trips of restores (`GET`) and snapshot batches (pipelines),
-    /// failures included.
-    latency: Arc<[Histogram; 2]>,
+    latency: RedisLatency,
+}
+
+/// Round trips of restores (`GET`) and snapshot batches (pipelines),
+/// failures included: handles of histograms registered by whoever builds
+/// the layer (`metrics::cache::register_redis`).
+#[derive(Clone, Debug)]
+pub struct RedisLatency {
+    pub restore: Histogram,
+    pub store: Histogram,
 }
 
 /// After a failure, how long restores are refused without trying (unless a
@@ -113,8 +120,9 @@ fn on_io<T: Send + 'static>(
 }
 
 impl RedisCacheLayer {
-    /// Prepares a connection to `url` without connecting.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, CacheError> {
+    /// Prepares a connection to `url` without connecting; call round trips
+    /// go to `latency`.
+    pub fn new(url: &str, timeout: Duration, latency: RedisLatency) -> Result<Self, CacheError> {
         let client =
             redis::Client::open(url).map_err(|e| CacheError::Unavailable(e.to_string()))?;
         let io = io_runtime()?;
@@ -131,7 +139,7 @@ impl RedisCacheLayer {
                 epoch: Instant::now(),
                 open_until: AtomicU64::new(0),
             }),
-            latency: Arc::default(),
+            latency,
         })
     }
 
@@ -191,7 +199,9 @@ impl CacheLayer for RedisCacheLayer {
             let get = cmd.query_async::<Option<Vec<u8>>>(&mut conn);
             let started = std::time::Instant::now();
             let answer = tokio::time::timeout(timeout, get).await;
-            this.latency[0].observe_ns(started.elapsed().as_nanos() as u64);
+            this.latency
+                .restore
+                .observe(started.elapsed().as_secs_f64());
             let bytes = match answer {
                 Err(_) => {
                     this.breaker.trip();
@@ -235,22 +245,12 @@ impl CacheLayer for RedisCacheLayer {
                 .await
                 .map_err(|_| CacheError::Timeout)
                 .and_then(|r| r.map_err(|e| this.failed(e)));
-            this.latency[1].observe_ns(started.elapsed().as_nanos() as u64);
+            this.latency.store.observe(started.elapsed().as_secs_f64());
             match &result {
                 Ok(()) => this.breaker.close(),
                 Err(_) => this.breaker.trip(),
             }
             result
         })
-    }
-
-    fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let _ = writeln!(
-            out,
-            "# HELP llmtrace_redis_duration_seconds Round trip of Redis calls: restore (GET) and store (one pipelined snapshot batch).\n# TYPE llmtrace_redis_duration_seconds histogram"
-        );
-        self.latency[0].render(out, "llmtrace_redis_duration_seconds", "op=\"restore\",");
-        self.latency[1].render(out, "llmtrace_redis_duration_seconds", "op=\"store\",");
     }
 }

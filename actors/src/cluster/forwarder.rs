@@ -11,7 +11,6 @@
 //! peer), so a forwarded check crosses no extra thread before the network.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::cluster::rpc::client::{CallError, ClusterClient, Rpc};
 use crate::cluster::rpc::wire::{self, BatchRequest, BatchResponse, WireAnswer, WireCheck};
-use crate::cluster_metrics::ClusterMetrics;
+use crate::metrics::ClusterMetrics;
 
 /// Sends one encoded batch to a peer and returns the encoded answer.
 pub trait PeerClient: 'static {
@@ -104,7 +103,7 @@ impl PeerForwarder {
         }
         let batch = std::mem::take(&mut self.buffer);
         let (checks, replies): (Vec<WireCheck>, Vec<Reply>) = batch.into_iter().unzip();
-        self.metrics.observe_batch(checks.len());
+        self.metrics.batch_size.observe(checks.len() as f64);
         let n = checks.len();
         let body = wire::encode(&BatchRequest {
             origin: self.origin.clone(),
@@ -129,7 +128,7 @@ impl PeerForwarder {
                 });
                 metrics
                     .forward_latency
-                    .observe_ns(started.elapsed().as_nanos() as u64);
+                    .observe(started.elapsed().as_secs_f64());
                 match answer {
                     Ok(results) => {
                         for (reply, result) in replies.into_iter().zip(results) {
@@ -137,7 +136,7 @@ impl PeerForwarder {
                         }
                     }
                     Err(e) => {
-                        metrics.forward_errors.fetch_add(1, Relaxed);
+                        metrics.forward_errors.inc();
                         for reply in replies {
                             let _ = reply.send(Err(e.clone()));
                         }

@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::cluster::control::ClusterControl;
 use crate::cluster::view::{ClusterView, Member, MemberState, ViewHandle};
-use crate::cluster_metrics::ClusterMetrics;
+use crate::metrics::ClusterMetrics;
 
 /// How a node takes part in gossip.
 #[derive(Debug, Clone)]
@@ -160,14 +159,10 @@ impl Membership {
                     .succeeding(&task_view.load());
                 let fp = next.fingerprint();
                 let changed = task_view.load().fingerprint() != fp;
-                metrics
-                    .ring_members
-                    .store(next.ring.members().len() as i64, Relaxed);
-                metrics
-                    .live_members
-                    .store(next.members.len() as i64, Relaxed);
+                metrics.ring_members.set(next.ring.members().len() as i64);
+                metrics.live_members.set(next.members.len() as i64);
                 if changed {
-                    metrics.ring_changes.fetch_add(1, Relaxed);
+                    metrics.ring_changes.inc();
                     info!(
                         fingerprint = %fp,
                         members = ?next.ring.members(),

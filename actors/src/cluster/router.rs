@@ -31,10 +31,10 @@ use crate::cluster::rpc::wire::{
     MAX_FORWARDS,
 };
 use crate::cluster::view::{ClusterView, Member, ViewHandle};
-use crate::cluster_metrics::ClusterMetrics;
 use crate::core::bucket::{BucketQuota, Decision, Op};
 use crate::core::verdict::{CheckError, ErrorCode, Verdict};
 use crate::local::limiter::Limiter;
+use crate::metrics::ClusterMetrics;
 
 /// Builds the client of one peer, on the thread that will use it.
 pub type ClientFactory = Arc<dyn Fn(&Member) -> Box<dyn PeerClient> + Send + Sync>;
@@ -249,7 +249,7 @@ impl Router {
         cost: u64,
         hops: u8,
     ) -> WireCheck {
-        self.metrics.forwarded.fetch_add(1, Relaxed);
+        self.metrics.forwarded.inc();
         WireCheck {
             id: self.next_check_id.fetch_add(1, Relaxed),
             tenant,
@@ -306,15 +306,22 @@ impl Router {
             .await
     }
 
-    /// Decides one check from a client: takes `cost` units of `(tenant,
-    /// limit)` on its owner.
-    pub async fn check(
-        &self,
-        tenant: String,
-        limit: Limit,
-        cost: u64,
-    ) -> Result<Routed, CheckError> {
-        self.route(tenant, limit, Op::Take, cost, 0).await
+    /// Decides a client's check (`POST /v1/check`, a proxied call) and
+    /// counts where it was decided (`llmtrace_routed_checks_total`).
+    pub async fn check(&self, tenant: &str, limit: Limit, cost: u64) -> Result<Routed, CheckError> {
+        let routed = self
+            .route(tenant.to_string(), limit, Op::Take, cost, 0)
+            .await?;
+        let m = &self.metrics;
+        match routed.route {
+            Route::Local => m.routed_local.inc(),
+            Route::Forwarded => m.routed_forwarded.inc(),
+            Route::Degraded(_) => {
+                m.mark_degraded(tenant);
+                m.routed_degraded.inc()
+            }
+        };
+        Ok(routed)
     }
 
     /// Performs `op` (take, refund or charge) of `cost` units on the owner
@@ -369,19 +376,19 @@ impl Router {
                 .await;
         }
         if hops > 0 {
-            self.metrics.reforwarded.fetch_add(1, Relaxed);
+            self.metrics.reforwarded.inc();
         }
         let mut check = self.wire_check(tenant, lo, cost, hops);
         let started = std::time::Instant::now();
         let first = self.send(&view, &owner, check.clone()).await;
         self.metrics
             .forwarded_check_latency
-            .observe_ns(started.elapsed().as_nanos() as u64);
+            .observe(started.elapsed().as_secs_f64());
         if let Some(routed) = self.owner_answer(&first, &owner)? {
             return Ok(routed);
         }
         // Retry once, with the owner looked up again.
-        self.metrics.retries.fetch_add(1, Relaxed);
+        self.metrics.retries.inc();
         let view = self.view.load();
         let owner2 = match view.owner(&check.tenant, limit) {
             Some(o) if !view.is_self(o) => o.to_string(),
@@ -448,7 +455,7 @@ impl Router {
         let route = Route::Degraded(policy);
         match policy {
             OwnerUnreachable::Local => {
-                self.metrics.unreachable_local.fetch_add(1, Relaxed);
+                self.metrics.unreachable_local.inc();
                 // Decide on this node's shard, also for a key it handed to the
                 // unreachable node (reclaimed: restored from the cache layer).
                 let verdict = self
@@ -462,7 +469,7 @@ impl Router {
                 })
             }
             OwnerUnreachable::Allow => {
-                self.metrics.unreachable_allow.fetch_add(1, Relaxed);
+                self.metrics.unreachable_allow.inc();
                 Ok(Routed {
                     verdict: Verdict::Unlimited,
                     route,
@@ -471,7 +478,7 @@ impl Router {
             }
             OwnerUnreachable::Deny if op != Op::Take => {
                 // Nothing to refuse: the refund or charge is dropped.
-                self.metrics.unreachable_deny.fetch_add(1, Relaxed);
+                self.metrics.unreachable_deny.inc();
                 Ok(Routed {
                     verdict: Verdict::Unlimited,
                     route,
@@ -479,7 +486,7 @@ impl Router {
                 })
             }
             OwnerUnreachable::Deny => {
-                self.metrics.unreachable_deny.fetch_add(1, Relaxed);
+                self.metrics.unreachable_deny.inc();
                 let decision = Decision::Refused {
                     remaining: 0,
                     retry_after_ns: 1_000_000_000,
@@ -498,10 +505,8 @@ impl Router {
     /// Answers a batch received from another node, in order. Retries are
     /// answered from the dedup cache when already decided.
     pub async fn serve_batch(&self, req: BatchRequest) -> BatchResponse {
-        self.metrics.rpc_batches.fetch_add(1, Relaxed);
-        self.metrics
-            .rpc_checks
-            .fetch_add(req.checks.len() as u64, Relaxed);
+        self.metrics.rpc_batches.inc();
+        self.metrics.rpc_checks.inc_by(req.checks.len() as u64);
         let origin: Arc<str> = req.origin.as_str().into();
         let claims = self.dedup.claim(&origin, &req.checks);
         let answers = join_all(
@@ -510,7 +515,7 @@ impl Router {
                 .zip(claims)
                 .map(|(c, claim)| async move {
                     if let Claim::Answered(r) = claim {
-                        self.metrics.dedup_hits.fetch_add(1, Relaxed);
+                        self.metrics.dedup_hits.inc();
                         return (c.id, r, false);
                     }
                     let result = match validate_check(&c) {

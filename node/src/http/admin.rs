@@ -1,21 +1,25 @@
-//! Admin listener handlers: Prometheus metrics, this node's view of the
+//! Admin listener handlers: Prometheus metrics (and what the node context
+//! registers for them), this node's view of the
 //! cluster, a tenant's buckets as their owners see them (from any node),
 //! refilling a tenant, and draining this node. Runtime limit overrides are in
 //! [`super::admin_limits`]. Every route but `/healthz` (and the dashboard)
 //! sits behind the admin token ([`super::middleware::admin_auth`]).
 
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use llmtrace_actors::cluster::rpc::wire::{TenantOp, TenantRequest, WireLimitReport};
 use llmtrace_actors::cluster::tenant_rpc::{serve_tenant, source_of};
-use llmtrace_actors::NANOS;
+use llmtrace_actors::metrics::{self, Registry, Scraped};
+use llmtrace_actors::{Router, NANOS};
 use llmtrace_cluster_config::{validate_tenant_id, Limit};
 use serde_json::{json, Value};
 use tracing::warn;
 
 use super::error::ApiError;
 use super::{DrainState, NodeContext};
+use crate::proxy::metrics::ProxyMetrics;
 
 /// How long `POST /admin/drain` waits for the leave to finish before it
 /// answers 202 (the drain goes on).
@@ -23,18 +27,47 @@ const DRAIN_WAIT: Duration = Duration::from_secs(30);
 
 /// `GET /metrics`.
 pub async fn metrics(ctx: web::Data<NodeContext>) -> HttpResponse {
-    let local = ctx.router.local();
-    let mut text = local.metrics().render(local.cache_name());
-    let view = ctx.router.view();
-    ctx.router
-        .metrics()
-        .render(&mut text, &view.fingerprint().to_string());
-    local.cache().render_metrics(&mut text);
-    super::admin_limits::render_metrics(&ctx, &mut text);
-    ctx.proxy_metrics.render(&mut text);
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(text)
+        .content_type(metrics::CONTENT_TYPE)
+        .body(metrics::render(&ctx.registry))
+}
+
+/// Registers the series of a node context: its shards and checks, the
+/// cluster, the node's own state (read through `ctx` at each scrape) and
+/// the proxy.
+pub fn register_metrics(
+    registry: &mut Registry,
+    router: &Router,
+    proxy: &Arc<ProxyMetrics>,
+    ctx: Weak<NodeContext>,
+) {
+    let local = router.local();
+    local.metrics().register(registry, local.cache_name());
+    let ring = router.clone();
+    router
+        .metrics()
+        .register(registry, move || ring.view().fingerprint().to_string());
+    let runtime = local.limits().runtime.clone();
+    registry.register(
+        "llmtrace_runtime_overrides",
+        "Runtime limit overrides in force",
+        Scraped::gauge(move || runtime.len() as i64),
+    );
+    let node = ctx.clone();
+    registry.register(
+        "llmtrace_node_ready",
+        "1 when this node takes checks (readyz 200)",
+        Scraped::gauge(move || node.upgrade().is_some_and(|c| c.is_ready()) as i64),
+    );
+    registry.register(
+        "llmtrace_node_draining",
+        "1 once an admin drain was requested",
+        Scraped::gauge(move || {
+            let draining = |c: Arc<NodeContext>| *c.admin.drain.borrow() != DrainState::Idle;
+            ctx.upgrade().is_some_and(draining) as i64
+        }),
+    );
+    proxy.register(registry);
 }
 
 /// `GET /admin/cluster`: this node's view.

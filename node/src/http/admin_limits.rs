@@ -7,7 +7,6 @@
 //! rounds (see `llmtrace_actors::cluster::overrides`).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix_web::{web, HttpResponse};
@@ -181,26 +180,6 @@ pub async fn list(ctx: web::Data<NodeContext>) -> HttpResponse {
         None => Vec::new(),
     };
     HttpResponse::Ok().json(json!({ "overrides": overrides }))
-}
-
-/// Admin-side series of `/metrics`.
-pub fn render_metrics(ctx: &NodeContext, out: &mut String) {
-    let n = ctx.router.local().limits().runtime.len();
-    let _ = writeln!(
-        out,
-        "# HELP llmtrace_runtime_overrides Runtime limit overrides in force.\n\
-         # TYPE llmtrace_runtime_overrides gauge\nllmtrace_runtime_overrides {n}"
-    );
-    let draining = !matches!(*ctx.admin.drain.borrow(), super::DrainState::Idle);
-    let _ = writeln!(
-        out,
-        "# HELP llmtrace_node_ready 1 when this node takes checks (readyz 200).\n\
-         # TYPE llmtrace_node_ready gauge\nllmtrace_node_ready {}\n\
-         # HELP llmtrace_node_draining 1 once an admin drain was requested.\n\
-         # TYPE llmtrace_node_draining gauge\nllmtrace_node_draining {}",
-        u8::from(ctx.is_ready()),
-        u8::from(draining)
-    );
 }
 
 #[cfg(test)]

@@ -49,14 +49,12 @@ async fn decide(ctx: &NodeContext, input: CheckInput) -> Result<(CheckInput, Rou
     let started = Instant::now();
     let routed = ctx
         .router
-        .check(input.tenant_id.clone(), input.limit, input.cost)
+        .check(&input.tenant_id, input.limit, input.cost)
         .await
         .map_err(check_error)?;
-    let ns = started.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
-    ctx.metrics().check_latency.observe_ns(ns);
-    ctx.router
-        .metrics()
-        .observe_route(&routed.route, &input.tenant_id);
+    ctx.metrics()
+        .check_latency
+        .observe(started.elapsed().as_secs_f64());
     Ok((input, routed))
 }
 
@@ -136,9 +134,7 @@ fn verdict_body<'a>(input: &'a CheckInput, routed: &Routed) -> VerdictBody<'a> {
 /// fault (4xx); a check the node could not decide (503) is not invalid.
 pub(super) fn invalid(ctx: &NodeContext, e: ApiError) -> ApiError {
     if e.status.is_client_error() {
-        ctx.metrics()
-            .invalid_requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.metrics().invalid_requests.inc();
     }
     e
 }

@@ -4,8 +4,6 @@
 //! in, decoding is bounded (see `llmtrace_actors::cluster::rpc::wire`), and every refusal is
 //! a JSON error, never a panic.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
@@ -33,7 +31,7 @@ fn reject(
     } else {
         &ctx.router.metrics().rpc_rejected_body
     };
-    counter.fetch_add(1, Relaxed);
+    counter.inc();
     ApiError {
         status,
         code,

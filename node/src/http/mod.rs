@@ -13,10 +13,11 @@ pub mod middleware;
 pub mod ui;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use actix_web::{web, HttpResponse};
 use llmtrace_actors::cluster::overrides::RedisOverrideStore;
+use llmtrace_actors::metrics::Registry;
 use llmtrace_actors::{ClusterClient, ClusterControl, Metrics, Router, Rpc};
 use serde_json::json;
 use tokio::sync::watch;
@@ -39,6 +40,8 @@ pub struct NodeContext {
     pub admin: AdminContext,
     /// Counters of the proxy listener (rendered on `/metrics`).
     pub proxy_metrics: Arc<crate::proxy::metrics::ProxyMetrics>,
+    /// Every series of `GET /metrics`, registered once at start.
+    pub registry: Registry,
 }
 
 /// Where a node is in an admin-requested drain.
@@ -90,22 +93,31 @@ impl NodeContext {
             cluster_secret,
             cluster_listener,
             AdminContext::default(),
+            Registry::default(),
         )
     }
 
+    /// A node's context; `registry` holds what the node registered before
+    /// (the Redis layer's series), the context registers the rest.
     pub fn with_admin(
         router: Router,
         cluster_secret: Option<String>,
         cluster_listener: std::net::SocketAddr,
         admin: AdminContext,
+        mut registry: Registry,
     ) -> Arc<Self> {
-        Arc::new(NodeContext {
-            router,
-            ready: AtomicBool::new(false),
-            cluster_secret,
-            cluster_listener,
-            admin,
-            proxy_metrics: Arc::default(),
+        Arc::new_cyclic(|me: &Weak<NodeContext>| {
+            let proxy_metrics = Arc::default();
+            admin::register_metrics(&mut registry, &router, &proxy_metrics, me.clone());
+            NodeContext {
+                router,
+                ready: AtomicBool::new(false),
+                cluster_secret,
+                cluster_listener,
+                admin,
+                proxy_metrics,
+                registry,
+            }
         })
     }
 

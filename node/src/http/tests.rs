@@ -195,12 +195,26 @@ async fn health_and_metrics() {
     )
     .await;
     assert_eq!(resp.status(), 200);
-    let text = String::from_utf8(test::read_body(resp).await.to_vec()).unwrap();
-    assert!(
-        text.contains("llmtrace_checks_total{limit=\"requests\",decision=\"allowed\"} 1"),
-        "{text}"
+    assert_eq!(
+        resp.headers().get("content-type").unwrap(),
+        "text/plain; version=0.0.4",
+        "Prometheus text format 0.0.4"
     );
-    assert!(text.contains("llmtrace_buckets_resident 1"), "{text}");
+    let text = String::from_utf8(test::read_body(resp).await.to_vec()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    for want in [
+        "llmtrace_checks_total{limit=\"requests\",decision=\"allowed\"} 1",
+        "llmtrace_routed_checks_total{route=\"local\"} 1",
+        "llmtrace_buckets_resident 1",
+        "llmtrace_node_ready 1",
+        "llmtrace_node_draining 0",
+        "llmtrace_runtime_overrides 0",
+        "llmtrace_cache_info{layer=\"memory\"} 1",
+        "# TYPE llmtrace_proxy_requests_total counter",
+    ] {
+        assert!(lines.contains(&want), "{want}\n{text}");
+    }
+    assert!(!text.contains("# EOF"), "{text}");
 }
 
 #[actix_rt::test]
@@ -467,9 +481,8 @@ async fn unreachable_owner_reports_degraded_and_refuses_a_reset() {
 
 #[actix_rt::test]
 async fn only_client_errors_count_as_invalid_requests() {
-    use std::sync::atomic::Ordering::Relaxed;
     let ctx = limiter(1, 1);
-    let invalid = || ctx.metrics().invalid_requests.load(Relaxed);
+    let invalid = || ctx.metrics().invalid_requests.get();
     let _ = check::invalid(&ctx, error::ApiError::unavailable("owner unreachable"));
     let _ = check::invalid(&ctx, error::ApiError::not_persisted("redis down"));
     assert_eq!(

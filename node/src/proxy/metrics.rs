@@ -2,8 +2,12 @@
 //! tokens reserved / charged / refunded, upstream latency (time to the
 //! response head).
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use llmtrace_actors::metrics::{
+    counter_family, Counter, Family, Histogram, Label, Registry, Scraped,
+};
 
 /// Upper bounds (seconds) of the upstream-latency histogram: LLM calls take
 /// from milliseconds to minutes.
@@ -11,62 +15,37 @@ pub const UPSTREAM_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// A latency histogram over [`UPSTREAM_BUCKETS`].
-#[derive(Default)]
-pub struct UpstreamHistogram {
-    counts: [AtomicU64; UPSTREAM_BUCKETS.len()],
-    count: AtomicU64,
-    sum_ns: AtomicU64,
-}
-
-impl UpstreamHistogram {
-    pub fn observe_ns(&self, ns: u64) {
-        let secs = ns as f64 / 1e9;
-        if let Some(i) = UPSTREAM_BUCKETS.iter().position(|b| secs <= *b) {
-            self.counts[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_ns.fetch_add(ns, Relaxed);
-    }
-
-    fn render(&self, o: &mut String, name: &str) {
-        let mut cumulative = 0;
-        for (b, c) in UPSTREAM_BUCKETS.iter().zip(&self.counts) {
-            cumulative += c.load(Relaxed);
-            let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let count = self.count.load(Relaxed);
-        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(o, "{name}_sum {}", self.sum_ns.load(Relaxed) as f64 / 1e9);
-        let _ = writeln!(o, "{name}_count {count}");
-    }
-}
-
-/// Counters of the proxy; relaxed atomics, summed at render time.
+/// Counters of the proxy.
 pub struct ProxyMetrics {
-    /// Responses by HTTP status code (100..=599), the proxy's own included.
+    /// Responses by HTTP status code (100..=599), the proxy's own included;
+    /// a status is rendered once seen.
     by_status: Vec<AtomicU64>,
     /// Tokens taken as reservations before forwarding.
-    pub tokens_reserved: AtomicU64,
+    pub tokens_reserved: Counter,
     /// Tokens charged after the answer, beyond the reservation.
-    pub tokens_charged: AtomicU64,
+    pub tokens_charged: Counter,
     /// Tokens given back after the answer (unused, or the call failed).
-    pub tokens_refunded: AtomicU64,
+    pub tokens_refunded: Counter,
     /// Refunds or charges that could not be applied (limiter unavailable).
-    pub reconcile_errors: AtomicU64,
+    pub reconcile_errors: Counter,
     /// Time from sending to the upstream's response head.
-    pub upstream_latency: UpstreamHistogram,
+    pub upstream_latency: Histogram,
+    /// `llmtrace_proxy_tokens_total{op}`, the family of the token handles.
+    tokens: Family<Label, Counter>,
 }
 
 impl Default for ProxyMetrics {
     fn default() -> Self {
+        let (tokens, [tokens_reserved, tokens_charged, tokens_refunded]) =
+            counter_family("op", ["reserved", "charged", "refunded"]);
         ProxyMetrics {
             by_status: (0..600).map(|_| AtomicU64::new(0)).collect(),
-            tokens_reserved: AtomicU64::new(0),
-            tokens_charged: AtomicU64::new(0),
-            tokens_refunded: AtomicU64::new(0),
-            reconcile_errors: AtomicU64::new(0),
-            upstream_latency: UpstreamHistogram::default(),
+            tokens_reserved,
+            tokens_charged,
+            tokens_refunded,
+            reconcile_errors: Counter::default(),
+            upstream_latency: Histogram::new(UPSTREAM_BUCKETS),
+            tokens,
         }
     }
 }
@@ -78,49 +57,37 @@ impl ProxyMetrics {
         }
     }
 
-    /// Appends the Prometheus text.
-    pub fn render(&self, o: &mut String) {
-        let _ = writeln!(
-            o,
-            "# HELP llmtrace_proxy_requests_total Proxied requests by response status.\n\
-             # TYPE llmtrace_proxy_requests_total counter"
+    /// The statuses seen so far, in order, with their counts.
+    fn statuses(&self) -> Vec<([(&'static str, usize); 1], u64)> {
+        let seen = self.by_status.iter().map(|c| c.load(Relaxed)).enumerate();
+        seen.filter(|(_, n)| *n > 0)
+            .map(|(code, n)| ([("status", code)], n))
+            .collect()
+    }
+
+    /// Registers the proxy's series.
+    pub fn register(self: &Arc<Self>, registry: &mut Registry) {
+        let m = Arc::clone(self);
+        registry.register(
+            "llmtrace_proxy_requests",
+            "Proxied requests by response status",
+            Scraped::counters(move || m.statuses()),
         );
-        for (code, c) in self.by_status.iter().enumerate() {
-            let n = c.load(Relaxed);
-            if n > 0 {
-                let _ = writeln!(o, "llmtrace_proxy_requests_total{{status=\"{code}\"}} {n}");
-            }
-        }
-        let _ = writeln!(
-            o,
-            "# HELP llmtrace_proxy_tokens_total Tokens reserved before forwarding, charged \
-             beyond and refunded after the answer.\n# TYPE llmtrace_proxy_tokens_total counter"
+        registry.register(
+            "llmtrace_proxy_tokens",
+            "Tokens reserved before forwarding, charged beyond and refunded after the answer",
+            self.tokens.clone(),
         );
-        for (op, c) in [
-            ("reserved", &self.tokens_reserved),
-            ("charged", &self.tokens_charged),
-            ("refunded", &self.tokens_refunded),
-        ] {
-            let _ = writeln!(
-                o,
-                "llmtrace_proxy_tokens_total{{op=\"{op}\"}} {}",
-                c.load(Relaxed)
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP llmtrace_proxy_reconcile_errors_total Refunds or charges not applied.\n\
-             # TYPE llmtrace_proxy_reconcile_errors_total counter\n\
-             llmtrace_proxy_reconcile_errors_total {}",
-            self.reconcile_errors.load(Relaxed)
+        registry.register(
+            "llmtrace_proxy_reconcile_errors",
+            "Refunds or charges not applied",
+            self.reconcile_errors.clone(),
         );
-        let _ = writeln!(
-            o,
-            "# HELP llmtrace_proxy_upstream_latency_seconds Time to the upstream's response head.\n\
-             # TYPE llmtrace_proxy_upstream_latency_seconds histogram"
+        registry.register(
+            "llmtrace_proxy_upstream_latency_seconds",
+            "Time to the upstream's response head",
+            self.upstream_latency.clone(),
         );
-        self.upstream_latency
-            .render(o, "llmtrace_proxy_upstream_latency_seconds");
     }
 }
 
@@ -130,27 +97,67 @@ mod tests {
 
     #[test]
     fn renders_statuses_and_tokens() {
-        let m = ProxyMetrics::default();
+        let m = Arc::new(ProxyMetrics::default());
+        let mut registry = Registry::default();
+        m.register(&mut registry);
         m.count_status(200);
         m.count_status(200);
         m.count_status(429);
         m.count_status(999);
-        m.tokens_refunded.fetch_add(7, Relaxed);
-        m.upstream_latency.observe_ns(1_000_000);
-        m.upstream_latency.observe_ns(7_000_000_000);
-        let mut o = String::new();
-        m.render(&mut o);
-        assert!(
-            o.contains("llmtrace_proxy_requests_total{status=\"200\"} 2\n"),
-            "{o}"
+        m.tokens_refunded.inc_by(7);
+        m.upstream_latency.observe(0.001);
+        m.upstream_latency.observe(7.0);
+        let text = llmtrace_actors::metrics::render(&registry);
+        let mut lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("# HELP")).collect();
+        lines.sort_unstable();
+        let mut want = vec![
+            "# TYPE llmtrace_proxy_requests_total counter",
+            "llmtrace_proxy_requests_total{status=\"200\"} 2",
+            "llmtrace_proxy_requests_total{status=\"429\"} 1",
+            "# TYPE llmtrace_proxy_tokens_total counter",
+            "llmtrace_proxy_tokens_total{op=\"reserved\"} 0",
+            "llmtrace_proxy_tokens_total{op=\"charged\"} 0",
+            "llmtrace_proxy_tokens_total{op=\"refunded\"} 7",
+            "# TYPE llmtrace_proxy_reconcile_errors_total counter",
+            "llmtrace_proxy_reconcile_errors_total 0",
+            "# TYPE llmtrace_proxy_upstream_latency_seconds histogram",
+            // Slow LLM calls land in their own buckets, not only in +Inf.
+            "llmtrace_proxy_upstream_latency_seconds_bucket{le=\"0.001\"} 1",
+            "llmtrace_proxy_upstream_latency_seconds_bucket{le=\"0.0025\"} 1",
+            "llmtrace_proxy_upstream_latency_seconds_bucket{le=\"0.005\"} 1",
+            "llmtrace_proxy_upstream_latency_seconds_bucket{le=\"0.01\"} 1",
+            "llmtrace_proxy_upstream_latency_seconds_bucket{le=\"0.025\"} 1",
+            "llmtrace_proxy_upstream_latency_seconds_bucket{le=\"0.05\"} 1",
+            "llmtrace_proxy_upstream_latency_seconds_bucket{le=\"0.1\"} 1",
+            "llmtrace_proxy_upstream_latency_seconds_bucket{le=\"0.25\"} 1",
+            "llmtrace_proxy_upstream_latency_seconds_bucket{le=\"0.5\"} 1",
+            "llmtrace_proxy_upstream_latency_seconds_bucket{le=\"1\"} 1",
+            "llmtrace_proxy_upstream_latency_seconds_bucket{le=\"2.5\"} 1",
+            "llmtrace_proxy_upstream_latency_seconds_bucket{le=\"5\"} 1",
+            "llmtrace_proxy_upstream_latency_seconds_bucket{le=\"10\"} 2",
+            "llmtrace_proxy_upstream_latency_seconds_bucket{le=\"30\"} 2",
+            "llmtrace_proxy_upstream_latency_seconds_bucket{le=\"+Inf\"} 2",
+            "llmtrace_proxy_upstream_latency_seconds_sum 7.001",
+            "llmtrace_proxy_upstream_latency_seconds_count 2",
+        ];
+        want.sort_unstable();
+        assert_eq!(lines, want, "{text}");
+    }
+
+    #[test]
+    fn renders_the_requests_family_before_any_request() {
+        let mut registry = Registry::default();
+        Arc::new(ProxyMetrics::default()).register(&mut registry);
+        let text = llmtrace_actors::metrics::render(&registry);
+        let types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE")).collect();
+        assert_eq!(
+            types,
+            [
+                "# TYPE llmtrace_proxy_requests_total counter",
+                "# TYPE llmtrace_proxy_tokens_total counter",
+                "# TYPE llmtrace_proxy_reconcile_errors_total counter",
+                "# TYPE llmtrace_proxy_upstream_latency_seconds histogram",
+            ]
         );
-        assert!(o.contains("llmtrace_proxy_requests_total{status=\"429\"} 1\n"));
-        assert!(!o.contains("status=\"999\""));
-        assert!(o.contains("llmtrace_proxy_tokens_total{op=\"refunded\"} 7\n"));
-        assert!(o.contains("llmtrace_proxy_upstream_latency_seconds_count 2\n"));
-        // Slow LLM calls land in their own buckets, not only in +Inf.
-        assert!(o.contains("llmtrace_proxy_upstream_latency_seconds_bucket{le=\"0.001\"} 1\n"));
-        assert!(o.contains("llmtrace_proxy_upstream_latency_seconds_bucket{le=\"5\"} 1\n"));
-        assert!(o.contains("llmtrace_proxy_upstream_latency_seconds_bucket{le=\"10\"} 2\n"));
     }
 }

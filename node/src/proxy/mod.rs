@@ -20,7 +20,6 @@ pub mod relay;
 pub mod tenant;
 pub mod tokens;
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -336,7 +335,7 @@ async fn proxy(
     };
     ctx.metrics
         .upstream_latency
-        .observe_ns(started.elapsed().as_nanos() as u64);
+        .observe(started.elapsed().as_secs_f64());
     let upstream = match sent {
         Ok(r) => r,
         Err(e) => {
@@ -415,7 +414,7 @@ async fn admit(
     plan: Option<&Plan>,
 ) -> Result<Result<Admitted, HttpResponse>, ProxyError> {
     let router = &ctx.router;
-    let requests = router.perform(tenant.to_string(), Limit::Requests, Op::Take, 1);
+    let requests = router.check(tenant, Limit::Requests, 1);
     // A reservation never exceeds the bucket (it could never be admitted);
     // the excess is charged after the answer, so the tenant pays it back.
     let reserve = match (
@@ -426,7 +425,7 @@ async fn admit(
         _ => 0,
     };
     let (requests, tokens) = if reserve > 0 {
-        let tokens = router.perform(tenant.to_string(), Limit::Tokens, Op::Take, reserve);
+        let tokens = router.check(tenant, Limit::Tokens, reserve);
         let (r, t) = futures_util::future::join(requests, tokens).await;
         (r, Some(t))
     } else {
@@ -450,7 +449,7 @@ async fn admit(
     let tokens_taken = tokens.as_ref().is_some_and(|t| t.verdict.is_allowed());
     if refused.is_empty() {
         let reservation = tokens_taken.then(|| {
-            ctx.metrics.tokens_reserved.fetch_add(reserve, Relaxed);
+            ctx.metrics.tokens_reserved.inc_by(reserve);
             Reservation {
                 router: router.clone(),
                 tenant: tenant.to_string(),

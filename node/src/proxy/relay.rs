@@ -9,7 +9,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -58,10 +57,10 @@ impl Reservation {
             };
             match self.router.perform(self.tenant, Limit::Tokens, op, n).await {
                 Ok(_) => {
-                    counter.fetch_add(n, Relaxed);
+                    counter.inc_by(n);
                 }
                 Err(e) => {
-                    self.metrics.reconcile_errors.fetch_add(1, Relaxed);
+                    self.metrics.reconcile_errors.inc();
                     warn!(op = op.as_str(), tokens = n, error = %e, "token reconcile failed");
                 }
             }

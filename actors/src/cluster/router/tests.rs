@@ -12,6 +12,7 @@ use crate::cache::InMemoryCacheLayer;
 use crate::cluster::rpc::wire as rpc;
 use crate::cluster::view::MemberState;
 use crate::core::clock::ManualClock;
+use crate::metrics::Counter;
 use crate::shard::ShardTiming;
 
 type Registry = Arc<Mutex<HashMap<String, Router>>>;
@@ -141,7 +142,7 @@ async fn checks_from_every_node_share_one_exact_bucket() {
         OwnerUnreachable::Local,
         limits(1, 100),
     );
-    let checks = (0..900).map(|i| c.routers[i % 3].check("hot".into(), Limit::Requests, 1));
+    let checks = (0..900).map(|i| c.routers[i % 3].check("hot", Limit::Requests, 1));
     let results = join_all(checks).await;
     let admitted = results
         .iter()
@@ -164,12 +165,15 @@ async fn checks_from_every_node_share_one_exact_bucket() {
         assert_eq!(r.owner.as_deref(), Some(owner.as_str()));
     }
     // Forwards were batched: far fewer calls than forwarded checks.
-    let forwarded: u64 = c
-        .routers
-        .iter()
-        .map(|r| r.metrics().forwarded.load(Relaxed))
-        .sum();
+    let forwarded: u64 = c.routers.iter().map(|r| r.metrics().forwarded.get()).sum();
     assert_eq!(forwarded, 600);
+    // Each client check counted once, on the node it came to, by route.
+    let routed = |route: fn(&ClusterMetrics) -> &Counter| -> u64 {
+        c.routers.iter().map(|r| route(r.metrics()).get()).sum()
+    };
+    assert_eq!(routed(|m| &m.routed_local), 300);
+    assert_eq!(routed(|m| &m.routed_forwarded), 600);
+    assert_eq!(routed(|m| &m.routed_degraded), 0);
     assert!(
         c.calls.load(Relaxed) < 100,
         "{} calls",
@@ -185,8 +189,11 @@ async fn many_tenants_each_exact() {
         OwnerUnreachable::Local,
         limits(1, 5),
     );
-    let checks =
-        (0..600).map(|i| c.routers[i % 3].check(format!("t{}", i % 20), Limit::Requests, 1));
+    let c = &c;
+    let checks = (0..600).map(|i| async move {
+        let tenant = format!("t{}", i % 20);
+        c.routers[i % 3].check(&tenant, Limit::Requests, 1).await
+    });
     let results = join_all(checks).await;
     let mut admitted: HashMap<String, usize> = HashMap::new();
     for (i, r) in results.iter().enumerate() {
@@ -219,18 +226,21 @@ async fn unreachable_owner_applies_each_policy() {
         let c = cluster(agreed_views(), Fault::Down, policy, limits(1, 1));
         let (node, tenant) = first_forwarded(&c).await;
         let r = c.routers[node]
-            .check(tenant.clone(), Limit::Requests, 1)
+            .check(&tenant, Limit::Requests, 1)
             .await
             .unwrap();
         assert_eq!(r.route, Route::Degraded(policy));
         assert_eq!(r.verdict.is_allowed(), allowed, "{policy:?}");
         let m = c.routers[node].metrics();
-        assert_eq!(m.retries.load(Relaxed), 1, "retried once");
+        assert_eq!(m.retries.get(), 1, "retried once");
+        assert_eq!(m.routed_degraded.get(), 1);
+        assert_eq!(m.routed_forwarded.get() + m.routed_local.get(), 0);
+        assert_eq!(m.degraded_tenants(), 1);
         assert_eq!(c.calls.load(Relaxed), 2);
         if policy == OwnerUnreachable::Local {
             // Decided on the local shard: its bucket (burst 1) is now empty.
             let again = c.routers[node]
-                .check(tenant, Limit::Requests, 1)
+                .check(&tenant, Limit::Requests, 1)
                 .await
                 .unwrap();
             assert!(!again.verdict.is_allowed());
@@ -248,7 +258,7 @@ async fn a_retry_after_a_lost_answer_is_not_counted_twice() {
     );
     let (node, tenant) = first_forwarded(&c).await;
     let r = c.routers[node]
-        .check(tenant.clone(), Limit::Requests, 1)
+        .check(&tenant, Limit::Requests, 1)
         .await
         .unwrap();
     assert_eq!(
@@ -263,15 +273,15 @@ async fn a_retry_after_a_lost_answer_is_not_counted_twice() {
         .unwrap()
         .to_string();
     let owner_router = c.routers.iter().find(|r| r.view().is_self(&owner)).unwrap();
-    assert_eq!(owner_router.metrics().dedup_hits.load(Relaxed), 1);
+    assert_eq!(owner_router.metrics().dedup_hits.get(), 1);
     // Burst 2, one check consumed once: exactly one more is admitted.
     let r = owner_router
-        .check(tenant.clone(), Limit::Requests, 1)
+        .check(&tenant, Limit::Requests, 1)
         .await
         .unwrap();
     assert!(r.verdict.is_allowed());
     let r = owner_router
-        .check(tenant, Limit::Requests, 1)
+        .check(&tenant, Limit::Requests, 1)
         .await
         .unwrap();
     assert!(!r.verdict.is_allowed());
@@ -282,16 +292,20 @@ async fn disagreeing_views_forward_at_most_twice() {
     // Each node believes the next one is the only member: a → b → c → a.
     let views = vec![view("a", &["b"]), view("b", &["c"]), view("c", &["a"])];
     let c = cluster(views, Fault::None, OwnerUnreachable::Deny, limits(1, 1));
-    let r = c.routers[0]
-        .check("t".into(), Limit::Requests, 1)
-        .await
-        .unwrap();
+    let r = c.routers[0].check("t", Limit::Requests, 1).await.unwrap();
     assert_eq!(r.route, Route::Forwarded);
     assert!(r.verdict.is_allowed());
     // a forwarded to b, b re-forwarded to c, c decided locally.
-    assert_eq!(c.routers[1].metrics().reforwarded.load(Relaxed), 1);
-    assert_eq!(c.routers[2].metrics().rpc_checks.load(Relaxed), 1);
-    assert_eq!(c.routers[2].metrics().forwarded.load(Relaxed), 0);
+    assert_eq!(c.routers[1].metrics().reforwarded.get(), 1);
+    assert_eq!(c.routers[2].metrics().rpc_checks.get(), 1);
+    assert_eq!(c.routers[2].metrics().forwarded.get(), 0);
+    // Only the client's check is routed: a, by forwarding.
+    assert_eq!(c.routers[0].metrics().routed_forwarded.get(), 1);
+    for r in &c.routers[1..] {
+        let m = r.metrics();
+        let routed = m.routed_local.get() + m.routed_forwarded.get() + m.routed_degraded.get();
+        assert_eq!(routed, 0);
+    }
     assert_eq!(c.calls.load(Relaxed), 2);
 }
 
@@ -442,7 +456,7 @@ async fn a_retried_charge_is_not_counted_twice() {
         .unwrap()
         .to_string();
     let owner_router = c.routers.iter().find(|r| r.view().is_self(&owner)).unwrap();
-    assert_eq!(owner_router.metrics().dedup_hits.load(Relaxed), 1);
+    assert_eq!(owner_router.metrics().dedup_hits.get(), 1);
     // Charged once: exactly 90 tokens are left.
     let take = |n| owner_router.perform(tenant.clone(), Limit::Tokens, Op::Take, n);
     assert!(take(90).await.unwrap().verdict.is_allowed());
