@@ -28,6 +28,9 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_SNAPSHOT_INTERVAL_MS: u64 = 100;
 /// Default bound on one Redis call (connect or response).
 pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 250;
+/// Default shutdown grace: long enough for a readiness probe or a load
+/// balancer's health check polling every second or two to see readyz 503.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 3_000;
 /// Upper bound of every millisecond setting (one minute).
 pub const MAX_INTERVAL_MS: u64 = 60_000;
 /// Upper bound of shard and worker counts.
@@ -104,6 +107,9 @@ pub struct NodeConfig {
     pub http_workers: usize,
     /// Log format.
     pub log_format: LogFormat,
+    /// How long a stopping node keeps serving with readyz 503 before its
+    /// listeners close (0: as soon as it left the ring).
+    pub shutdown_grace_ms: u64,
     /// The llmtrace `[rate_limit]` block, with the `[token_limit]` block
     /// resolved into `rate_limit.tokens`.
     pub rate_limit: RateLimitConfig,
@@ -223,6 +229,20 @@ pub struct NodeSettings {
         default_value = shown!(LogFormat::default())
     )]
     pub log_format: Option<LogFormat>,
+
+    /// On SIGTERM or SIGINT, /readyz answers 503 at once and every listener
+    /// keeps serving for this long (the node leaves the ring meanwhile); then
+    /// the listeners close. Load balancers stop sending only once they notice:
+    /// Kubernetes takes a stopping pod out of its Service asynchronously (and
+    /// its readiness probe sees the 503), nginx and HAProxy health checks poll
+    /// every few seconds. 0 closes as soon as the node has left the ring.
+    #[arg(
+        long,
+        env = "LLMTRACE_SHUTDOWN_GRACE_MS",
+        value_name = "MS",
+        default_value = shown!(DEFAULT_SHUTDOWN_GRACE_MS)
+    )]
+    pub shutdown_grace_ms: Option<u64>,
 
     /// The `[rate_limit]` table (its defaults are also flags).
     #[command(flatten)]
@@ -350,6 +370,12 @@ impl NodeConfig {
         let threads = |key, n: Option<usize>| {
             in_range(key, n.unwrap_or_else(default_parallelism), 1, MAX_THREADS)
         };
+        let shutdown_grace_ms = in_range(
+            "shutdown_grace_ms",
+            s.shutdown_grace_ms.unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
+            0,
+            MAX_INTERVAL_MS,
+        )?;
         let shards = threads("shards", s.shards)?;
         let http_workers = threads("http_workers", s.http_workers)?;
         Ok(NodeConfig {
@@ -365,6 +391,7 @@ impl NodeConfig {
             shard_placement: s.shard_placement.unwrap_or_default(),
             http_workers,
             log_format: s.log_format.unwrap_or_default(),
+            shutdown_grace_ms,
             rate_limit: RateLimitConfig::resolve(s.rate_limit, s.token_limit)?,
             cluster: ClusterConfig::resolve(s.cluster)?,
             proxy: ProxyConfig::resolve(s.proxy)?,

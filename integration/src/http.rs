@@ -124,6 +124,11 @@ impl Client {
 
     /// `PUT path` with a JSON body.
     pub fn put_json(&self, path: &str, body: &Value) -> Reply {
+        self.put_raw(path, body.to_string().as_bytes())
+    }
+
+    /// `PUT path` with `body` sent as is, as `application/json`.
+    pub fn put_raw(&self, path: &str, body: &[u8]) -> Reply {
         let url = format!("{}{path}", self.base);
         let mut req = self
             .agent
@@ -132,7 +137,7 @@ impl Client {
         if let Some(a) = self.auth() {
             req = req.header("authorization", &a);
         }
-        req.send(body.to_string().as_bytes())
+        req.send(body)
             .and_then(into_reply)
             .unwrap_or_else(|e| panic!("PUT {url}: {e}"))
     }

@@ -11,6 +11,11 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
+/// The shutdown grace (`LLMTRACE_SHUTDOWN_GRACE_MS`) of a node whose test gives
+/// none: short, so that stopping a node does not make every test wait for the
+/// default, and not 0, so that every test stopping a node goes through it.
+pub const TEST_SHUTDOWN_GRACE_MS: u64 = 100;
+
 /// The path of the `llmtrace-node` binary: `$LLMTRACE_NODE_BIN`, else the one next to
 /// the test executable's directory (`target/debug/llmtrace-node`).
 pub fn node_binary() -> PathBuf {
@@ -133,6 +138,13 @@ impl NodeBuilder {
         })
     }
 
+    /// The test passes `--flag` itself.
+    fn gives_flag(&self, flag: &str) -> bool {
+        self.args
+            .iter()
+            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    }
+
     /// Starts the node; `Err` when it exits (or stays silent) before its ready line.
     pub fn try_start(self) -> Result<Node, StartFailure> {
         let dir = TempDir::new("node");
@@ -148,14 +160,20 @@ impl NodeBuilder {
         }
         // Ephemeral ports unless the test sets the listeners itself.
         for flag in ["--listen", "--admin-listen", "--cluster-listen"] {
-            let given = self
-                .args
-                .iter()
-                .any(|a| a == flag || a.starts_with(&format!("{flag}=")));
-            let omitted = self.alone && flag == "--cluster-listen";
-            if !given && !omitted {
+            let skip = self.gives_flag(flag) || (self.alone && flag == "--cluster-listen");
+            if !skip {
                 cmd.args([flag, "127.0.0.1:0"]);
             }
+        }
+        // A short shutdown grace unless the test gives one (flag, environment or
+        // file); through the environment, which a node without the setting ignores.
+        let env = "LLMTRACE_SHUTDOWN_GRACE_MS";
+        let toml = self.config_toml.as_deref().unwrap_or_default();
+        if !(self.gives_flag("--shutdown-grace-ms")
+            || self.envs.iter().any(|(k, _)| k == env)
+            || toml.contains("shutdown_grace_ms"))
+        {
+            cmd.env(env, TEST_SHUTDOWN_GRACE_MS.to_string());
         }
         cmd.args(&self.args);
         let started = process::start(&mut cmd, |l| l.starts_with("llmtrace-node listening "))?;
@@ -390,6 +408,12 @@ impl Node {
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits at most `timeout` for the process to exit: its exit status, None
+    /// when it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_exit(&mut self.child, timeout)
     }
 
     /// Sends SIGTERM and returns at once (the node starts leaving).

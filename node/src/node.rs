@@ -1,7 +1,8 @@
 //! A node's lifecycle as a type: [`Node::build`] wires the cache layer, the
 //! shards, membership, the router and the listeners' servers;
 //! [`Node::serve`] joins the ring and runs until shutdown (or an admin
-//! drain), then [`Node::leave`]s the ring and [`Node::shutdown`]s in order.
+//! drain), then turns readyz 503 and [`Node::leave`]s the ring while the
+//! shutdown grace runs, and [`Node::shutdown`]s in order once both are over.
 //!
 //! [`run`] binds the configured addresses and serves until SIGTERM or
 //! SIGINT; tests build a node on listeners bound to port 0 and give their
@@ -35,7 +36,7 @@ use crate::proxy::{self, ProxyContext};
 
 /// How long a stopping node waits for in-flight requests, then for the final
 /// snapshot flush.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a node waits for its shards to start before it stays not ready.
 const SHARD_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a node with seeds waits to hear from a peer before it starts as
@@ -232,8 +233,11 @@ impl Node {
     }
 
     /// Joins, then serves until `shutdown` resolves or an admin drain is
-    /// asked for; leaves the ring and shuts down. A drained node keeps
-    /// answering (out of the ring) until `shutdown`.
+    /// asked for. Then readyz turns 503 and the node leaves the ring while
+    /// the shutdown grace runs (both mean "answer what still comes while the
+    /// others stop sending here"), and shuts down once both are over. A
+    /// drained node keeps answering until `shutdown`; its grace counts from
+    /// the drain.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         tokio::pin!(shutdown);
         let mut drain_rx = self.ctx.admin.drain.subscribe();
@@ -251,6 +255,16 @@ impl Node {
             _ = join => false,
             _ = drain_requested => true,
         };
+        self.ctx.set_ready(false);
+        let grace = Duration::from_millis(self.config.shutdown_grace_ms);
+        // The deadline is fixed now, when readyz turned 503.
+        let grace_over = tokio::time::sleep(grace);
+        if !drained {
+            info!(
+                ?grace,
+                "readyz 503; serving through the shutdown grace while leaving"
+            );
+        }
         let (pushed, undelivered) = self.leave().await;
         if drained {
             self.ctx.admin.drain.send_replace(DrainState::Drained {
@@ -263,6 +277,7 @@ impl Node {
             );
             shutdown.await;
         }
+        grace_over.await;
         self.shutdown().await;
         Ok(())
     }
@@ -292,7 +307,7 @@ impl Node {
     /// the admin listener.
     pub async fn shutdown(self) {
         self.public.stop(true).await;
-        match self.limiter.final_flush(self.host, STOP_GRACE).await {
+        match self.limiter.final_flush(self.host, STOP_TIMEOUT).await {
             Ok(n) => info!(snapshots = n, "final snapshot flush done"),
             Err(e) => warn!("final snapshot flush failed, recent consumption may be lost: {e}"),
         }
@@ -490,7 +505,7 @@ fn public_server(
     // proxied call still waiting for the upstream's answer is cancelled).
     .h1_allow_half_closed(false)
     .disable_signals()
-    .shutdown_timeout(STOP_GRACE.as_secs());
+    .shutdown_timeout(STOP_TIMEOUT.as_secs());
     for (listener, name) in [(public, "public"), (cluster, "cluster"), (proxy, "proxy")] {
         if let Some(l) = listener {
             server = server

@@ -23,6 +23,23 @@ fn defaults() {
     assert_eq!(c.rate_limit, RateLimitConfig::default());
     assert_eq!(uuid::Uuid::parse_str(&c.node_id).map(|_| ()), Ok(()));
     assert!(!c.cluster.enabled);
+    assert_eq!(c.shutdown_grace_ms, DEFAULT_SHUTDOWN_GRACE_MS);
+}
+
+#[test]
+fn shutdown_grace_from_every_source_and_in_range() {
+    assert_eq!(
+        resolve("shutdown_grace_ms = 250", &[])
+            .unwrap()
+            .shutdown_grace_ms,
+        250
+    );
+    let c = resolve("shutdown_grace_ms = 250", &["--shutdown-grace-ms", "0"]).unwrap();
+    assert_eq!(c.shutdown_grace_ms, 0, "flag beats file; 0 disables");
+    let err = resolve("", &["--shutdown-grace-ms", "60001"])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shutdown_grace_ms"), "{err}");
 }
 
 #[test]

@@ -126,6 +126,146 @@ fn invalid_costs_and_limits_are_400() {
     assert_still_serving(&node);
 }
 
+/// Asserts a 400 `code` whose message names `name` and whose `field` is `field`.
+fn assert_refused(reply: &Reply, code: &str, name: &str, field: Option<&str>) {
+    assert_eq!(reply.status, 400, "{reply}");
+    let (got, message) = reply.error();
+    assert_eq!(got, code, "{reply}");
+    assert!(
+        message.contains(&format!("`{name}`")),
+        "the message should name `{name}`: {reply}"
+    );
+    assert_eq!(reply.json["error"]["field"].as_str(), field, "{reply}");
+}
+
+/// Nothing was taken from `tenant` (its whole burst of 10 is allowed in one
+/// check), and the node still serves.
+fn assert_untouched(node: &Node, tenant: &str) {
+    let reply = node.check(tenant, 10);
+    assert_eq!(reply.status, 200, "units were taken from {tenant}: {reply}");
+    assert_still_serving(node);
+}
+
+/// (code, field) of item `i` of a batch answer.
+fn item_error(reply: &Reply, i: usize) -> (Option<&str>, Option<&str>) {
+    let error = &reply.json["results"][i]["error"];
+    (error["code"].as_str(), error["field"].as_str())
+}
+
+/// A key given twice is invalid JSON, whichever value would win: refused
+/// naming the key (in `field` too when it is a field of the route), on the
+/// public and the admin API, and nothing is taken.
+#[test]
+fn duplicate_keys_are_refused_naming_the_key() {
+    let node = node();
+    for (body, key) in [
+        (r#"{"tenant_id": "dup", "cost": 1, "cost": 2}"#, "cost"),
+        (r#"{"tenant_id": "dup", "tenant_id": "dup-2"}"#, "tenant_id"),
+        (
+            r#"{"tenant_id": "dup", "limit": "requests", "limit": "requests"}"#,
+            "limit",
+        ),
+    ] {
+        let reply = post(&node, "/v1/check", body.as_bytes());
+        assert_refused(&reply, "invalid_json", key, Some(key));
+    }
+    let reply = post(
+        &node,
+        "/v1/check",
+        br#"{"tenant_id": "dup", "x": 1, "x": 2}"#,
+    );
+    assert_refused(&reply, "invalid_json", "x", None);
+
+    // In a batch's envelope the whole batch is refused; in an item, that item.
+    let reply = post(
+        &node,
+        "/v1/check/batch",
+        br#"{"checks": [{"tenant_id": "dup"}], "checks": [{"tenant_id": "dup"}]}"#,
+    );
+    assert_refused(&reply, "invalid_json", "checks", Some("checks"));
+    let reply = post(
+        &node,
+        "/v1/check/batch",
+        br#"{"checks": [{"tenant_id": "dup", "cost": 1, "cost": 2}, {"tenant_id": "dup-ok"}]}"#,
+    );
+    assert_eq!(reply.status, 200, "{reply}");
+    assert_eq!(
+        item_error(&reply, 0),
+        (Some("invalid_json"), Some("cost")),
+        "{reply}"
+    );
+    assert_eq!(reply.json["results"][1]["allowed"], true, "{reply}");
+
+    let reply = node.admin().put_raw(
+        "/admin/tenants/dup/limits",
+        br#"{"requests_per_second": 5, "burst_size": 10, "burst_size": 1000}"#,
+    );
+    assert_refused(&reply, "invalid_json", "burst_size", Some("burst_size"));
+    let overrides = node.admin_get_json("/admin/limits");
+    assert_eq!(overrides["overrides"], json!([]), "{overrides}");
+
+    assert_untouched(&node, "dup");
+}
+
+/// `null` is no default: refused naming the field, nothing taken.
+#[test]
+fn null_is_refused_naming_the_field() {
+    let node = node();
+    for (body, field) in [
+        (json!({"tenant_id": "nul", "cost": null}), "cost"),
+        (json!({"tenant_id": "nul", "limit": null}), "limit"),
+        (json!({"tenant_id": null}), "tenant_id"),
+    ] {
+        let reply = node.check_json(&body);
+        assert_refused(&reply, "invalid_field", field, Some(field));
+        let reply = node.batch(std::slice::from_ref(&body));
+        assert_eq!(reply.status, 200, "{reply}");
+        assert_eq!(
+            item_error(&reply, 0),
+            (Some("invalid_field"), Some(field)),
+            "{reply}"
+        );
+    }
+    let reply = node
+        .public()
+        .post_json("/v1/check/batch", &json!({"checks": null}));
+    assert_refused(&reply, "invalid_field", "checks", Some("checks"));
+    for (body, field) in [
+        (
+            json!({"requests_per_second": null, "burst_size": 10}),
+            "requests_per_second",
+        ),
+        (
+            json!({"requests_per_second": 1, "burst_size": 10, "limit": null}),
+            "limit",
+        ),
+    ] {
+        let reply = node.admin().put_json("/admin/tenants/nul/limits", &body);
+        assert_refused(&reply, "invalid_field", field, Some(field));
+    }
+    assert_untouched(&node, "nul");
+}
+
+/// An unknown field is named in `field`, not only in the message.
+#[test]
+fn unknown_fields_are_named_in_field() {
+    let node = node();
+    let reply = node.check_json(&json!({"tenant_id": "unk", "costs": 2}));
+    assert_refused(&reply, "unknown_field", "costs", Some("costs"));
+    let reply = node.batch(&[json!({"tenant_id": "unk", "weight": 1})]);
+    assert_eq!(
+        item_error(&reply, 0),
+        (Some("unknown_field"), Some("weight")),
+        "{reply}"
+    );
+    let reply = node.public().post_json(
+        "/v1/check/batch",
+        &json!({"checks": [{"tenant_id": "unk"}], "check": 1}),
+    );
+    assert_refused(&reply, "unknown_field", "check", Some("check"));
+    assert_still_serving(&node);
+}
+
 #[test]
 fn oversized_bodies_are_413() {
     let node = node();

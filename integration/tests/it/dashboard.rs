@@ -1,5 +1,6 @@
 //! The operator dashboard (`GET /admin/ui`) in a real headless Chromium, driven
-//! through ChromeDriver, against a real 3-node cluster under load: the page asks
+//! through ChromeDriver. Against a node without an admin token it opens at once.
+//! Against a real 3-node cluster with a token, under load: the page asks
 //! for the admin token, then shows the three members, their states and shares,
 //! the ring agreement, live check rates computed from `/metrics`, and a tenant
 //! lookup whose (hostile) tenant id is rendered as text, never as HTML.
@@ -9,7 +10,7 @@
 
 use llmtrace_integration::browser::{self, Browser};
 use llmtrace_integration::scenario::{load_on, tenants_owned_by};
-use llmtrace_integration::{node_help, tool_available, Cluster};
+use llmtrace_integration::{node_help, tool_available, Cluster, Node};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -49,12 +50,14 @@ fn wait_rate(page: &Browser, name: &str) -> f64 {
     })
 }
 
+/// Chromium and ChromeDriver are installed (else `test` is skipped, saying why).
+fn chromium_available(test: &str) -> bool {
+    tool_available(browser::find().map(|_| ()), test)
+}
+
 #[test]
 fn dashboard_shows_the_cluster_in_chromium() {
-    if !tool_available(
-        browser::find().map(|_| ()),
-        "dashboard_shows_the_cluster_in_chromium",
-    ) {
+    if !chromium_available("dashboard_shows_the_cluster_in_chromium") {
         return;
     }
     // The admin token exists once the admin API requires it; the page sends it
@@ -223,4 +226,34 @@ fn dashboard_shows_the_cluster_in_chromium() {
     );
 
     load.stop().assert_no_failures();
+}
+
+/// A node without an admin token (the loopback default, as after `cargo run`):
+/// the dashboard opens at once, asking for no token and keeping none.
+#[test]
+fn dashboard_opens_without_a_token_when_the_node_has_none() {
+    if !chromium_available("dashboard_opens_without_a_token_when_the_node_has_none") {
+        return;
+    }
+    let node = Node::builder().start();
+    node.wait_ready();
+    let page = Browser::start();
+    page.goto(&format!("{}/admin/ui", node.admin_url()));
+    page.wait_displayed("#app", WAIT);
+    assert!(
+        !page.is_displayed("#login"),
+        "the token prompt shows for a node without a token"
+    );
+    assert!(
+        !page.is_displayed("#logout"),
+        "a token to forget is offered"
+    );
+    page.wait_text("#self-node", WAIT, |t| t == node.node_id);
+    llmtrace_integration::wait_until(WAIT, "one member row", || {
+        page.find_all("tr.member").len() == 1
+    });
+    assert_eq!(page.texts(".member-state"), vec!["ready"], "member state");
+    let storage =
+        page.execute("return [sessionStorage.length, localStorage.length, document.cookie];");
+    assert_eq!(storage, serde_json::json!([0, 0, ""]));
 }

@@ -5,7 +5,7 @@
 //! rps is 1 everywhere so a bucket cannot refill meaningfully during a test; where a
 //! refill could still happen on a very slow machine, bounds use the measured time.
 
-use llmtrace_integration::{metrics, Node, Reply};
+use llmtrace_integration::{metrics, wait_until, Node, Reply};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -283,4 +283,80 @@ fn two_lone_nodes_do_not_collide() {
         assert_eq!(node.check("t", 1).status, 200);
     }
     assert_ne!(a.cluster_addr(), b.cluster_addr());
+}
+
+/// SIGTERM: readyz turns 503 at once, while the public and admin listeners keep
+/// answering (checks allowed) for the whole shutdown grace; the process exits
+/// after it, with status 0.
+#[test]
+fn sigterm_turns_readyz_503_and_serves_through_the_grace() {
+    const GRACE: Duration = Duration::from_millis(2500);
+    /// readyz must show 503 well within the grace, so a load balancer can see it.
+    const READYZ_WITHIN: Duration = Duration::from_secs(1);
+    // Through the environment: a build without the setting starts all the same
+    // (and fails below).
+    let mut node = Node::builder()
+        .rate(1, 1_000_000)
+        .env("LLMTRACE_SHUTDOWN_GRACE_MS", GRACE.as_millis())
+        .start();
+    node.wait_ready();
+    let sent = Instant::now();
+    node.signal_term();
+    wait_until(READYZ_WITHIN, "readyz to answer 503 after SIGTERM", || {
+        node.public()
+            .try_get("/readyz")
+            .is_ok_and(|r| r.status == 503)
+    });
+    let unready = sent.elapsed();
+
+    // Until the node closes its listeners, every request is answered: readyz
+    // 503, checks 200, the admin listener 200. A request may fail only once the
+    // grace is over.
+    let mut last_answered = None;
+    while node.is_running() {
+        let at = sent.elapsed();
+        let readyz = node.public().try_get("/readyz");
+        let check = node
+            .public()
+            .try_post_json("/v1/check", &json!({"tenant_id": "graceful", "cost": 1}));
+        let admin = node.admin().try_get("/admin/cluster");
+        match (readyz, check, admin) {
+            (Ok(readyz), Ok(check), Ok(admin)) => {
+                assert_eq!(readyz.status, 503, "{at:?} after SIGTERM: {readyz}");
+                assert_eq!(check.status, 200, "{at:?} after SIGTERM: {check}");
+                assert_eq!(admin.status, 200, "{at:?} after SIGTERM: {admin}");
+                last_answered = Some(at);
+            }
+            (readyz, check, admin) => {
+                assert!(
+                    at >= GRACE,
+                    "a request sent {at:?} after SIGTERM, within the {GRACE:?} grace, \
+                     was not answered: readyz {:?}, check {:?}, admin {:?}",
+                    readyz.err(),
+                    check.err(),
+                    admin.err()
+                );
+                break;
+            }
+        }
+        assert!(at < GRACE * 4, "still answering {at:?} after SIGTERM");
+    }
+    let status = node
+        .wait_exit(llmtrace_integration::process::STOP_TIMEOUT)
+        .expect("the node exits after its grace");
+    let exited = sent.elapsed();
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        exited >= GRACE,
+        "exited {exited:?} after SIGTERM, before the {GRACE:?} grace was over"
+    );
+    let last_answered = last_answered.expect("answers during the grace");
+    eprintln!(
+        "after SIGTERM: readyz 503 within {unready:?}, last request answered sent at \
+         {last_answered:?}, exit at {exited:?} (grace {GRACE:?})"
+    );
+    assert!(
+        last_answered >= GRACE / 2,
+        "the last request answered was sent {last_answered:?} after SIGTERM"
+    );
 }

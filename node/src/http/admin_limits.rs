@@ -16,31 +16,26 @@ use serde_json::{json, Value};
 
 use super::admin::tenant_of;
 use super::error::ApiError;
-use super::input::read_body;
+use super::input::{self, read_body};
+use super::strict_json;
 use super::NodeContext;
 
 const PUT_FIELDS: [&str; 3] = ["requests_per_second", "burst_size", "limit"];
 
+/// `limit` of a body: absent is `requests`.
 fn parse_limit(v: Option<&Value>) -> Result<Limit, ApiError> {
     match v {
-        None | Some(Value::Null) => Ok(Limit::Requests),
-        Some(Value::String(name)) => name.parse().map_err(|()| {
-            let known: Vec<&str> = Limit::ALL.iter().map(|l| l.as_str()).collect();
-            ApiError::field(
-                "limit",
-                format!(
-                    "unknown `limit` {name:?}; known limits: {}",
-                    known.join(", ")
-                ),
-            )
-        }),
+        None => Ok(Limit::Requests),
+        Some(Value::Null) => Err(ApiError::null_field("limit")),
+        Some(Value::String(name)) => input::parse_limit(name),
         Some(_) => Err(ApiError::field("limit", "`limit` must be a string")),
     }
 }
 
 fn parse_count(obj: &serde_json::Map<String, Value>, name: &'static str) -> Result<u64, ApiError> {
     match obj.get(name) {
-        None | Some(Value::Null) => Err(ApiError::field(name, format!("missing field `{name}`"))),
+        None => Err(ApiError::field(name, format!("missing field `{name}`"))),
+        Some(Value::Null) => Err(ApiError::null_field(name)),
         Some(v) => v.as_u64().ok_or_else(|| {
             let why = if v.as_i64().is_some_and(|n| n < 0) || v.as_f64().is_some_and(|f| f < 0.0) {
                 "must not be negative"
@@ -52,10 +47,10 @@ fn parse_count(obj: &serde_json::Map<String, Value>, name: &'static str) -> Resu
     }
 }
 
-/// Parses and validates `{"requests_per_second", "burst_size", "limit"?}`.
+/// Parses and validates `{"requests_per_second", "burst_size", "limit"?}`
+/// (each key once, none null).
 pub fn parse_override(body: &[u8]) -> Result<(Limit, TenantOverride), ApiError> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid_json(format!("body is not valid JSON: {e}")))?;
+    let v = strict_json::parse(body, &PUT_FIELDS)?;
     let obj = v
         .as_object()
         .ok_or_else(|| ApiError::invalid_json("body must be a JSON object"))?;
@@ -153,12 +148,9 @@ pub async fn delete(
     if let Some(unknown) = query.keys().find(|k| k.as_str() != "limit") {
         return Err(ApiError::unknown_field(unknown, &["limit"]));
     }
-    let limit = parse_limit(
-        query
-            .get("limit")
-            .map(|s| Value::String(s.clone()))
-            .as_ref(),
-    )?;
+    let limit = query
+        .get("limit")
+        .map_or(Ok(Limit::Requests), |name| input::parse_limit(name))?;
     let (entry, before) = apply(&ctx, &tenant, limit, None).await?;
     Ok(HttpResponse::Ok().json(json!({
         "tenant_id": tenant,
@@ -236,7 +228,39 @@ mod tests {
             field(r#"{"requests_per_second":1,"burst_size":9,"limit":3}"#),
             "limit"
         );
+        assert_eq!(
+            field(r#"{"requests_per_second":null,"burst_size":9}"#),
+            "requests_per_second"
+        );
+        assert_eq!(
+            field(r#"{"requests_per_second":1,"burst_size":9,"limit":null}"#),
+            "limit"
+        );
         assert!(parse_override(b"[1]").unwrap_err().code == "invalid_json");
         assert!(parse_override(b"{").unwrap_err().code == "invalid_json");
+    }
+
+    #[test]
+    fn a_duplicated_key_is_invalid_json_naming_it() {
+        for (body, key) in [
+            (
+                r#"{"requests_per_second":1,"burst_size":9,"burst_size":99}"#,
+                Some("burst_size"),
+            ),
+            (
+                r#"{"limit":"requests","requests_per_second":1,"burst_size":9,"limit":"tokens"}"#,
+                Some("limit"),
+            ),
+            (
+                r#"{"requests_per_second":1,"burst_size":9,"x":1,"x":2}"#,
+                None,
+            ),
+        ] {
+            let e = parse_override(body.as_bytes()).unwrap_err();
+            assert_eq!(e.code, "invalid_json", "{body}: {e}");
+            assert_eq!(e.field.as_deref(), key, "{body}: {e}");
+            let named = key.unwrap_or("x");
+            assert!(e.message.contains(&format!("`{named}`")), "{body}: {e}");
+        }
     }
 }

@@ -27,6 +27,27 @@ impl ApiError {
         }
     }
 
+    /// 400 for a field given as `null`: no field takes it (an optional one
+    /// is left out for its default).
+    pub fn null_field(field: &'static str) -> Self {
+        Self::field(
+            field,
+            format!("`{field}` must not be null (leave an optional field out for its default)"),
+        )
+    }
+
+    /// 400 `invalid_json` for a key given twice in one object (which of the
+    /// two would count is the reader's guess, so neither does); `field`
+    /// names it when it is one of the route's fields.
+    pub fn duplicate_key(key: String, is_field: bool) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_json",
+            message: format!("duplicate key `{key}`: a key may appear once per object"),
+            field: is_field.then_some(Cow::Owned(key)),
+        }
+    }
+
     /// 400 for a field the route does not know.
     pub fn unknown_field(name: &str, expected: &[&str]) -> Self {
         ApiError {

@@ -2,19 +2,29 @@
 //! [`MAX_BODY_BYTES`] while they stream in; JSON is parsed into typed structs
 //! on the fast path, and only when that fails is it re-read as a generic value
 //! to tell the client exactly which field is wrong.
+//!
+//! What a check body may hold: each key once ([`strict_json`]), only the
+//! fields of a check, and no `null` (an optional field is left out for its
+//! default).
 
 use actix_web::web;
 use futures_util::StreamExt;
 use llmtrace_cluster_config::{validate_tenant_id, Limit};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 use super::error::ApiError;
+use super::strict_json::{self, Strict};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Most checks in one batch.
 pub const MAX_BATCH_ITEMS: usize = 1_000;
+
+/// The fields of a check.
+const CHECK_FIELDS: [&str; 3] = ["tenant_id", "cost", "limit"];
+/// The fields of a batch.
+const BATCH_FIELDS: [&str; 1] = ["checks"];
 
 /// A validated check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,18 +34,28 @@ pub struct CheckInput {
     pub cost: u64,
 }
 
+/// The fast path: the derived `Deserialize` refuses unknown and repeated
+/// fields; [`given`] refuses `null`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCheck {
     tenant_id: String,
+    #[serde(default, deserialize_with = "given")]
     cost: Option<u64>,
+    #[serde(default, deserialize_with = "given")]
     limit: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBatch {
-    checks: Vec<Value>,
+    checks: Vec<Strict>,
+}
+
+/// An optional field: absent is `None` (through `#[serde(default)]`), but
+/// `null` is an error, where serde's `Option` would take it for absent.
+fn given<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// Reads the whole body, refusing it with 413 as soon as it exceeds the cap.
@@ -54,6 +74,20 @@ pub async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiEr
     Ok(body)
 }
 
+/// A limit's name, or a 400 naming `limit` and listing the known ones.
+pub fn parse_limit(name: &str) -> Result<Limit, ApiError> {
+    name.parse().map_err(|()| {
+        let known: Vec<&str> = Limit::ALL.iter().map(|l| l.as_str()).collect();
+        ApiError::field(
+            "limit",
+            format!(
+                "unknown `limit` {name:?}; known limits: {}",
+                known.join(", ")
+            ),
+        )
+    })
+}
+
 fn finish(
     tenant_id: String,
     cost: Option<u64>,
@@ -65,19 +99,7 @@ fn finish(
     if cost == 0 {
         return Err(ApiError::field("cost", "`cost` must be at least 1"));
     }
-    let limit = match limit {
-        None => Limit::Requests,
-        Some(name) => name.parse().map_err(|()| {
-            let known: Vec<&str> = Limit::ALL.iter().map(|l| l.as_str()).collect();
-            ApiError::field(
-                "limit",
-                format!(
-                    "unknown `limit` {name:?}; known limits: {}",
-                    known.join(", ")
-                ),
-            )
-        })?,
-    };
+    let limit = limit.map_or(Ok(Limit::Requests), parse_limit)?;
     Ok(CheckInput {
         tenant_id,
         limit,
@@ -90,23 +112,18 @@ pub fn check_from_value(v: &Value) -> Result<CheckInput, ApiError> {
     let obj = v
         .as_object()
         .ok_or_else(|| ApiError::invalid_json("a check must be a JSON object"))?;
-    if let Some(unknown) = obj
-        .keys()
-        .find(|k| !["tenant_id", "cost", "limit"].contains(&k.as_str()))
-    {
-        return Err(ApiError::invalid_json(format!(
-            "unknown field `{unknown}`; expected `tenant_id`, `cost`, `limit`"
-        )));
+    if let Some(unknown) = obj.keys().find(|k| !CHECK_FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::unknown_field(unknown, &CHECK_FIELDS));
     }
     let tenant_id = match obj.get("tenant_id") {
-        None | Some(Value::Null) => {
-            return Err(ApiError::field("tenant_id", "missing field `tenant_id`"))
-        }
+        None => return Err(ApiError::field("tenant_id", "missing field `tenant_id`")),
+        Some(Value::Null) => return Err(ApiError::null_field("tenant_id")),
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(ApiError::field("tenant_id", "`tenant_id` must be a string")),
     };
     let cost = match obj.get("cost") {
-        None | Some(Value::Null) => None,
+        None => None,
+        Some(Value::Null) => return Err(ApiError::null_field("cost")),
         Some(v) => Some(v.as_u64().ok_or_else(|| {
             ApiError::field(
                 "cost",
@@ -115,42 +132,26 @@ pub fn check_from_value(v: &Value) -> Result<CheckInput, ApiError> {
         })?),
     };
     let limit = match obj.get("limit") {
-        None | Some(Value::Null) => None,
+        None => None,
+        Some(Value::Null) => return Err(ApiError::null_field("limit")),
         Some(Value::String(s)) => Some(s.as_str()),
         Some(_) => return Err(ApiError::field("limit", "`limit` must be a string")),
     };
     finish(tenant_id, cost, limit)
 }
 
-fn parse_value(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::invalid_json(format!("malformed JSON: {e}")))
-}
-
 /// Parses `POST /v1/check`.
 pub fn parse_check(body: &[u8]) -> Result<CheckInput, ApiError> {
     match serde_json::from_slice::<RawCheck>(body) {
         Ok(raw) => finish(raw.tenant_id, raw.cost, raw.limit.as_deref()),
-        Err(_) => check_from_value(&parse_value(body)?),
+        Err(_) => check_from_value(&strict_json::parse(body, &CHECK_FIELDS)?),
     }
 }
 
-/// Parses `POST /v1/check/batch`: the items, each validated on its own.
+/// Parses `POST /v1/check/batch`: the items, each validated on its own (an
+/// item with a duplicated key gets its own error).
 pub fn parse_batch(body: &[u8]) -> Result<Vec<Result<CheckInput, ApiError>>, ApiError> {
-    let raw: RawBatch = match serde_json::from_slice(body) {
-        Ok(raw) => raw,
-        Err(_) => {
-            let v = parse_value(body)?;
-            let checks = v
-                .get("checks")
-                .ok_or_else(|| ApiError::field("checks", "missing field `checks`"))?;
-            if !checks.is_array() {
-                return Err(ApiError::field("checks", "`checks` must be an array"));
-            }
-            return Err(ApiError::invalid_json(
-                "unknown field; a batch is {\"checks\": [...]}",
-            ));
-        }
-    };
+    let raw: RawBatch = serde_json::from_slice(body).map_err(|_| not_a_batch(body))?;
     if raw.checks.is_empty() {
         return Err(ApiError::field("checks", "`checks` must not be empty"));
     }
@@ -163,7 +164,32 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Result<CheckInput, ApiError>>, Api
             ),
         ));
     }
-    Ok(raw.checks.iter().map(check_from_value).collect())
+    Ok(raw
+        .checks
+        .into_iter()
+        .map(|item| check_from_value(&item.into_value(&CHECK_FIELDS)?))
+        .collect())
+}
+
+/// Why `body`, refused by the fast path, is not a batch.
+fn not_a_batch(body: &[u8]) -> ApiError {
+    let v = match strict_json::parse(body, &BATCH_FIELDS) {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let Some(obj) = v.as_object() else {
+        return ApiError::invalid_json("a batch must be a JSON object {\"checks\": [...]}");
+    };
+    match obj.get("checks") {
+        None => return ApiError::field("checks", "missing field `checks`"),
+        Some(Value::Null) => return ApiError::null_field("checks"),
+        Some(Value::Array(_)) => {}
+        Some(_) => return ApiError::field("checks", "`checks` must be an array"),
+    }
+    match obj.keys().find(|k| !BATCH_FIELDS.contains(&k.as_str())) {
+        Some(unknown) => ApiError::unknown_field(unknown, &BATCH_FIELDS),
+        None => ApiError::invalid_json("a batch is {\"checks\": [...]}"),
+    }
 }
 
 #[cfg(test)]
@@ -246,6 +272,95 @@ mod tests {
             parse_batch(many.as_bytes()).unwrap_err().field.as_deref(),
             Some("checks")
         );
+    }
+
+    /// The error of `body`: (code, field).
+    fn error_of(body: &str) -> (&'static str, Option<String>) {
+        let e = parse_check(body.as_bytes()).unwrap_err();
+        (e.code, e.field.map(|f| f.into_owned()))
+    }
+
+    #[test]
+    fn a_duplicated_key_is_invalid_json_naming_it() {
+        for key in ["tenant_id", "cost", "limit"] {
+            let body = match key {
+                "tenant_id" => r#"{"tenant_id":"a","cost":1,"tenant_id":"b"}"#,
+                "cost" => r#"{"tenant_id":"a","cost":1,"cost":2}"#,
+                _ => r#"{"limit":"requests","tenant_id":"a","limit":"tokens"}"#,
+            };
+            let e = parse_check(body.as_bytes()).unwrap_err();
+            assert_eq!(e.code, "invalid_json", "{body}: {e}");
+            assert!(e.message.contains(&format!("`{key}`")), "{body}: {e}");
+            assert_eq!(e.field.as_deref(), Some(key), "{body}: {e}");
+        }
+        // An unknown key given twice, or a key duplicated deeper down: named
+        // in the message, not a field of a check.
+        for (body, key) in [
+            (r#"{"tenant_id":"a","x":1,"x":1}"#, "x"),
+            (r#"{"tenant_id":"a","x":{"cost":1,"cost":1}}"#, "cost"),
+        ] {
+            let e = parse_check(body.as_bytes()).unwrap_err();
+            assert_eq!(e.code, "invalid_json", "{body}: {e}");
+            assert!(e.message.contains(&format!("`{key}`")), "{body}: {e}");
+            assert_eq!(e.field, None, "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_duplicated_key_in_a_batch() {
+        // In the envelope: the whole batch is refused.
+        let e = parse_batch(br#"{"checks":[{"tenant_id":"a"}],"checks":[{"tenant_id":"b"}]}"#)
+            .unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("invalid_json", Some("checks")),
+            "{e}"
+        );
+        // In an item: that item's error, the others decided.
+        let items =
+            parse_batch(br#"{"checks":[{"tenant_id":"a","cost":1,"cost":9},{"tenant_id":"b"}]}"#)
+                .unwrap();
+        let e = items[0].as_ref().unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("invalid_json", Some("cost")),
+            "{e}"
+        );
+        assert!(e.message.contains("`cost`"), "{e}");
+        assert_eq!(items[1].as_ref().map(|c| c.tenant_id.as_str()), Ok("b"));
+    }
+
+    #[test]
+    fn null_is_refused_naming_the_field() {
+        for (body, field) in [
+            (r#"{"tenant_id":"a","cost":null}"#, "cost"),
+            (r#"{"tenant_id":"a","limit":null}"#, "limit"),
+            (r#"{"tenant_id":null}"#, "tenant_id"),
+        ] {
+            let (code, f) = error_of(body);
+            assert_eq!(
+                (code, f.as_deref()),
+                ("invalid_field", Some(field)),
+                "{body}"
+            );
+            let items = parse_batch(format!(r#"{{"checks":[{body}]}}"#).as_bytes()).unwrap();
+            let e = items[0].as_ref().unwrap_err();
+            assert_eq!(e.field.as_deref(), Some(field), "batch item {body}: {e}");
+        }
+        let e = parse_batch(br#"{"checks":null}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("checks"), "{e}");
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_in_field() {
+        let (code, field) = error_of(r#"{"tenant_id":"a","extra":1}"#);
+        assert_eq!((code, field.as_deref()), ("unknown_field", Some("extra")));
+        let items = parse_batch(br#"{"checks":[{"tenant_id":"a","costs":1}]}"#).unwrap();
+        let e = items[0].as_ref().unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("costs"), "{e}");
+        let e = parse_batch(br#"{"checks":[{"tenant_id":"a"}],"check":1}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("check"), "{e}");
+        assert!(e.message.contains("`check`"), "{e}");
     }
 
     proptest! {

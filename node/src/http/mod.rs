@@ -10,6 +10,7 @@ pub mod error;
 pub mod headers;
 pub mod input;
 pub mod middleware;
+pub mod strict_json;
 pub mod ui;
 
 use std::sync::atomic::{AtomicBool, Ordering};

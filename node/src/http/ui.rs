@@ -1,8 +1,10 @@
 //! `GET /admin/ui`: the operator dashboard, one self-contained HTML page
 //! (`ui.html`: inline CSS and JavaScript, no external assets) compiled into
 //! the binary. The page itself carries no secret and is served without the
-//! admin token; it asks the operator for the token and sends it on every
-//! admin API call it makes.
+//! admin token. It first calls the admin API without a token: a node that
+//! has none (the loopback default) opens the dashboard at once; on a 401 it
+//! asks the operator for the token and sends it on every admin API call it
+//! makes.
 //!
 //! The Content-Security-Policy allows exactly the page's one inline script
 //! and one inline style block (by their SHA-256), `fetch` to this origin
