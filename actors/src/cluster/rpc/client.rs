@@ -67,14 +67,6 @@ impl ClusterClient {
         }
     }
 
-    /// The same client with another timeout.
-    pub fn with_timeout(&self, timeout: Duration) -> Self {
-        ClusterClient {
-            secret: self.secret.clone(),
-            timeout,
-        }
-    }
-
     fn http(&self) -> awc::Client {
         let timeout = self.timeout;
         CLIENTS.with(|c| {
