@@ -14,7 +14,7 @@ fn lookup(c: &mut Criterion) {
             let mut i = 0;
             b.iter(|| {
                 i = (i + 1) & 1023;
-                black_box(ring.owner(black_box(&tenants[i]), Limit::Requests))
+                black_box(ring.owner(black_box(&tenants[i]), Limit::REQUESTS))
             })
         });
     }

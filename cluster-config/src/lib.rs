@@ -3,12 +3,17 @@
 //!
 //! # Layout
 //!
-//! - [`limits`]: the llmtrace `[rate_limit]` block (seed-compatible names),
-//!   named limits and the quota a tenant resolves to.
+//! - [`limit`]: limit names ([`Limit`], interned).
+//! - [`limits`]: the llmtrace `[rate_limit]` block (seed-compatible names)
+//!   and the [`Policy`] a key resolves to under any limit.
+//! - [`named`]: the `[limits.<name>]` blocks (token buckets, quotas,
+//!   concurrency) and their per-key overrides.
+//! - [`period`]: durations and the UTC-aligned windows of quotas.
 //! - [`limit_settings`]: the `[rate_limit]` and `[token_limit]` tables as the
 //!   file or the flags give them, resolved into [`RateLimitConfig`].
 //! - [`runtime`]: runtime limit overrides (admin API), swapped atomically.
-//! - [`tenant`]: validation of tenant ids (shared by config and HTTP input).
+//! - [`tenant`]: validation of tenant ids and keys (shared by config, HTTP
+//!   input and the wire).
 //! - [`cluster`]: the `[cluster]` block (membership, forwarding).
 //! - [`proxy`]: the `[proxy]` block (the LLM proxy listener).
 //! - [`ring`]: the consistent-hash ring that places buckets on nodes.
@@ -23,9 +28,12 @@
 pub mod cluster;
 pub mod error;
 pub mod flags;
+pub mod limit;
 pub mod limit_settings;
 pub mod limits;
+pub mod named;
 pub mod node;
+pub mod period;
 pub mod proxy;
 pub mod ring;
 pub mod runtime;
@@ -34,13 +42,18 @@ pub mod tenant;
 pub use cluster::{ClusterConfig, ClusterSettings, OwnerUnreachable};
 pub use error::ConfigError;
 pub use flags::Flags;
+pub use limit::{validate_limit_name, Limit, LimitNameError, MAX_LIMIT_NAME_LEN};
 pub use limit_settings::{RateLimitSettings, TokenLimitSettings};
 pub use limits::{
-    Limit, Per, Quota, QuotaSource, RateLimitConfig, TenantOverride, TokenLimitConfig,
-    TokenOverride, MAX_TOKEN_BURST,
+    Policy, PolicySource, RateLimitConfig, TenantOverride, TokenLimitConfig, TokenOverride,
+    MAX_BURST_TIMES_PER_S, MAX_TOKEN_BURST,
 };
+pub use named::{check_value, LimitDef, LimitKind, NamedLimits, OverrideValue, ValueError};
 pub use node::{LogFormat, NodeConfig, NodeSettings, ShardPlacement, SnapshotMode};
+pub use period::{format_duration_secs, parse_duration_secs, Period};
 pub use proxy::{ProxyConfig, ProxySettings};
 pub use ring::{Fingerprint, Ring, DEFAULT_VNODES};
 pub use runtime::{validate_runtime_override, OverrideError, RuntimeLimits, MAX_RUNTIME_VALUE};
-pub use tenant::{validate_tenant_id, TenantIdError, MAX_TENANT_ID_LEN};
+pub use tenant::{
+    validate_key, validate_tenant_id, KeyError, TenantIdError, MAX_KEY_LEN, MAX_TENANT_ID_LEN,
+};

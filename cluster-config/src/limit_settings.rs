@@ -15,6 +15,7 @@ use crate::limits::{
     DEFAULT_RATE_LIMIT_ENABLED, DEFAULT_REQUESTS_PER_SECOND, DEFAULT_TOKENS_PER_MINUTE,
     DEFAULT_TOKEN_BURST_SIZE,
 };
+use crate::named::{LimitBlock, NamedLimits};
 use crate::runtime::RuntimeLimits;
 
 /// The llmtrace `[rate_limit]` table (the names of llmtrace 0.2.0), or the
@@ -95,10 +96,11 @@ pub struct TokenLimitSettings {
 
 impl RateLimitConfig {
     /// Applies the defaults to both tables and validates; the token table
-    /// goes to `tokens`.
+    /// goes to `tokens`, the `[limits.*]` tables to `named`.
     pub fn resolve(
         rate: RateLimitSettings,
         tokens: TokenLimitSettings,
+        limits: BTreeMap<String, LimitBlock>,
     ) -> Result<RateLimitConfig, ConfigError> {
         let config = RateLimitConfig {
             enabled: rate.enabled.unwrap_or(DEFAULT_RATE_LIMIT_ENABLED),
@@ -116,6 +118,7 @@ impl RateLimitConfig {
                 burst_size: tokens.burst_size.unwrap_or(DEFAULT_TOKEN_BURST_SIZE),
                 tenant_overrides: tokens.tenant_overrides.unwrap_or_default(),
             },
+            named: NamedLimits::resolve(limits)?,
         };
         config.validate()?;
         Ok(config)

@@ -2,92 +2,40 @@
 //! users can paste their config, and the quota a `(tenant, limit)` resolves to.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+use crate::limit::Limit;
+use crate::named::{LimitKind, NamedLimits, OverrideValue};
+use crate::period::Period;
 use crate::runtime::RuntimeLimits;
 use crate::tenant::validate_tenant_id;
 
-/// A named limit. A bucket is keyed by `(tenant_id, Limit)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Limit {
-    /// One unit per request (or `cost` units); the `[rate_limit]` block.
-    Requests,
-    /// LLM tokens (prompt + completion) of proxied calls; the
-    /// `[token_limit]` block, refilled per minute.
-    Tokens,
-}
-
-impl Limit {
-    /// Every limit, in a fixed order (the index is the wire and metrics id).
-    pub const ALL: [Limit; 2] = [Limit::Requests, Limit::Tokens];
-
-    /// The name used in the API, in metrics and in Redis keys.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Limit::Requests => "requests",
-            Limit::Tokens => "tokens",
-        }
-    }
-
-    /// The period the configured rate of this limit is given per.
-    pub fn per(self) -> Per {
-        match self {
-            Limit::Requests => Per::Second,
-            Limit::Tokens => Per::Minute,
-        }
-    }
-}
-
-/// The period a refill rate is counted over. Bucket math keeps the rate as an
-/// integer per this period (no float, no rounding): tokens per minute are
-/// not an integer per second.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Per {
-    Second,
-    Minute,
-}
-
-impl Per {
-    /// Length of the period in seconds.
-    pub const fn secs(self) -> u64 {
-        match self {
-            Per::Second => 1,
-            Per::Minute => 60,
-        }
-    }
-}
-
-impl fmt::Display for Limit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Limit {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Limit::ALL.into_iter().find(|l| l.as_str() == s).ok_or(())
-    }
-}
-
-/// What a tenant is held to for one limit.
+/// What one key is held to under one limit: the limit's kind with its
+/// numbers resolved (default, configured override or runtime override).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quota {
-    /// Limiting disabled, or `requests_per_second = 0`: every check passes.
+pub enum Policy {
+    /// Limiting disabled, or a rate of 0: every check passes.
     Unlimited,
     /// A token bucket of capacity `burst` refilled continuously at `rate`
-    /// units per `per`. Both are at least 1.
-    Bucket { rate: u32, burst: u32, per: Per },
+    /// units per `per_s` seconds. Both are at least 1, and
+    /// `burst × per_s × 10^9` fits in 63 bits (the bucket math is exact).
+    TokenBucket { rate: u32, burst: u32, per_s: u32 },
+    /// `amount` units per window of `period`, aligned to UTC.
+    Quota { amount: u64, period: Period },
+    /// At most `max` leases held at once; an unreleased lease returns after
+    /// `lease_ttl_s` seconds.
+    Concurrency { max: u32, lease_ttl_s: u64 },
 }
 
-/// Where a tenant's quota for one limit comes from.
+/// A token bucket's capacity in sub-units (`burst × per_s × 10^9`) must fit
+/// in an `i64`: this is the largest `burst × per_s`.
+pub const MAX_BURST_TIMES_PER_S: u64 = i64::MAX as u64 / 1_000_000_000;
+
+/// Where a key's policy under one limit comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuotaSource {
+pub enum PolicySource {
     /// The block's default rate and burst.
     Default,
     /// A `tenant_overrides` entry of the configuration.
@@ -96,12 +44,12 @@ pub enum QuotaSource {
     Runtime,
 }
 
-impl QuotaSource {
+impl PolicySource {
     pub fn as_str(self) -> &'static str {
         match self {
-            QuotaSource::Default => "default",
-            QuotaSource::Config => "config",
-            QuotaSource::Runtime => "runtime",
+            PolicySource::Default => "default",
+            PolicySource::Config => "config",
+            PolicySource::Runtime => "runtime",
         }
     }
 }
@@ -209,8 +157,10 @@ pub struct RateLimitConfig {
     /// Not part of the file; clones share the same table.
     pub runtime: RuntimeLimits,
     /// The `[token_limit]` block (a separate TOML table, resolved into this
-    /// struct so that one [`RateLimitConfig::quota`] answers every limit).
+    /// struct so that one [`RateLimitConfig::policy`] answers every limit).
     pub tokens: TokenLimitConfig,
+    /// The `[limits.<name>]` blocks.
+    pub named: NamedLimits,
 }
 
 impl Default for RateLimitConfig {
@@ -223,6 +173,7 @@ impl Default for RateLimitConfig {
             tenant_overrides: BTreeMap::new(),
             runtime: RuntimeLimits::default(),
             tokens: TokenLimitConfig::default(),
+            named: NamedLimits::default(),
         }
     }
 }
@@ -239,59 +190,88 @@ impl RateLimitConfig {
         }
     }
 
-    /// The quota of `tenant` for `limit`: the one place quotas resolve.
+    /// The policy `key` is held to under `limit`: the one place policies
+    /// resolve. A limit this configuration does not define is unlimited
+    /// (callers look names up with [`RateLimitConfig::limit`] first).
     #[inline]
-    pub fn quota(&self, tenant: &str, limit: Limit) -> Quota {
-        self.quota_with_source(tenant, limit).0
+    pub fn policy(&self, key: &str, limit: Limit) -> Policy {
+        self.policy_with_source(key, limit).0
     }
 
-    /// The quota of `tenant` for `limit` and where it comes from: a runtime
-    /// override, else a configured tenant override, else the default.
+    /// The policy of `key` under `limit` and where it comes from: a runtime
+    /// override, else a configured override, else the limit's default.
     /// `enabled = false` turns off the requests limit (it wins over
     /// everything there); the token limit is off when its rate is 0. A
-    /// runtime override of `tokens` gives tokens per minute in its
-    /// `requests_per_second` field, and its burst is capped at
-    /// [`MAX_TOKEN_BURST`].
-    pub fn quota_with_source(&self, tenant: &str, limit: Limit) -> (Quota, QuotaSource) {
-        if limit == Limit::Requests && !self.enabled {
-            return (Quota::Unlimited, QuotaSource::Default);
+    /// runtime override of `tokens` gives tokens per minute, and its burst
+    /// is capped at [`MAX_TOKEN_BURST`].
+    pub fn policy_with_source(&self, key: &str, limit: Limit) -> (Policy, PolicySource) {
+        if limit != Limit::REQUESTS && limit != Limit::TOKENS {
+            return self.named.policy_with_source(key, limit, &self.runtime);
         }
-        let (rate, burst, source) = if let Some(o) = self.runtime.get(tenant, limit) {
-            (o.requests_per_second, o.burst_size, QuotaSource::Runtime)
-        } else if limit == Limit::Tokens {
-            match self.tokens.tenant_overrides.get(tenant) {
-                Some(o) => (o.tokens_per_minute, o.burst_size, QuotaSource::Config),
+        if limit == Limit::REQUESTS && !self.enabled {
+            return (Policy::Unlimited, PolicySource::Default);
+        }
+        let runtime = match self.runtime.get(key, limit) {
+            Some(OverrideValue::TokenBucket { rate, burst }) => Some((rate, burst)),
+            _ => None,
+        };
+        let (rate, burst, source) = if let Some((rate, burst)) = runtime {
+            (rate, burst, PolicySource::Runtime)
+        } else if limit == Limit::TOKENS {
+            match self.tokens.tenant_overrides.get(key) {
+                Some(o) => (o.tokens_per_minute, o.burst_size, PolicySource::Config),
                 None => (
                     self.tokens.tokens_per_minute,
                     self.tokens.burst_size,
-                    QuotaSource::Default,
+                    PolicySource::Default,
                 ),
             }
         } else {
-            match self.tenant_overrides.get(tenant) {
-                Some(o) => (o.requests_per_second, o.burst_size, QuotaSource::Config),
+            match self.tenant_overrides.get(key) {
+                Some(o) => (o.requests_per_second, o.burst_size, PolicySource::Config),
                 None => (
                     self.requests_per_second,
                     self.burst_size,
-                    QuotaSource::Default,
+                    PolicySource::Default,
                 ),
             }
         };
-        let burst = if limit == Limit::Tokens {
-            burst.min(MAX_TOKEN_BURST)
+        let (burst, per_s) = if limit == Limit::TOKENS {
+            (burst.min(MAX_TOKEN_BURST), 60)
         } else {
-            burst
+            (burst, 1)
         };
-        let quota = if rate == 0 {
-            Quota::Unlimited
+        let policy = if rate == 0 {
+            Policy::Unlimited
         } else {
-            Quota::Bucket {
-                rate,
-                burst,
-                per: limit.per(),
-            }
+            Policy::TokenBucket { rate, burst, per_s }
         };
-        (quota, source)
+        (policy, source)
+    }
+
+    /// The limit named `name`, if this configuration defines it (`requests`
+    /// and `tokens` always exist).
+    pub fn limit(&self, name: &str) -> Option<Limit> {
+        match name {
+            "requests" => Some(Limit::REQUESTS),
+            "tokens" => Some(Limit::TOKENS),
+            _ => self.named.find(name),
+        }
+    }
+
+    /// Every limit this configuration defines, by name.
+    pub fn limits(&self) -> Vec<Limit> {
+        let mut all = vec![Limit::REQUESTS, Limit::TOKENS];
+        all.extend(self.named.iter().map(|d| d.limit));
+        all.sort();
+        all
+    }
+
+    /// The kind of `limit`.
+    pub fn kind(&self, limit: Limit) -> LimitKind {
+        self.named
+            .get(limit)
+            .map_or(LimitKind::TokenBucket, |d| d.kind)
     }
 
     /// Checks every value; the error names the key (`rate_limit.burst_size`).
@@ -303,7 +283,8 @@ impl RateLimitConfig {
                 .map_err(|e| ConfigError::invalid(&key, format!("tenant id {e}")))?;
             check_pair(&key, o.requests_per_second, o.burst_size)?;
         }
-        self.tokens.validate()
+        self.tokens.validate()?;
+        self.named.validate()
     }
 
     /// Warnings worth logging at start-up (accepted but meaningless keys).
@@ -344,11 +325,11 @@ mod tests {
         let c = RateLimitConfig::default();
         assert!(c.enabled);
         assert_eq!(
-            c.quota("t", Limit::Requests),
-            Quota::Bucket {
+            c.policy("t", Limit::REQUESTS),
+            Policy::TokenBucket {
                 rate: 100,
                 burst: 200,
-                per: Per::Second
+                per_s: 1
             }
         );
     }
@@ -357,8 +338,8 @@ mod tests {
     fn disabled_and_zero_rate_are_unlimited() {
         let mut c = config(1, 1);
         c.enabled = false;
-        assert_eq!(c.quota("t", Limit::Requests), Quota::Unlimited);
-        assert_eq!(config(0, 5).quota("t", Limit::Requests), Quota::Unlimited);
+        assert_eq!(c.policy("t", Limit::REQUESTS), Policy::Unlimited);
+        assert_eq!(config(0, 5).policy("t", Limit::REQUESTS), Policy::Unlimited);
     }
 
     #[test]
@@ -372,19 +353,19 @@ mod tests {
             },
         );
         assert_eq!(
-            c.quota("big", Limit::Requests),
-            Quota::Bucket {
+            c.policy("big", Limit::REQUESTS),
+            Policy::TokenBucket {
                 rate: 500,
                 burst: 1000,
-                per: Per::Second
+                per_s: 1
             }
         );
         assert_eq!(
-            c.quota("small", Limit::Requests),
-            Quota::Bucket {
+            c.policy("small", Limit::REQUESTS),
+            Policy::TokenBucket {
                 rate: 1,
                 burst: 2,
-                per: Per::Second
+                per_s: 1
             }
         );
     }
@@ -421,7 +402,7 @@ mod tests {
     #[test]
     fn token_quota_is_per_minute_with_overrides() {
         let mut c = RateLimitConfig::default();
-        assert_eq!(c.quota("t", Limit::Tokens), Quota::Unlimited);
+        assert_eq!(c.policy("t", Limit::TOKENS), Policy::Unlimited);
         c.tokens.tokens_per_minute = 90;
         c.tokens.burst_size = 1000;
         c.tokens.tenant_overrides.insert(
@@ -431,27 +412,30 @@ mod tests {
                 burst_size: 11,
             },
         );
-        let per = Per::Minute;
+        let per_s = 60;
         assert_eq!(
-            c.quota("t", Limit::Tokens),
-            Quota::Bucket {
+            c.policy("t", Limit::TOKENS),
+            Policy::TokenBucket {
                 rate: 90,
                 burst: 1000,
-                per
+                per_s
             }
         );
         assert_eq!(
-            c.quota("big", Limit::Tokens),
-            Quota::Bucket {
+            c.policy("big", Limit::TOKENS),
+            Policy::TokenBucket {
                 rate: 7,
                 burst: 11,
-                per
+                per_s
             }
         );
         // Disabling the requests limit leaves the token limit alone.
         c.enabled = false;
-        assert_eq!(c.quota("t", Limit::Requests), Quota::Unlimited);
-        assert!(matches!(c.quota("t", Limit::Tokens), Quota::Bucket { .. }));
+        assert_eq!(c.policy("t", Limit::REQUESTS), Policy::Unlimited);
+        assert!(matches!(
+            c.policy("t", Limit::TOKENS),
+            Policy::TokenBucket { .. }
+        ));
     }
 
     #[test]
@@ -491,30 +475,27 @@ mod tests {
             },
         );
         assert_eq!(
-            c.quota_with_source("big", Limit::Requests).1,
-            QuotaSource::Config
+            c.policy_with_source("big", Limit::REQUESTS).1,
+            PolicySource::Config
         );
         assert_eq!(
-            c.quota_with_source("x", Limit::Requests).1,
-            QuotaSource::Default
+            c.policy_with_source("x", Limit::REQUESTS).1,
+            PolicySource::Default
         );
         let shared = c.clone();
         c.runtime.replace([(
-            ("big".to_string(), Limit::Requests),
-            TenantOverride {
-                requests_per_second: 7,
-                burst_size: 9,
-            },
+            ("big".to_string(), Limit::REQUESTS),
+            OverrideValue::TokenBucket { rate: 7, burst: 9 },
         )]);
         assert_eq!(
-            shared.quota_with_source("big", Limit::Requests),
+            shared.policy_with_source("big", Limit::REQUESTS),
             (
-                Quota::Bucket {
+                Policy::TokenBucket {
                     rate: 7,
                     burst: 9,
-                    per: Per::Second
+                    per_s: 1
                 },
-                QuotaSource::Runtime
+                PolicySource::Runtime
             )
         );
     }
@@ -523,35 +504,27 @@ mod tests {
     fn runtime_overrides_of_tokens_are_per_minute_and_capped() {
         let c = RateLimitConfig::default();
         c.runtime.replace([(
-            ("t".to_string(), Limit::Tokens),
-            TenantOverride {
-                requests_per_second: 600,
-                burst_size: 1_000_000_000,
+            ("t".to_string(), Limit::TOKENS),
+            OverrideValue::TokenBucket {
+                rate: 600,
+                burst: 1_000_000_000,
             },
         )]);
         assert_eq!(
-            c.quota_with_source("t", Limit::Tokens),
+            c.policy_with_source("t", Limit::TOKENS),
             (
-                Quota::Bucket {
+                Policy::TokenBucket {
                     rate: 600,
                     burst: MAX_TOKEN_BURST,
-                    per: Per::Minute
+                    per_s: 60
                 },
-                QuotaSource::Runtime
+                PolicySource::Runtime
             )
         );
         // The requests limit of the same tenant is untouched.
         assert_eq!(
-            c.quota_with_source("t", Limit::Requests).1,
-            QuotaSource::Default
+            c.policy_with_source("t", Limit::REQUESTS).1,
+            PolicySource::Default
         );
-    }
-
-    #[test]
-    fn limit_names_round_trip() {
-        for l in Limit::ALL {
-            assert_eq!(l.as_str().parse::<Limit>(), Ok(l));
-        }
-        assert!("tokens-nope".parse::<Limit>().is_err());
     }
 }

@@ -6,6 +6,7 @@
 //! Precedence: flag > environment (`LLMTRACE_*`) > TOML file > default; see
 //! [`crate::flags`] for how the sources are laid over each other.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -17,6 +18,7 @@ use crate::error::{in_range, parse_addr, ConfigError};
 use crate::flags::{shown, value_names};
 use crate::limit_settings::{RateLimitSettings, TokenLimitSettings};
 use crate::limits::RateLimitConfig;
+use crate::named::LimitBlock;
 use crate::proxy::{ProxyConfig, ProxySettings};
 use crate::tenant::validate_tenant_id;
 
@@ -254,6 +256,11 @@ pub struct NodeSettings {
     #[serde(default)]
     pub token_limit: TokenLimitSettings,
 
+    /// The `[limits.<name>]` tables: named limits (file only).
+    #[arg(skip)]
+    #[serde(default)]
+    pub limits: BTreeMap<String, LimitBlock>,
+
     /// The `[proxy]` table (flags under the heading Proxy).
     #[command(flatten)]
     #[serde(default)]
@@ -392,7 +399,7 @@ impl NodeConfig {
             http_workers,
             log_format: s.log_format.unwrap_or_default(),
             shutdown_grace_ms,
-            rate_limit: RateLimitConfig::resolve(s.rate_limit, s.token_limit)?,
+            rate_limit: RateLimitConfig::resolve(s.rate_limit, s.token_limit, s.limits)?,
             cluster: ClusterConfig::resolve(s.cluster)?,
             proxy: ProxyConfig::resolve(s.proxy)?,
         })

@@ -13,7 +13,7 @@ use std::fmt;
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::limits::Limit;
+use crate::limit::Limit;
 
 /// Default number of virtual nodes per member.
 pub const DEFAULT_VNODES: u32 = 256;

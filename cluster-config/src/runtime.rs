@@ -1,7 +1,7 @@
-//! Runtime limit overrides: per-tenant rate and burst set through the admin
-//! API while the node runs. They take precedence over the `[rate_limit]`
-//! block (defaults and `tenant_overrides`) and are read on every quota
-//! resolution, so the table is an immutable map swapped whole on change
+//! Runtime limit overrides: the numbers of one key under one limit, set
+//! through the admin API while the node runs. They take precedence over the
+//! configuration (defaults and configured overrides) and are read on every
+//! policy resolution, so the table is an immutable map swapped whole on change
 //! (one atomic load on the hot path, no lock).
 //!
 //! This type only holds the table in force on this node; propagation between
@@ -13,17 +13,15 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::limits::{Limit, TenantOverride};
+use crate::limit::Limit;
+use crate::named::OverrideValue;
 
 /// Largest `requests_per_second` or `burst_size` a runtime override may set
 /// (a billion units: far above any real tenant, and small enough that the
 /// bucket math in nano-units cannot overflow).
 pub const MAX_RUNTIME_VALUE: u64 = 1_000_000_000;
 
-/// A validated runtime override value.
-pub type RuntimeOverride = TenantOverride;
-
-type Table = HashMap<String, Vec<(Limit, TenantOverride)>>;
+type Table = HashMap<String, Vec<(Limit, OverrideValue)>>;
 
 /// The runtime overrides in force. Cloning gives another handle to the same
 /// table (the limiter, the shards and the admin API share one).
@@ -35,9 +33,9 @@ impl RuntimeLimits {
         Self::default()
     }
 
-    /// The override of `(tenant, limit)`, if any.
+    /// The override of `(key, limit)`, if any.
     #[inline]
-    pub fn get(&self, tenant: &str, limit: Limit) -> Option<TenantOverride> {
+    pub fn get(&self, tenant: &str, limit: Limit) -> Option<OverrideValue> {
         let table = self.0.load();
         if table.is_empty() {
             return None;
@@ -50,7 +48,7 @@ impl RuntimeLimits {
     }
 
     /// Replaces the whole table.
-    pub fn replace(&self, entries: impl IntoIterator<Item = ((String, Limit), TenantOverride)>) {
+    pub fn replace(&self, entries: impl IntoIterator<Item = ((String, Limit), OverrideValue)>) {
         let mut table = Table::new();
         for ((tenant, limit), o) in entries {
             let v = table.entry(tenant).or_default();
@@ -61,7 +59,7 @@ impl RuntimeLimits {
     }
 
     /// Every override, sorted by tenant then limit.
-    pub fn entries(&self) -> BTreeMap<(String, Limit), TenantOverride> {
+    pub fn entries(&self) -> BTreeMap<(String, Limit), OverrideValue> {
         let table = self.0.load();
         table
             .iter()
@@ -99,12 +97,13 @@ pub struct OverrideError {
     pub message: String,
 }
 
-/// Validates a runtime override. `requests_per_second` 0 means unlimited
-/// (as in the `[rate_limit]` block); `burst_size` must be at least 1.
+/// Validates a runtime override of a token bucket given in the names of the
+/// `[rate_limit]` block. `requests_per_second` 0 means unlimited;
+/// `burst_size` must be at least 1.
 pub fn validate_runtime_override(
     requests_per_second: u64,
     burst_size: u64,
-) -> Result<TenantOverride, OverrideError> {
+) -> Result<OverrideValue, OverrideError> {
     if requests_per_second > MAX_RUNTIME_VALUE {
         return Err(OverrideError {
             field: "requests_per_second",
@@ -124,9 +123,9 @@ pub fn validate_runtime_override(
             message: format!("`burst_size` must be at most {MAX_RUNTIME_VALUE}"),
         });
     }
-    Ok(TenantOverride {
-        requests_per_second: requests_per_second as u32,
-        burst_size: burst_size as u32,
+    Ok(OverrideValue::TokenBucket {
+        rate: requests_per_second as u32,
+        burst: burst_size as u32,
     })
 }
 
@@ -134,21 +133,18 @@ pub fn validate_runtime_override(
 mod tests {
     use super::*;
 
-    fn o(r: u32, b: u32) -> TenantOverride {
-        TenantOverride {
-            requests_per_second: r,
-            burst_size: b,
-        }
+    fn o(rate: u32, burst: u32) -> OverrideValue {
+        OverrideValue::TokenBucket { rate, burst }
     }
 
     #[test]
     fn replace_and_get() {
         let r = RuntimeLimits::new();
-        assert_eq!(r.get("a", Limit::Requests), None);
+        assert_eq!(r.get("a", Limit::REQUESTS), None);
         let shared = r.clone();
-        r.replace([(("a".to_string(), Limit::Requests), o(5, 10))]);
-        assert_eq!(shared.get("a", Limit::Requests), Some(o(5, 10)));
-        assert_eq!(shared.get("b", Limit::Requests), None);
+        r.replace([(("a".to_string(), Limit::REQUESTS), o(5, 10))]);
+        assert_eq!(shared.get("a", Limit::REQUESTS), Some(o(5, 10)));
+        assert_eq!(shared.get("b", Limit::REQUESTS), None);
         assert_eq!(shared.len(), 1);
         r.replace([]);
         assert!(shared.is_empty());

@@ -383,7 +383,7 @@ fn cluster_id(secret: Option<&str>) -> String {
         Some(s) => {
             let h = llmtrace_actors::core::key::stable_hash(
                 s,
-                llmtrace_cluster_config::Limit::Requests,
+                llmtrace_cluster_config::Limit::REQUESTS,
             );
             format!("llmtrace-{:08x}", h as u32)
         }

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use futures_util::future::{self, BoxFuture, FutureExt};
 
 use super::{CacheError, CacheLayer, SnapshotWrite};
-use crate::core::bucket::BucketState;
 use crate::core::clock::Clock;
+use crate::core::held::Held;
 use crate::core::key::BucketKey;
 
 /// How often expired entries are purged on a write (nanoseconds).
@@ -17,7 +17,7 @@ const PURGE_EVERY_NS: u64 = 1_000_000_000;
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<BucketKey, (BucketState, u64)>,
+    entries: HashMap<BucketKey, (Held, u64)>,
     last_purge_ns: u64,
 }
 
@@ -52,17 +52,14 @@ impl CacheLayer for InMemoryCacheLayer {
         "memory"
     }
 
-    fn restore(
-        &self,
-        key: BucketKey,
-    ) -> BoxFuture<'static, Result<Option<BucketState>, CacheError>> {
+    fn restore(&self, key: BucketKey) -> BoxFuture<'static, Result<Option<Held>, CacheError>> {
         let now = self.clock.now_ns();
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let found = inner
             .entries
             .get(&key)
             .filter(|(_, exp)| *exp > now)
-            .map(|(s, _)| *s);
+            .map(|(s, _)| s.clone());
         future::ready(Ok(found)).boxed()
     }
 
@@ -75,7 +72,9 @@ impl CacheLayer for InMemoryCacheLayer {
         }
         for w in writes.iter() {
             let expires = now.saturating_add(w.ttl_ms.saturating_mul(1_000_000));
-            inner.entries.insert(w.key.clone(), (w.state, expires));
+            inner
+                .entries
+                .insert(w.key.clone(), (w.state.clone(), expires));
         }
         future::ready(Ok(())).boxed()
     }

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use thiserror::Error;
 
-use crate::core::bucket::{BucketQuota, BucketState};
+use crate::core::bucket::BucketQuota;
+use crate::core::held::Held;
 use crate::core::key::BucketKey;
 use crate::core::snapshot;
 
@@ -25,17 +26,17 @@ pub use self::redis::{RedisCacheLayer, RedisLatency};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotWrite {
     pub key: BucketKey,
-    pub state: BucketState,
+    pub state: Held,
     /// Time to live: until the bucket would be full again, plus a margin.
     pub ttl_ms: u64,
 }
 
 impl SnapshotWrite {
-    /// The write of `state` under `quota`: kept until the bucket would be
-    /// full again (a full bucket carries no information).
-    pub fn new(key: BucketKey, state: BucketState, quota: BucketQuota) -> Self {
+    /// The write of `state` under `quota` at `now_ns`: kept until the
+    /// bucket would be full again (a full bucket carries no information).
+    pub fn new(key: BucketKey, state: Held, quota: BucketQuota, now_ns: u64) -> Self {
         SnapshotWrite {
-            ttl_ms: snapshot::ttl_ms(&state, quota),
+            ttl_ms: snapshot::ttl_ms(&state, quota, now_ns),
             key,
             state,
         }
@@ -60,10 +61,7 @@ pub trait CacheLayer: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// The last snapshot of `key`, if any and not expired.
-    fn restore(
-        &self,
-        key: BucketKey,
-    ) -> BoxFuture<'static, Result<Option<BucketState>, CacheError>>;
+    fn restore(&self, key: BucketKey) -> BoxFuture<'static, Result<Option<Held>, CacheError>>;
 
     /// Writes a batch of snapshots (Redis: one pipeline).
     fn store(&self, writes: Arc<Vec<SnapshotWrite>>) -> BoxFuture<'static, Result<(), CacheError>>;

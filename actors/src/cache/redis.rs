@@ -26,7 +26,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::ErrorKind;
 
 use super::{CacheError, CacheLayer, SnapshotWrite};
-use crate::core::bucket::BucketState;
+use crate::core::held::Held;
 use crate::core::key::BucketKey;
 use crate::core::snapshot;
 
@@ -180,10 +180,7 @@ impl CacheLayer for RedisCacheLayer {
         "redis"
     }
 
-    fn restore(
-        &self,
-        key: BucketKey,
-    ) -> BoxFuture<'static, Result<Option<BucketState>, CacheError>> {
+    fn restore(&self, key: BucketKey) -> BoxFuture<'static, Result<Option<Held>, CacheError>> {
         if self.breaker.is_open() {
             return futures_util::future::ready(Err(CacheError::Unavailable(
                 "redis failed moments ago; not waiting for it".into(),

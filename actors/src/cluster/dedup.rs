@@ -128,7 +128,7 @@ mod tests {
             op: 0,
             id,
             tenant: "t".into(),
-            limit: 0,
+            limit: "requests".into(),
             cost: 1,
             retry,
             hops: 1,

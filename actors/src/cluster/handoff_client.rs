@@ -13,7 +13,7 @@ use futures_util::future::{FutureExt, LocalBoxFuture};
 use crate::cluster::rpc::client::ClusterClient;
 use crate::cluster::rpc::wire::{HandoffRequest, InstallRequest, MAX_INSTALL_ITEMS};
 use crate::cluster::view::ViewHandle;
-use crate::core::bucket::BucketState;
+use crate::core::held::Held;
 use crate::core::key::BucketKey;
 use crate::shard::HandoffSource;
 
@@ -40,13 +40,13 @@ impl PeerHandoff {
         cluster_addr: std::net::SocketAddr,
         origin: &str,
         key: &BucketKey,
-    ) -> LocalBoxFuture<'static, Result<Option<BucketState>, String>> {
+    ) -> LocalBoxFuture<'static, Result<Option<Held>, String>> {
         let answer = self.client.call(
             cluster_addr,
             &HandoffRequest {
                 origin: origin.to_string(),
                 tenant: key.tenant.to_string(),
-                limit: key.limit as u8,
+                limit: key.limit.as_str().to_string(),
             },
         );
         async move { answer.await.map(|a| a.state).map_err(|e| e.to_string()) }.boxed_local()
@@ -64,7 +64,7 @@ impl HandoffSource for PeerHandoff {
         key: &BucketKey,
         hint: Option<&str>,
         reclaim: bool,
-    ) -> Option<LocalBoxFuture<'static, Result<Option<BucketState>, String>>> {
+    ) -> Option<LocalBoxFuture<'static, Result<Option<Held>, String>>> {
         let view = self.view.load();
         let mut owners: Vec<&str> = hint.into_iter().collect();
         match view.owner(&key.tenant, key.limit) {
@@ -165,7 +165,7 @@ pub async fn hand_over(
     });
     let buckets = limiter.take_all(owner_of).await;
     let view = views.load_full();
-    let mut by_owner: HashMap<String, Vec<(BucketKey, BucketState)>> = HashMap::new();
+    let mut by_owner: HashMap<String, Vec<(BucketKey, Held)>> = HashMap::new();
     let mut undelivered = Vec::new();
     for (key, state) in buckets {
         match view.owner(&key.tenant, key.limit) {
@@ -187,7 +187,13 @@ pub async fn hand_over(
                 origin: view.self_id.to_string(),
                 buckets: chunk
                     .iter()
-                    .map(|(k, s)| (k.tenant.to_string(), k.limit as u8, *s))
+                    .map(|(k, s)| {
+                        (
+                            k.tenant.to_string(),
+                            k.limit.as_str().to_string(),
+                            s.clone(),
+                        )
+                    })
                     .collect(),
             };
             match client.call(member.cluster_addr, &push).await {

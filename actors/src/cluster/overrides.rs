@@ -24,7 +24,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use llmtrace_cluster_config::{validate_tenant_id, Limit, RuntimeLimits, TenantOverride};
+use llmtrace_cluster_config::{
+    validate_key, validate_tenant_id, Limit, OverrideValue, RuntimeLimits,
+};
 
 /// Prefix of the gossip keys.
 pub const GOSSIP_PREFIX: &str = "override/";
@@ -40,7 +42,7 @@ pub struct OverrideEntry {
     /// Node id of the accepting node (breaks version ties).
     pub origin: String,
     /// `None`: the override was deleted.
-    pub value: Option<TenantOverride>,
+    pub value: Option<OverrideValue>,
 }
 
 impl OverrideEntry {
@@ -49,14 +51,16 @@ impl OverrideEntry {
         (self.version, self.origin.as_str()) > (other.version, other.origin.as_str())
     }
 
-    /// `version;origin;rps;burst` or `version;origin;-`.
+    /// `version;origin;rate;burst` (a token bucket, as the first version
+    /// wrote it), `version;origin;q;amount` (a quota),
+    /// `version;origin;c;max` (a concurrency limit) or `version;origin;-`.
     pub fn encode(&self) -> String {
+        let (v, o) = (self.version, &self.origin);
         match self.value {
-            Some(o) => format!(
-                "{};{};{};{}",
-                self.version, self.origin, o.requests_per_second, o.burst_size
-            ),
-            None => format!("{};{};-", self.version, self.origin),
+            Some(OverrideValue::TokenBucket { rate, burst }) => format!("{v};{o};{rate};{burst}"),
+            Some(OverrideValue::Quota { amount }) => format!("{v};{o};q;{amount}"),
+            Some(OverrideValue::Concurrency { max }) => format!("{v};{o};c;{max}"),
+            None => format!("{v};{o};-"),
         }
     }
 
@@ -68,14 +72,27 @@ impl OverrideEntry {
         validate_tenant_id(origin).ok()?;
         let value = match (parts.next()?, parts.next()) {
             ("-", None) => None,
-            (rps, Some(burst)) => {
-                let o = llmtrace_cluster_config::validate_runtime_override(
-                    rps.parse().ok()?,
+            ("q", Some(amount)) => {
+                let value = OverrideValue::Quota {
+                    amount: amount.parse().ok()?,
+                };
+                llmtrace_cluster_config::check_value(value, 1).ok()?;
+                Some(value)
+            }
+            ("c", Some(max)) => {
+                let value = OverrideValue::Concurrency {
+                    max: max.parse().ok()?,
+                };
+                llmtrace_cluster_config::check_value(value, 1).ok()?;
+                Some(value)
+            }
+            (rate, Some(burst)) => Some(
+                llmtrace_cluster_config::validate_runtime_override(
+                    rate.parse().ok()?,
                     burst.parse().ok()?,
                 )
-                .ok()?;
-                Some(o)
-            }
+                .ok()?,
+            ),
             _ => return None,
         };
         if parts.next().is_some() {
@@ -102,12 +119,13 @@ pub fn gossip_key(tenant: &str, limit: Limit) -> String {
     format!("{GOSSIP_PREFIX}{}", field(tenant, limit))
 }
 
-/// Parses a field written by [`field`].
+/// Parses a field written by [`field`]; only limits this process's
+/// configuration knows are accepted.
 pub fn parse_field(field: &str) -> Option<(String, Limit)> {
-    let (limit, tenant) = field.split_once('/')?;
-    let limit = limit.parse().ok()?;
-    validate_tenant_id(tenant).ok()?;
-    Some((tenant.to_string(), limit))
+    let (limit, key) = field.split_once('/')?;
+    let limit = Limit::find(limit)?;
+    validate_key(key).ok()?;
+    Some((key.to_string(), limit))
 }
 
 /// Adds `entry` to `table` unless the table holds a newer one; true when
@@ -236,16 +254,21 @@ mod tests {
         OverrideEntry {
             version,
             origin: origin.into(),
-            value: value.map(|(r, b)| TenantOverride {
-                requests_per_second: r,
-                burst_size: b,
-            }),
+            value: value.map(|(rate, burst)| OverrideValue::TokenBucket { rate, burst }),
         }
     }
 
     #[test]
     fn entries_round_trip_and_refuse_garbage() {
-        for entry in [e(5, "n1", Some((3, 9))), e(7, "n-2", None)] {
+        let quota = OverrideEntry {
+            value: Some(OverrideValue::Quota { amount: 1_000 }),
+            ..e(8, "n3", None)
+        };
+        let inflight = OverrideEntry {
+            value: Some(OverrideValue::Concurrency { max: 4 }),
+            ..e(9, "n3", None)
+        };
+        for entry in [e(5, "n1", Some((3, 9))), e(7, "n-2", None), quota, inflight] {
             assert_eq!(OverrideEntry::decode(&entry.encode()), Some(entry));
         }
         for bad in [
@@ -256,12 +279,15 @@ mod tests {
             "1;n;1",
             "1;n;-;1",
             "1;n;1;1;1",
+            "1;n;q;0",
+            "1;n;c;0",
+            "1;n;q;x",
         ] {
             assert_eq!(OverrideEntry::decode(bad), None, "{bad:?}");
         }
         assert_eq!(
             parse_field("requests/a/b"),
-            Some(("a/b".to_string(), Limit::Requests))
+            Some(("a/b".to_string(), Limit::REQUESTS))
         );
         assert_eq!(parse_field("nope/a"), None);
         assert_eq!(parse_field("requests/"), None);
@@ -269,7 +295,7 @@ mod tests {
 
     #[test]
     fn merge_keeps_the_newest_whatever_the_order() {
-        let k = ("t".to_string(), Limit::Requests);
+        let k = ("t".to_string(), Limit::REQUESTS);
         let entries = [
             e(5, "a", Some((1, 1))),
             e(6, "a", None),
@@ -285,12 +311,12 @@ mod tests {
         let runtime = RuntimeLimits::new();
         let mut table = OverrideTable::new();
         table.insert(k.clone(), e(1, "a", None));
-        table.insert(("u".into(), Limit::Requests), e(1, "a", Some((4, 8))));
+        table.insert(("u".into(), Limit::REQUESTS), e(1, "a", Some((4, 8))));
         install(&runtime, &table);
-        assert_eq!(runtime.get("t", Limit::Requests), None);
+        assert_eq!(runtime.get("t", Limit::REQUESTS), None);
         assert_eq!(
-            runtime.get("u", Limit::Requests).map(|o| o.burst_size),
-            Some(8)
+            runtime.get("u", Limit::REQUESTS),
+            Some(OverrideValue::TokenBucket { rate: 4, burst: 8 })
         );
         assert_eq!(next_version(10, Some(&e(50, "a", None))), 51);
         assert_eq!(next_version(100, Some(&e(50, "a", None))), 100);

@@ -99,6 +99,7 @@ fn wire_error(e: &CheckError) -> WireResult {
         }
         CheckError::NotPersisted => WireResult::Unavailable(ErrorCode::NotPersisted),
         CheckError::OwnerRefused(code) => WireResult::Invalid(*code),
+        CheckError::WrongOp(_) => WireResult::Invalid(ErrorCode::UnknownOp),
     }
 }
 
@@ -253,7 +254,7 @@ impl Router {
         WireCheck {
             id: self.next_check_id.fetch_add(1, Relaxed),
             tenant,
-            limit: limit as u8,
+            limit: limit.as_str().to_string(),
             op: op as u8,
             cost,
             retry: false,
@@ -309,9 +310,19 @@ impl Router {
     /// Decides a client's check (`POST /v1/check`, a proxied call) and
     /// counts where it was decided (`llmtrace_routed_checks_total`).
     pub async fn check(&self, tenant: &str, limit: Limit, cost: u64) -> Result<Routed, CheckError> {
-        let routed = self
-            .route(tenant.to_string(), limit, Op::Take, cost, 0)
-            .await?;
+        self.check_op(tenant, limit, Op::Take, cost).await
+    }
+
+    /// [`Router::check`] of any operation that decides (a take, or the
+    /// acquire of a lease whose id is `cost`).
+    pub async fn check_op(
+        &self,
+        tenant: &str,
+        limit: Limit,
+        op: Op,
+        cost: u64,
+    ) -> Result<Routed, CheckError> {
+        let routed = self.route(tenant.to_string(), limit, op, cost, 0).await?;
         let m = &self.metrics;
         match routed.route {
             Route::Local => m.routed_local.inc(),
@@ -476,8 +487,8 @@ impl Router {
                     owner: Some(owner),
                 })
             }
-            OwnerUnreachable::Deny if op != Op::Take => {
-                // Nothing to refuse: the refund or charge is dropped.
+            OwnerUnreachable::Deny if !matches!(op, Op::Take | Op::Acquire) => {
+                // Nothing to refuse: the refund, charge or release is dropped.
                 self.metrics.unreachable_deny.inc();
                 Ok(Routed {
                     verdict: Verdict::Unlimited,
@@ -491,7 +502,9 @@ impl Router {
                     remaining: 0,
                     retry_after_ns: 1_000_000_000,
                     // Unknown: report the time a drained bucket takes.
-                    reset_after_ns: quota.refill_ns(),
+                    reset_after_ns: quota.refill_ns(crate::core::clock::Clock::now_ns(
+                        &crate::core::clock::SystemClock,
+                    )),
                 };
                 Ok(Routed {
                     verdict: Verdict::Limited { quota, decision },
@@ -518,7 +531,7 @@ impl Router {
                         self.metrics.dedup_hits.inc();
                         return (c.id, r, false);
                     }
-                    let result = match validate_check(&c) {
+                    let result = match validate_check(&c, self.local.limits()) {
                         Err(code) => WireAnswer::plain(WireResult::Invalid(code)),
                         Ok((limit, op)) => {
                             match self.route(c.tenant, limit, op, c.cost, c.hops).await {

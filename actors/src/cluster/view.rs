@@ -253,7 +253,7 @@ mod tests {
             16,
         );
         assert_eq!(v.ring.members(), ["a".to_string()]);
-        assert_eq!(v.owner("t", Limit::Requests), Some("a"));
+        assert_eq!(v.owner("t", Limit::REQUESTS), Some("a"));
     }
 
     #[test]
@@ -313,17 +313,17 @@ mod tests {
         // Every owner of a key in those rings, newest first, each once.
         for t in 0..50 {
             let t = format!("t-{t}");
-            let owners = v4.previous_owners(&t, Limit::Requests, Duration::from_secs(10));
+            let owners = v4.previous_owners(&t, Limit::REQUESTS, Duration::from_secs(10));
             let mut expected: Vec<&str> = Vec::new();
             for (ring, _) in &v4.history {
-                let o = ring.owner(&t, Limit::Requests).unwrap();
+                let o = ring.owner(&t, Limit::REQUESTS).unwrap();
                 if !expected.contains(&o) {
                     expected.push(o);
                 }
             }
             assert_eq!(owners, expected);
             assert!(v4
-                .previous_owners(&t, Limit::Requests, Duration::ZERO)
+                .previous_owners(&t, Limit::REQUESTS, Duration::ZERO)
                 .is_empty());
         }
     }
@@ -331,7 +331,7 @@ mod tests {
     #[test]
     fn alone_view_owns_nothing() {
         assert_eq!(
-            ClusterView::alone("a", 16).owner("t", Limit::Requests),
+            ClusterView::alone("a", 16).owner("t", Limit::REQUESTS),
             None
         );
     }

@@ -68,7 +68,7 @@ mod tests {
         // Golden values: changing the hash moves every bucket; do it knowingly.
         let got: Vec<usize> = ["acme", "globex", "initech", "t-1"]
             .iter()
-            .map(|t| shard_of(t, Limit::Requests, 8))
+            .map(|t| shard_of(t, Limit::REQUESTS, 8))
             .collect();
         assert_eq!(got, GOLDEN);
     }
@@ -79,7 +79,7 @@ mod tests {
     fn shards_are_balanced() {
         let mut counts = [0usize; 4];
         for i in 0..40_000 {
-            counts[shard_of(&format!("tenant-{i}"), Limit::Requests, 4)] += 1;
+            counts[shard_of(&format!("tenant-{i}"), Limit::REQUESTS, 4)] += 1;
         }
         for c in counts {
             assert!((9_000..11_000).contains(&c), "{counts:?}");
@@ -89,7 +89,7 @@ mod tests {
     #[test]
     fn redis_key_format() {
         assert_eq!(
-            BucketKey::new("acme", Limit::Requests).redis_key(),
+            BucketKey::new("acme", Limit::REQUESTS).redis_key(),
             "llmtrace:bucket:acme:requests"
         );
     }

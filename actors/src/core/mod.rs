@@ -4,6 +4,8 @@
 
 pub mod bucket;
 pub mod clock;
+pub mod held;
 pub mod key;
+pub mod lease;
 pub mod snapshot;
 pub mod verdict;

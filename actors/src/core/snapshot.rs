@@ -1,5 +1,6 @@
 //! The snapshot wire format: one version byte, then the bucket state in
-//! bincode 2 (standard configuration, varint integers, at most 64 bytes).
+//! bincode 2 (standard configuration, varint integers): a level (version 2,
+//! at most 64 bytes) or the leases of a concurrency limit (version 3).
 //! A snapshot is only ever read back by a node of this project; an unknown
 //! version or trailing garbage is refused, never guessed at.
 
@@ -7,11 +8,17 @@ use bincode::config;
 use thiserror::Error;
 
 use crate::core::bucket::{BucketQuota, BucketState};
+use crate::core::held::Held;
+use crate::core::lease::{LeaseSet, MAX_LEASES};
 
-/// Current format version: 2 stores a signed level (a bucket may be in
+/// Format version of a level: 2 stores a signed level (a bucket may be in
 /// debt). Version 1 (unsigned level) is still read.
 pub const SNAPSHOT_VERSION: u8 = 2;
 const V1: u8 = 1;
+/// Format version of a concurrency limit's leases.
+pub const LEASES_VERSION: u8 = 3;
+/// Longest encoded lease set: [`MAX_LEASES`] leases of two varints each.
+const MAX_LEASES_LEN: usize = 16 + MAX_LEASES * 20;
 
 /// The version 1 layout.
 #[derive(bincode::Decode)]
@@ -42,21 +49,59 @@ fn cfg() -> impl config::Config {
 }
 
 /// Encodes a state with the leading version byte.
-pub fn encode(state: &BucketState) -> Vec<u8> {
-    let mut out = Vec::with_capacity(24);
-    out.push(SNAPSHOT_VERSION);
-    bincode::encode_into_std_write(state, &mut out, cfg()).expect("writing to a Vec cannot fail");
-    out
+pub fn encode(held: &Held) -> Vec<u8> {
+    match held {
+        Held::Level(state) => {
+            let mut out = Vec::with_capacity(24);
+            out.push(SNAPSHOT_VERSION);
+            bincode::encode_into_std_write(state, &mut out, cfg())
+                .expect("writing to a Vec cannot fail");
+            out
+        }
+        Held::Leases(leases) => {
+            let mut out = Vec::with_capacity(8 + 12 * leases.held.len());
+            out.push(LEASES_VERSION);
+            bincode::encode_into_std_write(&**leases, &mut out, leases_cfg())
+                .expect("writing to a Vec cannot fail");
+            out
+        }
+    }
+}
+
+fn leases_cfg() -> impl config::Config {
+    config::standard().with_limit::<MAX_LEASES_LEN>()
 }
 
 /// Decodes bytes written by [`encode`].
-pub fn decode(bytes: &[u8]) -> Result<BucketState, SnapshotError> {
+pub fn decode(bytes: &[u8]) -> Result<Held, SnapshotError> {
     let (&version, body) = bytes.split_first().ok_or(SnapshotError::Empty)?;
+    if version == LEASES_VERSION {
+        if bytes.len() > MAX_LEASES_LEN {
+            return Err(SnapshotError::TooLong(bytes.len()));
+        }
+        let (leases, used): (LeaseSet, usize) = bincode::decode_from_slice(body, leases_cfg())
+            .map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+        if used != body.len() {
+            return Err(SnapshotError::Corrupt(format!(
+                "{} trailing bytes",
+                body.len() - used
+            )));
+        }
+        if leases.held.len() > MAX_LEASES {
+            return Err(SnapshotError::Corrupt("too many leases".into()));
+        }
+        return Ok(Held::Leases(Box::new(leases)));
+    }
+    decode_level(version, body, bytes.len()).map(Held::Level)
+}
+
+fn decode_level(version: u8, body: &[u8], len: usize) -> Result<BucketState, SnapshotError> {
     if version != SNAPSHOT_VERSION && version != V1 {
         return Err(SnapshotError::Version(version));
     }
-    if bytes.len() > MAX_LEN {
-        return Err(SnapshotError::TooLong(bytes.len()));
+    let bytes_len = len;
+    if bytes_len > MAX_LEN {
+        return Err(SnapshotError::TooLong(bytes_len));
     }
     let corrupt = |e: bincode::error::DecodeError| SnapshotError::Corrupt(e.to_string());
     let (state, used): (BucketState, usize) = if version == V1 {
@@ -81,10 +126,11 @@ pub fn decode(bytes: &[u8]) -> Result<BucketState, SnapshotError> {
     Ok(state)
 }
 
-/// How long a snapshot must live: until the bucket is full again, plus a
-/// margin. After that it carries no information and may expire.
-pub fn ttl_ms(state: &BucketState, quota: BucketQuota) -> u64 {
-    state.time_to_full_ns(quota).div_ceil(1_000_000) + TTL_MARGIN_MS
+/// How long a snapshot taken at `now_ns` must live: until the bucket is
+/// full again (its last lease expired), plus a margin. After that it
+/// carries no information and may expire.
+pub fn ttl_ms(held: &Held, quota: BucketQuota, now_ns: u64) -> u64 {
+    held.time_to_full_ns(quota, now_ns).div_ceil(1_000_000) + TTL_MARGIN_MS
 }
 
 #[cfg(test)]
@@ -94,16 +140,16 @@ mod tests {
 
     #[test]
     fn versioned_layout() {
-        let bytes = encode(&BucketState {
+        let bytes = encode(&Held::Level(BucketState {
             level: 5,
             updated_ns: 7,
-        });
+        }));
         // Signed levels are zigzag varints: 5 is 10, -3 is 5.
         assert_eq!(bytes, vec![SNAPSHOT_VERSION, 10, 7]);
-        let debt = encode(&BucketState {
+        let debt = encode(&Held::Level(BucketState {
             level: -3,
             updated_ns: 7,
-        });
+        }));
         assert_eq!(debt, vec![SNAPSHOT_VERSION, 5, 7]);
     }
 
@@ -111,10 +157,10 @@ mod tests {
     fn reads_version_1() {
         assert_eq!(
             decode(&[1, 5, 7]),
-            Ok(BucketState {
+            Ok(Held::Level(BucketState {
                 level: 5,
                 updated_ns: 7
-            })
+            }))
         );
     }
 
@@ -136,17 +182,30 @@ mod tests {
     #[test]
     fn ttl_covers_the_refill() {
         let quota = BucketQuota::per_second(2, 10);
-        let drained = BucketState {
+        let drained = Held::Level(BucketState {
             level: 0,
             updated_ns: 0,
-        };
-        assert_eq!(ttl_ms(&drained, quota), 5_000 + TTL_MARGIN_MS);
+        });
+        assert_eq!(ttl_ms(&drained, quota, 0), 5_000 + TTL_MARGIN_MS);
+        let leases = BucketQuota::Leases { max: 2, ttl_s: 10 };
+        let mut held = Held::full(leases, 0);
+        held.apply(leases, 0, crate::core::bucket::Op::Acquire, 1);
+        assert_eq!(ttl_ms(&held, leases, 4_000_000_000), 6_000 + TTL_MARGIN_MS);
     }
 
     proptest! {
         #[test]
         fn round_trips(level: i64, updated_ns: u64) {
-            let s = BucketState { level, updated_ns };
+            let s = Held::Level(BucketState { level, updated_ns });
+            prop_assert_eq!(decode(&encode(&s)), Ok(s));
+        }
+
+        #[test]
+        fn leases_round_trip(held in prop::collection::vec((any::<u64>(), any::<u64>()), 0..50)) {
+            let set = LeaseSet {
+                held: held.into_iter().map(|(id, expires_ns)| crate::core::lease::Lease { id, expires_ns }).collect(),
+            };
+            let s = Held::Leases(Box::new(set));
             prop_assert_eq!(decode(&encode(&s)), Ok(s));
         }
 

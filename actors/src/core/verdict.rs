@@ -36,9 +36,10 @@ pub enum CheckError {
     ZeroCost,
     /// A cost above the burst can never be admitted.
     #[error(
-        "cost {cost} exceeds the bucket capacity (burst_size {burst}) and can never be admitted"
+        "cost {cost} exceeds the bucket capacity ({burst}: the burst or amount) and can never be \
+         admitted"
     )]
-    CostAboveBurst { cost: u64, burst: u32 },
+    CostAboveBurst { cost: u64, burst: u64 },
     /// The bucket was just handed to this node: ask it.
     #[error("bucket of {tenant} moved to node {to}")]
     Moved { to: String, tenant: String },
@@ -50,6 +51,10 @@ pub enum CheckError {
     /// (for a moment after a runtime limit change, nodes' quotas differ).
     #[error("the owner refused the check as invalid: {0:?}")]
     OwnerRefused(ErrorCode),
+    /// The operation does not apply to the limit's kind (leases are
+    /// acquired and released on concurrency limits only).
+    #[error("`{0}` does not apply to this limit's kind")]
+    WrongOp(&'static str),
     /// The shard is gone (node shutting down).
     #[error("limiter unavailable: {0}")]
     Unavailable(String),

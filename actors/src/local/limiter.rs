@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use llmtrace_cluster_config::{Limit, Quota, RateLimitConfig};
+use llmtrace_cluster_config::{Limit, Policy, RateLimitConfig};
 
 use crate::core::verdict::{CheckError, Verdict};
 
 use crate::cache::{CacheError, CacheLayer, SnapshotWrite};
-use crate::core::bucket::BucketState;
 use crate::core::bucket::{BucketQuota, Op};
 use crate::core::clock::Clock;
+use crate::core::held::Held;
 use crate::core::key::{shard_of, BucketKey};
 use crate::local::placement::{self, ShardHost, ShardParts, ShardSlots};
 use crate::metrics::Metrics;
@@ -34,6 +34,7 @@ pub struct Limiter {
     cache: Arc<dyn CacheLayer>,
     /// Buckets are snapshotted (a persistent cache layer is configured).
     write_behind: bool,
+    clock: Arc<dyn Clock>,
 }
 
 impl Limiter {
@@ -90,7 +91,7 @@ impl Limiter {
         timing: ShardTiming,
     ) -> (Self, ShardParts) {
         let shards = shards.max(1);
-        let metrics = Arc::new(Metrics::new(shards));
+        let metrics = Arc::new(Metrics::new(shards, limits.limits()));
         let limiter = Limiter {
             shards: ShardSlots::new(shards),
             limits: Arc::clone(&limits),
@@ -98,6 +99,7 @@ impl Limiter {
             cache_name: cache.name(),
             cache: Arc::clone(&cache),
             write_behind: timing.write_behind,
+            clock: Arc::clone(&clock),
         };
         let parts = ShardParts {
             limits,
@@ -133,9 +135,10 @@ impl Limiter {
         self.cache_name
     }
 
-    /// The quota `tenant` is held to for `limit`.
-    pub fn quota(&self, tenant: &str, limit: Limit) -> Quota {
-        self.limits.quota(tenant, limit)
+    /// The policy `key` is held to under `limit`.
+    #[inline]
+    pub fn policy(&self, key: &str, limit: Limit) -> Policy {
+        self.limits.policy(key, limit)
     }
 
     /// Validates `cost` of a take against the quota; `Ok(None)` means
@@ -161,13 +164,16 @@ impl Limiter {
         if cost == 0 {
             return Err(CheckError::ZeroCost);
         }
-        match BucketQuota::of(self.quota(tenant, limit)) {
+        match BucketQuota::of(self.policy(tenant, limit)) {
             None => Ok(None),
             Some(quota) => {
-                if op == Op::Take && cost > u64::from(quota.burst) {
+                if op.is_lease() != matches!(quota, BucketQuota::Leases { .. }) {
+                    return Err(CheckError::WrongOp(op.as_str()));
+                }
+                if op == Op::Take && cost > quota.capacity_units() {
                     return Err(CheckError::CostAboveBurst {
                         cost,
-                        burst: quota.burst,
+                        burst: quota.capacity_units(),
                     });
                 }
                 Ok(Some(quota))
@@ -252,7 +258,7 @@ impl Limiter {
         tenant: &str,
         limit: Limit,
         to: Arc<str>,
-    ) -> Result<Option<BucketState>, CheckError> {
+    ) -> Result<Option<Held>, CheckError> {
         let i = shard_of(tenant, limit, self.shards.len());
         let key = BucketKey::new(tenant, limit);
         self.shards
@@ -270,7 +276,7 @@ impl Limiter {
         tenant: &str,
         limit: Limit,
     ) -> Result<Option<(BucketQuota, BucketReport)>, CheckError> {
-        let Some(quota) = BucketQuota::of(self.quota(tenant, limit)) else {
+        let Some(quota) = BucketQuota::of(self.policy(tenant, limit)) else {
             return Ok(None);
         };
         let i = shard_of(tenant, limit, self.shards.len());
@@ -289,7 +295,7 @@ impl Limiter {
     /// Refills `tenant`'s bucket for `limit` on this node (and its
     /// snapshot, with write-behind).
     pub async fn reset(&self, tenant: &str, limit: Limit) -> Result<(), CheckError> {
-        let Some(quota) = BucketQuota::of(self.quota(tenant, limit)) else {
+        let Some(quota) = BucketQuota::of(self.policy(tenant, limit)) else {
             return Ok(());
         };
         let i = shard_of(tenant, limit, self.shards.len());
@@ -306,7 +312,7 @@ impl Limiter {
     /// Removes and returns every resident bucket (a leaving node pushes them
     /// to their new owners).
     /// From then on, checks of keys not held are sent to `owner_of`.
-    pub async fn take_all(&self, owner_of: OwnerOf) -> Vec<(BucketKey, BucketState)> {
+    pub async fn take_all(&self, owner_of: OwnerOf) -> Vec<(BucketKey, Held)> {
         let shards = self.shards.all();
         let all = join_all(shards.iter().map(|s| {
             s.send(TakeAll {
@@ -320,7 +326,7 @@ impl Limiter {
     }
 
     /// Installs a bucket pushed by its previous owner.
-    pub async fn install(&self, key: BucketKey, state: BucketState) -> Result<(), CheckError> {
+    pub async fn install(&self, key: BucketKey, state: Held) -> Result<(), CheckError> {
         let i = key.shard(self.shards.len());
         self.shards
             .get(i)
@@ -347,18 +353,16 @@ impl Limiter {
     /// Snapshots buckets this node holds no longer and could not hand to
     /// their new owner (a leaving node), so the owner restores them; returns
     /// how many were written (none without a persistent cache layer).
-    pub async fn persist(
-        &self,
-        buckets: Vec<(BucketKey, BucketState)>,
-    ) -> Result<usize, CacheError> {
+    pub async fn persist(&self, buckets: Vec<(BucketKey, Held)>) -> Result<usize, CacheError> {
         if !self.write_behind {
             return Ok(0);
         }
+        let now = self.clock.now_ns();
         let writes: Vec<SnapshotWrite> = buckets
             .into_iter()
             .filter_map(|(key, state)| {
-                let quota = BucketQuota::of(self.quota(&key.tenant, key.limit))?;
-                Some(SnapshotWrite::new(key, state, quota))
+                let quota = BucketQuota::of(self.policy(&key.tenant, key.limit))?;
+                Some(SnapshotWrite::new(key, state, quota, now))
             })
             .collect();
         let n = writes.len();

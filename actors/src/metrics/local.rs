@@ -18,8 +18,10 @@ use super::{latency_histogram, Counter, Histogram, Registry, Scraped};
 #[repr(align(128))]
 #[derive(Default)]
 pub struct ShardStats {
-    /// Decisions by limit: [allowed, refused] per `Limit::ALL` index.
-    pub decisions: [[AtomicU64; 2]; Limit::ALL.len()],
+    /// Decisions by limit: [allowed, refused] per [`Limit::id`].
+    pub decisions: Box<[[AtomicU64; 2]]>,
+    /// Concurrency leases held, by [`Limit::id`].
+    pub leases: Box<[AtomicI64]>,
     /// Buckets held in memory.
     pub resident: AtomicI64,
     /// Buckets marked dirty and not yet written.
@@ -104,6 +106,9 @@ const SHARD_COUNTERS: [(&str, &str, ShardCounter); 10] = [
 /// Metrics of this node's shards and checks.
 pub struct Metrics {
     pub shards: Vec<ShardStats>,
+    /// The limits of the node's configuration (the labels of per-limit
+    /// series; never keys).
+    limits: Vec<Limit>,
     /// Checks allowed without a bucket (limiting disabled or rate 0).
     pub unlimited: AtomicU64,
     /// Requests refused as invalid input, before any bucket was touched.
@@ -113,9 +118,17 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(shards: usize) -> Self {
+    /// Metrics of `shards` shards counting decisions of `limits`.
+    pub fn new(shards: usize, limits: Vec<Limit>) -> Self {
+        let ids = limits.iter().map(|l| l.id() + 1).max().unwrap_or(0);
+        let stats = || ShardStats {
+            decisions: (0..ids).map(|_| Default::default()).collect(),
+            leases: (0..ids).map(|_| Default::default()).collect(),
+            ..ShardStats::default()
+        };
         Metrics {
-            shards: (0..shards).map(|_| ShardStats::default()).collect(),
+            shards: (0..shards).map(|_| stats()).collect(),
+            limits,
             unlimited: AtomicU64::new(0),
             invalid_requests: Counter::default(),
             check_latency: latency_histogram(),
@@ -139,8 +152,9 @@ impl Metrics {
 
     /// `llmtrace_checks_total`: decisions by limit, then the unlimited ones.
     fn decisions(&self) -> Vec<([(&'static str, &'static str); 2], u64)> {
-        let mut out = Vec::with_capacity(2 * Limit::ALL.len() + 1);
-        for (i, limit) in Limit::ALL.iter().enumerate() {
+        let mut out = Vec::with_capacity(2 * self.limits.len() + 1);
+        for limit in &self.limits {
+            let i = limit.id();
             for (j, decision) in ["allowed", "refused"].into_iter().enumerate() {
                 let v = self.total(|s| &s.decisions[i][j]);
                 out.push(([("limit", limit.as_str()), ("decision", decision)], v));
@@ -151,6 +165,20 @@ impl Metrics {
         out
     }
 
+    /// `llmtrace_leases_held`: leases of concurrency limits held now (as
+    /// of the last look at each bucket: expired leases leave at the next
+    /// check or sweep, within a second), by limit.
+    fn leases(&self) -> Vec<([(&'static str, &'static str); 1], i64)> {
+        self.limits
+            .iter()
+            .map(|limit| {
+                let i = limit.id();
+                let held = self.shards.iter().map(|s| s.leases[i].load(Relaxed)).sum();
+                ([("limit", limit.as_str())], held)
+            })
+            .collect()
+    }
+
     /// Registers this node's series; `cache` names the cache layer in use.
     pub fn register(self: &Arc<Self>, registry: &mut Registry, cache: &'static str) {
         let m = Arc::clone(self);
@@ -158,6 +186,12 @@ impl Metrics {
             "llmtrace_checks",
             "Checks answered, by limit and decision",
             Scraped::counters(move || m.decisions()),
+        );
+        let m = Arc::clone(self);
+        registry.register(
+            "llmtrace_leases_held",
+            "Leases of concurrency limits held on this node's shards, by limit",
+            Scraped::gauges(move || m.leases()),
         );
         registry.register(
             "llmtrace_invalid_requests",
@@ -209,7 +243,7 @@ mod tests {
 
     #[test]
     fn renders_sums_over_the_shards() {
-        let m = Arc::new(Metrics::new(2));
+        let m = Arc::new(Metrics::new(2, vec![Limit::REQUESTS, Limit::TOKENS]));
         let mut registry = Registry::default();
         m.register(&mut registry, "memory");
         m.shards[0].decisions[0][0].fetch_add(2, Relaxed);

@@ -134,6 +134,18 @@ impl Scraped {
         Self::new(MetricType::Gauge, move |e| e.encode_gauge(&read()))
     }
 
+    /// Gauges by label set.
+    pub fn gauges<L: EncodeLabelSet>(
+        read: impl Fn() -> Vec<(L, i64)> + Send + Sync + 'static,
+    ) -> Self {
+        Self::new(MetricType::Gauge, move |e| {
+            for (labels, v) in read() {
+                e.encode_family(&labels)?.encode_gauge(&v)?;
+            }
+            Ok(())
+        })
+    }
+
     /// A gauge of 1 whose `label` says what is in use (an `_info` series).
     pub fn info(label: &'static str, read: impl Fn() -> String + Send + Sync + 'static) -> Self {
         Self::new(MetricType::Gauge, move |e| {

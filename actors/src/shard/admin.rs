@@ -8,7 +8,8 @@ use actix::prelude::*;
 
 use super::ShardActor;
 use crate::cache::{CacheError, SnapshotWrite};
-use crate::core::bucket::{BucketQuota, BucketState};
+use crate::core::bucket::BucketQuota;
+use crate::core::held::Held;
 use crate::core::key::BucketKey;
 
 /// What an operator sees of one bucket.
@@ -51,19 +52,15 @@ pub struct Reset {
 }
 
 fn report(
-    state: &BucketState,
+    state: &Held,
     quota: BucketQuota,
     now: u64,
     age: Option<u64>,
     resident: bool,
 ) -> BucketReport {
-    let mut s = *state;
-    s.advance(quota, now);
-    let nanos = u128::from(s.level.max(0) as u64) * u128::from(crate::core::bucket::NANOS)
-        / u128::from(quota.unit());
     BucketReport {
-        level: nanos as u64,
-        full_in_ns: s.time_to_full_ns(quota),
+        level: state.free_nanos(quota, now),
+        full_in_ns: state.time_to_full_ns(quota, now),
         snapshot_age_ns: age,
         resident,
     }
@@ -85,7 +82,7 @@ impl Handler<Inspect> for ShardActor {
             let r = report(&slot.state, msg.quota, now, age, true);
             return Box::pin(fut::ready(Ok(r)));
         }
-        let full = BucketState::full(msg.quota, now);
+        let full = Held::full(msg.quota, now);
         if !self.timing.write_behind {
             return Box::pin(fut::ready(Ok(report(&full, msg.quota, now, None, false))));
         }
@@ -108,6 +105,7 @@ impl Handler<Reset> for ShardActor {
     fn handle(&mut self, msg: Reset, _: &mut Self::Context) -> Self::Result {
         let now = self.clock.now_ns();
         if let Some(slot) = self.buckets.remove(&msg.key) {
+            self.count_leases(&msg.key, -(slot.state.leases(now) as i64));
             let stats = &self.metrics.shards[self.id];
             stats.resident.fetch_sub(1, Relaxed);
             if slot.dirty {
@@ -119,8 +117,8 @@ impl Handler<Reset> for ShardActor {
         if !self.timing.write_behind {
             return Box::pin(fut::ready(Ok(())));
         }
-        let state = BucketState::full(msg.quota, now);
-        let write = SnapshotWrite::new(msg.key, state, msg.quota);
+        let state = Held::full(msg.quota, now);
+        let write = SnapshotWrite::new(msg.key, state, msg.quota, now);
         let store = self.cache.store(Arc::new(vec![write]));
         Box::pin(store.into_actor(self).map(|res, act, _| {
             match &res {

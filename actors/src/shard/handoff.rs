@@ -17,7 +17,7 @@ use futures_util::future::{FutureExt, LocalBoxFuture};
 
 use super::{ShardActor, TOMBSTONE_TTL_NS};
 use crate::cache::CacheError;
-use crate::core::bucket::BucketState;
+use crate::core::held::Held;
 use crate::core::key::BucketKey;
 
 /// Where a new owner gets a moved bucket from.
@@ -34,7 +34,7 @@ pub trait HandoffSource: Send + Sync + 'static {
         key: &BucketKey,
         hint: Option<&str>,
         reclaim: bool,
-    ) -> Option<LocalBoxFuture<'static, Result<Option<BucketState>, String>>>;
+    ) -> Option<LocalBoxFuture<'static, Result<Option<Held>, String>>>;
 }
 
 /// The node that owns a key now, when it is not this node.
@@ -46,7 +46,7 @@ pub type OwnerOf = Arc<dyn Fn(&BucketKey) -> Option<Arc<str>> + Send + Sync>;
 /// key's owner by `owner_of` (a check that still reaches a leaving node
 /// would otherwise start a second bucket beside the one pushed).
 #[derive(Message)]
-#[rtype(result = "Vec<(BucketKey, BucketState)>")]
+#[rtype(result = "Vec<(BucketKey, Held)>")]
 pub struct TakeAll {
     pub owner_of: OwnerOf,
 }
@@ -64,12 +64,12 @@ impl std::fmt::Debug for TakeAll {
 #[rtype(result = "()")]
 pub struct Install {
     pub key: BucketKey,
-    pub state: BucketState,
+    pub state: Held,
 }
 
 /// Give up the bucket `key` to node `to`; answers its state if resident.
 #[derive(Debug, Message)]
-#[rtype(result = "Option<BucketState>")]
+#[rtype(result = "Option<Held>")]
 pub struct TakeBucket {
     pub key: BucketKey,
     pub to: Arc<str>,
@@ -97,7 +97,7 @@ impl ShardActor {
         key: BucketKey,
         hint: Option<Arc<str>>,
         reclaim: bool,
-    ) -> LocalBoxFuture<'static, (Result<Option<BucketState>, CacheError>, bool)> {
+    ) -> LocalBoxFuture<'static, (Result<Option<Held>, CacheError>, bool)> {
         let cache = Arc::clone(&self.cache);
         let pull = self
             .handoff
@@ -124,7 +124,7 @@ impl ShardActor {
 
 impl ShardActor {
     /// Puts a handed-over state in place, merging with a resident bucket.
-    pub(super) fn install(&mut self, key: BucketKey, state: BucketState) {
+    pub(super) fn install(&mut self, key: BucketKey, state: Held) {
         let now = self.clock.now_ns();
         self.tombstones.remove(&key);
         self.metrics.shards[self.id]
@@ -132,18 +132,18 @@ impl ShardActor {
             .fetch_add(1, Relaxed);
         match self.buckets.get_mut(&key) {
             Some(slot) => {
-                // Compare at the same instant: the older state refills first.
-                let Some(quota) =
-                    crate::core::bucket::BucketQuota::of(self.limits.quota(&key.tenant, key.limit))
-                else {
+                let Some(quota) = crate::core::bucket::BucketQuota::of(
+                    self.limits.policy(&key.tenant, key.limit),
+                ) else {
                     return;
                 };
-                let mut theirs = state;
-                theirs.advance(quota, now);
-                slot.state.advance(quota, now);
-                slot.state.level = slot.state.level.min(theirs.level);
+                let before = slot.state.leases(now) as i64;
+                slot.state.merge(state, quota, now);
+                let after = slot.state.leases(now) as i64;
+                self.count_leases(&key, after - before);
             }
             None => {
+                self.count_leases(&key, state.leases(now) as i64);
                 self.buckets.insert(
                     key.clone(),
                     super::Slot {
@@ -167,11 +167,14 @@ impl Handler<Install> for ShardActor {
 }
 
 impl Handler<TakeAll> for ShardActor {
-    type Result = Vec<(BucketKey, BucketState)>;
+    type Result = Vec<(BucketKey, Held)>;
 
     fn handle(&mut self, msg: TakeAll, _: &mut Self::Context) -> Self::Result {
         self.handed_over = Some(msg.owner_of);
         let stats = &self.metrics.shards[self.id];
+        for held in stats.leases.iter() {
+            held.store(0, Relaxed);
+        }
         let n = self.buckets.len();
         stats.resident.fetch_sub(n as i64, Relaxed);
         stats.handoffs_out.fetch_add(n as u64, Relaxed);
@@ -179,7 +182,7 @@ impl Handler<TakeAll> for ShardActor {
         stats.dirty.fetch_sub(dirty, Relaxed);
         self.dirty.clear();
         self.oldest_dirty_ns = None;
-        let taken: Vec<(BucketKey, BucketState)> = self
+        let taken: Vec<(BucketKey, Held)> = self
             .buckets
             .drain()
             .map(|(k, slot)| (k, slot.state))
@@ -192,9 +195,9 @@ impl Handler<TakeAll> for ShardActor {
 }
 
 impl Handler<TakeBucket> for ShardActor {
-    type Result = Option<BucketState>;
+    type Result = Option<Held>;
 
-    fn handle(&mut self, msg: TakeBucket, _: &mut Self::Context) -> Option<BucketState> {
+    fn handle(&mut self, msg: TakeBucket, _: &mut Self::Context) -> Option<Held> {
         let now = self.clock.now_ns();
         self.tombstones.insert(
             msg.key.clone(),
@@ -203,6 +206,7 @@ impl Handler<TakeBucket> for ShardActor {
         let Some(slot) = self.buckets.remove(&msg.key) else {
             return self.outbox.remove(&msg.key);
         };
+        self.count_leases(&msg.key, -(slot.state.leases(now) as i64));
         let stats = &self.metrics.shards[self.id];
         stats.resident.fetch_sub(1, Relaxed);
         if slot.dirty {

@@ -23,8 +23,9 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::cache::{CacheError, CacheLayer, SnapshotWrite};
-use crate::core::bucket::{BucketQuota, BucketState, Decision, Op};
+use crate::core::bucket::{BucketQuota, Decision, Op};
 use crate::core::clock::Clock;
+use crate::core::held::Held;
 use crate::core::key::BucketKey;
 use crate::metrics::{Metrics, ShardStats};
 
@@ -90,7 +91,7 @@ pub struct Check {
 pub struct SweepNow;
 
 struct Slot {
-    state: BucketState,
+    state: Held,
     dirty: bool,
 }
 
@@ -160,7 +161,7 @@ pub struct ShardActor {
     handoff: Option<Arc<dyn HandoffSource>>,
     /// Buckets a leaving node is pushing to their new owners; a pull that
     /// overtakes the push is answered from here.
-    outbox: HashMap<BucketKey, BucketState>,
+    outbox: HashMap<BucketKey, Held>,
     /// Write-through: admitted checks whose state is in no batch yet.
     durable_waiting: Vec<(Decision, Reply)>,
     /// Set once every bucket was given up (the node leaves): where keys
@@ -225,6 +226,15 @@ impl ShardActor {
         }
     }
 
+    /// Moves the leases-held gauge of `key`'s limit by `delta`.
+    pub(super) fn count_leases(&self, key: &BucketKey, delta: i64) {
+        if delta != 0 {
+            if let Some(held) = self.metrics.shards[self.id].leases.get(key.limit.id()) {
+                held.fetch_add(delta, Relaxed);
+            }
+        }
+    }
+
     /// Decides one check (any op) on a resident bucket.
     fn decide(
         &mut self,
@@ -235,21 +245,28 @@ impl ShardActor {
         now: u64,
     ) -> Decision {
         let slot = self.buckets.get_mut(key).expect("caller checked residency");
-        if op != Op::Take {
-            // Refunds and charges always change the bucket; they are not
-            // decisions (the proxy counts them in its own metrics).
-            let decision = slot.state.apply(quota, now, op, cost);
-            self.mark_dirty(key, now);
+        let (decision, leases) = slot.state.apply(quota, now, op, cost);
+        let stats = &self.metrics.shards[self.id];
+        if leases != 0 {
+            if let Some(held) = stats.leases.get(key.limit.id()) {
+                held.fetch_add(leases, Relaxed);
+            }
+        }
+        if !matches!(op, Op::Take | Op::Acquire) {
+            // Refunds, charges and releases always change the bucket (a
+            // release that found nothing changes nothing worth writing);
+            // they are not decisions.
+            if decision.is_allowed() || op != Op::Release {
+                self.mark_dirty(key, now);
+            }
             return decision;
         }
-        let decision = slot.state.try_consume(quota, now, cost);
-        let limit = key.limit as usize;
-        let stats = &self.metrics.shards[self.id];
-        if decision.is_allowed() {
-            stats.decisions[limit][0].fetch_add(1, Relaxed);
+        let allowed = decision.is_allowed();
+        if let Some(counts) = stats.decisions.get(key.limit.id()) {
+            counts[usize::from(!allowed)].fetch_add(1, Relaxed);
+        }
+        if allowed {
             self.mark_dirty(key, now);
-        } else {
-            stats.decisions[limit][1].fetch_add(1, Relaxed);
         }
         decision
     }
@@ -260,7 +277,7 @@ impl ShardActor {
     fn restored(
         &mut self,
         key: BucketKey,
-        result: Result<Option<crate::BucketState>, CacheError>,
+        result: Result<Option<Held>, CacheError>,
         from_peer: bool,
         ctx: &mut Context<Self>,
     ) {
@@ -276,12 +293,12 @@ impl ShardActor {
             }
             Ok(None) => {
                 self.stats().restore_misses.fetch_add(1, Relaxed);
-                BucketState::full(quota, now)
+                Held::full(quota, now)
             }
             Err(e) => {
                 self.stats().restore_errors.fetch_add(1, Relaxed);
                 self.warn_throttled(now, "snapshot restore failed; bucket starts full", &e);
-                BucketState::full(quota, now)
+                Held::full(quota, now)
             }
         };
         if self.buckets.contains_key(&key) {
@@ -289,6 +306,7 @@ impl ShardActor {
             self.install(key.clone(), state);
             self.stats().handoffs_in.fetch_sub(1, Relaxed);
         } else {
+            self.count_leases(&key, state.leases(now) as i64);
             self.buckets.insert(
                 key.clone(),
                 Slot {
@@ -315,6 +333,7 @@ impl ShardActor {
         // first were answered; the key now lives on its new owner.
         if self.moved_to(&key).is_some() {
             if let Some(slot) = self.buckets.remove(&key) {
+                self.count_leases(&key, -(slot.state.leases(now) as i64));
                 let stats = &self.metrics.shards[self.id];
                 stats.resident.fetch_sub(1, Relaxed);
                 if slot.dirty {
@@ -331,10 +350,19 @@ impl ShardActor {
         self.tombstones
             .retain(|_, (_, until)| until.saturating_add(HANDED_HINT_NS - TOMBSTONE_TTL_NS) > now);
         let limits = &self.limits;
+        let stats = &self.metrics.shards[self.id];
         let mut dropped = 0usize;
         let mut dropped_dirty = 0i64;
         self.buckets.retain(|key, slot| {
-            let full = match BucketQuota::of(limits.quota(&key.tenant, key.limit)) {
+            if let Held::Leases(leases) = &mut slot.state {
+                // Expired leases leave the gauge (and the set) here, even
+                // when no check looks at the key again.
+                let expired = leases.expire(now) as i64;
+                if let Some(held) = stats.leases.get(key.limit.id()) {
+                    held.fetch_sub(expired, Relaxed);
+                }
+            }
+            let full = match BucketQuota::of(limits.policy(&key.tenant, key.limit)) {
                 None => true,
                 Some(quota) => slot.state.is_full_at(quota, now),
             };

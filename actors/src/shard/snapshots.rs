@@ -63,10 +63,10 @@ impl ShardActor {
                 continue;
             }
             slot.dirty = false;
-            let Some(quota) = BucketQuota::of(self.limits.quota(&key.tenant, key.limit)) else {
+            let Some(quota) = BucketQuota::of(self.limits.policy(&key.tenant, key.limit)) else {
                 continue;
             };
-            writes.push(SnapshotWrite::new(key, slot.state, quota));
+            writes.push(SnapshotWrite::new(key, slot.state.clone(), quota, now));
         }
         let n = writes.len() as i64;
         self.stats().dirty.fetch_sub(n, Relaxed);
@@ -155,14 +155,19 @@ impl ShardActor {
         cost: u64,
         now: u64,
     ) -> Option<Result<Decision, Unserved>> {
-        // Refunds and charges are never refused: they account for what already
-        // happened (the state changes in memory and is retried to Redis).
-        if !self.timing.write_through || now >= self.retry_at_ns || op != Op::Take {
+        // Refunds, charges and releases are never refused: they account for
+        // what already happened (the state changes in memory and is retried
+        // to Redis).
+        if !self.timing.write_through
+            || now >= self.retry_at_ns
+            || !matches!(op, Op::Take | Op::Acquire)
+        {
             return None;
         }
-        let mut probe = self.buckets.get(key)?.state;
+        let mut probe = self.buckets.get(key)?.state.clone();
         probe
-            .try_consume(quota, now, cost)
+            .apply(quota, now, op, cost)
+            .0
             .is_allowed()
             .then_some(Err(Unserved::NotPersisted))
     }

@@ -50,7 +50,7 @@ fn start(config: RateLimitConfig, shards: usize) -> Fixture {
 }
 
 async fn allowed(l: &Limiter, tenant: &str) -> bool {
-    l.check(tenant.to_string(), Limit::Requests, 1)
+    l.check(tenant.to_string(), Limit::REQUESTS, 1)
         .await
         .expect("valid check")
         .is_allowed()
@@ -106,14 +106,14 @@ async fn disabled_rate_limiting() {
     let f = start(config, 1);
     for _ in 0..100 {
         assert_eq!(
-            f.limiter.check("t".into(), Limit::Requests, 1).await,
+            f.limiter.check("t".into(), Limit::REQUESTS, 1).await,
             Ok(Verdict::Unlimited)
         );
     }
     // Rate 0 also means unlimited.
     let f = start(limits(0, 1), 1);
     assert_eq!(
-        f.limiter.check("t".into(), Limit::Requests, 1).await,
+        f.limiter.check("t".into(), Limit::REQUESTS, 1).await,
         Ok(Verdict::Unlimited)
     );
 }
@@ -124,7 +124,7 @@ async fn exceeded_includes_retry_after() {
     assert!(allowed(&f.limiter, "t").await);
     match f
         .limiter
-        .check("t".into(), Limit::Requests, 1)
+        .check("t".into(), Limit::REQUESTS, 1)
         .await
         .unwrap()
     {
@@ -133,7 +133,10 @@ async fn exceeded_includes_retry_after() {
             decision: Decision::Refused { retry_after_ns, .. },
         } => {
             assert!(crate::retry_after_secs(retry_after_ns) >= 1);
-            assert_eq!(quota.rate, 1, "limit (requests per second) is reported");
+            assert!(
+                matches!(quota, crate::BucketQuota::Refill { rate: 1, .. }),
+                "limit (requests per second) is reported"
+            );
         }
         v => panic!("expected a refusal, got {v:?}"),
     }
@@ -143,17 +146,17 @@ async fn exceeded_includes_retry_after() {
 async fn invalid_costs_are_errors_not_decisions() {
     let f = start(limits(1, 5), 1);
     assert_eq!(
-        f.limiter.check("t".into(), Limit::Requests, 0).await,
+        f.limiter.check("t".into(), Limit::REQUESTS, 0).await,
         Err(CheckError::ZeroCost)
     );
     assert_eq!(
-        f.limiter.check("t".into(), Limit::Requests, 6).await,
+        f.limiter.check("t".into(), Limit::REQUESTS, 6).await,
         Err(CheckError::CostAboveBurst { cost: 6, burst: 5 })
     );
     // The invalid checks took nothing.
     assert!(f
         .limiter
-        .check("t".into(), Limit::Requests, 5)
+        .check("t".into(), Limit::REQUESTS, 5)
         .await
         .unwrap()
         .is_allowed());
@@ -166,7 +169,7 @@ async fn drained_bucket_stays_drained_across_minute_boundary() {
     let f = start(limits(1, 50), 2);
     let v = f
         .limiter
-        .check("t".into(), Limit::Requests, 50)
+        .check("t".into(), Limit::REQUESTS, 50)
         .await
         .unwrap();
     assert!(v.is_allowed());
@@ -181,7 +184,7 @@ async fn drained_bucket_stays_drained_across_minute_boundary() {
 #[actix_rt::test]
 async fn concurrent_checks_never_over_admit() {
     let f = start(limits(1, 100), 4);
-    let checks = (0..1_000).map(|_| f.limiter.check("hot".into(), Limit::Requests, 1));
+    let checks = (0..1_000).map(|_| f.limiter.check("hot".into(), Limit::REQUESTS, 1));
     let results = future::join_all(checks).await;
     let admitted = results
         .iter()
@@ -197,11 +200,11 @@ async fn restores_a_snapshot_on_first_check() {
         level: 0,
         updated_ns: T0,
     };
-    let key = BucketKey::new("seen", Limit::Requests);
+    let key = BucketKey::new("seen", Limit::REQUESTS);
     f.cache
         .store(Arc::new(vec![SnapshotWrite {
             key,
-            state: drained,
+            state: drained.into(),
             ttl_ms: 60_000,
         }]))
         .await
@@ -216,7 +219,7 @@ async fn restores_a_snapshot_on_first_check() {
 async fn write_behind_stores_dirty_buckets_and_restart_keeps_them() {
     let f = start(limits(1, 10), 2);
     f.limiter
-        .check("t".into(), Limit::Requests, 10)
+        .check("t".into(), Limit::REQUESTS, 10)
         .await
         .unwrap();
     assert_eq!(f.limiter.flush_all(Duration::from_secs(5)).await, Ok(1));
@@ -257,7 +260,10 @@ impl CacheLayer for DownCache {
     fn name(&self) -> &'static str {
         "down"
     }
-    fn restore(&self, _: BucketKey) -> BoxFuture<'static, Result<Option<BucketState>, CacheError>> {
+    fn restore(
+        &self,
+        _: BucketKey,
+    ) -> BoxFuture<'static, Result<Option<crate::core::held::Held>, CacheError>> {
         future::ready(Err(CacheError::Unavailable("connection refused".into()))).boxed()
     }
     fn store(&self, _: Arc<Vec<SnapshotWrite>>) -> BoxFuture<'static, Result<(), CacheError>> {
@@ -303,7 +309,7 @@ async fn without_write_behind_nothing_is_copied_to_the_cache_layer() {
         },
     );
     assert!(limiter
-        .check("t".into(), Limit::Requests, 10)
+        .check("t".into(), Limit::REQUESTS, 10)
         .await
         .unwrap()
         .is_allowed());
@@ -320,23 +326,26 @@ async fn a_handed_over_bucket_redirects_until_reclaimed() {
     let f = start(limits(1, 10), 2);
     assert!(f
         .limiter
-        .check("t".into(), Limit::Requests, 10)
+        .check("t".into(), Limit::REQUESTS, 10)
         .await
         .unwrap()
         .is_allowed());
     let given = f
         .limiter
-        .take("t", Limit::Requests, "node-b".into())
+        .take("t", Limit::REQUESTS, "node-b".into())
         .await
         .unwrap();
     assert_eq!(
-        given.map(|s| s.level),
-        Some(0),
+        given,
+        Some(crate::core::held::Held::Level(BucketState {
+            level: 0,
+            updated_ns: T0
+        })),
         "the drained state is handed over"
     );
     assert_eq!(f.limiter.metrics().resident(), 0);
     // Checks for the key now name the new owner instead of starting a bucket.
-    match f.limiter.check("t".into(), Limit::Requests, 1).await {
+    match f.limiter.check("t".into(), Limit::REQUESTS, 1).await {
         Err(CheckError::Moved { to, tenant }) => {
             assert_eq!((to.as_str(), tenant.as_str()), ("node-b", "t"))
         }
@@ -344,13 +353,13 @@ async fn a_handed_over_bucket_redirects_until_reclaimed() {
     }
     // Taking it again answers nothing (the state left already).
     assert_eq!(
-        f.limiter.take("t", Limit::Requests, "node-b".into()).await,
+        f.limiter.take("t", Limit::REQUESTS, "node-b".into()).await,
         Ok(None)
     );
     // Reclaimed: this node owns the key again and serves it.
     assert!(f
         .limiter
-        .check_with("t".into(), Limit::Requests, 1, true)
+        .check_with("t".into(), Limit::REQUESTS, 1, true)
         .await
         .unwrap()
         .is_allowed());
@@ -362,25 +371,26 @@ async fn a_pushed_bucket_merges_to_the_lower_level() {
     // Resident here with 7 left.
     assert!(f
         .limiter
-        .check("t".into(), Limit::Requests, 3)
+        .check("t".into(), Limit::REQUESTS, 3)
         .await
         .unwrap()
         .is_allowed());
     // The previous owner pushes a state with 2 left: both consumptions count.
-    let key = BucketKey::new("t", Limit::Requests);
+    let key = BucketKey::new("t", Limit::REQUESTS);
     f.limiter
         .install(
             key,
             BucketState {
                 level: 2 * NANOS as i64,
                 updated_ns: T0,
-            },
+            }
+            .into(),
         )
         .await
         .unwrap();
     assert!(f
         .limiter
-        .check("t".into(), Limit::Requests, 2)
+        .check("t".into(), Limit::REQUESTS, 2)
         .await
         .unwrap()
         .is_allowed());
@@ -394,7 +404,7 @@ async fn a_pushed_bucket_merges_to_the_lower_level() {
     assert_eq!(f.limiter.metrics().resident(), 0);
     // Afterwards no bucket starts here: every key is sent to its owner.
     for tenant in ["t", "never-seen"] {
-        match f.limiter.check(tenant.into(), Limit::Requests, 1).await {
+        match f.limiter.check(tenant.into(), Limit::REQUESTS, 1).await {
             Err(CheckError::Moved { to, .. }) => assert_eq!(to, "other"),
             other => panic!("{tenant}: expected Moved, got {other:?}"),
         }
@@ -416,7 +426,7 @@ impl CacheLayer for SwitchableCache {
     fn restore(
         &self,
         key: BucketKey,
-    ) -> BoxFuture<'static, Result<Option<BucketState>, CacheError>> {
+    ) -> BoxFuture<'static, Result<Option<crate::core::held::Held>, CacheError>> {
         if self.up.load(Relaxed) {
             self.inner.restore(key)
         } else {
@@ -452,7 +462,7 @@ async fn write_through_answers_only_what_the_cache_layer_holds() {
     );
     // Concurrent checks share batches (group commit); each is answered
     // only once its state is stored.
-    let checks = (0..10).map(|_| limiter.check("t".into(), Limit::Requests, 1));
+    let checks = (0..10).map(|_| limiter.check("t".into(), Limit::REQUESTS, 1));
     let verdicts = future::join_all(checks).await;
     assert!(verdicts.iter().all(|v| v.as_ref().unwrap().is_allowed()));
     // No flush: a node started on the same cache right now (a crash of
@@ -482,7 +492,7 @@ async fn write_through_refuses_to_admit_while_the_cache_layer_is_down() {
         clock.clone(),
         write_through(),
     );
-    let check = |cost| limiter.check("t".into(), Limit::Requests, cost);
+    let check = |cost| limiter.check("t".into(), Limit::REQUESTS, cost);
     assert!(check(1).await.unwrap().is_allowed(), "resident, persisted");
     cache.up.store(false, Relaxed);
     // The units of a check whose write failed stay taken (fail closed).

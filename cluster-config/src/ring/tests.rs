@@ -19,7 +19,7 @@ fn golden_placement() {
     let ring = Ring::new(nodes(3), DEFAULT_VNODES);
     let got: Vec<&str> = ["acme", "globex", "initech", "umbrella", "tenant-7", "x"]
         .iter()
-        .map(|t| ring.owner(t, Limit::Requests).unwrap())
+        .map(|t| ring.owner(t, Limit::REQUESTS).unwrap())
         .collect();
     assert_eq!(got, GOLDEN_OWNERS);
     assert_eq!(ring.fingerprint().to_string(), GOLDEN_FINGERPRINT);
@@ -35,8 +35,8 @@ fn membership_order_and_duplicates_do_not_matter() {
     assert_eq!(a.fingerprint(), b.fingerprint());
     for i in 0..1_000 {
         assert_eq!(
-            a.owner(&tenant(i), Limit::Requests),
-            b.owner(&tenant(i), Limit::Requests)
+            a.owner(&tenant(i), Limit::REQUESTS),
+            b.owner(&tenant(i), Limit::REQUESTS)
         );
     }
     assert_ne!(a.fingerprint(), Ring::new(["a", "b"], 64).fingerprint());
@@ -49,9 +49,9 @@ fn membership_order_and_duplicates_do_not_matter() {
 #[test]
 fn empty_and_single_member_rings() {
     let empty = Ring::new(Vec::<String>::new(), DEFAULT_VNODES);
-    assert_eq!(empty.owner("t", Limit::Requests), None);
+    assert_eq!(empty.owner("t", Limit::REQUESTS), None);
     let one = Ring::new(["solo"], DEFAULT_VNODES);
-    assert_eq!(one.owner("t", Limit::Requests), Some("solo"));
+    assert_eq!(one.owner("t", Limit::REQUESTS), Some("solo"));
     assert_eq!(one.shares(), vec![("solo".to_string(), 1.0)]);
 }
 
@@ -59,7 +59,7 @@ fn load(ring: &Ring, keys: usize) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for i in 0..keys {
         *counts
-            .entry(ring.owner(&tenant(i), Limit::Requests).unwrap().to_string())
+            .entry(ring.owner(&tenant(i), Limit::REQUESTS).unwrap().to_string())
             .or_insert(0) += 1;
     }
     counts
@@ -95,8 +95,8 @@ fn adding_a_node_moves_about_one_share_and_only_to_it() {
         for i in 0..keys {
             let t = tenant(i);
             let (a, b) = (
-                before.owner(&t, Limit::Requests),
-                after.owner(&t, Limit::Requests),
+                before.owner(&t, Limit::REQUESTS),
+                after.owner(&t, Limit::REQUESTS),
             );
             if a != b {
                 moved += 1;
@@ -127,9 +127,9 @@ fn removing_a_node_moves_only_its_keys() {
     let after = Ring::new(nodes(3), DEFAULT_VNODES);
     for i in 0..20_000 {
         let t = tenant(i);
-        let a = before.owner(&t, Limit::Requests).unwrap();
+        let a = before.owner(&t, Limit::REQUESTS).unwrap();
         if a != "node-3" {
-            assert_eq!(after.owner(&t, Limit::Requests), Some(a));
+            assert_eq!(after.owner(&t, Limit::REQUESTS), Some(a));
         }
     }
 }

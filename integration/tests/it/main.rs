@@ -15,6 +15,8 @@ mod deploy_files;
 mod docs;
 mod failover;
 mod harness;
+mod leases;
+mod named_limits;
 mod nginx;
 mod openapi;
 mod proxy;

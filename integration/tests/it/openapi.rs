@@ -22,6 +22,9 @@ fn body_for(operation: &str) -> &'static [u8] {
         "check" => br#"{"tenant_id":"openapi"}"#,
         "checkBatch" => br#"{"checks":[{"tenant_id":"openapi"}]}"#,
         "putLimits" => br#"{"requests_per_second":5,"burst_size":10}"#,
+        "putKeyOverride" => br#"{"rate":5,"burst":10}"#,
+        "adjust" => br#"{"limit":"requests","key":"openapi","delta":-1}"#,
+        "release" => br#"{"lease_id":"requests:00000000000000ff:openapi"}"#,
         _ => b"",
     }
 }
@@ -68,7 +71,10 @@ fn every_documented_operation_is_served_as_documented() {
             "admin" => node.admin().clone(),
             other => panic!("unknown listener {other}"),
         };
-        let url = path.replace("{tenant}", "openapi");
+        let url = path
+            .replace("{tenant}", "openapi")
+            .replace("{limit}", "requests")
+            .replace("{key}", "openapi");
         let op_id = op["operationId"].as_str().expect("operationId");
         let needs_token = op["security"].as_array().is_some_and(|s| !s.is_empty());
         if needs_token {

@@ -12,8 +12,8 @@ use actix_web::{web, HttpResponse};
 use llmtrace_actors::cluster::rpc::wire::{TenantOp, TenantRequest, WireLimitReport};
 use llmtrace_actors::cluster::tenant_rpc::{serve_tenant, source_of};
 use llmtrace_actors::metrics::{self, Registry, Scraped};
-use llmtrace_actors::{Router, NANOS};
-use llmtrace_cluster_config::{validate_tenant_id, Limit};
+use llmtrace_actors::{BucketQuota, Router, NANOS};
+use llmtrace_cluster_config::{format_duration_secs, validate_tenant_id, Limit};
 use serde_json::{json, Value};
 use tracing::warn;
 
@@ -116,20 +116,40 @@ pub fn tenant_of(path: web::Path<String>) -> Result<String, ApiError> {
     Ok(tenant)
 }
 
-fn limit_json(limit: Limit, owner: Option<&str>, r: &WireLimitReport, degraded: bool) -> Value {
-    // Each limit's rate in its own unit, as in `/v1/check` answers.
-    let rate_key = match limit {
-        Limit::Requests => "requests_per_second",
-        Limit::Tokens => "tokens_per_minute",
+/// The numbers of a bucket's quota, in the words of its kind.
+pub fn quota_json(quota: Option<BucketQuota>) -> serde_json::Map<String, Value> {
+    let value = match quota {
+        None => json!({ "unlimited": true }),
+        Some(BucketQuota::Refill { rate, burst, per_s }) => json!({
+            "kind": "token_bucket",
+            "rate": rate,
+            "per": format_duration_secs(u64::from(per_s)),
+            "burst": burst,
+        }),
+        Some(BucketQuota::Window { amount, period }) => json!({
+            "kind": "quota",
+            "amount": amount,
+            "period": period.to_string(),
+        }),
+        Some(BucketQuota::Leases { max, ttl_s }) => json!({
+            "kind": "concurrency",
+            "max": max,
+            "lease_ttl": format_duration_secs(ttl_s),
+        }),
     };
+    match value {
+        Value::Object(map) => map,
+        _ => unreachable!("an object"),
+    }
+}
+
+/// One bucket as its owner reported it.
+fn bucket_json(owner: Option<&str>, r: &WireLimitReport, degraded: bool) -> Value {
     json!({
-        "limit": limit.as_str(),
         "owner": owner,
-        rate_key: r.rate,
-        "burst_size": r.burst,
         "source": source_of(r.source).as_str(),
-        "unlimited": r.unlimited,
-        "remaining": (!r.unlimited).then_some(r.level / NANOS),
+        "unlimited": r.quota.is_none(),
+        "remaining": r.quota.is_some().then_some(r.level / NANOS),
         "full_in_ms": r.full_in_ns.div_ceil(1_000_000),
         "degraded": degraded,
         "snapshot_age_ms": r.snapshot_age_ns.map(|ns| ns / 1_000_000),
@@ -137,62 +157,90 @@ fn limit_json(limit: Limit, owner: Option<&str>, r: &WireLimitReport, degraded: 
     })
 }
 
-/// Asks each limit's owner for the tenant's bucket (this node's own shards
-/// when it is the owner). When an owner cannot be reached, an inspection
-/// answers from this node's shards marked `degraded`; a reset fails (503).
+/// A seed limit's bucket, in the names of `/v1/check` answers.
+fn limit_json(limit: Limit, owner: Option<&str>, r: &WireLimitReport, degraded: bool) -> Value {
+    let mut body = bucket_json(owner, r, degraded);
+    body["limit"] = json!(limit.as_str());
+    let (rate, burst) = match r.quota {
+        Some(BucketQuota::Refill { rate, burst, .. }) => (rate, burst),
+        _ => (0, 0),
+    };
+    let rate_key = if limit == Limit::TOKENS {
+        "tokens_per_minute"
+    } else {
+        "requests_per_second"
+    };
+    body[rate_key] = json!(rate);
+    body["burst_size"] = json!(burst);
+    body
+}
+
+/// Asks the owner of `(key, limit)` for its bucket (this node's own shards
+/// when it is the owner): the report, the owner, and whether this node
+/// answered instead because the owner could not be reached (inspection
+/// only; a reset fails with 503).
+pub async fn owner_report(
+    ctx: &NodeContext,
+    key: &str,
+    limit: Limit,
+    op: TenantOp,
+) -> Result<(WireLimitReport, Option<String>, bool), ApiError> {
+    let view = ctx.router.view();
+    let local = ctx.router.local();
+    let unavailable = |e: llmtrace_actors::CheckError| ApiError::unavailable(e.to_string());
+    let owner = view.owner(key, limit);
+    let remote = owner
+        .filter(|o| !view.is_self(o))
+        .and_then(|o| view.member(o));
+    let owner = owner.map(str::to_string);
+    let Some(m) = remote else {
+        let report = serve_tenant(local, key, limit, op)
+            .await
+            .map_err(unavailable)?;
+        return Ok((report, owner, false));
+    };
+    let req = TenantRequest {
+        origin: view.self_id.to_string(),
+        tenant: key.to_string(),
+        limit: limit.as_str().to_string(),
+        op,
+    };
+    match ctx.admin.client.call(m.cluster_addr, &req).await {
+        Ok(answer) => Ok((answer.report, owner, false)),
+        Err(e) => {
+            warn!(owner = %m.node_id, error = %e, "owner did not answer a bucket request");
+            if op == TenantOp::Reset {
+                return Err(ApiError::unavailable(format!(
+                    "the owner {} of `{key}`'s {limit} bucket did not answer: {e}",
+                    m.node_id
+                )));
+            }
+            let report = serve_tenant(local, key, limit, TenantOp::Inspect)
+                .await
+                .map_err(unavailable)?;
+            Ok((report, owner, true))
+        }
+    }
+}
+
+/// The seed's limits, reported under `/admin/tenants/{tenant}`.
+const TENANT_LIMITS: [Limit; 2] = [Limit::REQUESTS, Limit::TOKENS];
+
+/// Reports (or refills) the tenant's `requests` and `tokens` buckets.
 async fn tenant_reports(
     ctx: &NodeContext,
     tenant: &str,
     op: TenantOp,
 ) -> Result<HttpResponse, ApiError> {
-    let view = ctx.router.view();
-    let local = ctx.router.local();
-    let unavailable = |e: llmtrace_actors::CheckError| ApiError::unavailable(e.to_string());
-    let mut limits = Vec::with_capacity(Limit::ALL.len());
-    for limit in Limit::ALL {
-        let owner = view.owner(tenant, limit);
-        let remote = owner
-            .filter(|o| !view.is_self(o))
-            .and_then(|o| view.member(o));
-        let (report, degraded) = match remote {
-            None => (
-                serve_tenant(local, tenant, limit, op)
-                    .await
-                    .map_err(unavailable)?,
-                false,
-            ),
-            Some(m) => {
-                let req = TenantRequest {
-                    origin: view.self_id.to_string(),
-                    tenant: tenant.to_string(),
-                    limit: limit as u8,
-                    op,
-                };
-                match ctx.admin.client.call(m.cluster_addr, &req).await {
-                    Ok(answer) => (answer.report, false),
-                    Err(e) => {
-                        warn!(owner = %m.node_id, error = %e, "owner did not answer a tenant request");
-                        if op == TenantOp::Reset {
-                            return Err(ApiError::unavailable(format!(
-                                "the owner {} of `{tenant}`'s {limit} bucket did not answer: {e}",
-                                m.node_id
-                            )));
-                        }
-                        (
-                            serve_tenant(local, tenant, limit, TenantOp::Inspect)
-                                .await
-                                .map_err(unavailable)?,
-                            true,
-                        )
-                    }
-                }
-            }
-        };
-        limits.push(limit_json(limit, owner, &report, degraded));
+    let mut limits = Vec::with_capacity(TENANT_LIMITS.len());
+    for limit in TENANT_LIMITS {
+        let (report, owner, degraded) = owner_report(ctx, tenant, limit, op).await?;
+        limits.push(limit_json(limit, owner.as_deref(), &report, degraded));
     }
+    let view = ctx.router.view();
     Ok(HttpResponse::Ok().json(json!({
         "tenant_id": tenant,
-        "owner": view.owner(tenant, Limit::ALL[0]),
+        "owner": view.owner(tenant, Limit::REQUESTS),
         "limits": limits,
         "fingerprint": view.fingerprint().to_string(),
     })))

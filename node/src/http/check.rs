@@ -7,7 +7,9 @@ use std::time::Instant;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use futures_util::future::join_all;
-use llmtrace_actors::{retry_after_secs, CheckError, Decision, Route, Routed, Verdict};
+use llmtrace_actors::{
+    retry_after_secs, BucketQuota, CheckError, Decision, Route, Routed, Verdict,
+};
 use serde::Serialize;
 use serde_json::json;
 
@@ -17,12 +19,13 @@ use super::input::{self, CheckInput};
 use super::NodeContext;
 use llmtrace_actors::ErrorCode;
 
-fn check_error(e: CheckError) -> ApiError {
+pub(super) fn check_error(e: CheckError) -> ApiError {
     match e {
         CheckError::ZeroCost | CheckError::CostAboveBurst { .. } => {
             ApiError::field("cost", e.to_string())
         }
         CheckError::Unavailable(m) => ApiError::unavailable(m),
+        CheckError::WrongOp(_) => ApiError::field("limit", e.to_string()),
         CheckError::NotPersisted => ApiError::not_persisted(e.to_string()),
         // The owner's quota refused it (its view of a runtime override is
         // ahead of or behind this node's for a moment).
@@ -74,7 +77,10 @@ struct VerdictBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     tokens_per_minute: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    burst: Option<u32>,
+    burst: Option<u64>,
+    /// The amount of a quota limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amount: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     remaining: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,6 +102,7 @@ fn verdict_body<'a>(input: &'a CheckInput, routed: &Routed) -> VerdictBody<'a> {
         requests_per_second: None,
         tokens_per_minute: None,
         burst: None,
+        amount: None,
         remaining: None,
         reset_after_ms: None,
         retry_after_secs: None,
@@ -105,11 +112,20 @@ fn verdict_body<'a>(input: &'a CheckInput, routed: &Routed) -> VerdictBody<'a> {
     match routed.verdict {
         Verdict::Unlimited => body.unlimited = Some(true),
         Verdict::Limited { quota, decision } => {
-            match quota.per {
-                llmtrace_cluster_config::Per::Second => body.requests_per_second = Some(quota.rate),
-                llmtrace_cluster_config::Per::Minute => body.tokens_per_minute = Some(quota.rate),
+            match quota {
+                BucketQuota::Refill {
+                    rate, burst, per_s, ..
+                } => {
+                    match per_s {
+                        1 => body.requests_per_second = Some(rate),
+                        60 => body.tokens_per_minute = Some(rate),
+                        _ => {}
+                    }
+                    body.burst = Some(u64::from(burst));
+                }
+                BucketQuota::Window { amount, .. } => body.amount = Some(amount),
+                BucketQuota::Leases { max, .. } => body.amount = Some(u64::from(max)),
             }
-            body.burst = Some(quota.burst);
             match decision {
                 Decision::Allowed {
                     remaining,
@@ -147,7 +163,12 @@ pub async fn check(
     let body = input::read_body(payload)
         .await
         .map_err(|e| invalid(&ctx, e))?;
-    let input = input::parse_check(&body).map_err(|e| invalid(&ctx, e))?;
+    let limits = ctx.router.local().limits();
+    let Some(input) = input::parse_check(&body, limits).map_err(|e| invalid(&ctx, e))? else {
+        return super::descriptors::check(&ctx, &body)
+            .await
+            .map_err(|e| invalid(&ctx, e));
+    };
     let (input, routed) = decide(&ctx, input).await.map_err(|e| invalid(&ctx, e))?;
     let body = verdict_body(&input, &routed);
     let Verdict::Limited { quota, decision } = routed.verdict else {
@@ -190,7 +211,8 @@ pub async fn check_batch(
     let body = input::read_body(payload)
         .await
         .map_err(|e| invalid(&ctx, e))?;
-    let items = input::parse_batch(&body).map_err(|e| invalid(&ctx, e))?;
+    let items =
+        input::parse_batch(&body, ctx.router.local().limits()).map_err(|e| invalid(&ctx, e))?;
     // join_all polls in order, so checks of one tenant reach its shard in
     // the order of the batch.
     let ctx = &ctx;

@@ -129,7 +129,11 @@ pub async fn handoff(
     ctx: web::Data<NodeContext>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let (handoff, limit) = match rpc_request(&req, &ctx, payload, rpc::decode_handoff).await {
+    let (handoff, limit) = match rpc_request(&req, &ctx, payload, |b| {
+        rpc::decode_handoff(b, ctx.router.local().limits())
+    })
+    .await
+    {
         Ok(h) => h,
         Err(resp) => return resp,
     };
@@ -147,7 +151,11 @@ pub async fn install(
     ctx: web::Data<NodeContext>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let buckets = match rpc_request(&req, &ctx, payload, rpc::decode_install).await {
+    let buckets = match rpc_request(&req, &ctx, payload, |b| {
+        rpc::decode_install(b, ctx.router.local().limits())
+    })
+    .await
+    {
         Ok(b) => b,
         Err(resp) => return resp,
     };
@@ -170,7 +178,11 @@ pub async fn tenant(
     ctx: web::Data<NodeContext>,
     payload: web::Payload,
 ) -> HttpResponse {
-    let (request, limit) = match rpc_request(&req, &ctx, payload, rpc::decode_tenant).await {
+    let (request, limit) = match rpc_request(&req, &ctx, payload, |b| {
+        rpc::decode_tenant(b, ctx.router.local().limits())
+    })
+    .await
+    {
         Ok(r) => r,
         Err(resp) => return resp,
     };

@@ -15,18 +15,21 @@ pub struct LimitState {
 }
 
 /// OpenAI's header names of a limit (static: no allocation per response).
-pub fn openai_names(limit: Limit) -> [&'static str; 3] {
-    match limit {
-        Limit::Requests => [
+pub fn openai_names(limit: Limit) -> Option<[&'static str; 3]> {
+    if limit == Limit::REQUESTS {
+        Some([
             "x-ratelimit-limit-requests",
             "x-ratelimit-remaining-requests",
             "x-ratelimit-reset-requests",
-        ],
-        Limit::Tokens => [
+        ])
+    } else if limit == Limit::TOKENS {
+        Some([
             "x-ratelimit-limit-tokens",
             "x-ratelimit-remaining-tokens",
             "x-ratelimit-reset-tokens",
-        ],
+        ])
+    } else {
+        None
     }
 }
 
@@ -58,9 +61,10 @@ pub fn openai_duration(ns: u64) -> String {
 
 /// Adds the rate-limit headers of `state` to a response.
 pub fn insert(builder: &mut HttpResponseBuilder, state: &LimitState) {
-    let burst = state.quota.burst;
-    // The policy's window: the time a drained bucket takes to refill.
-    let window = state.quota.refill_ns().div_ceil(NANOS).max(1);
+    let burst = state.quota.capacity_units();
+    // The policy's window: the time a drained bucket takes to refill, or a
+    // quota's period.
+    let window = state.quota.window_secs();
     let name = state.limit.as_str();
     builder.insert_header((
         "RateLimit-Policy",
@@ -74,10 +78,11 @@ pub fn insert(builder: &mut HttpResponseBuilder, state: &LimitState) {
             ceil_secs(state.reset_after_ns)
         ),
     ));
-    let [limit, remaining, reset] = openai_names(state.limit);
-    builder.insert_header((limit, HeaderValue::from(burst)));
-    builder.insert_header((remaining, HeaderValue::from(state.remaining)));
-    builder.insert_header((reset, openai_duration(state.reset_after_ns)));
+    if let Some([limit, remaining, reset]) = openai_names(state.limit) {
+        builder.insert_header((limit, HeaderValue::from(burst)));
+        builder.insert_header((remaining, HeaderValue::from(state.remaining)));
+        builder.insert_header((reset, openai_duration(state.reset_after_ns)));
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 
 use actix_web::web;
 use futures_util::StreamExt;
-use llmtrace_cluster_config::{validate_tenant_id, Limit};
+use llmtrace_cluster_config::{validate_tenant_id, Limit, RateLimitConfig};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
@@ -54,7 +54,9 @@ struct RawBatch {
 
 /// An optional field: absent is `None` (through `#[serde(default)]`), but
 /// `null` is an error, where serde's `Option` would take it for absent.
-fn given<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+pub(super) fn given<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
     T::deserialize(d).map(Some)
 }
 
@@ -74,14 +76,14 @@ pub async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiEr
     Ok(body)
 }
 
-/// A limit's name, or a 400 naming `limit` and listing the known ones.
-pub fn parse_limit(name: &str) -> Result<Limit, ApiError> {
-    name.parse().map_err(|()| {
-        let known: Vec<&str> = Limit::ALL.iter().map(|l| l.as_str()).collect();
+/// A limit's name, or a 400 naming `field` and listing the known ones.
+pub fn parse_limit(name: &str, limits: &RateLimitConfig, field: &str) -> Result<Limit, ApiError> {
+    limits.limit(name).ok_or_else(|| {
+        let known: Vec<&str> = limits.limits().iter().map(|l| l.as_str()).collect();
         ApiError::field(
-            "limit",
+            field.to_string(),
             format!(
-                "unknown `limit` {name:?}; known limits: {}",
+                "unknown `{field}` {name:?}; known limits: {}",
                 known.join(", ")
             ),
         )
@@ -92,6 +94,7 @@ fn finish(
     tenant_id: String,
     cost: Option<u64>,
     limit: Option<&str>,
+    limits: &RateLimitConfig,
 ) -> Result<CheckInput, ApiError> {
     validate_tenant_id(&tenant_id)
         .map_err(|e| ApiError::field("tenant_id", format!("`tenant_id` {e}")))?;
@@ -99,7 +102,9 @@ fn finish(
     if cost == 0 {
         return Err(ApiError::field("cost", "`cost` must be at least 1"));
     }
-    let limit = limit.map_or(Ok(Limit::Requests), parse_limit)?;
+    let limit = limit.map_or(Ok(Limit::REQUESTS), |name| {
+        parse_limit(name, limits, "limit")
+    })?;
     Ok(CheckInput {
         tenant_id,
         limit,
@@ -108,7 +113,7 @@ fn finish(
 }
 
 /// Validates one check given as a JSON value (batch items, error path).
-pub fn check_from_value(v: &Value) -> Result<CheckInput, ApiError> {
+pub fn check_from_value(v: &Value, limits: &RateLimitConfig) -> Result<CheckInput, ApiError> {
     let obj = v
         .as_object()
         .ok_or_else(|| ApiError::invalid_json("a check must be a JSON object"))?;
@@ -137,20 +142,31 @@ pub fn check_from_value(v: &Value) -> Result<CheckInput, ApiError> {
         Some(Value::String(s)) => Some(s.as_str()),
         Some(_) => return Err(ApiError::field("limit", "`limit` must be a string")),
     };
-    finish(tenant_id, cost, limit)
+    finish(tenant_id, cost, limit, limits)
 }
 
-/// Parses `POST /v1/check`.
-pub fn parse_check(body: &[u8]) -> Result<CheckInput, ApiError> {
+/// Parses `POST /v1/check` in its first form (`tenant_id`, `cost`,
+/// `limit`); `Ok(None)` when the body is not of that form but may be of the
+/// descriptors form (see [`super::descriptors`]).
+pub fn parse_check(body: &[u8], limits: &RateLimitConfig) -> Result<Option<CheckInput>, ApiError> {
     match serde_json::from_slice::<RawCheck>(body) {
-        Ok(raw) => finish(raw.tenant_id, raw.cost, raw.limit.as_deref()),
-        Err(_) => check_from_value(&strict_json::parse(body, &CHECK_FIELDS)?),
+        Ok(raw) => finish(raw.tenant_id, raw.cost, raw.limit.as_deref(), limits).map(Some),
+        Err(_) => {
+            let v = strict_json::parse(body, &CHECK_FIELDS)?;
+            if v.get("descriptors").is_some() {
+                return Ok(None);
+            }
+            check_from_value(&v, limits).map(Some)
+        }
     }
 }
 
 /// Parses `POST /v1/check/batch`: the items, each validated on its own (an
 /// item with a duplicated key gets its own error).
-pub fn parse_batch(body: &[u8]) -> Result<Vec<Result<CheckInput, ApiError>>, ApiError> {
+pub fn parse_batch(
+    body: &[u8],
+    limits: &RateLimitConfig,
+) -> Result<Vec<Result<CheckInput, ApiError>>, ApiError> {
     let raw: RawBatch = serde_json::from_slice(body).map_err(|_| not_a_batch(body))?;
     if raw.checks.is_empty() {
         return Err(ApiError::field("checks", "`checks` must not be empty"));
@@ -167,7 +183,7 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Result<CheckInput, ApiError>>, Api
     Ok(raw
         .checks
         .into_iter()
-        .map(|item| check_from_value(&item.into_value(&CHECK_FIELDS)?))
+        .map(|item| check_from_value(&item.into_value(&CHECK_FIELDS)?, limits))
         .collect())
 }
 
@@ -197,20 +213,24 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn check(body: &[u8]) -> Result<CheckInput, ApiError> {
+        parse_check(body, &RateLimitConfig::default()).map(|c| c.expect("first form"))
+    }
+
     fn field_of(body: &str) -> Option<&'static str> {
-        let field = parse_check(body.as_bytes()).unwrap_err().field?;
+        let field = check(body.as_bytes()).unwrap_err().field?;
         // Test-only: a 'static name to compare with literals.
         Some(Box::leak(field.into_owned().into_boxed_str()))
     }
 
     #[test]
     fn valid_checks() {
-        let c = parse_check(br#"{"tenant_id":"acme"}"#).unwrap();
+        let c = check(br#"{"tenant_id":"acme"}"#).unwrap();
         assert_eq!(
             (c.tenant_id.as_str(), c.cost, c.limit),
-            ("acme", 1, Limit::Requests)
+            ("acme", 1, Limit::REQUESTS)
         );
-        let c = parse_check(br#"{"tenant_id":"a","cost":7,"limit":"requests"}"#).unwrap();
+        let c = check(br#"{"tenant_id":"a","cost":7,"limit":"requests"}"#).unwrap();
         assert_eq!(c.cost, 7);
     }
 
@@ -232,36 +252,43 @@ mod tests {
             field_of(r#"{"tenant_id":"a","limit":"tokenz"}"#),
             Some("limit")
         );
-        let e = parse_check(br#"{"tenant_id":"a","extra":1}"#).unwrap_err();
+        let e = check(br#"{"tenant_id":"a","extra":1}"#).unwrap_err();
         assert!(e.message.contains("extra"), "{e}");
-        assert_eq!(parse_check(b"{").unwrap_err().code, "invalid_json");
-        assert_eq!(parse_check(b"[]").unwrap_err().code, "invalid_json");
+        assert_eq!(check(b"{").unwrap_err().code, "invalid_json");
+        assert_eq!(check(b"[]").unwrap_err().code, "invalid_json");
     }
 
     #[test]
     fn batches() {
-        let items = parse_batch(br#"{"checks":[{"tenant_id":"a"},{"tenant_id":""}]}"#).unwrap();
+        let items = parse_batch(
+            br#"{"checks":[{"tenant_id":"a"},{"tenant_id":""}]}"#,
+            &RateLimitConfig::default(),
+        )
+        .unwrap();
         assert!(items[0].is_ok());
         assert_eq!(
             items[1].as_ref().unwrap_err().field.as_deref(),
             Some("tenant_id")
         );
         assert_eq!(
-            parse_batch(br#"{"checks":[]}"#)
+            parse_batch(br#"{"checks":[]}"#, &RateLimitConfig::default())
                 .unwrap_err()
                 .field
                 .as_deref(),
             Some("checks")
         );
         assert_eq!(
-            parse_batch(br#"{"checks":1}"#)
+            parse_batch(br#"{"checks":1}"#, &RateLimitConfig::default())
                 .unwrap_err()
                 .field
                 .as_deref(),
             Some("checks")
         );
         assert_eq!(
-            parse_batch(br#"{}"#).unwrap_err().field.as_deref(),
+            parse_batch(br#"{}"#, &RateLimitConfig::default())
+                .unwrap_err()
+                .field
+                .as_deref(),
             Some("checks")
         );
         let many = format!(
@@ -269,14 +296,17 @@ mod tests {
             vec![r#"{"tenant_id":"a"}"#; 1001].join(",")
         );
         assert_eq!(
-            parse_batch(many.as_bytes()).unwrap_err().field.as_deref(),
+            parse_batch(many.as_bytes(), &RateLimitConfig::default())
+                .unwrap_err()
+                .field
+                .as_deref(),
             Some("checks")
         );
     }
 
     /// The error of `body`: (code, field).
     fn error_of(body: &str) -> (&'static str, Option<String>) {
-        let e = parse_check(body.as_bytes()).unwrap_err();
+        let e = check(body.as_bytes()).unwrap_err();
         (e.code, e.field.map(|f| f.into_owned()))
     }
 
@@ -288,7 +318,7 @@ mod tests {
                 "cost" => r#"{"tenant_id":"a","cost":1,"cost":2}"#,
                 _ => r#"{"limit":"requests","tenant_id":"a","limit":"tokens"}"#,
             };
-            let e = parse_check(body.as_bytes()).unwrap_err();
+            let e = check(body.as_bytes()).unwrap_err();
             assert_eq!(e.code, "invalid_json", "{body}: {e}");
             assert!(e.message.contains(&format!("`{key}`")), "{body}: {e}");
             assert_eq!(e.field.as_deref(), Some(key), "{body}: {e}");
@@ -299,7 +329,7 @@ mod tests {
             (r#"{"tenant_id":"a","x":1,"x":1}"#, "x"),
             (r#"{"tenant_id":"a","x":{"cost":1,"cost":1}}"#, "cost"),
         ] {
-            let e = parse_check(body.as_bytes()).unwrap_err();
+            let e = check(body.as_bytes()).unwrap_err();
             assert_eq!(e.code, "invalid_json", "{body}: {e}");
             assert!(e.message.contains(&format!("`{key}`")), "{body}: {e}");
             assert_eq!(e.field, None, "{body}: {e}");
@@ -309,17 +339,22 @@ mod tests {
     #[test]
     fn a_duplicated_key_in_a_batch() {
         // In the envelope: the whole batch is refused.
-        let e = parse_batch(br#"{"checks":[{"tenant_id":"a"}],"checks":[{"tenant_id":"b"}]}"#)
-            .unwrap_err();
+        let e = parse_batch(
+            br#"{"checks":[{"tenant_id":"a"}],"checks":[{"tenant_id":"b"}]}"#,
+            &RateLimitConfig::default(),
+        )
+        .unwrap_err();
         assert_eq!(
             (e.code, e.field.as_deref()),
             ("invalid_json", Some("checks")),
             "{e}"
         );
         // In an item: that item's error, the others decided.
-        let items =
-            parse_batch(br#"{"checks":[{"tenant_id":"a","cost":1,"cost":9},{"tenant_id":"b"}]}"#)
-                .unwrap();
+        let items = parse_batch(
+            br#"{"checks":[{"tenant_id":"a","cost":1,"cost":9},{"tenant_id":"b"}]}"#,
+            &RateLimitConfig::default(),
+        )
+        .unwrap();
         let e = items[0].as_ref().unwrap_err();
         assert_eq!(
             (e.code, e.field.as_deref()),
@@ -343,11 +378,15 @@ mod tests {
                 ("invalid_field", Some(field)),
                 "{body}"
             );
-            let items = parse_batch(format!(r#"{{"checks":[{body}]}}"#).as_bytes()).unwrap();
+            let items = parse_batch(
+                format!(r#"{{"checks":[{body}]}}"#).as_bytes(),
+                &RateLimitConfig::default(),
+            )
+            .unwrap();
             let e = items[0].as_ref().unwrap_err();
             assert_eq!(e.field.as_deref(), Some(field), "batch item {body}: {e}");
         }
-        let e = parse_batch(br#"{"checks":null}"#).unwrap_err();
+        let e = parse_batch(br#"{"checks":null}"#, &RateLimitConfig::default()).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("checks"), "{e}");
     }
 
@@ -355,10 +394,18 @@ mod tests {
     fn an_unknown_field_is_named_in_field() {
         let (code, field) = error_of(r#"{"tenant_id":"a","extra":1}"#);
         assert_eq!((code, field.as_deref()), ("unknown_field", Some("extra")));
-        let items = parse_batch(br#"{"checks":[{"tenant_id":"a","costs":1}]}"#).unwrap();
+        let items = parse_batch(
+            br#"{"checks":[{"tenant_id":"a","costs":1}]}"#,
+            &RateLimitConfig::default(),
+        )
+        .unwrap();
         let e = items[0].as_ref().unwrap_err();
         assert_eq!(e.field.as_deref(), Some("costs"), "{e}");
-        let e = parse_batch(br#"{"checks":[{"tenant_id":"a"}],"check":1}"#).unwrap_err();
+        let e = parse_batch(
+            br#"{"checks":[{"tenant_id":"a"}],"check":1}"#,
+            &RateLimitConfig::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("check"), "{e}");
         assert!(e.message.contains("`check`"), "{e}");
     }
@@ -366,8 +413,8 @@ mod tests {
     proptest! {
         #[test]
         fn garbage_is_an_error_never_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
-            let _ = parse_check(&bytes);
-            let _ = parse_batch(&bytes);
+            let _ = parse_check(&bytes, &RateLimitConfig::default());
+            let _ = parse_batch(&bytes, &RateLimitConfig::default());
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod admin_limits;
 pub mod check;
 pub mod cluster;
+pub mod descriptors;
 pub mod error;
 pub mod headers;
 pub mod input;
@@ -179,6 +180,8 @@ fn public_table() -> RouteTable {
             "/v1/check/batch",
             web::post().to(check::check_batch),
         ),
+        ("POST", "/v1/release", web::post().to(descriptors::release)),
+        ("POST", "/v1/adjust", web::post().to(descriptors::adjust)),
         ("GET", "/healthz", web::get().to(healthz)),
         ("GET", "/readyz", web::get().to(readyz)),
     ]
@@ -210,6 +213,26 @@ fn admin_table() -> RouteTable {
             web::post().to(admin::reset),
         ),
         ("GET", "/admin/limits", web::get().to(admin_limits::list)),
+        (
+            "GET",
+            "/admin/limits/{limit}/keys/{key}",
+            web::get().to(admin_limits::key_report),
+        ),
+        (
+            "POST",
+            "/admin/limits/{limit}/keys/{key}/reset",
+            web::post().to(admin_limits::key_reset),
+        ),
+        (
+            "PUT",
+            "/admin/limits/{limit}/keys/{key}/override",
+            web::put().to(admin_limits::key_put),
+        ),
+        (
+            "DELETE",
+            "/admin/limits/{limit}/keys/{key}/override",
+            web::delete().to(admin_limits::key_delete),
+        ),
         ("POST", "/admin/drain", web::post().to(admin::drain)),
         ("GET", "/admin/ui", web::get().to(ui::page)),
     ]

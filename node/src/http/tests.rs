@@ -247,7 +247,7 @@ async fn cluster_endpoint_refuses_hostile_input() {
             op: 0,
             id: 1,
             tenant: "t".into(),
-            limit: 0,
+            limit: "requests".into(),
             cost: 1,
             retry: false,
             hops: 1,
@@ -291,7 +291,10 @@ async fn cluster_endpoint_refuses_hostile_input() {
     let answer: rpc::BatchResponse = rpc::decode(&body).unwrap();
     assert!(matches!(
         answer.results[0].result,
-        rpc::WireResult::Allowed { .. }
+        rpc::WireResult::Limited {
+            decision: llmtrace_actors::Decision::Allowed { .. },
+            ..
+        }
     ));
 }
 
@@ -442,11 +445,11 @@ async fn unreachable_owner_reports_degraded_and_refuses_a_reset() {
     let view = ctx.router.view();
     let ghostly = (0..1000)
         .map(|k| format!("g-{k}"))
-        .find(|t| view.owner(t, llmtrace_cluster_config::Limit::Requests) == Some("ghost"))
+        .find(|t| view.owner(t, llmtrace_cluster_config::Limit::REQUESTS) == Some("ghost"))
         .expect("a tenant owned by the ghost");
     let mine = (0..1000)
         .map(|k| format!("m-{k}"))
-        .find(|t| view.owner(t, llmtrace_cluster_config::Limit::Requests) == Some("test-node"))
+        .find(|t| view.owner(t, llmtrace_cluster_config::Limit::REQUESTS) == Some("test-node"))
         .expect("a tenant owned here");
     let app = test::init_service(
         App::new()

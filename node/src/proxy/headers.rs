@@ -96,8 +96,10 @@ fn reset(d: &Decision) -> u64 {
 /// and remaining as integers, reset as a duration like `6m0s`).
 pub fn insert_limits(b: &mut HttpResponseBuilder, states: &[(Limit, BucketQuota, Decision)]) {
     for (limit, quota, decision) in states {
-        let [l, r, t] = openai_names(*limit);
-        b.insert_header((l, HeaderValue::from(quota.burst)));
+        let Some([l, r, t]) = openai_names(*limit) else {
+            continue;
+        };
+        b.insert_header((l, HeaderValue::from(quota.capacity_units())));
         b.insert_header((r, HeaderValue::from(remaining(decision))));
         b.insert_header((t, openai_duration(reset(decision))));
     }
@@ -121,13 +123,16 @@ pub fn refusal(
     let what: Vec<String> = states
         .iter()
         .filter(|(l, _, _)| refused.contains(l))
-        .map(|(l, q, d)| match l {
-            Limit::Requests => format!("requests (limit {}, remaining {})", q.burst, remaining(d)),
-            Limit::Tokens => format!(
-                "tokens (limit {}, remaining {}, requested {reserve})",
-                q.burst,
-                remaining(d)
-            ),
+        .map(|(l, q, d)| {
+            let limit = q.capacity_units();
+            if *l == Limit::TOKENS {
+                format!(
+                    "tokens (limit {limit}, remaining {}, requested {reserve})",
+                    remaining(d)
+                )
+            } else {
+                format!("{l} (limit {limit}, remaining {})", remaining(d))
+            }
         })
         .collect();
     let e = ProxyError::rate_limited(format!(

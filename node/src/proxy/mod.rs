@@ -414,18 +414,18 @@ async fn admit(
     plan: Option<&Plan>,
 ) -> Result<Result<Admitted, HttpResponse>, ProxyError> {
     let router = &ctx.router;
-    let requests = router.check(tenant, Limit::Requests, 1);
+    let requests = router.check(tenant, Limit::REQUESTS, 1);
     // A reservation never exceeds the bucket (it could never be admitted);
     // the excess is charged after the answer, so the tenant pays it back.
     let reserve = match (
         plan,
-        BucketQuota::of(router.local().quota(tenant, Limit::Tokens)),
+        BucketQuota::of(router.local().policy(tenant, Limit::TOKENS)),
     ) {
-        (Some(p), Some(q)) if p.total() > 0 => p.total().min(u64::from(q.burst)),
+        (Some(p), Some(q)) if p.total() > 0 => p.total().min(q.capacity_units()),
         _ => 0,
     };
     let (requests, tokens) = if reserve > 0 {
-        let tokens = router.check(tenant, Limit::Tokens, reserve);
+        let tokens = router.check(tenant, Limit::TOKENS, reserve);
         let (r, t) = futures_util::future::join(requests, tokens).await;
         (r, Some(t))
     } else {
@@ -436,8 +436,8 @@ async fn admit(
     let mut states = Vec::with_capacity(2);
     let mut refused = Vec::new();
     for (limit, routed) in [
-        (Limit::Requests, Some(&requests)),
-        (Limit::Tokens, tokens.as_ref()),
+        (Limit::REQUESTS, Some(&requests)),
+        (Limit::TOKENS, tokens.as_ref()),
     ] {
         if let Some((quota, decision)) = routed.and_then(limited) {
             if !decision.is_allowed() {
@@ -468,14 +468,14 @@ async fn admit(
         let r = router.clone();
         let t = tenant.to_string();
         actix_rt::spawn(async move {
-            let _ = r.perform(t, Limit::Requests, Op::Refund, 1).await;
+            let _ = r.perform(t, Limit::REQUESTS, Op::Refund, 1).await;
         });
     }
     if tokens_taken {
         let r = router.clone();
         let t = tenant.to_string();
         actix_rt::spawn(async move {
-            let _ = r.perform(t, Limit::Tokens, Op::Refund, reserve).await;
+            let _ = r.perform(t, Limit::TOKENS, Op::Refund, reserve).await;
         });
     }
     Ok(Err(headers::refusal(&states, &refused, reserve)))

@@ -55,7 +55,7 @@ impl Reservation {
                 Op::Refund => &self.metrics.tokens_refunded,
                 _ => &self.metrics.tokens_charged,
             };
-            match self.router.perform(self.tenant, Limit::Tokens, op, n).await {
+            match self.router.perform(self.tenant, Limit::TOKENS, op, n).await {
                 Ok(_) => {
                     counter.inc_by(n);
                 }

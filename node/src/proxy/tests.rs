@@ -114,7 +114,7 @@ async fn unreachable_upstream_is_502_and_refunds_the_tokens() {
     crate::proxy::tests::wait_refunded(&metrics, 109).await;
     // The whole bucket is available again.
     let v = router
-        .perform(tenant, Limit::Tokens, Op::Take, 1000)
+        .perform(tenant, Limit::TOKENS, Op::Take, 1000)
         .await
         .unwrap();
     assert!(v.verdict.is_allowed());
@@ -138,7 +138,7 @@ async fn over_the_token_limit_is_429_with_openai_headers() {
     let tenant = tenant::tenant_of_key("tok");
     // Leave 50 tokens; the call reserves 109 (9 prompt + 100).
     let r = router
-        .perform(tenant, Limit::Tokens, Op::Take, 100)
+        .perform(tenant, Limit::TOKENS, Op::Take, 100)
         .await
         .unwrap();
     assert!(r.verdict.is_allowed());

@@ -142,7 +142,7 @@ async fn checks_from_every_node_share_one_exact_bucket() {
         OwnerUnreachable::Local,
         limits(1, 100),
     );
-    let checks = (0..900).map(|i| c.routers[i % 3].check("hot", Limit::Requests, 1));
+    let checks = (0..900).map(|i| c.routers[i % 3].check("hot", Limit::REQUESTS, 1));
     let results = join_all(checks).await;
     let admitted = results
         .iter()
@@ -151,7 +151,7 @@ async fn checks_from_every_node_share_one_exact_bucket() {
     assert_eq!(admitted, 100, "burst of 100 across three nodes, never 300");
     let owner = c.routers[0]
         .view()
-        .owner("hot", Limit::Requests)
+        .owner("hot", Limit::REQUESTS)
         .unwrap()
         .to_string();
     for (i, r) in results.iter().enumerate() {
@@ -192,7 +192,7 @@ async fn many_tenants_each_exact() {
     let c = &c;
     let checks = (0..600).map(|i| async move {
         let tenant = format!("t{}", i % 20);
-        c.routers[i % 3].check(&tenant, Limit::Requests, 1).await
+        c.routers[i % 3].check(&tenant, Limit::REQUESTS, 1).await
     });
     let results = join_all(checks).await;
     let mut admitted: HashMap<String, usize> = HashMap::new();
@@ -209,7 +209,7 @@ async fn first_forwarded(c: &Cluster) -> (usize, String) {
     for i in 0..100 {
         let t = format!("t{i}");
         let v = c.routers[0].view();
-        if v.owner(&t, Limit::Requests) != Some("a") {
+        if v.owner(&t, Limit::REQUESTS) != Some("a") {
             return (0, t);
         }
     }
@@ -226,7 +226,7 @@ async fn unreachable_owner_applies_each_policy() {
         let c = cluster(agreed_views(), Fault::Down, policy, limits(1, 1));
         let (node, tenant) = first_forwarded(&c).await;
         let r = c.routers[node]
-            .check(&tenant, Limit::Requests, 1)
+            .check(&tenant, Limit::REQUESTS, 1)
             .await
             .unwrap();
         assert_eq!(r.route, Route::Degraded(policy));
@@ -240,7 +240,7 @@ async fn unreachable_owner_applies_each_policy() {
         if policy == OwnerUnreachable::Local {
             // Decided on the local shard: its bucket (burst 1) is now empty.
             let again = c.routers[node]
-                .check(&tenant, Limit::Requests, 1)
+                .check(&tenant, Limit::REQUESTS, 1)
                 .await
                 .unwrap();
             assert!(!again.verdict.is_allowed());
@@ -258,7 +258,7 @@ async fn a_retry_after_a_lost_answer_is_not_counted_twice() {
     );
     let (node, tenant) = first_forwarded(&c).await;
     let r = c.routers[node]
-        .check(&tenant, Limit::Requests, 1)
+        .check(&tenant, Limit::REQUESTS, 1)
         .await
         .unwrap();
     assert_eq!(
@@ -269,19 +269,19 @@ async fn a_retry_after_a_lost_answer_is_not_counted_twice() {
     assert!(r.verdict.is_allowed());
     let owner = c.routers[node]
         .view()
-        .owner(&tenant, Limit::Requests)
+        .owner(&tenant, Limit::REQUESTS)
         .unwrap()
         .to_string();
     let owner_router = c.routers.iter().find(|r| r.view().is_self(&owner)).unwrap();
     assert_eq!(owner_router.metrics().dedup_hits.get(), 1);
     // Burst 2, one check consumed once: exactly one more is admitted.
     let r = owner_router
-        .check(&tenant, Limit::Requests, 1)
+        .check(&tenant, Limit::REQUESTS, 1)
         .await
         .unwrap();
     assert!(r.verdict.is_allowed());
     let r = owner_router
-        .check(&tenant, Limit::Requests, 1)
+        .check(&tenant, Limit::REQUESTS, 1)
         .await
         .unwrap();
     assert!(!r.verdict.is_allowed());
@@ -292,7 +292,7 @@ async fn disagreeing_views_forward_at_most_twice() {
     // Each node believes the next one is the only member: a → b → c → a.
     let views = vec![view("a", &["b"]), view("b", &["c"]), view("c", &["a"])];
     let c = cluster(views, Fault::None, OwnerUnreachable::Deny, limits(1, 1));
-    let r = c.routers[0].check("t", Limit::Requests, 1).await.unwrap();
+    let r = c.routers[0].check("t", Limit::REQUESTS, 1).await.unwrap();
     assert_eq!(r.route, Route::Forwarded);
     assert!(r.verdict.is_allowed());
     // a forwarded to b, b re-forwarded to c, c decided locally.
@@ -321,7 +321,7 @@ async fn invalid_items_in_a_batch_get_their_own_error() {
         op: 0,
         id,
         tenant: tenant.into(),
-        limit: 0,
+        limit: "requests".into(),
         cost,
         retry: false,
         hops: 1,
@@ -337,7 +337,13 @@ async fn invalid_items_in_a_batch_get_their_own_error() {
             ],
         })
         .await;
-    assert!(matches!(resp.results[0].result, WireResult::Allowed { .. }));
+    assert!(matches!(
+        resp.results[0].result,
+        WireResult::Limited {
+            decision: Decision::Allowed { .. },
+            ..
+        }
+    ));
     assert_eq!(
         resp.results[1].result,
         WireResult::Invalid(ErrorCode::BadTenant)
@@ -364,7 +370,7 @@ fn token_tenant_elsewhere(c: &Cluster) -> String {
     let v = c.routers[0].view();
     (0..100)
         .map(|i| format!("tok{i}"))
-        .find(|t| v.owner(t, Limit::Tokens) != Some("a"))
+        .find(|t| v.owner(t, Limit::TOKENS) != Some("a"))
         .expect("some tenant is owned elsewhere")
 }
 
@@ -389,25 +395,25 @@ async fn refund_and_charge_run_on_the_owner_from_any_node() {
     let tenant = token_tenant_elsewhere(&c);
     let a = &c.routers[0];
     let r = a
-        .perform(tenant.clone(), Limit::Tokens, Op::Take, 100)
+        .perform(tenant.clone(), Limit::TOKENS, Op::Take, 100)
         .await
         .unwrap();
     assert_eq!(r.route, Route::Forwarded);
     assert_eq!(remaining(&r), 0);
     // A refund sent from another node lands on the owner's bucket.
     let r = c.routers[1]
-        .perform(tenant.clone(), Limit::Tokens, Op::Refund, 30)
+        .perform(tenant.clone(), Limit::TOKENS, Op::Refund, 30)
         .await
         .unwrap();
     assert_eq!(remaining(&r), 30);
     // A charge of 50 leaves 20 in debt: a take of 1 waits 21 s.
     let r = c.routers[2]
-        .perform(tenant.clone(), Limit::Tokens, Op::Charge, 50)
+        .perform(tenant.clone(), Limit::TOKENS, Op::Charge, 50)
         .await
         .unwrap();
     assert_eq!(remaining(&r), 0);
     let r = a
-        .perform(tenant.clone(), Limit::Tokens, Op::Take, 1)
+        .perform(tenant.clone(), Limit::TOKENS, Op::Take, 1)
         .await
         .unwrap();
     match r.verdict {
@@ -416,17 +422,17 @@ async fn refund_and_charge_run_on_the_owner_from_any_node() {
             decision: Decision::Refused { retry_after_ns, .. },
         } => {
             assert_eq!(retry_after_ns, 21 * crate::NANOS);
-            assert_eq!(quota.per, llmtrace_cluster_config::Per::Minute);
+            assert!(matches!(quota, BucketQuota::Refill { per_s: 60, .. }));
         }
         v => panic!("{v:?}"),
     }
     // Refunds and charges may exceed the burst; zero is refused as invalid.
     assert!(a
-        .perform(tenant.clone(), Limit::Tokens, Op::Refund, 1_000)
+        .perform(tenant.clone(), Limit::TOKENS, Op::Refund, 1_000)
         .await
         .is_ok());
     assert_eq!(
-        a.perform(tenant, Limit::Tokens, Op::Charge, 0).await,
+        a.perform(tenant, Limit::TOKENS, Op::Charge, 0).await,
         Err(CheckError::ZeroCost)
     );
 }
@@ -441,7 +447,7 @@ async fn a_retried_charge_is_not_counted_twice() {
     );
     let tenant = token_tenant_elsewhere(&c);
     let r = c.routers[0]
-        .perform(tenant.clone(), Limit::Tokens, Op::Charge, 10)
+        .perform(tenant.clone(), Limit::TOKENS, Op::Charge, 10)
         .await
         .unwrap();
     assert_eq!(
@@ -452,13 +458,13 @@ async fn a_retried_charge_is_not_counted_twice() {
     assert_eq!(remaining(&r), 90);
     let owner = c.routers[0]
         .view()
-        .owner(&tenant, Limit::Tokens)
+        .owner(&tenant, Limit::TOKENS)
         .unwrap()
         .to_string();
     let owner_router = c.routers.iter().find(|r| r.view().is_self(&owner)).unwrap();
     assert_eq!(owner_router.metrics().dedup_hits.get(), 1);
     // Charged once: exactly 90 tokens are left.
-    let take = |n| owner_router.perform(tenant.clone(), Limit::Tokens, Op::Take, n);
+    let take = |n| owner_router.perform(tenant.clone(), Limit::TOKENS, Op::Take, n);
     assert!(take(90).await.unwrap().verdict.is_allowed());
     assert!(!take(1).await.unwrap().verdict.is_allowed());
 }
@@ -473,7 +479,7 @@ async fn unreachable_owner_drops_refunds_under_deny() {
     );
     let tenant = token_tenant_elsewhere(&c);
     let r = c.routers[0]
-        .perform(tenant, Limit::Tokens, Op::Refund, 10)
+        .perform(tenant, Limit::TOKENS, Op::Refund, 10)
         .await
         .unwrap();
     assert_eq!(r.route, Route::Degraded(OwnerUnreachable::Deny));

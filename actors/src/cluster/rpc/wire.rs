@@ -5,7 +5,9 @@
 //! versions and trailing bytes are refused.
 
 use bincode::{config, Decode, Encode};
-use llmtrace_cluster_config::{validate_tenant_id, Limit, OwnerUnreachable, Per};
+use llmtrace_cluster_config::{
+    validate_key, validate_tenant_id, Limit, OwnerUnreachable, RateLimitConfig,
+};
 use thiserror::Error;
 
 use super::client::Rpc;
@@ -14,8 +16,12 @@ use crate::core::verdict::{ErrorCode, Verdict};
 
 /// Version of every node-to-node message. 2: checks carry an operation
 /// (take, refund, charge), answers the quota's period, bucket levels are
-/// signed.
-pub const WIRE_VERSION: u8 = 2;
+/// signed. 3: limits are named (any `[limits.<name>]`), keys are up to 256
+/// characters, answers carry the quota of any kind. A node refuses other
+/// versions whole: in a cluster of mixed versions, forwards between versions
+/// fail and `on_owner_unreachable` decides (upgrade one node at a time,
+/// quickly, or accept degraded decisions meanwhile).
+pub const WIRE_VERSION: u8 = 3;
 /// Largest node-to-node body accepted.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// Most checks in one forwarded batch.
@@ -28,9 +34,10 @@ pub const SECRET_HEADER: &str = "x-llmtrace-cluster-secret";
 pub struct WireCheck {
     /// Unique per origin node; a retry reuses it so the owner can dedup.
     pub id: u64,
+    /// The key the limit counts under.
     pub tenant: String,
-    /// Index into `Limit::ALL`.
-    pub limit: u8,
+    /// The limit's name.
+    pub limit: String,
     /// Index into `Op::ALL` (0: take).
     pub op: u8,
     pub cost: u64,
@@ -57,23 +64,12 @@ pub struct BatchRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
 pub enum WireResult {
     Unlimited,
-    Allowed {
-        rate: u32,
-        burst: u32,
-        /// The rate's period: [`per_byte`].
-        per: u8,
-        remaining: u64,
-        reset_after_ns: u64,
+    /// The owner's decision and the quota it was made under.
+    Limited {
+        quota: BucketQuota,
+        decision: Decision,
     },
-    Refused {
-        rate: u32,
-        burst: u32,
-        per: u8,
-        remaining: u64,
-        retry_after_ns: u64,
-        reset_after_ns: u64,
-    },
-    /// The check itself was invalid (cost, tenant, limit).
+    /// The check itself was invalid (cost, key, limit).
     Invalid(ErrorCode),
     /// The owner could not decide (shutting down, duplicate still in flight).
     Unavailable(ErrorCode),
@@ -114,22 +110,6 @@ pub fn policy_byte(p: OwnerUnreachable) -> u8 {
     }
 }
 
-/// The wire byte of a rate period.
-pub fn per_byte(p: Per) -> u8 {
-    match p {
-        Per::Second => 0,
-        Per::Minute => 1,
-    }
-}
-
-fn per_of(b: u8) -> Per {
-    if b == 1 {
-        Per::Minute
-    } else {
-        Per::Second
-    }
-}
-
 impl Rpc for BatchRequest {
     const PATH: &'static str = "/cluster/v1/checks";
     type Response = BatchResponse;
@@ -147,30 +127,7 @@ impl From<Verdict> for WireResult {
     fn from(v: Verdict) -> Self {
         match v {
             Verdict::Unlimited => WireResult::Unlimited,
-            Verdict::Limited { quota, decision } => match decision {
-                Decision::Allowed {
-                    remaining,
-                    reset_after_ns,
-                } => WireResult::Allowed {
-                    rate: quota.rate,
-                    burst: quota.burst,
-                    per: per_byte(quota.per),
-                    remaining,
-                    reset_after_ns,
-                },
-                Decision::Refused {
-                    remaining,
-                    retry_after_ns,
-                    reset_after_ns,
-                } => WireResult::Refused {
-                    rate: quota.rate,
-                    burst: quota.burst,
-                    per: per_byte(quota.per),
-                    remaining,
-                    retry_after_ns,
-                    reset_after_ns,
-                },
-            },
+            Verdict::Limited { quota, decision } => WireResult::Limited { quota, decision },
         }
     }
 }
@@ -180,42 +137,7 @@ impl WireResult {
     pub fn verdict(self) -> Option<Verdict> {
         match self {
             WireResult::Unlimited => Some(Verdict::Unlimited),
-            WireResult::Allowed {
-                rate,
-                burst,
-                per,
-                remaining,
-                reset_after_ns,
-            } => Some(Verdict::Limited {
-                quota: BucketQuota {
-                    rate,
-                    burst,
-                    per: per_of(per),
-                },
-                decision: Decision::Allowed {
-                    remaining,
-                    reset_after_ns,
-                },
-            }),
-            WireResult::Refused {
-                rate,
-                burst,
-                per,
-                remaining,
-                retry_after_ns,
-                reset_after_ns,
-            } => Some(Verdict::Limited {
-                quota: BucketQuota {
-                    rate,
-                    burst,
-                    per: per_of(per),
-                },
-                decision: Decision::Refused {
-                    remaining,
-                    retry_after_ns,
-                    reset_after_ns,
-                },
-            }),
+            WireResult::Limited { quota, decision } => Some(Verdict::Limited { quota, decision }),
             WireResult::Invalid(_) | WireResult::Unavailable(_) => None,
         }
     }
@@ -227,8 +149,8 @@ pub struct HandoffRequest {
     /// Node id of the new owner (where later checks for the key go).
     pub origin: String,
     pub tenant: String,
-    /// Index into `Limit::ALL`.
-    pub limit: u8,
+    /// The limit's name.
+    pub limit: String,
 }
 
 /// A new owner takes a moved bucket.
@@ -240,15 +162,15 @@ impl Rpc for HandoffRequest {
 /// The previous owner's state of the key, if it held one.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct HandoffResponse {
-    pub state: Option<crate::core::bucket::BucketState>,
+    pub state: Option<crate::core::held::Held>,
 }
 
 /// Buckets a leaving node pushes to their new owner.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct InstallRequest {
     pub origin: String,
-    /// `(tenant, limit index, state)`.
-    pub buckets: Vec<(String, u8, crate::core::bucket::BucketState)>,
+    /// `(key, limit name, state)`.
+    pub buckets: Vec<(String, String, crate::core::held::Held)>,
 }
 
 /// A leaving node hands its buckets over.
@@ -266,10 +188,12 @@ pub struct InstallResponse {
 /// Most buckets in one push.
 pub const MAX_INSTALL_ITEMS: usize = 4096;
 
-/// Decodes and validates a push; invalid items are dropped.
+/// Decodes and validates a push; items of unknown limits or invalid keys
+/// are dropped.
 pub fn decode_install(
     bytes: &[u8],
-) -> Result<Vec<(String, Limit, crate::core::bucket::BucketState)>, WireError> {
+    limits: &RateLimitConfig,
+) -> Result<Vec<(String, Limit, crate::core::held::Held)>, WireError> {
     let req: InstallRequest = decode(bytes)?;
     validate_tenant_id(&req.origin).map_err(|_| WireError::BadOrigin)?;
     if req.buckets.len() > MAX_INSTALL_ITEMS {
@@ -278,28 +202,33 @@ pub fn decode_install(
     Ok(req
         .buckets
         .into_iter()
-        .filter(|(t, _, _)| validate_tenant_id(t).is_ok())
-        .filter_map(|(t, l, s)| Some((t, wire_limit(l)?, s)))
+        .filter(|(t, _, _)| validate_key(t).is_ok())
+        .filter_map(|(t, l, s)| Some((t, limits.limit(&l)?, s)))
         .collect())
 }
 
 /// Decodes and validates a handoff request.
-pub fn decode_handoff(bytes: &[u8]) -> Result<(HandoffRequest, Limit), WireError> {
+pub fn decode_handoff(
+    bytes: &[u8],
+    limits: &RateLimitConfig,
+) -> Result<(HandoffRequest, Limit), WireError> {
     let req: HandoffRequest = decode(bytes)?;
-    let limit = addressed(&req.origin, &req.tenant, req.limit)?;
+    let limit = addressed(&req.origin, &req.tenant, &req.limit, limits)?;
     Ok((req, limit))
 }
 
-/// The limit named by its wire byte.
-fn wire_limit(byte: u8) -> Option<Limit> {
-    Limit::ALL.get(usize::from(byte)).copied()
-}
-
-/// Validates the origin, tenant and limit a request about one bucket names.
-fn addressed(origin: &str, tenant: &str, limit: u8) -> Result<Limit, WireError> {
+/// Validates the origin, key and limit a request about one bucket names.
+fn addressed(
+    origin: &str,
+    key: &str,
+    limit: &str,
+    limits: &RateLimitConfig,
+) -> Result<Limit, WireError> {
     validate_tenant_id(origin).map_err(|_| WireError::BadOrigin)?;
-    validate_tenant_id(tenant).map_err(|_| WireError::Decode("invalid tenant id".into()))?;
-    wire_limit(limit).ok_or_else(|| WireError::Decode(format!("unknown limit {limit}")))
+    validate_key(key).map_err(|_| WireError::Decode("invalid key".into()))?;
+    limits
+        .limit(limit)
+        .ok_or_else(|| WireError::Decode(format!("unknown limit {limit:?}")))
 }
 
 /// What the tenant RPC does.
@@ -317,8 +246,8 @@ pub struct TenantRequest {
     /// Node id of the asking node.
     pub origin: String,
     pub tenant: String,
-    /// Index into `Limit::ALL`.
-    pub limit: u8,
+    /// The limit's name.
+    pub limit: String,
     pub op: TenantOp,
 }
 
@@ -332,13 +261,12 @@ impl Rpc for TenantRequest {
 /// One bucket as its owner sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
 pub struct WireLimitReport {
-    pub rate: u32,
-    pub burst: u32,
+    /// The bucket's quota; `None`: no bucket applies (limiting disabled,
+    /// rate 0, or a concurrency limit).
+    pub quota: Option<BucketQuota>,
     /// 0 default, 1 config, 2 runtime.
     pub source: u8,
-    /// No bucket applies (limiting disabled or rate 0).
-    pub unlimited: bool,
-    /// Level in nano-units.
+    /// Level in nano-units (whole units: `level / 10^9`), 0 in debt.
     pub level: u64,
     pub full_in_ns: u64,
     pub snapshot_age_ns: Option<u64>,
@@ -354,9 +282,12 @@ pub struct TenantResponse {
 }
 
 /// Decodes and validates a tenant request.
-pub fn decode_tenant(bytes: &[u8]) -> Result<(TenantRequest, Limit), WireError> {
+pub fn decode_tenant(
+    bytes: &[u8],
+    limits: &RateLimitConfig,
+) -> Result<(TenantRequest, Limit), WireError> {
     let req: TenantRequest = decode(bytes)?;
-    let limit = addressed(&req.origin, &req.tenant, req.limit)?;
+    let limit = addressed(&req.origin, &req.tenant, &req.limit, limits)?;
     Ok((req, limit))
 }
 
@@ -420,12 +351,12 @@ pub fn decode_request(bytes: &[u8]) -> Result<BatchRequest, WireError> {
 }
 
 /// Validates one forwarded check's fields (the quota checks come later).
-pub fn validate_check(c: &WireCheck) -> Result<(Limit, Op), ErrorCode> {
-    validate_tenant_id(&c.tenant).map_err(|_| ErrorCode::BadTenant)?;
+pub fn validate_check(c: &WireCheck, limits: &RateLimitConfig) -> Result<(Limit, Op), ErrorCode> {
+    validate_key(&c.tenant).map_err(|_| ErrorCode::BadTenant)?;
     if c.cost == 0 {
         return Err(ErrorCode::ZeroCost);
     }
-    let limit = wire_limit(c.limit).ok_or(ErrorCode::UnknownLimit)?;
+    let limit = limits.limit(&c.limit).ok_or(ErrorCode::UnknownLimit)?;
     let op = Op::ALL
         .get(usize::from(c.op))
         .copied()

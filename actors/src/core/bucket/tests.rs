@@ -1,7 +1,6 @@
 //! Bucket math with a fake clock: time is a number we choose; nothing sleeps.
 
 use super::*;
-use llmtrace_cluster_config::Per;
 use proptest::prelude::*;
 
 const SEC: u64 = NANOS;
@@ -13,10 +12,10 @@ fn q(rate: u32, burst: u32) -> BucketQuota {
 }
 
 fn per_minute(rate: u32, burst: u32) -> BucketQuota {
-    BucketQuota {
+    BucketQuota::Refill {
         rate,
         burst,
-        per: Per::Minute,
+        per_s: 60,
     }
 }
 
@@ -141,9 +140,12 @@ struct Gcra {
 
 impl Gcra {
     fn check(&mut self, quota: BucketQuota, now_ns: u64, cost: u64) -> bool {
-        let now = u128::from(now_ns) * u128::from(quota.rate);
+        let BucketQuota::Refill { rate, burst, .. } = quota else {
+            unreachable!("the model is a token bucket")
+        };
+        let now = u128::from(now_ns) * u128::from(rate);
         let new_tat = self.tat.max(now) + u128::from(cost) * u128::from(NANOS);
-        if new_tat - now <= u128::from(quota.burst) * u128::from(NANOS) {
+        if new_tat - now <= u128::from(burst) * u128::from(NANOS) {
             self.tat = new_tat;
             true
         } else {
@@ -460,4 +462,122 @@ proptest! {
 /// A copy to try a check on without changing `b`.
 fn copy(b: BucketState) -> BucketState {
     b
+}
+
+/// Quotas: whole units per UTC-aligned window, full again at each boundary.
+mod window {
+    use super::*;
+    use llmtrace_cluster_config::Period;
+
+    const DAY: u64 = 86_400 * SEC;
+    /// 2024-02-29T00:00:00Z.
+    const LEAP_DAY: u64 = 1_709_164_800 * SEC;
+
+    fn daily(amount: u64) -> BucketQuota {
+        BucketQuota::Window {
+            amount,
+            period: Period::Fixed(86_400),
+        }
+    }
+
+    #[test]
+    fn a_spent_quota_waits_for_the_next_window() {
+        let quota = daily(3);
+        let noon = LEAP_DAY + DAY / 2;
+        let mut b = BucketState::full(quota, noon);
+        assert!(b.try_consume(quota, noon, 2).is_allowed());
+        assert_eq!(
+            b.try_consume(quota, noon, 1),
+            Decision::Allowed {
+                remaining: 0,
+                reset_after_ns: DAY / 2
+            }
+        );
+        assert_eq!(
+            b.try_consume(quota, noon + SEC, 1),
+            Decision::Refused {
+                remaining: 0,
+                retry_after_ns: DAY / 2 - SEC,
+                reset_after_ns: DAY / 2 - SEC,
+            }
+        );
+        // One nanosecond before midnight: still spent; at midnight: full.
+        assert!(!b.try_consume(quota, LEAP_DAY + DAY - 1, 1).is_allowed());
+        assert!(b.try_consume(quota, LEAP_DAY + DAY, 3).is_allowed());
+        assert!(!b.try_consume(quota, LEAP_DAY + DAY, 1).is_allowed());
+    }
+
+    #[test]
+    fn months_reset_on_the_first() {
+        let quota = BucketQuota::Window {
+            amount: 10,
+            period: Period::Month,
+        };
+        let mut b = BucketState::full(quota, LEAP_DAY);
+        assert!(b.try_consume(quota, LEAP_DAY, 10).is_allowed());
+        let refused = b.try_consume(quota, LEAP_DAY + DAY / 2, 1);
+        let Decision::Refused { retry_after_ns, .. } = refused else {
+            panic!("{refused:?}")
+        };
+        // 2024-03-01T00:00:00Z is half a day after noon of Feb 29.
+        assert_eq!(retry_after_ns, DAY / 2);
+        assert!(b.try_consume(quota, LEAP_DAY + DAY, 10).is_allowed());
+    }
+
+    #[test]
+    fn charges_and_refunds_stay_in_the_window() {
+        let quota = daily(5);
+        let mut b = BucketState::full(quota, LEAP_DAY);
+        b.charge(quota, LEAP_DAY, 8);
+        assert_eq!(b.level, -3);
+        assert!(!b.try_consume(quota, LEAP_DAY + 1, 1).is_allowed());
+        b.refund(quota, LEAP_DAY + 2, 100);
+        assert_eq!(b.level, 5, "a refund never goes above the amount");
+        b.charge(quota, LEAP_DAY + 3, 8);
+        // The next window starts full, whatever the debt.
+        assert_eq!(b.level_at(quota, LEAP_DAY + DAY), 5);
+        assert!(b.is_full_at(quota, LEAP_DAY + DAY));
+        assert!(!b.is_full_at(quota, LEAP_DAY + DAY - 1));
+    }
+
+    #[test]
+    fn a_clock_stepping_back_never_resets() {
+        let quota = daily(2);
+        let mut b = BucketState::full(quota, LEAP_DAY + DAY);
+        assert!(b.try_consume(quota, LEAP_DAY + DAY, 2).is_allowed());
+        assert!(!b.try_consume(quota, LEAP_DAY + 5, 1).is_allowed());
+        assert_eq!(b.updated_ns, LEAP_DAY + DAY);
+    }
+
+    proptest! {
+        /// Within any window, takes admitted never exceed the amount; and in
+        /// each window the bucket admits exactly the amount when asked for
+        /// more all along.
+        #[test]
+        fn admitted_per_window_equals_the_amount(
+            amount in 1u64..50,
+            period in prop_oneof![Just(Period::Fixed(60)), Just(Period::Fixed(86_400)),
+                                  Just(Period::Week), Just(Period::Month)],
+            start in LEAP_DAY - 40 * DAY..LEAP_DAY + 40 * DAY,
+            steps in prop::collection::vec(0u64..6 * 3_600 * SEC, 1..200),
+        ) {
+            let quota = BucketQuota::Window { amount, period };
+            let mut b = BucketState::full(quota, start);
+            let mut now = start;
+            let mut admitted: std::collections::BTreeMap<u64, u64> = Default::default();
+            for step in steps {
+                now += step;
+                let allowed = b.try_consume(quota, now, 1).is_allowed();
+                let w = period.window_start(now);
+                let n = admitted.entry(w).or_default();
+                if allowed {
+                    *n += 1;
+                } else {
+                    // Refused only when this window's amount is spent.
+                    prop_assert_eq!(*n, amount);
+                }
+                prop_assert!(*n <= amount);
+            }
+        }
+    }
 }

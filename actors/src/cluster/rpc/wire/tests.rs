@@ -10,7 +10,7 @@ fn req(n: usize) -> BatchRequest {
             .map(|i| WireCheck {
                 id: i as u64,
                 tenant: format!("t{i}"),
-                limit: 0,
+                limit: "requests".into(),
                 op: 0,
                 cost: 1,
                 retry: false,
@@ -36,10 +36,10 @@ fn round_trip() {
     };
     assert_eq!(decode::<BatchResponse>(&encode(&resp)), Ok(resp));
     // A per-minute quota survives the trip.
-    let quota = BucketQuota {
+    let quota = BucketQuota::Refill {
         rate: 7,
         burst: 9,
-        per: Per::Minute,
+        per_s: 60,
     };
     let v = Verdict::Limited {
         quota,
@@ -78,47 +78,65 @@ fn item_validation() {
     let ok = WireCheck {
         id: 1,
         tenant: "t".into(),
-        limit: 0,
+        limit: "requests".into(),
         op: 0,
         cost: 1,
         retry: false,
         hops: 1,
     };
-    assert_eq!(validate_check(&ok), Ok((Limit::Requests, Op::Take)));
     assert_eq!(
-        validate_check(&WireCheck {
-            limit: 1,
-            op: 2,
-            ..ok.clone()
-        }),
-        Ok((Limit::Tokens, Op::Charge))
+        validate_check(&ok, &RateLimitConfig::default()),
+        Ok((Limit::REQUESTS, Op::Take))
     );
     assert_eq!(
-        validate_check(&WireCheck {
-            op: 3,
-            ..ok.clone()
-        }),
+        validate_check(
+            &WireCheck {
+                limit: "tokens".into(),
+                op: 2,
+                ..ok.clone()
+            },
+            &RateLimitConfig::default()
+        ),
+        Ok((Limit::TOKENS, Op::Charge))
+    );
+    assert_eq!(
+        validate_check(
+            &WireCheck {
+                op: 5,
+                ..ok.clone()
+            },
+            &RateLimitConfig::default()
+        ),
         Err(ErrorCode::UnknownOp)
     );
     assert_eq!(
-        validate_check(&WireCheck {
-            limit: 7,
-            ..ok.clone()
-        }),
+        validate_check(
+            &WireCheck {
+                limit: "nope".into(),
+                ..ok.clone()
+            },
+            &RateLimitConfig::default()
+        ),
         Err(ErrorCode::UnknownLimit)
     );
     assert_eq!(
-        validate_check(&WireCheck {
-            cost: 0,
-            ..ok.clone()
-        }),
+        validate_check(
+            &WireCheck {
+                cost: 0,
+                ..ok.clone()
+            },
+            &RateLimitConfig::default()
+        ),
         Err(ErrorCode::ZeroCost)
     );
     assert_eq!(
-        validate_check(&WireCheck {
-            tenant: "".into(),
-            ..ok
-        }),
+        validate_check(
+            &WireCheck {
+                tenant: "".into(),
+                ..ok
+            },
+            &RateLimitConfig::default()
+        ),
         Err(ErrorCode::BadTenant)
     );
 }
@@ -128,49 +146,52 @@ fn tenant_request_validation() {
     let ok = TenantRequest {
         origin: "a".into(),
         tenant: "t".into(),
-        limit: 0,
+        limit: "requests".into(),
         op: TenantOp::Reset,
     };
     assert_eq!(
-        decode_tenant(&encode(&ok)),
-        Ok((ok.clone(), Limit::Requests))
+        decode_tenant(&encode(&ok), &RateLimitConfig::default()),
+        Ok((ok.clone(), Limit::REQUESTS))
     );
     let bad_limit = TenantRequest {
-        limit: 200,
+        limit: "nope".into(),
         ..ok.clone()
     };
     assert!(matches!(
-        decode_tenant(&encode(&bad_limit)),
+        decode_tenant(&encode(&bad_limit), &RateLimitConfig::default()),
         Err(WireError::Decode(_))
     ));
     let bad_tenant = TenantRequest {
         tenant: String::new(),
         ..ok.clone()
     };
-    assert!(decode_tenant(&encode(&bad_tenant)).is_err());
+    assert!(decode_tenant(&encode(&bad_tenant), &RateLimitConfig::default()).is_err());
     let bad_origin = TenantRequest {
         origin: "a b".into(),
         ..ok
     };
     assert_eq!(
-        decode_tenant(&encode(&bad_origin)),
+        decode_tenant(&encode(&bad_origin), &RateLimitConfig::default()),
         Err(WireError::BadOrigin)
     );
     // An op byte out of range is a decode error, not a panic.
     let mut b = encode(&TenantRequest {
         origin: "a".into(),
         tenant: "t".into(),
-        limit: 0,
+        limit: "requests".into(),
         op: TenantOp::Inspect,
     });
     *b.last_mut().unwrap() = 9;
-    assert!(matches!(decode_tenant(&b), Err(WireError::Decode(_))));
+    assert!(matches!(
+        decode_tenant(&b, &RateLimitConfig::default()),
+        Err(WireError::Decode(_))
+    ));
 }
 
 proptest! {
     #[test]
     fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        let _ = decode_tenant(&bytes);
+        let _ = decode_tenant(&bytes, &RateLimitConfig::default());
         let _ = decode::<TenantResponse>(&bytes);
         let _ = decode_request(&bytes);
         let _ = decode::<BatchResponse>(&bytes);
