@@ -11,6 +11,7 @@
 //! - [`tenant`]: validation of tenant ids (shared by config and HTTP input).
 //! - [`cluster`]: the `[cluster]` block (membership, forwarding).
 //! - [`proxy`]: the `[proxy]` block (the LLM proxy listener).
+//! - [`redis`]: the top-level `redis_*` keys: where snapshots persist.
 //! - [`ring`]: the consistent-hash ring that places buckets on nodes.
 //! - [`node`]: the node's settings, top-level keys and the blocks above.
 //! - [`flags`]: the settings as flags and environment variables, their
@@ -27,6 +28,7 @@ pub mod limit_settings;
 pub mod limits;
 pub mod node;
 pub mod proxy;
+pub mod redis;
 pub mod ring;
 pub mod runtime;
 pub mod tenant;
@@ -41,6 +43,7 @@ pub use limits::{
 };
 pub use node::{LogFormat, NodeConfig, NodeSettings, ShardPlacement, SnapshotMode};
 pub use proxy::{ProxyConfig, ProxySettings};
+pub use redis::{RedisConfig, RedisMode};
 pub use ring::{Fingerprint, Ring, DEFAULT_VNODES};
 pub use runtime::{validate_runtime_override, OverrideError, RuntimeLimits, MAX_RUNTIME_VALUE};
 pub use tenant::{validate_tenant_id, TenantIdError, MAX_TENANT_ID_LEN};

@@ -90,8 +90,32 @@ impl ShardActor {
         }
     }
 
+    /// The cache layer may have lost snapshots it acknowledged: queue every
+    /// resident bucket that is not full, so none of them comes back full
+    /// should this node die before the bucket changes again.
+    fn rewrite_after_loss(&mut self, now: u64) {
+        let epoch = self.cache.loss_epoch();
+        if epoch == self.loss_epoch {
+            return;
+        }
+        self.loss_epoch = epoch;
+        let keys: Vec<BucketKey> = self
+            .buckets
+            .iter()
+            .filter(|(key, slot)| {
+                BucketQuota::of(self.limits.quota(&key.tenant, key.limit))
+                    .is_some_and(|q| !slot.state.is_full_at(q, now))
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &keys {
+            self.mark_dirty(key, now);
+        }
+    }
+
     pub(super) fn flush(&mut self, ctx: &mut Context<Self>) {
         let now = self.clock.now_ns();
+        self.rewrite_after_loss(now);
         if self.flush_in_flight || self.dirty.is_empty() || now < self.retry_at_ns {
             return;
         }

@@ -10,25 +10,25 @@
 use llmtrace_integration::{Node, NodeBuilder, RedisServer};
 use std::time::Duration;
 
-const BURST: u64 = 50;
-const KEY_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const BURST: u64 = 50;
+pub(crate) const KEY_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn key(tenant: &str) -> String {
+pub(crate) fn key(tenant: &str) -> String {
     format!("llmtrace:bucket:{tenant}:requests")
 }
 
-fn builder(redis_url: &str) -> NodeBuilder {
+pub(crate) fn builder(redis_url: &str) -> NodeBuilder {
     Node::builder().rate(1, BURST).flag("redis-url", redis_url)
 }
 
-fn drain(node: &Node, tenant: &str, burst: u64) {
+pub(crate) fn drain(node: &Node, tenant: &str, burst: u64) {
     let reply = node.check(tenant, burst);
     assert_eq!(reply.status, 200, "cost = burst on a fresh bucket: {reply}");
     assert_eq!(reply.u64_field("remaining"), 0, "{reply}");
 }
 
 /// The tenant is refused a cost of 25: its bucket did not come back full.
-fn assert_still_drained(node: &Node, tenant: &str) {
+pub(crate) fn assert_still_drained(node: &Node, tenant: &str) {
     let reply = node.check(tenant, 25);
     assert_eq!(
         reply.status, 429,
