@@ -68,7 +68,7 @@ impl std::fmt::Debug for RedisConfig {
 impl RedisConfig {
     /// The Redis settings of `s`; `None` without `redis_url` (then every
     /// other Redis setting must be absent too, so a typo does not silently
-    /// keep snapshots in memory).
+    /// keep snapshots in memory; the default mode may be named).
     pub(crate) fn resolve(s: &NodeSettings) -> Result<Option<RedisConfig>, ConfigError> {
         let timeout_ms = in_range(
             "redis_timeout_ms",
@@ -78,7 +78,10 @@ impl RedisConfig {
         )?;
         let Some(url) = &s.redis_url else {
             let stray = [
-                ("redis_mode", s.redis_mode.is_some()),
+                (
+                    "redis_mode",
+                    s.redis_mode.is_some_and(|m| m != RedisMode::Standalone),
+                ),
                 ("redis_sentinel_master", s.redis_sentinel_master.is_some()),
                 ("redis_ca_file", s.redis_ca_file.is_some()),
                 ("redis_client_cert", s.redis_client_cert.is_some()),
