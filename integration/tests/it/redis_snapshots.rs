@@ -220,7 +220,7 @@ fn idle_tenants_expire_and_keys_track_non_full_buckets() {
     }
     let mut conn = redis.conn();
     // Besides the snapshots, Redis holds the node's marker key (data-loss detection).
-    let mut snapshots = |conn: &mut llmtrace_integration::resp::Conn| {
+    let snapshots = |conn: &mut llmtrace_integration::resp::Conn| {
         conn.keys("llmtrace:bucket:*")
             .map(|k| k.len())
             .unwrap_or(usize::MAX)
