@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every check CI runs, on a fresh machine: installs what the tests need
-# (redis-server, nginx, Chromium and ChromeDriver, curl; apt-get, as root),
+# (redis-server, redis-cli, nginx, Chromium and ChromeDriver, curl; apt-get, as root),
 # then format check, clippy with warnings as errors, and the whole test suite
 # (unit, actor/HTTP and the integration tests that start real redis-server,
 # llmtrace-node, nginx and headless Chromium processes on loopback).
@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# redis-cli builds the Redis Cluster of the Redis deployment tests.
+command -v redis-cli >/dev/null 2>&1 || need_apt+=(redis-tools)
 # nginx (load balancer tests, scripts/cluster.sh), Debian's Chromium and
 # ChromeDriver (dashboard test), curl (scripts/cluster.sh).
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)

@@ -35,7 +35,8 @@ pub use crate::core::clock::{Clock, ManualClock, SystemClock};
 pub use crate::core::key::BucketKey;
 pub use crate::core::verdict::{CheckError, ErrorCode, Verdict};
 pub use cache::{
-    CacheError, CacheLayer, InMemoryCacheLayer, RedisCacheLayer, RedisLatency, SnapshotWrite,
+    CacheError, CacheLayer, InMemoryCacheLayer, RedisCacheLayer, RedisClient, RedisLatency,
+    SnapshotWrite,
 };
 pub use cluster::control::ClusterControl;
 pub use cluster::forwarder::{BatchSettings, PeerClient, RemotePeer};

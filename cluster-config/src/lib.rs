@@ -16,6 +16,7 @@
 //!   input and the wire).
 //! - [`cluster`]: the `[cluster]` block (membership, forwarding).
 //! - [`proxy`]: the `[proxy]` block (the LLM proxy listener).
+//! - [`redis`]: the top-level `redis_*` keys: where snapshots persist.
 //! - [`ring`]: the consistent-hash ring that places buckets on nodes.
 //! - [`node`]: the node's settings, top-level keys and the blocks above.
 //! - [`flags`]: the settings as flags and environment variables, their
@@ -35,6 +36,7 @@ pub mod named;
 pub mod node;
 pub mod period;
 pub mod proxy;
+pub mod redis;
 pub mod ring;
 pub mod runtime;
 pub mod tenant;
@@ -52,6 +54,7 @@ pub use named::{check_value, LimitDef, LimitKind, NamedLimits, OverrideValue, Va
 pub use node::{LogFormat, NodeConfig, NodeSettings, ShardPlacement, SnapshotMode};
 pub use period::{format_duration_secs, parse_duration_secs, Period};
 pub use proxy::{ProxyConfig, ProxySettings};
+pub use redis::{RedisConfig, RedisMode};
 pub use ring::{Fingerprint, Ring, DEFAULT_VNODES};
 pub use runtime::{validate_runtime_override, OverrideError, RuntimeLimits, MAX_RUNTIME_VALUE};
 pub use tenant::{

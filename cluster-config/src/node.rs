@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
@@ -20,6 +20,7 @@ use crate::limit_settings::{RateLimitSettings, TokenLimitSettings};
 use crate::limits::RateLimitConfig;
 use crate::named::LimitBlock;
 use crate::proxy::{ProxyConfig, ProxySettings};
+use crate::redis::{RedisConfig, RedisMode};
 use crate::tenant::validate_tenant_id;
 
 /// Default public listener.
@@ -93,14 +94,13 @@ pub struct NodeConfig {
     pub admin_token: Option<String>,
     /// This node's identity; stable across restarts when configured.
     pub node_id: String,
-    /// Redis URL for snapshots; `None` keeps snapshots in process memory.
-    pub redis_url: Option<String>,
+    /// Where snapshots and runtime overrides persist; `None` keeps
+    /// snapshots in process memory.
+    pub redis: Option<RedisConfig>,
     /// Write-behind period: dirty buckets go to the cache layer this often.
     pub snapshot_interval_ms: u64,
     /// Write-behind (default) or write-through.
     pub snapshot_mode: SnapshotMode,
-    /// Bound on every Redis call, so a hung Redis cannot stall checks.
-    pub redis_timeout_ms: u64,
     /// Number of shard actors.
     pub shards: usize,
     /// Where the shard actors run.
@@ -161,10 +161,13 @@ pub struct NodeSettings {
     #[arg(long, env = "LLMTRACE_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
 
-    /// Redis URL for bucket snapshots (redis://host:port/db). Without it,
-    /// buckets live only in this node's memory and a restart forgets them.
-    /// Runtime limit overrides (admin API) are kept there too. A password in
-    /// the URL is never logged nor shown by the admin API. [default: none]
+    /// Redis URL for bucket snapshots (redis://[user:password@]host:port/db,
+    /// rediss:// for TLS). Cluster mode: the seed nodes, comma-separated;
+    /// sentinel mode: the sentinels, comma-separated (their user, password
+    /// and db apply to the master). Without it, buckets live only in this
+    /// node's memory and a restart forgets them. Runtime limit overrides
+    /// (admin API) are kept there too. A password in the URL is never logged
+    /// nor shown by the admin API. [default: none]
     #[arg(
         long,
         env = "LLMTRACE_REDIS_URL",
@@ -172,6 +175,35 @@ pub struct NodeSettings {
         hide_env_values = true
     )]
     pub redis_url: Option<String>,
+
+    /// How Redis is deployed: one server, a Redis Cluster, or a master
+    /// found through Sentinel.
+    #[arg(
+        long,
+        env = "LLMTRACE_REDIS_MODE",
+        value_name = "MODE",
+        default_value = shown!(RedisMode::default())
+    )]
+    pub redis_mode: Option<RedisMode>,
+
+    /// Sentinel mode: the master's name as the sentinels monitor it.
+    /// [default: none]
+    #[arg(long, env = "LLMTRACE_REDIS_SENTINEL_MASTER", value_name = "NAME")]
+    pub redis_sentinel_master: Option<String>,
+
+    /// PEM file of the CA certificate(s) that sign the Redis servers'
+    /// certificates (rediss:// URLs). [default: the system's roots]
+    #[arg(long, env = "LLMTRACE_REDIS_CA_FILE", value_name = "PATH")]
+    pub redis_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate, for Redis servers that ask for one (with
+    /// --redis-client-key). [default: none]
+    #[arg(long, env = "LLMTRACE_REDIS_CLIENT_CERT", value_name = "PATH")]
+    pub redis_client_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-client-cert. [default: none]
+    #[arg(long, env = "LLMTRACE_REDIS_CLIENT_KEY", value_name = "PATH")]
+    pub redis_client_key: Option<PathBuf>,
 
     /// Write-behind period: changed buckets are snapshotted this often, in one
     /// pipeline. At most this much consumption is lost on a crash.
@@ -339,21 +371,11 @@ impl NodeConfig {
             s.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
         )?;
         validate_admin_token(s.admin_token.as_deref(), admin_listen)?;
+        let redis = RedisConfig::resolve(&s)?;
         let node_id = s
             .node_id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         validate_tenant_id(&node_id).map_err(|e| ConfigError::invalid("node_id", e.to_string()))?;
-        if let Some(url) = &s.redis_url {
-            let ok = ["redis://", "rediss://", "unix://", "redis+unix://"]
-                .iter()
-                .any(|p| url.starts_with(p));
-            if !ok {
-                return Err(ConfigError::invalid(
-                    "redis_url",
-                    "must start with redis://, rediss:// or unix://",
-                ));
-            }
-        }
         let snapshot_interval_ms = in_range(
             "snapshot_interval_ms",
             s.snapshot_interval_ms
@@ -362,18 +384,12 @@ impl NodeConfig {
             MAX_INTERVAL_MS,
         )?;
         let snapshot_mode = s.snapshot_mode.unwrap_or_default();
-        if snapshot_mode == SnapshotMode::WriteThrough && s.redis_url.is_none() {
+        if snapshot_mode == SnapshotMode::WriteThrough && redis.is_none() {
             return Err(ConfigError::invalid(
                 "snapshot_mode",
                 "write-through needs redis_url (without Redis, buckets live only in memory)",
             ));
         }
-        let redis_timeout_ms = in_range(
-            "redis_timeout_ms",
-            s.redis_timeout_ms.unwrap_or(DEFAULT_REDIS_TIMEOUT_MS),
-            1,
-            MAX_INTERVAL_MS,
-        )?;
         let threads = |key, n: Option<usize>| {
             in_range(key, n.unwrap_or_else(default_parallelism), 1, MAX_THREADS)
         };
@@ -390,10 +406,9 @@ impl NodeConfig {
             admin_listen,
             admin_token: s.admin_token,
             node_id,
-            redis_url: s.redis_url,
+            redis,
             snapshot_interval_ms,
             snapshot_mode,
-            redis_timeout_ms,
             shards,
             shard_placement: s.shard_placement.unwrap_or_default(),
             http_workers,

@@ -16,6 +16,8 @@
 //! - [`metrics`]: parses the Prometheus text of the admin `/metrics` endpoint: series
 //!   values and histogram quantiles.
 //! - [`redis`]: start / stop / restart a private `redis-server` on a free loopback port.
+//! - [`redis_deploy`]: Redis as operators deploy it: TLS with client certificates, a
+//!   Redis Cluster, a master and replica behind a Sentinel.
 //! - [`resp`]: a tiny RESP client (PING, GET, PTTL, KEYS, ...) over a raw TCP socket.
 //! - [`stub`]: a stub OpenAI-compatible upstream for the proxy tests and the proxy
 //!   benchmark (the only mock).
@@ -37,6 +39,7 @@ pub mod node;
 pub mod output;
 pub mod process;
 pub mod redis;
+pub mod redis_deploy;
 pub mod resp;
 pub mod scenario;
 pub mod stub;

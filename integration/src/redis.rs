@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 pub struct RedisServer {
     port: u16,
+    /// Arguments added to every start (TLS, cluster, replication).
+    extra: Vec<String>,
     child: Option<Child>,
     /// Working directory of the server (redis-server writes nothing with our flags, but it
     /// needs a dir it may write to).
@@ -23,12 +25,24 @@ fn find_redis_server() -> std::path::PathBuf {
 impl RedisServer {
     /// Starts redis-server on a free port, retrying with another port if the bind races.
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts redis-server on a free port with `extra` arguments; `{dir}` in them stands
+    /// for the server's working directory.
+    pub fn start_with(extra: &[String]) -> RedisServer {
         let mut last_err = String::new();
         for _ in 0..5 {
+            let dir = TempDir::new("redis");
+            let extra = extra
+                .iter()
+                .map(|a| a.replace("{dir}", &dir.path().to_string_lossy()))
+                .collect();
             let mut server = RedisServer {
                 port: free_port(),
+                extra,
                 child: None,
-                dir: TempDir::new("redis"),
+                dir,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -42,6 +56,7 @@ impl RedisServer {
     pub fn start_on_port(port: u16) -> RedisServer {
         let mut server = RedisServer {
             port,
+            extra: Vec::new(),
             child: None,
             dir: TempDir::new("redis"),
         };
@@ -103,6 +118,7 @@ impl RedisServer {
             .args(["--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -142,23 +158,33 @@ impl RedisServer {
         }
     }
 
-    /// Polls until `key` exists; returns its PTTL in milliseconds. The panic message
-    /// lists the keys that do exist.
-    pub fn wait_for_key(&self, key: &str, timeout: Duration) -> i64 {
+    /// Polls until `key` exists or `timeout` passed; whether it exists.
+    pub fn key_appears(&self, key: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            let exists = Conn::connect(self.port).and_then(|mut c| c.exists(key));
-            if exists.unwrap_or(false) {
-                return self.conn().pttl(key).expect("PTTL");
+            if Conn::connect(self.port)
+                .and_then(|mut c| c.exists(key))
+                .unwrap_or(false)
+            {
+                return true;
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for redis key {key:?}; keys present: {:?}",
-                    self.all_keys()
-                );
+                return false;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Polls until `key` exists; returns its PTTL in milliseconds. The panic message
+    /// lists the keys that do exist.
+    pub fn wait_for_key(&self, key: &str, timeout: Duration) -> i64 {
+        if !self.key_appears(key, timeout) {
+            panic!(
+                "timed out after {timeout:?} waiting for redis key {key:?}; keys present: {:?}",
+                self.all_keys()
+            );
+        }
+        self.conn().pttl(key).expect("PTTL")
     }
 
     /// All keys, for failure messages.

@@ -23,7 +23,7 @@ use llmtrace_actors::metrics::{self, Registry};
 use llmtrace_actors::{
     BatchSettings, CacheLayer, ClientFactory, ClusterClient, ClusterControl, ClusterMetrics,
     ClusterView, HandoffSource, InMemoryCacheLayer, Limiter, Member, MemberState, Membership,
-    MembershipSettings, PeerClient, PeerHandoff, RedisCacheLayer, RemotePeer, Router,
+    MembershipSettings, PeerClient, PeerHandoff, RedisCacheLayer, RedisClient, RemotePeer, Router,
     RouterSettings, ShardHost, ShardTiming, SystemClock,
 };
 use llmtrace_cluster_config::{NodeConfig, ShardPlacement, SnapshotMode};
@@ -103,7 +103,8 @@ impl Node {
         // Every series of `GET /metrics`: the cache layer's here, the
         // rest by the node context.
         let mut registry = Registry::default();
-        let cache = cache_layer(&config, &mut registry)?;
+        let redis = redis_client(&config)?;
+        let cache = cache_layer(&config, redis.clone(), &mut registry);
         let public_addr = listeners.public.local_addr()?;
         let admin_addr = listeners.admin.local_addr()?;
         let cluster_addr = listeners.cluster.local_addr()?;
@@ -146,7 +147,7 @@ impl Node {
             peer_clients(client.clone()),
         );
         let control = membership.control();
-        let store = load_overrides(&config, &control).await;
+        let store = load_overrides(redis, &control).await;
         let ctx = web::Data::from(NodeContext::with_admin(
             router,
             c.secret.clone(),
@@ -320,23 +321,31 @@ impl Node {
     }
 }
 
+/// The Redis connections the configuration asks for (none without
+/// `redis_url`), shared by the snapshots and the runtime overrides.
+fn redis_client(config: &NodeConfig) -> anyhow::Result<Option<RedisClient>> {
+    config
+        .redis
+        .as_ref()
+        .map(|r| RedisClient::open(r).with_context(|| "invalid value for `redis_url`".to_string()))
+        .transpose()
+}
+
 /// Builds the cache layer the configuration asks for (Redis: with its
 /// round-trip histograms, registered in `registry`).
 fn cache_layer(
     config: &NodeConfig,
+    redis: Option<RedisClient>,
     registry: &mut Registry,
-) -> anyhow::Result<Arc<dyn CacheLayer>> {
-    Ok(match &config.redis_url {
+) -> Arc<dyn CacheLayer> {
+    match redis {
         None => Arc::new(InMemoryCacheLayer::new(Arc::new(SystemClock))),
-        Some(url) => Arc::new(
-            RedisCacheLayer::new(
-                url,
-                Duration::from_millis(config.redis_timeout_ms),
-                metrics::cache::register_redis(registry),
-            )
-            .with_context(|| "invalid value for `redis_url`".to_string())?,
-        ),
-    })
+        Some(client) => Arc::new(RedisCacheLayer::new(
+            client,
+            &config.node_id,
+            metrics::cache::register_redis(registry),
+        )),
+    }
 }
 
 /// Starts gossip on the cluster port (state `joining`).
@@ -400,7 +409,7 @@ fn start_shards(
         // Without Redis the shards' maps are the only copy that matters:
         // snapshots into the same process would double the memory of every
         // bucket and survive nothing the maps do not.
-        write_behind: config.redis_url.is_some(),
+        write_behind: config.redis.is_some(),
         write_through: config.snapshot_mode == SnapshotMode::WriteThrough,
         snapshot_interval: Duration::from_millis(config.snapshot_interval_ms),
         ..ShardTiming::default()
@@ -436,18 +445,12 @@ fn peer_clients(client: ClusterClient) -> ClientFactory {
 /// Runtime overrides: those stored in Redis first (a restarted cluster keeps
 /// them), then whatever peers gossip. Returns where new ones persist.
 async fn load_overrides(
-    config: &NodeConfig,
+    redis: Option<RedisClient>,
     control: &ClusterControl,
 ) -> Option<RedisOverrideStore> {
-    let url = config.redis_url.as_ref()?;
-    let timeout = Duration::from_millis(config.redis_timeout_ms).max(Duration::from_secs(1));
-    let store = match RedisOverrideStore::new(url, timeout) {
-        Ok(store) => store,
-        Err(e) => {
-            warn!("runtime limit overrides will not persist: {e}");
-            return None;
-        }
-    };
+    let client = redis?;
+    let timeout = client.timeout().max(Duration::from_secs(1));
+    let store = RedisOverrideStore::new(client, timeout);
     match store.load().await {
         Ok(table) => {
             let n = table.values().filter(|e| e.value.is_some()).count();

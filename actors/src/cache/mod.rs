@@ -1,6 +1,7 @@
 //! Where bucket snapshots go: the [`CacheLayer`] trait and its two
 //! implementations, [`InMemoryCacheLayer`] (the embedded single-node default)
-//! and [`RedisCacheLayer`] (survives restarts and, later, failover).
+//! and [`RedisCacheLayer`] (survives restarts and failover; its connections
+//! in [`redis_client`], its data-loss detection in [`redis_loss`]).
 //!
 //! Shards call it off their hot path: `restore` on the first check of a key
 //! that is not in memory, `store` with one batch of dirty buckets per
@@ -8,6 +9,8 @@
 
 mod memory;
 mod redis;
+pub mod redis_client;
+pub mod redis_loss;
 
 use std::sync::Arc;
 
@@ -21,6 +24,7 @@ use crate::core::snapshot;
 
 pub use self::memory::InMemoryCacheLayer;
 pub use self::redis::{RedisCacheLayer, RedisLatency};
+pub use self::redis_client::RedisClient;
 
 /// One snapshot to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,4 +69,13 @@ pub trait CacheLayer: Send + Sync + 'static {
 
     /// Writes a batch of snapshots (Redis: one pipeline).
     fn store(&self, writes: Arc<Vec<SnapshotWrite>>) -> BoxFuture<'static, Result<(), CacheError>>;
+
+    /// Goes up each time the store may have lost snapshots it acknowledged
+    /// (Redis flushed, restarted empty, or failed over to a lagging
+    /// replica): shards then rewrite every resident bucket that is not
+    /// full. Constant for a store that cannot lose data behind the node's
+    /// back.
+    fn loss_epoch(&self) -> u64 {
+        0
+    }
 }

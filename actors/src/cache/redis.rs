@@ -1,30 +1,29 @@
 //! Snapshots in Redis: `GET` on restore, one pipeline of `SET key value PX ttl`
-//! per flush. One multiplexed connection (redis `ConnectionManager`, which
-//! reconnects by itself), created lazily so a node starts while Redis is down.
-//! Every call is bounded by the configured timeout: a hung Redis delays a
-//! first check by at most that long, and never blocks a resident bucket.
-//!
-//! All Redis I/O runs on a runtime of its own thread, so the connection
-//! never belongs to a thread that stops earlier (an HTTP worker hosting
-//! shards stops before the node's final flush).
+//! per flush (on a Redis Cluster, one pipeline per slot). The connections
+//! (any mode, see [`super::redis_client`]) are created lazily so a node
+//! starts while Redis is down. Every call is bounded by the configured
+//! timeout: a hung Redis delays a first check by at most that long, and
+//! never blocks a resident bucket.
 //!
 //! While Redis fails, restores fail fast instead of each waiting for the
 //! timeout (a circuit breaker): after a failed call, restores are refused at
 //! once until a snapshot batch succeeds again (the shards keep retrying those
 //! with backoff) or [`BREAKER_PROBE`] has passed, when one restore tries.
+//!
+//! The layer also watches for Redis losing its data ([`super::redis_loss`])
+//! and reports it through [`CacheLayer::loss_epoch`].
 
-use std::time::Duration;
-
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use futures_util::future::{BoxFuture, FutureExt};
 use prometheus_client::metrics::histogram::Histogram;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::ErrorKind;
+use redis::cluster_routing::Slot;
 
+use super::redis_client::RedisClient;
+use super::redis_loss::LossWatch;
 use super::{CacheError, CacheLayer, SnapshotWrite};
 use crate::core::held::Held;
 use crate::core::key::BucketKey;
@@ -33,15 +32,10 @@ use crate::core::snapshot;
 /// Redis-backed snapshots.
 #[derive(Clone)]
 pub struct RedisCacheLayer {
-    /// Swapped for a new one when the stream is garbled (the manager itself
-    /// only reconnects after I/O errors).
-    conn: Arc<ArcSwap<ConnectionManager>>,
-    client: redis::Client,
-    timeout: Duration,
-    /// The runtime (thread `llmtrace-redis`) every Redis call runs on.
-    io: tokio::runtime::Handle,
+    client: RedisClient,
     breaker: Arc<Breaker>,
     latency: RedisLatency,
+    loss: Arc<LossWatch>,
 }
 
 /// Round trips of restores (`GET`) and snapshot batches (pipelines),
@@ -81,98 +75,40 @@ impl Breaker {
     }
 }
 
-/// Starts the thread that runs Redis I/O for the life of the process.
-fn io_runtime() -> Result<tokio::runtime::Handle, CacheError> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("llmtrace-redis".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
-                    return;
-                }
-            };
-            let _ = tx.send(Ok(rt.handle().clone()));
-            rt.block_on(std::future::pending::<()>());
-        })
-        .map_err(|e| CacheError::Unavailable(e.to_string()))?;
-    rx.recv()
-        .map_err(|e| CacheError::Unavailable(e.to_string()))?
-        .map_err(CacheError::Unavailable)
-}
-
-/// Runs `fut` on the Redis runtime and awaits it from anywhere.
-fn on_io<T: Send + 'static>(
-    io: &tokio::runtime::Handle,
-    fut: impl std::future::Future<Output = Result<T, CacheError>> + Send + 'static,
-) -> BoxFuture<'static, Result<T, CacheError>> {
-    let task = io.spawn(fut);
-    async move {
-        task.await
-            .map_err(|e| CacheError::Unavailable(format!("redis task failed: {e}")))?
-    }
-    .boxed()
-}
-
 impl RedisCacheLayer {
-    /// Prepares a connection to `url` without connecting; call round trips
-    /// go to `latency`.
-    pub fn new(url: &str, timeout: Duration, latency: RedisLatency) -> Result<Self, CacheError> {
-        let client =
-            redis::Client::open(url).map_err(|e| CacheError::Unavailable(e.to_string()))?;
-        let io = io_runtime()?;
-        let conn = {
-            let _in_io = io.enter();
-            connect(&client, timeout)?
-        };
-        Ok(RedisCacheLayer {
-            conn: Arc::new(ArcSwap::from_pointee(conn)),
+    /// Snapshots through `client`; `node_id` names this node's marker keys
+    /// (data-loss detection); call round trips go to `latency`.
+    pub fn new(client: RedisClient, node_id: &str, latency: RedisLatency) -> Self {
+        RedisCacheLayer {
+            loss: Arc::new(LossWatch::start(&client, node_id)),
             client,
-            timeout,
-            io,
             breaker: Arc::new(Breaker {
                 epoch: Instant::now(),
                 open_until: AtomicU64::new(0),
             }),
             latency,
-        })
-    }
-
-    /// Maps an error; a reply that does not parse means the stream is not
-    /// (or no longer) Redis: start over on a fresh connection. Runs on the
-    /// Redis runtime.
-    fn failed(&self, e: redis::RedisError) -> CacheError {
-        if matches!(e.kind(), ErrorKind::Parse | ErrorKind::UnexpectedReturnType) {
-            if let Ok(fresh) = connect(&self.client, self.timeout) {
-                self.conn.store(Arc::new(fresh));
-            }
         }
-        map_err(e)
     }
 }
 
-/// A lazily connecting manager; must run inside the Redis runtime.
-fn connect(client: &redis::Client, timeout: Duration) -> Result<ConnectionManager, CacheError> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_lazy_with_config(client.clone(), config)
-        .map_err(|e| CacheError::Unavailable(e.to_string()))
-}
-
-fn map_err(e: redis::RedisError) -> CacheError {
-    if e.is_timeout() {
-        CacheError::Timeout
-    } else {
-        CacheError::Unavailable(e.to_string())
+/// `writes` as pipelines: one, or one per slot on a Redis Cluster (a
+/// cluster pipeline must stay within one slot).
+fn pipelines(writes: &[SnapshotWrite], cluster: bool) -> Vec<redis::Pipeline> {
+    let mut by_slot: HashMap<Option<Slot>, redis::Pipeline> = HashMap::new();
+    for w in writes {
+        let key = w.key.redis_key();
+        let slot = cluster.then(|| Slot::for_key(&key));
+        by_slot
+            .entry(slot)
+            .or_default()
+            .cmd("SET")
+            .arg(key)
+            .arg(snapshot::encode(&w.state))
+            .arg("PX")
+            .arg(w.ttl_ms.max(1))
+            .ignore();
     }
+    by_slot.into_values().collect()
 }
 
 impl CacheLayer for RedisCacheLayer {
@@ -187,26 +123,33 @@ impl CacheLayer for RedisCacheLayer {
             )))
             .boxed();
         }
-        let mut conn = ConnectionManager::clone(&self.conn.load());
         let this = self.clone();
-        let timeout = self.timeout;
-        on_io(&self.io, async move {
-            let mut cmd = redis::cmd("GET");
-            cmd.arg(key.redis_key());
-            let get = cmd.query_async::<Option<Vec<u8>>>(&mut conn);
+        let timeout = self.client.timeout();
+        self.client.run(async move {
             let started = std::time::Instant::now();
-            let answer = tokio::time::timeout(timeout, get).await;
+            let answer = tokio::time::timeout(timeout, async {
+                let mut conn = this.client.conn().await.map_err(Err)?;
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(key.redis_key());
+                cmd.query_async::<Option<Vec<u8>>>(&mut conn)
+                    .await
+                    .map_err(Ok)
+            })
+            .await;
             this.latency
                 .restore
                 .observe(started.elapsed().as_secs_f64());
             let bytes = match answer {
                 Err(_) => {
                     this.breaker.trip();
-                    return Err(CacheError::Timeout);
+                    return Err(this.client.timed_out());
                 }
                 Ok(Err(e)) => {
                     this.breaker.trip();
-                    return Err(this.failed(e));
+                    return Err(match e {
+                        Ok(e) => this.client.failed(e),
+                        Err(e) => e,
+                    });
                 }
                 Ok(Ok(bytes)) => {
                     this.breaker.close();
@@ -223,25 +166,26 @@ impl CacheLayer for RedisCacheLayer {
     }
 
     fn store(&self, writes: Arc<Vec<SnapshotWrite>>) -> BoxFuture<'static, Result<(), CacheError>> {
-        let mut conn = ConnectionManager::clone(&self.conn.load());
         let this = self.clone();
         // A large batch takes longer than one round trip; allow for it.
-        let timeout = self.timeout * (1 + (writes.len() / 10_000) as u32);
-        on_io(&self.io, async move {
-            let mut pipe = redis::pipe();
-            for w in writes.iter() {
-                pipe.cmd("SET")
-                    .arg(w.key.redis_key())
-                    .arg(snapshot::encode(&w.state))
-                    .arg("PX")
-                    .arg(w.ttl_ms.max(1))
-                    .ignore();
-            }
+        let timeout = self.client.timeout() * (1 + (writes.len() / 10_000) as u32);
+        self.client.run(async move {
             let started = std::time::Instant::now();
-            let result = tokio::time::timeout(timeout, pipe.query_async::<()>(&mut conn))
-                .await
-                .map_err(|_| CacheError::Timeout)
-                .and_then(|r| r.map_err(|e| this.failed(e)));
+            let result = tokio::time::timeout(timeout, async {
+                let conn = this.client.conn().await?;
+                let sent = pipelines(&writes, this.client.is_cluster())
+                    .into_iter()
+                    .map(|pipe| {
+                        let mut conn = conn.clone();
+                        async move { pipe.query_async::<()>(&mut conn).await }
+                    });
+                for r in futures_util::future::join_all(sent).await {
+                    r.map_err(|e| this.client.failed(e))?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap_or_else(|_| Err(this.client.timed_out()));
             this.latency.store.observe(started.elapsed().as_secs_f64());
             match &result {
                 Ok(()) => this.breaker.close(),
@@ -249,5 +193,9 @@ impl CacheLayer for RedisCacheLayer {
             }
             result
         })
+    }
+
+    fn loss_epoch(&self) -> u64 {
+        self.loss.epoch() + self.client.switches()
     }
 }

@@ -28,6 +28,8 @@ use llmtrace_cluster_config::{
     validate_key, validate_tenant_id, Limit, OverrideValue, RuntimeLimits,
 };
 
+use crate::cache::RedisClient;
+
 /// Prefix of the gossip keys.
 pub const GOSSIP_PREFIX: &str = "override/";
 /// The Redis hash holding every entry (field = gossip key without prefix).
@@ -168,37 +170,44 @@ pub fn next_version(now_ms: u64, current: Option<&OverrideEntry>) -> u64 {
     now_ms.max(current.map_or(0, |c| c.version + 1))
 }
 
-/// Overrides in Redis: the hash [`REDIS_KEY`]. Every call is bounded by the
-/// timeout; errors never contain the URL (it may hold a password).
+/// Overrides in Redis: the hash [`REDIS_KEY`] (one key, so one slot on a
+/// Redis Cluster). Every call is bounded by the timeout and runs on the
+/// Redis runtime; errors never contain a password.
 #[derive(Clone)]
 pub struct RedisOverrideStore {
-    client: redis::Client,
+    client: RedisClient,
     timeout: Duration,
 }
 
 impl RedisOverrideStore {
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| redact(&e.to_string(), url))?;
-        Ok(RedisOverrideStore { client, timeout })
+    pub fn new(client: RedisClient, timeout: Duration) -> Self {
+        RedisOverrideStore { client, timeout }
     }
 
-    async fn conn(&self) -> Result<redis::aio::MultiplexedConnection, String> {
-        tokio::time::timeout(self.timeout, self.client.get_multiplexed_async_connection())
+    /// Runs `cmd` with the timeout; `what` names it in errors.
+    async fn query<T: redis::FromRedisValue + Send + 'static>(
+        &self,
+        cmd: redis::Cmd,
+        what: &'static str,
+    ) -> Result<T, String> {
+        let (client, timeout) = (self.client.clone(), self.timeout);
+        self.client
+            .run(async move {
+                let mut conn = client.conn().await?;
+                tokio::time::timeout(timeout, cmd.query_async::<T>(&mut conn))
+                    .await
+                    .map_err(|_| client.timed_out())?
+                    .map_err(|e| client.failed(e))
+            })
             .await
-            .map_err(|_| "redis connect timed out".to_string())?
-            .map_err(|e| format!("redis connect failed: {:?}", e.kind()))
+            .map_err(|e| format!("redis {what} failed: {e}"))
     }
 
     /// Every stored entry, merged.
     pub async fn load(&self) -> Result<OverrideTable, String> {
-        let mut conn = self.conn().await?;
-        let pairs: Vec<(String, String)> = tokio::time::timeout(
-            self.timeout,
-            redis::cmd("HGETALL").arg(REDIS_KEY).query_async(&mut conn),
-        )
-        .await
-        .map_err(|_| "redis HGETALL timed out".to_string())?
-        .map_err(|e| format!("redis HGETALL failed: {:?}", e.kind()))?;
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(REDIS_KEY);
+        let pairs: Vec<(String, String)> = self.query(cmd, "HGETALL").await?;
         let mut table = OverrideTable::new();
         merge_fields(
             &mut table,
@@ -215,35 +224,12 @@ impl RedisOverrideStore {
         limit: Limit,
         entry: &OverrideEntry,
     ) -> Result<(), String> {
-        let mut conn = self.conn().await?;
-        tokio::time::timeout(
-            self.timeout,
-            redis::cmd("HSET")
-                .arg(REDIS_KEY)
-                .arg(field(tenant, limit))
-                .arg(entry.encode())
-                .query_async::<i64>(&mut conn),
-        )
-        .await
-        .map_err(|_| "redis HSET timed out".to_string())?
-        .map_err(|e| format!("redis HSET failed: {:?}", e.kind()))?;
-        Ok(())
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(REDIS_KEY)
+            .arg(field(tenant, limit))
+            .arg(entry.encode());
+        self.query::<i64>(cmd, "HSET").await.map(|_| ())
     }
-}
-
-/// Removes `url` (and its password, if any) from an error text.
-fn redact(text: &str, url: &str) -> String {
-    let mut out = text.replace(url, "<redis_url>");
-    if let Some(pw) = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, pw)| pw)
-        .filter(|pw| !pw.is_empty())
-    {
-        out = out.replace(pw, "***");
-    }
-    out
 }
 
 #[cfg(test)]
@@ -320,13 +306,5 @@ mod tests {
         );
         assert_eq!(next_version(10, Some(&e(50, "a", None))), 51);
         assert_eq!(next_version(100, Some(&e(50, "a", None))), 100);
-    }
-
-    #[test]
-    fn redaction_hides_the_password() {
-        let url = "redis://user:hunter2@127.0.0.1:1/0";
-        let text = format!("bad url {url} hunter2");
-        let out = redact(&text, url);
-        assert!(!out.contains("hunter2"), "{out}");
     }
 }

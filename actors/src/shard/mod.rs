@@ -167,6 +167,9 @@ pub struct ShardActor {
     /// Set once every bucket was given up (the node leaves): where keys
     /// this shard does not hold are served now.
     handed_over: Option<OwnerOf>,
+    /// The cache layer's loss epoch when this shard last rewrote its
+    /// buckets (see `CacheLayer::loss_epoch`).
+    loss_epoch: u64,
 }
 
 impl ShardActor {
@@ -199,6 +202,7 @@ impl ShardActor {
             outbox: HashMap::new(),
             durable_waiting: Vec::new(),
             handed_over: None,
+            loss_epoch: 0,
         }
     }
 

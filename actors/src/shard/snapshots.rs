@@ -90,8 +90,32 @@ impl ShardActor {
         }
     }
 
+    /// The cache layer may have lost snapshots it acknowledged: queue every
+    /// resident bucket that is not full, so none of them comes back full
+    /// should this node die before the bucket changes again.
+    fn rewrite_after_loss(&mut self, now: u64) {
+        let epoch = self.cache.loss_epoch();
+        if epoch == self.loss_epoch {
+            return;
+        }
+        self.loss_epoch = epoch;
+        let keys: Vec<BucketKey> = self
+            .buckets
+            .iter()
+            .filter(|(key, slot)| {
+                BucketQuota::of(self.limits.policy(&key.tenant, key.limit))
+                    .is_some_and(|q| !slot.state.is_full_at(q, now))
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &keys {
+            self.mark_dirty(key, now);
+        }
+    }
+
     pub(super) fn flush(&mut self, ctx: &mut Context<Self>) {
         let now = self.clock.now_ns();
+        self.rewrite_after_loss(now);
         if self.flush_in_flight || self.dirty.is_empty() || now < self.retry_at_ns {
             return;
         }
@@ -187,6 +211,7 @@ impl Handler<FlushNow> for ShardActor {
 
     fn handle(&mut self, _: FlushNow, _: &mut Self::Context) -> Self::Result {
         let now = self.clock.now_ns();
+        self.rewrite_after_loss(now);
         let writes = Arc::new(self.take_dirty(now));
         if writes.is_empty() {
             return Box::pin(fut::ready(Ok(0)));
@@ -207,5 +232,72 @@ impl Handler<FlushNow> for ShardActor {
                 }
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use futures_util::future::BoxFuture;
+    use llmtrace_cluster_config::{Limit, RateLimitConfig};
+
+    use super::*;
+    use crate::cache::{CacheLayer, InMemoryCacheLayer};
+    use crate::core::bucket::NANOS;
+    use crate::core::clock::ManualClock;
+    use crate::local::limiter::Limiter;
+    use crate::shard::ShardTiming;
+
+    /// Snapshots in memory, with a loss epoch the test raises.
+    struct LossyCache {
+        inner: InMemoryCacheLayer,
+        epoch: AtomicU64,
+    }
+
+    impl CacheLayer for LossyCache {
+        fn name(&self) -> &'static str {
+            "lossy"
+        }
+        fn restore(
+            &self,
+            key: BucketKey,
+        ) -> BoxFuture<'static, Result<Option<crate::core::held::Held>, CacheError>> {
+            self.inner.restore(key)
+        }
+        fn store(&self, w: Arc<Vec<SnapshotWrite>>) -> BoxFuture<'static, Result<(), CacheError>> {
+            self.inner.store(w)
+        }
+        fn loss_epoch(&self) -> u64 {
+            self.epoch.load(Relaxed)
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_loss_rewrites_every_resident_bucket_that_is_not_full() {
+        let clock = ManualClock::new(1_000 * NANOS);
+        let cache = Arc::new(LossyCache {
+            inner: InMemoryCacheLayer::new(clock.clone()),
+            epoch: AtomicU64::new(0),
+        });
+        let limiter = Limiter::start(
+            2,
+            Arc::new(RateLimitConfig::with_requests(1, 10)),
+            cache.clone(),
+            clock.clone(),
+            ShardTiming::default(),
+        );
+        let flush = || limiter.flush_all(Duration::from_secs(5));
+        let take = |tenant: &str, cost| limiter.check(tenant.into(), Limit::REQUESTS, cost);
+        assert!(take("refills", 1).await.unwrap().is_allowed());
+        clock.advance_ns(NANOS / 2);
+        assert!(take("drained", 10).await.unwrap().is_allowed());
+        assert_eq!(flush().await, Ok(2));
+        assert_eq!(flush().await, Ok(0), "nothing changed");
+        // "refills" is full again (still resident): it carries nothing.
+        clock.advance_ns(NANOS);
+        cache.epoch.fetch_add(1, Relaxed);
+        assert_eq!(flush().await, Ok(1), "the drained bucket is written again");
+        assert_eq!(flush().await, Ok(0), "once per loss");
     }
 }

@@ -18,7 +18,7 @@ fn defaults() {
     assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
     assert_eq!(c.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
     assert_eq!(c.snapshot_interval_ms, DEFAULT_SNAPSHOT_INTERVAL_MS);
-    assert!(c.redis_url.is_none());
+    assert!(c.redis.is_none());
     assert!(c.shards >= 1);
     assert_eq!(c.rate_limit, RateLimitConfig::default());
     assert_eq!(uuid::Uuid::parse_str(&c.node_id).map(|_| ()), Ok(()));

@@ -21,6 +21,8 @@ mod nginx;
 mod openapi;
 mod proxy;
 mod proxy_openai;
+mod redis_data_loss;
+mod redis_modes;
 mod redis_outage;
 mod redis_snapshots;
 mod single_node;
