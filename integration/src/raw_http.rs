@@ -27,18 +27,28 @@ impl RawReply {
 
 /// The bytes of `POST path` with a JSON `body` (keep-alive).
 pub fn post_json(path: &str, body: &str) -> Vec<u8> {
-    let mut req = post_head(path, body.len());
+    let mut req = request_head("POST", path, body.len(), &[]);
     req.extend_from_slice(body.as_bytes());
     req
 }
 
-/// The head of `POST path` announcing `content_length` body bytes (none of them sent).
-pub fn post_head(path: &str, content_length: usize) -> Vec<u8> {
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         Content-Length: {content_length}\r\n\r\n"
-    )
-    .into_bytes()
+/// The head of `method path` announcing `content_length` body bytes (none of them
+/// sent), with `headers` added.
+pub fn request_head(
+    method: &str,
+    path: &str,
+    content_length: usize,
+    headers: &[(&str, &str)],
+) -> Vec<u8> {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: {content_length}\r\n"
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
 }
 
 /// One client connection.
@@ -58,6 +68,11 @@ impl RawConn {
             stream,
             buf: Vec::with_capacity(4096),
         })
+    }
+
+    /// A second handle on the socket, to write from another thread.
+    pub fn writer(&self) -> io::Result<TcpStream> {
+        self.stream.try_clone()
     }
 
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {

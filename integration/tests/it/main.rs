@@ -23,4 +23,5 @@ mod proxy_openai;
 mod redis_outage;
 mod redis_snapshots;
 mod single_node;
+mod slow_clients;
 mod write_through;
