@@ -34,6 +34,13 @@ pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 250;
 /// Default shutdown grace: long enough for a readiness probe or a load
 /// balancer's health check polling every second or two to see readyz 503.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 3_000;
+/// Default bound on reading a whole request body, once its headers are in.
+pub const DEFAULT_BODY_TIMEOUT_MS: u64 = 5_000;
+/// Default cap on the connections the public, cluster and proxy listeners
+/// hold open together.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Upper bound of `max_connections`.
+pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 /// Upper bound of every millisecond setting (one minute).
 pub const MAX_INTERVAL_MS: u64 = 60_000;
 /// Upper bound of shard and worker counts.
@@ -112,6 +119,12 @@ pub struct NodeConfig {
     /// How long a stopping node keeps serving with readyz 503 before its
     /// listeners close (0: as soon as it left the ring).
     pub shutdown_grace_ms: u64,
+    /// Longest a request body may take to arrive once its headers are in
+    /// (public, admin and cluster listeners): 408 after it.
+    pub body_timeout_ms: u64,
+    /// Connections the public, cluster and proxy listeners hold open
+    /// together; past it they accept no more until one closes.
+    pub max_connections: usize,
     /// The llmtrace `[rate_limit]` block, with the `[token_limit]` block
     /// resolved into `rate_limit.tokens`.
     pub rate_limit: RateLimitConfig,
@@ -278,6 +291,30 @@ pub struct NodeSettings {
     )]
     pub shutdown_grace_ms: Option<u64>,
 
+    /// Longest a request body may take to arrive once its headers are in, on
+    /// the public, admin and cluster listeners: a client still sending then
+    /// gets 408 and the connection closes. (Headers have 5 s; proxy uploads
+    /// have --proxy-body-idle-timeout-ms instead.)
+    #[arg(
+        long,
+        env = "LLMTRACE_BODY_TIMEOUT_MS",
+        value_name = "MS",
+        default_value = shown!(DEFAULT_BODY_TIMEOUT_MS)
+    )]
+    pub body_timeout_ms: Option<u64>,
+
+    /// Connections the public, cluster and proxy listeners hold open
+    /// together; past it they accept no more until one closes (new ones wait
+    /// in the kernel's backlog). Lowered at start to fit the open-file limit
+    /// (the log says so); the admin listener has a cap of its own (32).
+    #[arg(
+        long,
+        env = "LLMTRACE_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value = shown!(DEFAULT_MAX_CONNECTIONS)
+    )]
+    pub max_connections: Option<usize>,
+
     /// The `[rate_limit]` table (its defaults are also flags).
     #[command(flatten)]
     #[serde(default)]
@@ -399,6 +436,18 @@ impl NodeConfig {
             0,
             MAX_INTERVAL_MS,
         )?;
+        let body_timeout_ms = in_range(
+            "body_timeout_ms",
+            s.body_timeout_ms.unwrap_or(DEFAULT_BODY_TIMEOUT_MS),
+            1,
+            MAX_INTERVAL_MS,
+        )?;
+        let max_connections = in_range(
+            "max_connections",
+            s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            1,
+            MAX_MAX_CONNECTIONS,
+        )?;
         let shards = threads("shards", s.shards)?;
         let http_workers = threads("http_workers", s.http_workers)?;
         Ok(NodeConfig {
@@ -414,6 +463,8 @@ impl NodeConfig {
             http_workers,
             log_format: s.log_format.unwrap_or_default(),
             shutdown_grace_ms,
+            body_timeout_ms,
+            max_connections,
             rate_limit: RateLimitConfig::resolve(s.rate_limit, s.token_limit, s.limits)?,
             cluster: ClusterConfig::resolve(s.cluster)?,
             proxy: ProxyConfig::resolve(s.proxy)?,

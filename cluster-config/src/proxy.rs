@@ -15,6 +15,8 @@ use crate::flags::shown;
 /// Default time to the upstream's response head, and longest silence
 /// between two body chunks.
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 60_000;
+/// Default longest silence between two pieces of a client's request body.
+pub const DEFAULT_BODY_IDLE_TIMEOUT_MS: u64 = 5_000;
 /// Default bound on connecting to the upstream.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default largest request body forwarded.
@@ -51,6 +53,10 @@ pub struct ProxyConfig {
     pub upstream_timeout_ms: u64,
     /// Bound on connecting to the upstream (502 after).
     pub connect_timeout_ms: u64,
+    /// Longest silence between two pieces of a client's request body (408
+    /// after): uploads stream to the upstream, so their whole time is not
+    /// bounded, only their gaps.
+    pub body_idle_timeout_ms: u64,
     /// Largest request body accepted (413 above).
     pub max_request_bytes: usize,
     /// Largest response body relayed (the stream is cut above).
@@ -126,6 +132,17 @@ pub struct ProxySettings {
     )]
     pub connect_timeout_ms: Option<u64>,
 
+    /// proxy.body_idle_timeout_ms: longest silence between two pieces of a
+    /// client's request body (408 after; the body streams to the upstream,
+    /// so only its gaps are bounded).
+    #[arg(
+        long = "proxy-body-idle-timeout-ms",
+        env = "LLMTRACE_PROXY_BODY_IDLE_TIMEOUT_MS",
+        value_name = "MS",
+        default_value = shown!(DEFAULT_BODY_IDLE_TIMEOUT_MS)
+    )]
+    pub body_idle_timeout_ms: Option<u64>,
+
     /// proxy.max_request_bytes: largest request body (413 above).
     #[arg(
         long = "proxy-max-request-bytes",
@@ -198,6 +215,13 @@ impl ProxyConfig {
             connect_timeout_ms: range(
                 "proxy.connect_timeout_ms",
                 s.connect_timeout_ms.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS),
+                1,
+                MAX_PROXY_TIMEOUT_MS,
+            )?,
+            body_idle_timeout_ms: range(
+                "proxy.body_idle_timeout_ms",
+                s.body_idle_timeout_ms
+                    .unwrap_or(DEFAULT_BODY_IDLE_TIMEOUT_MS),
                 1,
                 MAX_PROXY_TIMEOUT_MS,
             )?,

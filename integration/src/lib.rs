@@ -8,6 +8,9 @@
 //! - [`cluster`]: N nodes seeded from the first, waiting until they agree on one ring;
 //!   add, stop and kill nodes.
 //! - [`load`]: a bounded background load of checks round-robin over nodes and tenants.
+//! - [`flood`]: a heavy load of one request over many keep-alive connections, several
+//!   requests in flight on each, answers counted by status.
+//! - [`raw_http`]: HTTP/1.1 by hand on a socket (pipelining, slow or unfinished bodies).
 //! - [`http`]: a thin blocking HTTP client that never treats a status as an error.
 //! - [`output`]: drains a child's stdout / stderr in threads and keeps the tail for
 //!   failure messages.
@@ -31,6 +34,7 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod flood;
 pub mod http;
 pub mod load;
 pub mod metrics;
@@ -38,6 +42,7 @@ pub mod nginx;
 pub mod node;
 pub mod output;
 pub mod process;
+pub mod raw_http;
 pub mod redis;
 pub mod redis_deploy;
 pub mod resp;

@@ -60,6 +60,8 @@ pub struct NodeBuilder {
     admin_token: Option<String>,
     /// Start as a node not asked to cluster: no `--cluster-listen`.
     alone: bool,
+    /// The child's open-file limit (soft and hard), when the test sets one.
+    open_files: Option<u64>,
 }
 
 impl NodeBuilder {
@@ -94,6 +96,12 @@ impl NodeBuilder {
     /// the node runs as one not asked to cluster.
     pub fn alone(mut self) -> Self {
         self.alone = true;
+        self
+    }
+
+    /// Starts the node with an open-file limit of `n` (soft and hard).
+    pub fn open_file_limit(mut self, n: u64) -> Self {
+        self.open_files = Some(n);
         self
     }
 
@@ -176,6 +184,9 @@ impl NodeBuilder {
             cmd.env(env, TEST_SHUTDOWN_GRACE_MS.to_string());
         }
         cmd.args(&self.args);
+        if let Some(n) = self.open_files {
+            process::limit_open_files(&mut cmd, n);
+        }
         let started = process::start(&mut cmd, |l| l.starts_with("llmtrace-node listening "))?;
         let line = started.line;
         let field = |key: &str| {

@@ -1,5 +1,7 @@
 //! The sockets a node serves: bound before the node is built, so tests bind
-//! port 0 and read the addresses back.
+//! port 0 and read the addresses back; and how many connections they may
+//! hold at once ([`ConnectionCaps`]), fitted to the open-file limit so that
+//! clients can never take the descriptors the node needs for itself.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 
@@ -41,6 +43,74 @@ impl Listeners {
     }
 }
 
+/// Connections the admin listener holds open at once (operators, Prometheus
+/// scrapes, the dashboard).
+pub const ADMIN_MAX_CONNECTIONS: usize = 32;
+/// Descriptors kept for what is not a client connection: Redis, peers'
+/// connections, log output, the runtimes' own.
+pub const RESERVED_FDS: usize = 64;
+/// Highest soft open-file limit the node asks for.
+const MAX_NOFILE: u64 = 1 << 20;
+
+/// How many connections each server holds open at once; past it, it
+/// accepts no more until one closes (new ones wait in the kernel's backlog).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionCaps {
+    /// The public, cluster and proxy listeners together.
+    pub public: usize,
+    pub admin: usize,
+    /// The open-file limit they were fitted to.
+    pub nofile: u64,
+}
+
+impl ConnectionCaps {
+    /// Raises the soft open-file limit to the hard one, then fits the
+    /// configured `max_connections` under it: the admin cap and
+    /// [`RESERVED_FDS`] come first, and with the proxy on every connection
+    /// counts twice (a proxied call holds an upstream connection too).
+    pub fn fit(config: &NodeConfig) -> Self {
+        Self::within(config, raise_nofile())
+    }
+
+    fn within(config: &NodeConfig, nofile: u64) -> Self {
+        let per_connection = if config.proxy.listen.is_some() { 2 } else { 1 };
+        let room = usize::try_from(nofile)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(ADMIN_MAX_CONNECTIONS + RESERVED_FDS)
+            / per_connection;
+        ConnectionCaps {
+            public: config.max_connections.min(room).max(1),
+            admin: ADMIN_MAX_CONNECTIONS,
+            nofile,
+        }
+    }
+
+    /// The public cap as actix takes it: per worker (the total stays within
+    /// the cap).
+    pub fn public_per_worker(&self, workers: usize) -> usize {
+        (self.public / workers.max(1)).max(1)
+    }
+}
+
+/// Sets the soft open-file limit to the hard one (at most [`MAX_NOFILE`]);
+/// answers the soft limit in force.
+fn raise_nofile() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let lim = getrlimit(Resource::Nofile);
+    let current = lim.current.unwrap_or(MAX_NOFILE);
+    let want = lim.maximum.unwrap_or(MAX_NOFILE).min(MAX_NOFILE);
+    if current < want {
+        let raised = Rlimit {
+            current: Some(want),
+            maximum: lim.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return want;
+        }
+    }
+    current
+}
+
 /// Where the cluster port binds: the configured address when clustering was
 /// asked for, otherwise a free loopback port (a node running alone still
 /// runs membership, but nobody needs to reach it).
@@ -65,4 +135,40 @@ fn bind_cluster(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         }
     }
     anyhow::bail!("{}: no port free for both TCP and UDP", what())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmtrace_cluster_config::{NodeSettings, ProxyConfig};
+
+    fn config(max_connections: usize, proxy: bool) -> NodeConfig {
+        let mut c = NodeConfig::resolve(NodeSettings::default()).unwrap();
+        c.max_connections = max_connections;
+        if proxy {
+            c.proxy = ProxyConfig {
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+                ..c.proxy
+            };
+        }
+        c
+    }
+
+    #[test]
+    fn the_cap_fits_the_open_file_limit() {
+        let fixed = ADMIN_MAX_CONNECTIONS + RESERVED_FDS;
+        // Room enough: the configured cap.
+        let caps = ConnectionCaps::within(&config(500, false), 100_000);
+        assert_eq!((caps.public, caps.admin), (500, ADMIN_MAX_CONNECTIONS));
+        // A low limit lowers it; with the proxy on, a connection counts twice.
+        let caps = ConnectionCaps::within(&config(10_000, false), 1024);
+        assert_eq!(caps.public, 1024 - fixed);
+        let caps = ConnectionCaps::within(&config(10_000, true), 1024);
+        assert_eq!(caps.public, (1024 - fixed) / 2);
+        // Never 0, whatever the limit.
+        assert_eq!(ConnectionCaps::within(&config(10, false), 16).public, 1);
+        // Per worker, the total stays within the cap.
+        assert!(caps.public_per_worker(4) * 4 <= caps.public);
+        assert_eq!(caps.public_per_worker(0), caps.public);
+    }
 }

@@ -29,9 +29,10 @@ use llmtrace_actors::{
 use llmtrace_cluster_config::{NodeConfig, ShardPlacement, SnapshotMode};
 use tracing::{info, warn};
 
+use crate::http::body_timeout::{bound_body, BodyBounds};
 use crate::http::middleware::{admin_auth, request_id};
 use crate::http::{self, AdminContext, DrainState, NodeContext};
-pub use crate::listeners::Listeners;
+pub use crate::listeners::{ConnectionCaps, Listeners};
 use crate::proxy::{self, ProxyContext};
 
 /// How long a stopping node waits for in-flight requests, then for the final
@@ -171,13 +172,16 @@ impl Node {
             cluster,
             proxy,
         } = listeners;
+        let caps = ConnectionCaps::fit(&config);
         let (public, public_task) = public_server(
             &config,
             &ctx,
             host.clone(),
+            caps,
             [Some(public), Some(cluster), proxy],
         )?;
-        let (admin, admin_task) = admin_server(&ctx, admin)?;
+        let body_bound = Duration::from_millis(config.body_timeout_ms);
+        let (admin, admin_task) = admin_server(&ctx, caps, body_bound, admin)?;
         info!(
             node_id = %config.node_id,
             %public_addr,
@@ -186,8 +190,18 @@ impl Node {
             seeds = ?config.cluster.seeds,
             cache = limiter.cache_name(),
             shards = config.shards,
+            max_connections = caps.public,
+            open_file_limit = caps.nofile,
             "llmtrace-node started"
         );
+        if caps.public < config.max_connections {
+            warn!(
+                configured = config.max_connections,
+                accepted = caps.public,
+                open_file_limit = caps.nofile,
+                "max_connections lowered to fit the open-file limit"
+            );
+        }
         // Machine-readable start line (tests and scripts wait for it).
         let proxy_field = proxy_addr.map_or(String::new(), |a| format!(" proxy={a}"));
         println!(
@@ -475,12 +489,18 @@ fn public_server(
     config: &NodeConfig,
     ctx: &web::Data<NodeContext>,
     host: Option<Arc<ShardHost>>,
+    caps: ConnectionCaps,
     [public, cluster, proxy]: [Option<TcpListener>; 3],
 ) -> anyhow::Result<(ServerHandle, ServerTask)> {
     let data = ctx.clone();
     let proxy_addr = match &proxy {
         Some(l) => Some(l.local_addr()?),
         None => None,
+    };
+    let bounds = BodyBounds {
+        total: Duration::from_millis(config.body_timeout_ms),
+        proxy_idle: Duration::from_millis(config.proxy.body_idle_timeout_ms),
+        proxy: proxy_addr,
     };
     let pctx = web::Data::from(ProxyContext::new(
         ctx.router.clone(),
@@ -498,9 +518,11 @@ fn public_server(
             .app_data(web::Data::new(proxy::client(&pctx)))
             .wrap_fn(move |req, srv| proxy::dispatch(proxy_addr, req, srv))
             .configure(http::node_routes)
+            .wrap_fn(move |req, srv| bound_body(bounds, req, srv))
             .wrap_fn(request_id)
     })
     .workers(config.http_workers)
+    .max_connections(caps.public_per_worker(config.http_workers))
     // Streamed answers go out as several writes (head, chunks, end): with
     // Nagle's algorithm the last would wait for the client's delayed ACK.
     .tcp_nodelay(true)
@@ -523,17 +545,22 @@ fn public_server(
 /// The admin listener, on a worker of its own.
 fn admin_server(
     ctx: &web::Data<NodeContext>,
+    caps: ConnectionCaps,
+    body_bound: Duration,
     listener: TcpListener,
 ) -> anyhow::Result<(ServerHandle, ServerTask)> {
     let data = ctx.clone();
+    let bounds = BodyBounds::total(body_bound);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .configure(http::admin_routes)
             .wrap(from_fn(admin_auth))
+            .wrap_fn(move |req, srv| bound_body(bounds, req, srv))
             .wrap_fn(request_id)
     })
     .workers(1)
+    .max_connections(caps.admin)
     .disable_signals()
     .shutdown_timeout(1)
     .listen(listener)

@@ -309,9 +309,10 @@ impl Limiter {
             .map_err(|e| CheckError::Unavailable(e.to_string()))
     }
 
-    /// Removes and returns every resident bucket (a leaving node pushes them
-    /// to their new owners).
-    /// From then on, checks of keys not held are sent to `owner_of`.
+    /// Removes and returns every resident bucket another node owns by
+    /// `owner_of` (a leaving node pushes them to their new owners); the
+    /// others stay, served here and written by the final flush. From then
+    /// on, checks of keys not held are sent to `owner_of`.
     pub async fn take_all(&self, owner_of: OwnerOf) -> Vec<(BucketKey, Held)> {
         let shards = self.shards.all();
         let all = join_all(shards.iter().map(|s| {

@@ -40,11 +40,12 @@ pub trait HandoffSource: Send + Sync + 'static {
 /// The node that owns a key now, when it is not this node.
 pub type OwnerOf = Arc<dyn Fn(&BucketKey) -> Option<Arc<str>> + Send + Sync>;
 
-/// Give up every resident bucket (a leaving node pushes them to their new
-/// owners); answers them. From then on the shard starts no bucket: a check
-/// of a key it does not hold is answered [`super::Unserved::Moved`] to the
+/// Give up every resident bucket another node owns (a leaving node pushes
+/// them to their new owners); answers them. From then on a check of a key
+/// the shard does not hold is answered [`super::Unserved::Moved`] to the
 /// key's owner by `owner_of` (a check that still reaches a leaving node
-/// would otherwise start a second bucket beside the one pushed).
+/// would otherwise start a second bucket beside the one pushed). Buckets no
+/// other node owns stay.
 #[derive(Message)]
 #[rtype(result = "Vec<(BucketKey, Held)>")]
 pub struct TakeAll {
@@ -170,23 +171,42 @@ impl Handler<TakeAll> for ShardActor {
     type Result = Vec<(BucketKey, Held)>;
 
     fn handle(&mut self, msg: TakeAll, _: &mut Self::Context) -> Self::Result {
-        self.handed_over = Some(msg.owner_of);
+        // A bucket no other node owns stays here, served and snapshotted as
+        // before (the final flush writes it): given up, its next check would
+        // restore it from the cache layer while its last state is still
+        // being written there, and lose what was taken since the last
+        // snapshot.
+        let owner_of = msg.owner_of;
+        let keys: Vec<BucketKey> = self
+            .buckets
+            .keys()
+            .filter(|k| owner_of(k).is_some())
+            .cloned()
+            .collect();
+        self.handed_over = Some(owner_of);
         let stats = &self.metrics.shards[self.id];
-        for held in stats.leases.iter() {
-            held.store(0, Relaxed);
+        let now = self.clock.now_ns();
+        let mut taken = Vec::with_capacity(keys.len());
+        let mut dirty = 0i64;
+        for key in keys {
+            if let Some(slot) = self.buckets.remove(&key) {
+                dirty += i64::from(slot.dirty);
+                if let Some(held) = stats.leases.get(key.limit.id()) {
+                    held.fetch_sub(slot.state.leases(now) as i64, Relaxed);
+                }
+                taken.push((key, slot.state));
+            }
         }
-        let n = self.buckets.len();
+        let n = taken.len();
         stats.resident.fetch_sub(n as i64, Relaxed);
         stats.handoffs_out.fetch_add(n as u64, Relaxed);
-        let dirty = self.dirty.len() as i64;
         stats.dirty.fetch_sub(dirty, Relaxed);
-        self.dirty.clear();
-        self.oldest_dirty_ns = None;
-        let taken: Vec<(BucketKey, Held)> = self
-            .buckets
-            .drain()
-            .map(|(k, slot)| (k, slot.state))
-            .collect();
+        if dirty > 0 {
+            self.dirty.retain(|k| self.buckets.contains_key(k));
+        }
+        if self.dirty.is_empty() {
+            self.oldest_dirty_ns = None;
+        }
         // A pull for one of these may arrive before the push: keep a copy to
         // answer it (a bucket delivered twice merges to the lower level).
         self.outbox.extend(taken.iter().cloned());

@@ -395,13 +395,25 @@ async fn a_pushed_bucket_merges_to_the_lower_level() {
         .unwrap()
         .is_allowed());
     assert!(!allowed(&f.limiter, "t").await);
-    // A leaving node gives up everything it holds.
+    // "mine", owned by no other node, has 9 of 10 left.
+    assert!(allowed(&f.limiter, "mine").await);
+    // A leaving node gives up everything another node owns; "mine" stays
+    // (restored from the cache layer instead, it would lose the unit taken).
     let all = f
         .limiter
-        .take_all(Arc::new(|_: &BucketKey| Some(Arc::from("other"))))
+        .take_all(Arc::new(|k: &BucketKey| {
+            (&*k.tenant != "mine").then(|| Arc::from("other"))
+        }))
         .await;
     assert_eq!(all.len(), 1);
-    assert_eq!(f.limiter.metrics().resident(), 0);
+    assert_eq!(f.limiter.metrics().resident(), 1);
+    let (_, report) = f
+        .limiter
+        .inspect("mine", Limit::REQUESTS)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(report.resident && report.level / NANOS == 9, "{report:?}");
     // Afterwards no bucket starts here: every key is sent to its owner.
     for tenant in ["t", "never-seen"] {
         match f.limiter.check(tenant.into(), Limit::REQUESTS, 1).await {
@@ -409,7 +421,7 @@ async fn a_pushed_bucket_merges_to_the_lower_level() {
             other => panic!("{tenant}: expected Moved, got {other:?}"),
         }
     }
-    assert_eq!(f.limiter.metrics().resident(), 0);
+    assert_eq!(f.limiter.metrics().resident(), 1);
 }
 
 /// A cache layer that can be switched off and on: Redis going away and

@@ -43,6 +43,41 @@ fn shutdown_grace_from_every_source_and_in_range() {
 }
 
 #[test]
+fn body_timeout_and_max_connections_from_every_source_and_in_range() {
+    let c = resolve("", &[]).unwrap();
+    assert_eq!(c.body_timeout_ms, DEFAULT_BODY_TIMEOUT_MS);
+    assert_eq!(c.max_connections, DEFAULT_MAX_CONNECTIONS);
+    assert_eq!(
+        c.proxy.body_idle_timeout_ms,
+        crate::proxy::DEFAULT_BODY_IDLE_TIMEOUT_MS
+    );
+    let text = "body_timeout_ms = 700\nmax_connections = 50\n[proxy]\nbody_idle_timeout_ms = 900";
+    let c = resolve(text, &[]).unwrap();
+    assert_eq!(
+        (
+            c.body_timeout_ms,
+            c.max_connections,
+            c.proxy.body_idle_timeout_ms
+        ),
+        (700, 50, 900)
+    );
+    let c = resolve(text, &["--body-timeout-ms", "1", "--max-connections", "2"]).unwrap();
+    assert_eq!(
+        (c.body_timeout_ms, c.max_connections),
+        (1, 2),
+        "flags beat file"
+    );
+    for (flag, key) in [
+        ("--body-timeout-ms", "body_timeout_ms"),
+        ("--max-connections", "max_connections"),
+        ("--proxy-body-idle-timeout-ms", "proxy.body_idle_timeout_ms"),
+    ] {
+        let err = resolve("", &[flag, "0"]).unwrap_err().to_string();
+        assert!(err.contains(key), "{flag} 0: {err}");
+    }
+}
+
+#[test]
 fn overrides_beat_file_beat_defaults() {
     let c = resolve(
         "listen = \"127.0.0.1:1\"\nsnapshot_interval_ms = 7\n\

@@ -93,6 +93,17 @@ impl ApiError {
         }
     }
 
+    /// 408: the request's body did not arrive within `bound` (the
+    /// connection closes after this answer).
+    pub fn body_timeout(bound: std::time::Duration) -> Self {
+        ApiError {
+            status: StatusCode::REQUEST_TIMEOUT,
+            code: "request_timeout",
+            message: format!("the request body did not arrive within {bound:?}"),
+            field: None,
+        }
+    }
+
     pub fn not_found() -> Self {
         ApiError {
             status: StatusCode::NOT_FOUND,

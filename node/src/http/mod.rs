@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod admin_limits;
+pub mod body_timeout;
 pub mod check;
 pub mod cluster;
 pub mod descriptors;
