@@ -258,6 +258,7 @@ mod tests {
         m.shards[1].snapshot_lag_ms.store(1500, Relaxed);
         m.shards[0].restore_hits.fetch_add(1, Relaxed);
         m.shards[1].handoff_errors.fetch_add(7, Relaxed);
+        m.shards[0].leases[Limit::TOKENS.id()].fetch_add(2, Relaxed);
         m.check_latency.observe(0.000_03);
         let text = render(&registry);
         check::has_lines(
@@ -268,6 +269,8 @@ mod tests {
                 "llmtrace_checks_total{limit=\"tokens\",decision=\"allowed\"} 0",
                 "llmtrace_checks_total{limit=\"tokens\",decision=\"refused\"} 1",
                 "llmtrace_checks_total{limit=\"any\",decision=\"unlimited\"} 3",
+                "llmtrace_leases_held{limit=\"requests\"} 0",
+                "llmtrace_leases_held{limit=\"tokens\"} 2",
                 "llmtrace_invalid_requests_total 1",
                 "llmtrace_check_duration_seconds_bucket{le=\"0.000025\"} 0",
                 "llmtrace_check_duration_seconds_bucket{le=\"0.00005\"} 1",
@@ -285,6 +288,7 @@ mod tests {
             check::types(&text),
             [
                 "# TYPE llmtrace_checks_total counter",
+                "# TYPE llmtrace_leases_held gauge",
                 "# TYPE llmtrace_invalid_requests_total counter",
                 "# TYPE llmtrace_check_duration_seconds histogram",
                 "# TYPE llmtrace_buckets_resident gauge",
