@@ -31,7 +31,7 @@ pub mod ring;
 pub mod runtime;
 pub mod tenant;
 
-pub use cluster::{ClusterConfig, ClusterSettings, OwnerUnreachable};
+pub use cluster::{ClusterConfig, ClusterSettings, ClusterTlsFiles, OwnerUnreachable};
 pub use error::ConfigError;
 pub use flags::Flags;
 pub use limit_settings::{RateLimitSettings, TokenLimitSettings};

@@ -4,6 +4,7 @@
 //! - [`nginx`]: a real nginx load balancer rendered from `deploy/nginx.conf`.
 //! - [`node`]: start an `llmtrace-node` child (builder, ready line, SIGTERM / SIGKILL,
 //!   kill on drop) and talk to it over HTTP.
+//! - [`certs`]: a CA and node certificates for the cluster's mutual TLS (rcgen).
 //! - [`browser`]: headless Chromium through ChromeDriver's WebDriver HTTP protocol.
 //! - [`cluster`]: N nodes seeded from the first, waiting until they agree on one ring;
 //!   add, stop and kill nodes.
@@ -16,6 +17,8 @@
 //! - [`metrics`]: parses the Prometheus text of the admin `/metrics` endpoint: series
 //!   values and histogram quantiles.
 //! - [`redis`]: start / stop / restart a private `redis-server` on a free loopback port.
+//! - [`relay`]: a recording TCP + UDP relay in front of a node's cluster port (what a
+//!   network observer captures).
 //! - [`resp`]: a tiny RESP client (PING, GET, PTTL, KEYS, ...) over a raw TCP socket.
 //! - [`stub`]: a stub OpenAI-compatible upstream for the proxy tests and the proxy
 //!   benchmark (the only mock).
@@ -28,6 +31,7 @@
 //! by a fixed sleep.
 
 pub mod browser;
+pub mod certs;
 pub mod cluster;
 pub mod http;
 pub mod load;
@@ -37,6 +41,7 @@ pub mod node;
 pub mod output;
 pub mod process;
 pub mod redis;
+pub mod relay;
 pub mod resp;
 pub mod scenario;
 pub mod stub;

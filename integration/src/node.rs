@@ -418,7 +418,12 @@ impl Node {
 
     /// Sends SIGTERM and returns at once (the node starts leaving).
     pub fn signal_term(&self) {
-        process::signal(&self.child, libc::SIGTERM);
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends `signal` (e.g. SIGHUP: reload the cluster TLS files) and returns at once.
+    pub fn signal(&self, signal: libc::c_int) {
+        process::signal(&self.child, signal);
     }
 
     /// SIGTERM, then waits (at most [`STOP_TIMEOUT`]) for the exit status. Panics (after a

@@ -15,6 +15,7 @@ mod deploy_files;
 mod docs;
 mod failover;
 mod harness;
+mod network_security;
 mod nginx;
 mod openapi;
 mod proxy;
