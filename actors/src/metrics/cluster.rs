@@ -286,6 +286,7 @@ mod tests {
         m.batch_size.observe(3.0);
         m.batch_size.observe(256.0);
         m.ring_members.set(3);
+        m.gossip_rejected_replay.inc();
         let text = render(&registry);
         check::has_lines(
             &text,
@@ -310,6 +311,9 @@ mod tests {
                 "llmtrace_ring_members 3",
                 "llmtrace_live_members 0",
                 "llmtrace_ring_info{fingerprint=\"00ff\"} 1",
+                "llmtrace_gossip_rejected_total{reason=\"auth\"} 0",
+                "llmtrace_gossip_rejected_total{reason=\"replay\"} 1",
+                "llmtrace_gossip_rejected_total{reason=\"stale\"} 0",
             ],
         );
         assert_eq!(
@@ -325,6 +329,8 @@ mod tests {
                 "# TYPE llmtrace_reforwarded_checks_total counter",
                 "# TYPE llmtrace_forward_dedup_hits_total counter",
                 "# TYPE llmtrace_ring_changes_total counter",
+                "# TYPE llmtrace_gossip_oversize_total counter",
+                "# TYPE llmtrace_gossip_rejected_total counter",
                 "# TYPE llmtrace_owner_unreachable_total counter",
                 "# TYPE llmtrace_routed_checks_total counter",
                 "# TYPE llmtrace_degraded_tenants gauge",
