@@ -20,7 +20,10 @@ use arc_swap::ArcSwap;
 use llmtrace_cluster_config::ClusterTlsFiles;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
-use rustls::crypto::{ring as provider, CryptoProvider};
+use rustls::crypto::{
+    ring as provider, verify_tls12_signature, verify_tls13_signature, CryptoProvider,
+    WebPkiSupportedAlgorithms,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -155,6 +158,26 @@ impl Current {
     fn now(&self) -> arc_swap::Guard<Arc<Loaded>> {
         self.0.current.load()
     }
+
+    fn algorithms(&self) -> &WebPkiSupportedAlgorithms {
+        &self.0.provider.signature_verification_algorithms
+    }
+
+    /// A handshake signature by `cert` (the same check for both sides;
+    /// the certificate itself was verified against the CA before).
+    fn signature(
+        &self,
+        tls13: bool,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        if tls13 {
+            verify_tls13_signature(message, cert, dss, self.algorithms())
+        } else {
+            verify_tls12_signature(message, cert, dss, self.algorithms())
+        }
+    }
 }
 
 impl ResolvesServerCert for Current {
@@ -201,9 +224,7 @@ impl ClientCertVerifier for Current {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.now()
-            .clients
-            .verify_tls12_signature(message, cert, dss)
+        self.signature(false, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -212,13 +233,11 @@ impl ClientCertVerifier for Current {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.now()
-            .clients
-            .verify_tls13_signature(message, cert, dss)
+        self.signature(true, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.now().clients.supported_verify_schemes()
+        self.algorithms().supported_schemes()
     }
 }
 
@@ -246,9 +265,7 @@ impl ServerCertVerifier for Current {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.now()
-            .servers
-            .verify_tls12_signature(message, cert, dss)
+        self.signature(false, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -257,12 +274,10 @@ impl ServerCertVerifier for Current {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.now()
-            .servers
-            .verify_tls13_signature(message, cert, dss)
+        self.signature(true, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.now().servers.supported_verify_schemes()
+        self.algorithms().supported_schemes()
     }
 }

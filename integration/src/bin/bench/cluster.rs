@@ -126,17 +126,7 @@ pub fn run(bench: &Bench) {
     let with_tls = results(&single, &tls);
     report(&tls_before, &tls_after);
     println!();
-    let r = if plain.rps > 0.0 {
-        with_tls.rps / plain.rps
-    } else {
-        0.0
-    };
-    println!(
-        "  ratio TLS/plain        {r:12.3}            ({:.1} / {:.1} checks/s; target >= 0.90: {})",
-        with_tls.rps,
-        plain.rps,
-        if r >= 0.9 { "met" } else { "NOT met" }
-    );
+    ratio("TLS/plain", with_tls.rps, plain.rps, 0.9);
     println!(
         "  CPU per check TLS/plain {:11.3}            ({:.1} vs {:.1} us CPU per check, the {NODES} nodes summed)",
         with_tls.us_per_check / plain.us_per_check.max(f64::MIN_POSITIVE),
@@ -184,6 +174,19 @@ fn measure_cluster(
     )
 }
 
+/// `ratio <what>` of two throughputs, against its target.
+fn ratio(what: &str, rps: f64, reference: f64, target: f64) {
+    let r = if reference > 0.0 {
+        rps / reference
+    } else {
+        0.0
+    };
+    println!(
+        "  ratio {what:<16} {r:12.3}            ({rps:.1} / {reference:.1} checks/s; target >= {target:.2}: {})",
+        if r >= target { "met" } else { "NOT met" }
+    );
+}
+
 fn results(single: &Measured, cluster: &Measured) -> summary::Totals {
     println!("  1 node, {NODES} wrk:");
     let labels = vec!["wrk -> single".to_string(); NODES];
@@ -191,17 +194,7 @@ fn results(single: &Measured, cluster: &Measured) -> summary::Totals {
     println!("  {NODES} nodes, 1 wrk each:");
     let labels: Vec<String> = (0..NODES).map(|i| format!("wrk -> node-{i}")).collect();
     let all = summary::several("cluster", &labels, cluster);
-    let r = if one.rps > 0.0 {
-        all.rps / one.rps
-    } else {
-        0.0
-    };
-    println!(
-        "  ratio cluster/single   {r:12.3}            ({:.1} / {:.1} checks/s; target >= 0.60: {})",
-        all.rps,
-        one.rps,
-        if r >= 0.6 { "met" } else { "NOT met" }
-    );
+    ratio("cluster/single", all.rps, one.rps, 0.6);
     if all.us_per_check > 0.0 {
         println!(
             "  server CPU single/cluster {:9.3}            ({:.1} vs {:.1} us CPU per check, the {NODES} nodes summed)",
