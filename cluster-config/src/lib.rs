@@ -10,6 +10,7 @@
 //! - [`runtime`]: runtime limit overrides (admin API), swapped atomically.
 //! - [`tenant`]: validation of tenant ids (shared by config and HTTP input).
 //! - [`cluster`]: the `[cluster]` block (membership, forwarding).
+//! - [`cluster_tls`]: the cluster port's mutual TLS files.
 //! - [`proxy`]: the `[proxy]` block (the LLM proxy listener).
 //! - [`ring`]: the consistent-hash ring that places buckets on nodes.
 //! - [`node`]: the node's settings, top-level keys and the blocks above.
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod cluster_tls;
 pub mod error;
 pub mod flags;
 pub mod limit_settings;
@@ -31,7 +33,8 @@ pub mod ring;
 pub mod runtime;
 pub mod tenant;
 
-pub use cluster::{ClusterConfig, ClusterSettings, ClusterTlsFiles, OwnerUnreachable};
+pub use cluster::{ClusterConfig, ClusterSettings, OwnerUnreachable};
+pub use cluster_tls::ClusterTlsFiles;
 pub use error::ConfigError;
 pub use flags::Flags;
 pub use limit_settings::{RateLimitSettings, TokenLimitSettings};
