@@ -4,10 +4,12 @@
 //! the heading Cluster) and its resolved form ([`ClusterConfig`]).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
+use crate::cluster_tls::{tls_files, ClusterTlsFiles};
 use crate::error::{in_range as range, parse_addr, ConfigError};
 use crate::flags::{shown, value_names};
 use crate::ring::DEFAULT_VNODES;
@@ -55,8 +57,11 @@ pub struct ClusterConfig {
     pub advertise: SocketAddr,
     /// Cluster addresses of nodes to join through (`host:port`).
     pub seeds: Vec<String>,
-    /// Shared secret required on node-to-node requests, when set.
+    /// Shared secret required on node-to-node requests, when set; gossip is
+    /// sealed with a key derived from it. Required off loopback.
     pub secret: Option<String>,
+    /// Mutual TLS on the cluster listener and its clients, when set.
+    pub tls: Option<ClusterTlsFiles>,
     /// Virtual nodes per member on the hash ring.
     pub vnodes: u32,
     /// Gossip round period.
@@ -113,8 +118,9 @@ pub struct ClusterSettings {
     pub seeds: Option<Vec<String>>,
 
     /// cluster.secret: shared secret (8-256 visible ASCII); node-to-node
-    /// requests without it are refused with 401. Nodes with different secrets
-    /// also ignore each other's gossip. [default: none]
+    /// requests without it are refused with 401, and every gossip datagram is
+    /// authenticated and encrypted with a key derived from it. Required when
+    /// --cluster-listen is not a loopback address. [default: none]
     #[arg(
         long = "cluster-secret",
         env = "LLMTRACE_CLUSTER_SECRET",
@@ -122,6 +128,34 @@ pub struct ClusterSettings {
         hide_env_values = true
     )]
     pub secret: Option<String>,
+
+    /// cluster.tls_cert: PEM certificate chain this node presents to its
+    /// peers, as server and as client (mutual TLS on the cluster port; with
+    /// --cluster-tls-key and --cluster-tls-ca). Reloaded on SIGHUP. [default:
+    /// none: node-to-node RPC in plain HTTP]
+    #[arg(
+        long = "cluster-tls-cert",
+        env = "LLMTRACE_CLUSTER_TLS_CERT",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// cluster.tls_key: PEM private key of --cluster-tls-cert. [default: none]
+    #[arg(
+        long = "cluster-tls-key",
+        env = "LLMTRACE_CLUSTER_TLS_KEY",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// cluster.tls_ca: PEM CA certificate(s); a peer's certificate must chain
+    /// to one of them. [default: none]
+    #[arg(
+        long = "cluster-tls-ca",
+        env = "LLMTRACE_CLUSTER_TLS_CA",
+        value_name = "FILE"
+    )]
+    pub tls_ca: Option<PathBuf>,
 
     /// cluster.vnodes: virtual nodes per member on the hash ring; every node of
     /// a cluster must use the same value.
@@ -246,6 +280,16 @@ impl ClusterConfig {
                 ));
             }
         }
+        if s.secret.is_none() && enabled && !listen.ip().is_loopback() {
+            return Err(ConfigError::invalid(
+                "cluster.secret",
+                format!(
+                    "is required when cluster.listen ({listen}) is not a loopback address: \
+                     set --cluster-secret or LLMTRACE_CLUSTER_SECRET (cluster_secret)"
+                ),
+            ));
+        }
+        let tls = tls_files(s.tls_cert, s.tls_key, s.tls_ca)?;
         let phi = s.phi_threshold.unwrap_or(DEFAULT_PHI_THRESHOLD);
         if !(phi.is_finite() && (1.0..=100.0).contains(&phi)) {
             return Err(ConfigError::invalid(
@@ -259,6 +303,7 @@ impl ClusterConfig {
             advertise,
             seeds,
             secret: s.secret,
+            tls,
             vnodes: range(
                 "cluster.vnodes",
                 s.vnodes.unwrap_or(DEFAULT_VNODES),
@@ -359,6 +404,57 @@ mod tests {
     }
 
     #[test]
+    fn secret_required_off_loopback_only() {
+        assert!(resolve("listen = \"127.0.0.1:7946\"", &[]).is_ok());
+        assert!(resolve("listen = \"[::1]:7946\"", &[]).is_ok());
+        let off = "listen = \"0.0.0.0:7946\"\nadvertise = \"10.0.0.1:7946\"";
+        let err = resolve(off, &[]).unwrap_err().to_string();
+        assert!(err.contains("LLMTRACE_CLUSTER_SECRET"), "{err}");
+        let c = resolve(off, &["--cluster-secret", "long-enough"]).unwrap();
+        assert_eq!(c.secret.as_deref(), Some("long-enough"));
+    }
+
+    #[test]
+    fn tls_files_are_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("llmtrace-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let cert = write(
+            "c.pem",
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        );
+        let key = write(
+            "k.pem",
+            "-----BEGIN EC PRIVATE KEY-----\nAA==\n-----END EC PRIVATE KEY-----\n",
+        );
+        let flags = [
+            "--cluster-tls-cert",
+            &cert,
+            "--cluster-tls-key",
+            &key,
+            "--cluster-tls-ca",
+            &cert,
+        ];
+        let tls = resolve("", &flags).unwrap().tls.unwrap();
+        assert_eq!(tls.key.display().to_string(), key);
+        let swapped = [
+            "--cluster-tls-cert",
+            &key,
+            "--cluster-tls-key",
+            &key,
+            "--cluster-tls-ca",
+            &cert,
+        ];
+        let err = resolve("", &swapped).unwrap_err().to_string();
+        assert!(err.contains("cluster.tls_cert"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let cases = [
             ("listen = \"0.0.0.0:7946\"", "cluster.advertise"),
@@ -366,6 +462,20 @@ mod tests {
             ("seeds = [\"nope\"]", "cluster.seeds"),
             ("seeds = [\"h:0\"]", "cluster.seeds"),
             ("secret = \"short\"", "cluster.secret"),
+            (
+                "listen = \"0.0.0.0:7946\"\nadvertise = \"10.0.0.1:7946\"",
+                "cluster.secret",
+            ),
+            ("listen = \"10.0.0.1:7946\"", "cluster.secret"),
+            ("tls_cert = \"/nonexistent.pem\"", "cluster.tls_key"),
+            (
+                "tls_cert = \"/nonexistent.pem\"\ntls_key = \"/k.pem\"",
+                "cluster.tls_ca",
+            ),
+            (
+                "tls_cert = \"/nonexistent.pem\"\ntls_key = \"/k\"\ntls_ca = \"/c\"",
+                "cluster.tls_cert",
+            ),
             ("vnodes = 0", "cluster.vnodes"),
             ("phi_threshold = 0.5", "cluster.phi_threshold"),
             ("forward_timeout_ms = 0", "cluster.forward_timeout_ms"),

@@ -15,6 +15,7 @@
 //! - [`tenant`]: validation of tenant ids and keys (shared by config, HTTP
 //!   input and the wire).
 //! - [`cluster`]: the `[cluster]` block (membership, forwarding).
+//! - [`cluster_tls`]: the cluster port's mutual TLS files.
 //! - [`proxy`]: the `[proxy]` block (the LLM proxy listener).
 //! - [`redis`]: the top-level `redis_*` keys: where snapshots persist.
 //! - [`ring`]: the consistent-hash ring that places buckets on nodes.
@@ -27,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod cluster_tls;
 pub mod error;
 pub mod flags;
 pub mod limit;
@@ -42,6 +44,7 @@ pub mod runtime;
 pub mod tenant;
 
 pub use cluster::{ClusterConfig, ClusterSettings, OwnerUnreachable};
+pub use cluster_tls::ClusterTlsFiles;
 pub use error::ConfigError;
 pub use flags::Flags;
 pub use limit::{validate_limit_name, Limit, LimitNameError, MAX_LIMIT_NAME_LEN};

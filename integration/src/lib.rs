@@ -4,6 +4,7 @@
 //! - [`nginx`]: a real nginx load balancer rendered from `deploy/nginx.conf`.
 //! - [`node`]: start an `llmtrace-node` child (builder, ready line, SIGTERM / SIGKILL,
 //!   kill on drop) and talk to it over HTTP.
+//! - [`certs`]: a CA and node certificates for the cluster's mutual TLS (rcgen).
 //! - [`browser`]: headless Chromium through ChromeDriver's WebDriver HTTP protocol.
 //! - [`cluster`]: N nodes seeded from the first, waiting until they agree on one ring;
 //!   add, stop and kill nodes.
@@ -21,6 +22,8 @@
 //! - [`redis`]: start / stop / restart a private `redis-server` on a free loopback port.
 //! - [`redis_deploy`]: Redis as operators deploy it: TLS with client certificates, a
 //!   Redis Cluster, a master and replica behind a Sentinel.
+//! - [`relay`]: a recording TCP + UDP relay in front of a node's cluster port (what a
+//!   network observer captures).
 //! - [`resp`]: a tiny RESP client (PING, GET, PTTL, KEYS, ...) over a raw TCP socket.
 //! - [`stub`]: a stub OpenAI-compatible upstream for the proxy tests and the proxy
 //!   benchmark (the only mock).
@@ -33,6 +36,7 @@
 //! by a fixed sleep.
 
 pub mod browser;
+pub mod certs;
 pub mod cluster;
 pub mod flood;
 pub mod http;
@@ -45,6 +49,7 @@ pub mod process;
 pub mod raw_http;
 pub mod redis;
 pub mod redis_deploy;
+pub mod relay;
 pub mod resp;
 pub mod scenario;
 pub mod stub;

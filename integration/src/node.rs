@@ -153,6 +153,24 @@ impl NodeBuilder {
             .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
     }
 
+    /// Starts a node whose configuration must be refused: panics unless it exits with
+    /// status 2 before its ready line; returns its stderr (the message naming the key).
+    pub fn start_refused(self) -> String {
+        let args = self.args.clone();
+        match self.try_start() {
+            Ok(_) => panic!("llmtrace-node {args:?} started; its configuration should be refused"),
+            Err(f) => {
+                assert_eq!(
+                    f.status.and_then(|s| s.code()),
+                    Some(2),
+                    "{args:?}: {}",
+                    f.stderr
+                );
+                f.stderr
+            }
+        }
+    }
+
     /// Starts the node; `Err` when it exits (or stays silent) before its ready line.
     pub fn try_start(self) -> Result<Node, StartFailure> {
         let dir = TempDir::new("node");
@@ -429,7 +447,12 @@ impl Node {
 
     /// Sends SIGTERM and returns at once (the node starts leaving).
     pub fn signal_term(&self) {
-        process::signal(&self.child, libc::SIGTERM);
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends `signal` (e.g. SIGHUP: reload the cluster TLS files) and returns at once.
+    pub fn signal(&self, signal: libc::c_int) {
+        process::signal(&self.child, signal);
     }
 
     /// SIGTERM, then waits (at most [`STOP_TIMEOUT`]) for the exit status. Panics (after a

@@ -1,12 +1,16 @@
 //! The sockets a node serves: bound before the node is built, so tests bind
-//! port 0 and read the addresses back; and how many connections they may
-//! hold at once ([`ConnectionCaps`]), fitted to the open-file limit so that
-//! clients can never take the descriptors the node needs for itself.
+//! port 0 and read the addresses back; how many connections they may hold
+//! at once ([`ConnectionCaps`]), fitted to the open-file limit so that
+//! clients can never take the descriptors the node needs for itself; and the
+//! cluster listener's mutual TLS, loaded at start and reloaded on SIGHUP.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::sync::Arc;
 
 use anyhow::Context as _;
+use llmtrace_actors::cluster::rpc::tls::ClusterTls;
 use llmtrace_cluster_config::NodeConfig;
+use tracing::{info, warn};
 
 /// The listeners of a node.
 pub struct Listeners {
@@ -135,6 +139,33 @@ fn bind_cluster(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         }
     }
     anyhow::bail!("{}: no port free for both TCP and UDP", what())
+}
+
+/// The cluster port's mutual TLS, when `cluster.tls_*` are set.
+pub fn cluster_tls(config: &NodeConfig) -> anyhow::Result<Option<Arc<ClusterTls>>> {
+    config.cluster.tls.clone().map(ClusterTls::load).transpose()
+}
+
+/// Reads the TLS files again on every SIGHUP (certificate rotation without
+/// a restart); a file that does not load leaves the previous material in
+/// use.
+pub async fn reload_on_sighup(tls: Arc<ClusterTls>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot listen for SIGHUP; cluster TLS files will not be reloaded: {e}");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => info!("SIGHUP: cluster TLS certificates reloaded"),
+            Err(e) => warn!(
+                "SIGHUP: cluster TLS certificates not reloaded, keeping the previous ones: {e:#}"
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

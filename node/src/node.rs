@@ -19,6 +19,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use llmtrace_actors::cluster::handoff_client::hand_over;
 use llmtrace_actors::cluster::overrides::RedisOverrideStore;
+use llmtrace_actors::cluster::rpc::tls::ClusterTls;
 use llmtrace_actors::metrics::{self, Registry};
 use llmtrace_actors::{
     BatchSettings, CacheLayer, ClientFactory, ClusterClient, ClusterControl, ClusterMetrics,
@@ -32,6 +33,7 @@ use tracing::{info, warn};
 use crate::http::body_timeout::{bound_body, BodyBounds};
 use crate::http::middleware::{admin_auth, request_id};
 use crate::http::{self, AdminContext, DrainState, NodeContext};
+use crate::listeners;
 pub use crate::listeners::{ConnectionCaps, Listeners};
 use crate::proxy::{self, ProxyContext};
 
@@ -56,10 +58,11 @@ const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Binds the configured listeners and runs until SIGTERM or SIGINT.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let listeners = Listeners::bind(&config)?;
-    Node::build(config, listeners)
-        .await?
-        .serve(shutdown_signal())
-        .await
+    let node = Node::build(config, listeners).await?;
+    if let Some(tls) = &node.tls {
+        actix_rt::spawn(listeners::reload_on_sighup(Arc::clone(tls)));
+    }
+    node.serve(shutdown_signal()).await
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -90,6 +93,8 @@ pub struct Node {
     ctx: web::Data<NodeContext>,
     /// Sends buckets to their new owner when this node leaves.
     client: ClusterClient,
+    /// The cluster port's mutual TLS (reloaded on SIGHUP), when configured.
+    tls: Option<Arc<ClusterTls>>,
     /// The server of the public, cluster and proxy listeners.
     public: ServerHandle,
     /// The server of the admin listener.
@@ -128,7 +133,11 @@ impl Node {
         )
         .await?;
         let forward_timeout = Duration::from_millis(c.forward_timeout_ms);
-        let client = ClusterClient::new(c.secret.as_deref(), forward_timeout);
+        let tls = listeners::cluster_tls(&config)?;
+        let mut client = ClusterClient::new(c.secret.as_deref(), forward_timeout);
+        if let Some(tls) = &tls {
+            client = client.with_tls(Arc::new(tls.client_config()?));
+        }
         // A bucket that moved is pulled from its previous owner on its first
         // check here (graceful joins and leaves lose nothing).
         let handoff: Arc<dyn HandoffSource> = PeerHandoff::new(membership.view(), client.clone());
@@ -173,12 +182,14 @@ impl Node {
             proxy,
         } = listeners;
         let caps = ConnectionCaps::fit(&config);
+        let cluster_tls = tls.as_ref().map(|t| t.server_config()).transpose()?;
         let (public, public_task) = public_server(
             &config,
             &ctx,
             host.clone(),
             caps,
             [Some(public), Some(cluster), proxy],
+            cluster_tls,
         )?;
         let body_bound = Duration::from_millis(config.body_timeout_ms);
         let (admin, admin_task) = admin_server(&ctx, caps, body_bound, admin)?;
@@ -215,6 +226,7 @@ impl Node {
             membership,
             ctx,
             client,
+            tls,
             public,
             admin,
             tasks: vec![public_task, admin_task],
@@ -385,7 +397,7 @@ async fn start_membership(
             public_addr,
             admin_addr,
             seeds: c.seeds.clone(),
-            cluster_id: cluster_id(c.secret.as_deref()),
+            secret: c.secret.clone(),
             vnodes: c.vnodes,
             gossip_interval: Duration::from_millis(c.gossip_interval_ms),
             phi_threshold: c.phi_threshold,
@@ -396,21 +408,6 @@ async fn start_membership(
     )
     .await
     .context("cannot start gossip")
-}
-
-/// Nodes gossip only with nodes of the same cluster id; deriving it from the
-/// secret keeps clusters with different secrets apart.
-fn cluster_id(secret: Option<&str>) -> String {
-    match secret {
-        None => "llmtrace".to_string(),
-        Some(s) => {
-            let h = llmtrace_actors::core::key::stable_hash(
-                s,
-                llmtrace_cluster_config::Limit::REQUESTS,
-            );
-            format!("llmtrace-{:08x}", h as u32)
-        }
-    }
 }
 
 /// Starts the shards where the configuration places them.
@@ -484,13 +481,15 @@ type ServerTask = actix_rt::task::JoinHandle<std::io::Result<()>>;
 /// the proxy listener: the workers host the shards, so a check (public,
 /// forwarded or proxied) whose shard lives on the worker that received it
 /// does not change thread. The node-to-node routes answer only on the
-/// cluster listener; the proxy answers only on the proxy listener.
+/// cluster listener; the proxy answers only on the proxy listener. With
+/// `cluster_tls`, the cluster listener speaks TLS only.
 fn public_server(
     config: &NodeConfig,
     ctx: &web::Data<NodeContext>,
     host: Option<Arc<ShardHost>>,
     caps: ConnectionCaps,
     [public, cluster, proxy]: [Option<TcpListener>; 3],
+    cluster_tls: Option<rustls::ServerConfig>,
 ) -> anyhow::Result<(ServerHandle, ServerTask)> {
     let data = ctx.clone();
     let proxy_addr = match &proxy {
@@ -532,11 +531,12 @@ fn public_server(
     .disable_signals()
     .shutdown_timeout(STOP_TIMEOUT.as_secs());
     for (listener, name) in [(public, "public"), (cluster, "cluster"), (proxy, "proxy")] {
-        if let Some(l) = listener {
-            server = server
-                .listen(l)
-                .with_context(|| format!("cannot serve the {name} listener"))?;
+        let Some(l) = listener else { continue };
+        server = match (&cluster_tls, name) {
+            (Some(tls), "cluster") => server.listen_rustls_0_23(l, tls.clone()),
+            _ => server.listen(l),
         }
+        .with_context(|| format!("cannot serve the {name} listener"))?;
     }
     let server = server.run();
     Ok((server.handle(), actix_rt::spawn(server)))

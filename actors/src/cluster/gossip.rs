@@ -6,13 +6,16 @@
 //! time in ms, gossip address) the keys `state`, `public_addr`,
 //! `cluster_addr`, `admin_addr` and `fingerprint` (of its current ring), so
 //! any node can tell whether all members agree on the ring.
+//!
+//! Every datagram is sealed with a key derived from the cluster secret
+//! ([`SealedUdpTransport`]): a node with another secret, or none, is never
+//! heard, and chitchat's cluster id is a constant.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chitchat::transport::UdpTransport;
 use chitchat::{
     spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, NodeState,
 };
@@ -21,6 +24,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::cluster::control::ClusterControl;
+use crate::cluster::gossip_transport::SealedUdpTransport;
 use crate::cluster::view::{ClusterView, Member, MemberState, ViewHandle};
 use crate::metrics::ClusterMetrics;
 
@@ -37,14 +41,17 @@ pub struct MembershipSettings {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub seeds: Vec<String>,
-    /// Nodes only talk to nodes of the same cluster id.
-    pub cluster_id: String,
+    /// The cluster secret: gossip is sealed with a key derived from it.
+    pub secret: Option<String>,
     pub vnodes: u32,
     pub gossip_interval: Duration,
     pub phi_threshold: f64,
     /// Where the merged runtime limit overrides are installed.
     pub runtime: RuntimeLimits,
 }
+
+/// chitchat's cluster id; clusters are kept apart by their secrets.
+const CLUSTER_ID: &str = "llmtrace";
 
 const KEY_STATE: &str = "state";
 const KEY_PUBLIC: &str = "public_addr";
@@ -118,7 +125,7 @@ impl Membership {
                 settings.generation,
                 settings.advertise,
             ),
-            cluster_id: settings.cluster_id.clone(),
+            cluster_id: CLUSTER_ID.to_string(),
             gossip_interval: interval,
             listen_addr: settings.listen,
             seed_nodes: settings.seeds.clone(),
@@ -137,7 +144,8 @@ impl Membership {
             (KEY_CLUSTER.to_string(), settings.advertise.to_string()),
             (KEY_ADMIN.to_string(), settings.admin_addr.to_string()),
         ];
-        let handle = spawn_chitchat(config, initial, &UdpTransport).await?;
+        let transport = SealedUdpTransport::new(settings.secret.as_deref(), Arc::clone(&metrics));
+        let handle = spawn_chitchat(config, initial, &transport).await?;
         let view = ViewHandle::new(ClusterView::alone(&settings.node_id, settings.vnodes));
         let (tx, changes) = watch::channel(Fingerprint::default());
         let chitchat = handle.chitchat();

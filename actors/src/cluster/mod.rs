@@ -1,4 +1,5 @@
-//! Everything that spans nodes: who is in the cluster ([`view`], [`gossip`],
+//! Everything that spans nodes: who is in the cluster ([`view`], [`gossip`]
+//! over [`gossip_transport`], sealed by [`gossip_seal`],
 //! [`control`], [`overrides`]), where a check is decided ([`router`],
 //! [`forwarder`], [`dedup`]), how buckets move between owners
 //! ([`handoff_client`]), the admin API's reach to a bucket's owner
@@ -8,6 +9,8 @@ pub mod control;
 pub mod dedup;
 pub mod forwarder;
 pub mod gossip;
+pub mod gossip_seal;
+pub mod gossip_transport;
 pub mod handoff_client;
 pub mod overrides;
 pub mod router;

@@ -42,6 +42,14 @@ pub struct ClusterMetrics {
     pub rpc_checks: Counter,
     pub rpc_rejected_auth: Counter,
     pub rpc_rejected_body: Counter,
+    /// Gossip datagrams dropped unparsed, by reason: failed authentication
+    /// (wrong secret, altered, forged), replayed, stale.
+    pub gossip_rejected_auth: Counter,
+    pub gossip_rejected_replay: Counter,
+    pub gossip_rejected_stale: Counter,
+    gossip_rejected: Family<Label, Counter>,
+    /// Gossip envelopes too large to seal into one datagram (not sent).
+    pub gossip_oversize: Counter,
     /// Checks a receiver forwarded once more (its ring disagreed).
     pub reforwarded: Counter,
     /// Retried checks answered from the dedup cache.
@@ -66,6 +74,10 @@ impl Default for ClusterMetrics {
     fn default() -> Self {
         let (unreachable, [unreachable_local, unreachable_allow, unreachable_deny]) =
             counter_family("policy", ["local", "allow", "deny"]);
+        let (
+            gossip_rejected,
+            [gossip_rejected_auth, gossip_rejected_replay, gossip_rejected_stale],
+        ) = counter_family("reason", ["auth", "replay", "stale"]);
         let (routed, [routed_local, routed_forwarded, routed_degraded]) =
             counter_family("route", ["local", "forwarded", "degraded"]);
         ClusterMetrics {
@@ -83,6 +95,11 @@ impl Default for ClusterMetrics {
             rpc_checks: Counter::default(),
             rpc_rejected_auth: Counter::default(),
             rpc_rejected_body: Counter::default(),
+            gossip_rejected_auth,
+            gossip_rejected_replay,
+            gossip_rejected_stale,
+            gossip_rejected,
+            gossip_oversize: Counter::default(),
             reforwarded: Counter::default(),
             dedup_hits: Counter::default(),
             ring_members: Gauge::default(),
@@ -179,10 +196,21 @@ impl ClusterMetrics {
                 &self.dedup_hits,
             ),
             ("llmtrace_ring_changes", "Ring rebuilds", &self.ring_changes),
+            (
+                "llmtrace_gossip_oversize",
+                "Gossip envelopes too large to seal into one datagram (not sent)",
+                &self.gossip_oversize,
+            ),
         ];
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
         }
+        registry.register(
+            "llmtrace_gossip_rejected",
+            "Gossip datagrams dropped unparsed: failed authentication (auth), replayed \
+             (replay), sent too far from this node's clock (stale)",
+            self.gossip_rejected.clone(),
+        );
         registry.register(
             "llmtrace_owner_unreachable",
             "Checks decided by the on_owner_unreachable policy",
@@ -258,6 +286,7 @@ mod tests {
         m.batch_size.observe(3.0);
         m.batch_size.observe(256.0);
         m.ring_members.set(3);
+        m.gossip_rejected_replay.inc();
         let text = render(&registry);
         check::has_lines(
             &text,
@@ -282,6 +311,9 @@ mod tests {
                 "llmtrace_ring_members 3",
                 "llmtrace_live_members 0",
                 "llmtrace_ring_info{fingerprint=\"00ff\"} 1",
+                "llmtrace_gossip_rejected_total{reason=\"auth\"} 0",
+                "llmtrace_gossip_rejected_total{reason=\"replay\"} 1",
+                "llmtrace_gossip_rejected_total{reason=\"stale\"} 0",
             ],
         );
         assert_eq!(
@@ -297,6 +329,8 @@ mod tests {
                 "# TYPE llmtrace_reforwarded_checks_total counter",
                 "# TYPE llmtrace_forward_dedup_hits_total counter",
                 "# TYPE llmtrace_ring_changes_total counter",
+                "# TYPE llmtrace_gossip_oversize_total counter",
+                "# TYPE llmtrace_gossip_rejected_total counter",
                 "# TYPE llmtrace_owner_unreachable_total counter",
                 "# TYPE llmtrace_routed_checks_total counter",
                 "# TYPE llmtrace_degraded_tenants gauge",

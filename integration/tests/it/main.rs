@@ -18,6 +18,7 @@ mod graceful_stop;
 mod harness;
 mod leases;
 mod named_limits;
+mod network_security;
 mod nginx;
 mod openapi;
 mod proxy;

@@ -1,7 +1,8 @@
 //! [`ClusterClient`]: the one node-to-node client. Every RPC (forwarded
 //! batches, handoff pulls, bucket pushes, tenant reports) goes through it:
-//! the URL is built from the request type's [`Rpc::PATH`], the cluster
-//! secret header is set, the answer is read within
+//! the URL is built from the request type's [`Rpc::PATH`] (`https://` with
+//! the cluster's mutual TLS, see [`super::tls`]), the cluster secret header
+//! is set, the answer is read within
 //! [`MAX_BODY_BYTES`](super::wire::MAX_BODY_BYTES) and decoded as the
 //! request type's [`Rpc::Response`].
 //!
@@ -46,8 +47,9 @@ pub enum CallError {
 const POOL_LIMIT: usize = 256;
 
 thread_local! {
-    /// This thread's HTTP client per timeout (ms).
-    static CLIENTS: RefCell<HashMap<u128, awc::Client>> = RefCell::new(HashMap::new());
+    /// This thread's HTTP client per timeout (ms) and TLS configuration
+    /// (its address; 0: plain HTTP).
+    static CLIENTS: RefCell<HashMap<(u128, usize), awc::Client>> = RefCell::new(HashMap::new());
 }
 
 /// Calls other nodes' cluster listeners.
@@ -57,6 +59,8 @@ pub struct ClusterClient {
     secret: Option<Arc<str>>,
     /// Bound on connecting and on the whole answer of one call.
     timeout: Duration,
+    /// Mutual TLS to the peers' cluster listeners, when configured.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl ClusterClient {
@@ -64,23 +68,43 @@ impl ClusterClient {
         ClusterClient {
             secret: secret.map(Arc::from),
             timeout,
+            tls: None,
         }
+    }
+
+    /// Calls peers over TLS with `config` (see [`super::tls::ClusterTls`]).
+    pub fn with_tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
     }
 
     fn http(&self) -> awc::Client {
         let timeout = self.timeout;
+        let tls_id = self.tls.as_ref().map_or(0, |t| Arc::as_ptr(t) as usize);
         CLIENTS.with(|c| {
             c.borrow_mut()
-                .entry(timeout.as_millis())
+                .entry((timeout.as_millis(), tls_id))
                 .or_insert_with(|| {
+                    let mut connector = awc::Connector::new().timeout(timeout).limit(POOL_LIMIT);
+                    if let Some(tls) = &self.tls {
+                        connector = connector.rustls_0_23(Arc::clone(tls));
+                    }
                     awc::Client::builder()
                         .timeout(timeout)
                         .disable_redirects()
-                        .connector(awc::Connector::new().timeout(timeout).limit(POOL_LIMIT))
+                        .connector(connector)
                         .finish()
                 })
                 .clone()
         })
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// Sends `req` to the node at `addr` and decodes its answer.
@@ -107,7 +131,7 @@ impl ClusterClient {
     ) -> impl Future<Output = Result<Vec<u8>, CallError>> + 'static {
         let mut req = self
             .http()
-            .post(format!("http://{addr}{path}"))
+            .post(format!("{}://{addr}{path}", self.scheme()))
             .insert_header(("content-type", "application/octet-stream"));
         if let Some(s) = &self.secret {
             req = req.insert_header((SECRET_HEADER, &**s));

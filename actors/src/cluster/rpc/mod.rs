@@ -1,5 +1,7 @@
 //! Node-to-node calls: the bincode messages and their hostile-input-safe
-//! decoding ([`wire`]), and the one client that sends them ([`client`]).
+//! decoding ([`wire`]), the one client that sends them ([`client`]), and the
+//! mutual TLS both ends of the cluster port use when configured ([`tls`]).
 
 pub mod client;
+pub mod tls;
 pub mod wire;

@@ -3,7 +3,9 @@
 //! handoff window passed), both loaded by 3 parallel `wrk -t1` splitting
 //! BENCH_CONNECTIONS: all on the one node, then one per node. Prints checks/s, client
 //! latencies, the ratio cluster/single, server CPU, and the forwarding figures of the
-//! nodes' metrics ([`crate::cluster_report`]).
+//! nodes' metrics ([`crate::cluster_report`]). Then the same 3 nodes again with
+//! mutual TLS on the cluster port (certificates made at run time), to compare
+//! the forwarding path with and without TLS in one run.
 
 use crate::cleanup::Guarded;
 use crate::cluster_report::{report, Snapshot};
@@ -11,6 +13,7 @@ use crate::procfs::load_note;
 use crate::setup::Bench;
 use crate::summary::{self, node_health, warnings};
 use crate::wrk::{measure, Measured, Wrk};
+use llmtrace_integration::certs::ClusterCerts;
 use llmtrace_integration::{Cluster, NodeBuilder};
 use std::time::{Duration, Instant};
 
@@ -105,6 +108,42 @@ pub fn run(bench: &Bench) {
         "-- {NODES} nodes: llmtrace-node {} --node-id node-<i> (node-1, node-2: --seeds <node-0's cluster address>)",
         template.args().join(" ")
     );
+    let (measured, before, after) = measure_cluster(bench, "cluster", template.clone());
+    let certs = ClusterCerts::new();
+    let tls_template = certs
+        .flags()
+        .iter()
+        .fold(template, |b, (flag, value)| b.flag(flag, value));
+    println!("-- {NODES} nodes with mutual TLS on the cluster port: the same, plus --cluster-tls-cert, --cluster-tls-key, --cluster-tls-ca");
+    let (tls, tls_before, tls_after) = measure_cluster(bench, "cluster-tls", tls_template);
+
+    println!();
+    println!("cluster results:");
+    let plain = results(&single, &measured);
+    report(&before, &after);
+    println!();
+    println!("cluster results with mutual TLS between nodes:");
+    let with_tls = results(&single, &tls);
+    report(&tls_before, &tls_after);
+    println!();
+    ratio("TLS/plain", with_tls.rps, plain.rps, 0.9);
+    println!(
+        "  CPU per check TLS/plain {:11.3}            ({:.1} vs {:.1} us CPU per check, the {NODES} nodes summed)",
+        with_tls.us_per_check / plain.us_per_check.max(f64::MIN_POSITIVE),
+        with_tls.us_per_check,
+        plain.us_per_check
+    );
+}
+
+/// Starts `NODES` nodes from `template`, lets the handoff window pass and
+/// measures them, one wrk per node; answers the measurement and the nodes'
+/// metrics right before and after it.
+fn measure_cluster(
+    bench: &Bench,
+    name: &str,
+    template: NodeBuilder,
+) -> (Measured, Snapshot, Snapshot) {
+    let s = &bench.s;
     let cluster = start_cluster(bench, NODES, template);
     // For 10 s after a ring change a node asks a key's previous owner on the key's
     // first check (ownership handoff): one extra round trip per moved key. The
@@ -122,37 +161,40 @@ pub fn run(bench: &Bench) {
     let url_refs: Vec<&str> = urls.iter().map(String::as_str).collect();
     // Metrics are read right before and right after the measured run (not the warm-up).
     let mut before = None;
-    let measured = measure(bench, "cluster", &loads(bench, &url_refs), &pids, || {
+    let measured = measure(bench, name, &loads(bench, &url_refs), &pids, || {
         before = Some(Snapshot::take(&cluster))
     });
     let after = Snapshot::take(&cluster);
     measured.print();
     finish(bench, cluster);
-
-    println!();
-    println!("cluster results:");
-    results(&single, &measured);
-    report(&before.expect("metrics read before the run"), &after);
+    (
+        measured,
+        before.expect("metrics read before the run"),
+        after,
+    )
 }
 
-fn results(single: &Measured, cluster: &Measured) {
+/// `ratio <what>` of two throughputs, against its target.
+fn ratio(what: &str, rps: f64, reference: f64, target: f64) {
+    let r = if reference > 0.0 {
+        rps / reference
+    } else {
+        0.0
+    };
+    println!(
+        "  ratio {what:<16} {r:12.3}            ({rps:.1} / {reference:.1} checks/s; target >= {target:.2}: {})",
+        if r >= target { "met" } else { "NOT met" }
+    );
+}
+
+fn results(single: &Measured, cluster: &Measured) -> summary::Totals {
     println!("  1 node, {NODES} wrk:");
     let labels = vec!["wrk -> single".to_string(); NODES];
     let one = summary::several("ref", &labels, single);
     println!("  {NODES} nodes, 1 wrk each:");
     let labels: Vec<String> = (0..NODES).map(|i| format!("wrk -> node-{i}")).collect();
     let all = summary::several("cluster", &labels, cluster);
-    let r = if one.rps > 0.0 {
-        all.rps / one.rps
-    } else {
-        0.0
-    };
-    println!(
-        "  ratio cluster/single   {r:12.3}            ({:.1} / {:.1} checks/s; target >= 0.60: {})",
-        all.rps,
-        one.rps,
-        if r >= 0.6 { "met" } else { "NOT met" }
-    );
+    ratio("cluster/single", all.rps, one.rps, 0.6);
     if all.us_per_check > 0.0 {
         println!(
             "  server CPU single/cluster {:9.3}            ({:.1} vs {:.1} us CPU per check, the {NODES} nodes summed)",
@@ -166,6 +208,7 @@ fn results(single: &Measured, cluster: &Measured) {
         all.p99_us / 1000.0,
         one.p99_us / 1000.0
     );
+    all
 }
 
 #[cfg(test)]

@@ -49,7 +49,10 @@ cluster first a single-node reference, then 3 nodes on this machine (node-0
         interpolated inside its Prometheus bucket) and the forwarded-check p99
         (llmtrace_forwarded_check_duration_seconds; target <= 3 ms), plus any
         forward error/retry/unreachable counts. Each cluster node runs one HTTP
-        worker by default (BENCH_CLUSTER_ARGS).
+        worker by default (BENCH_CLUSTER_ARGS). Then the same three nodes again
+        with mutual TLS on the cluster port (certificates made at run time):
+        the same figures, the ratio TLS/plain (target >= 0.9) and the CPU per
+        check with TLS over without.
 redis   a node snapshotting to its own redis-server (free loopback port, no
         persistence), every check allowed (the `single` quota) over
         BENCH_HOT_TENANTS hot tenants. For each snapshot interval in
