@@ -5,8 +5,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
+use std::time::Duration;
 
-use llmtrace_integration::{Cluster, Node, RedisServer};
+use llmtrace_integration::{wait_for, wait_until, Cluster, Node, RedisServer};
 use serde_json::{json, Value};
 
 /// Refill of `key_rpm` is one unit an hour: nothing refills while a test
@@ -187,4 +188,114 @@ fn bad_descriptors_name_the_field_and_charge_nothing() {
         .map(|l| l["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["key_rpm", "org_daily", "requests", "tokens"]);
+}
+
+#[test]
+fn a_spent_quota_stays_spent_through_kill_9_and_a_join() {
+    let redis = RedisServer::start();
+    let mut cluster = Cluster::builder()
+        .nodes(3)
+        .template(
+            Node::builder()
+                .config_toml(LIMITS)
+                .flag("redis-url", redis.url())
+                .flag("snapshot-mode", "write-through"),
+        )
+        .start();
+    let spend = |node: &Node| {
+        node.check_json(
+            &json!({"descriptors": [{"limit": "org_daily", "key": "org-k", "cost": 4}]}),
+        )
+    };
+    for i in 0..5 {
+        assert_eq!(spend(cluster.node(i % 3)).status, 200);
+    }
+    assert_eq!(spend(cluster.node(0)).status, 429, "20 of 20 spent");
+    let owner = cluster
+        .node(0)
+        .admin_get_json("/admin/limits/org_daily/keys/org-k")["owner"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let i = (0..3).find(|i| cluster.node(*i).node_id == owner).unwrap();
+    cluster.kill(i);
+    cluster.wait_converged(Duration::from_secs(20));
+    let survivor = cluster.running()[0];
+    let after_crash = wait_for(
+        Duration::from_secs(20),
+        "a decision after the crash",
+        || {
+            let r = spend(survivor);
+            (r.status == 200 || r.status == 429).then_some(r)
+        },
+    );
+    assert_eq!(
+        after_crash.status, 429,
+        "still spent after kill -9: {after_crash}"
+    );
+    let joined = cluster.add_node();
+    cluster.wait_converged(Duration::from_secs(20));
+    assert_eq!(
+        spend(cluster.node(joined)).status,
+        429,
+        "still spent after a join"
+    );
+    assert_eq!(remaining(cluster.node(joined), "org_daily", "org-k"), 0);
+}
+
+#[test]
+fn runtime_overrides_of_every_kind_apply_on_every_node() {
+    let cluster = Cluster::builder()
+        .nodes(3)
+        .template(Node::builder().config_toml(LIMITS))
+        .start();
+    let admin = cluster.node(0).admin();
+    let r = admin.put_json(
+        "/admin/limits/org_daily/keys/vip/override",
+        &json!({"amount": 2}),
+    );
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.json["amount"], 2, "{r}");
+    admin
+        .put_json(
+            "/admin/limits/org_daily/keys/vip/override",
+            &json!({"rate": 2, "burst": 2}),
+        )
+        .assert_error(400, "burst");
+    let r = admin.put_json(
+        "/admin/limits/key_rpm/keys/vip/override",
+        &json!({"rate": 1, "burst": 1}),
+    );
+    assert_eq!(r.status, 200, "{r}");
+    for i in 0..3 {
+        let node = cluster.node(i);
+        wait_until(
+            Duration::from_secs(10),
+            "the overrides to reach every node",
+            || {
+                let q = node.admin_get_json("/admin/limits/org_daily/keys/vip");
+                let b = node.admin_get_json("/admin/limits/key_rpm/keys/vip");
+                q["amount"] == 2 && q["source"] == "runtime" && b["burst"] == 1
+            },
+        );
+    }
+    let one = |node: &Node, limit: &str| {
+        node.check_json(&json!({"descriptors": [{"limit": limit, "key": "vip"}]}))
+            .status
+    };
+    assert_eq!(one(cluster.node(1), "org_daily"), 200);
+    assert_eq!(one(cluster.node(2), "org_daily"), 200);
+    assert_eq!(
+        one(cluster.node(0), "org_daily"),
+        429,
+        "the override's amount binds"
+    );
+    assert_eq!(one(cluster.node(2), "key_rpm"), 200);
+    assert_eq!(
+        one(cluster.node(1), "key_rpm"),
+        429,
+        "the override's burst binds"
+    );
+    let gone = admin.delete("/admin/limits/org_daily/keys/vip/override");
+    assert_eq!(gone.json["deleted"], true, "{gone}");
 }
