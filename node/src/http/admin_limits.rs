@@ -59,15 +59,9 @@ pub fn parse_override(
     body: &[u8],
     limits: &RateLimitConfig,
 ) -> Result<(Limit, OverrideValue), ApiError> {
-    let v = strict_json::parse(body, &PUT_FIELDS)?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| ApiError::invalid_json("body must be a JSON object"))?;
-    if let Some(unknown) = obj.keys().find(|k| !PUT_FIELDS.contains(&k.as_str())) {
-        return Err(ApiError::unknown_field(unknown, &PUT_FIELDS));
-    }
-    let rps = parse_count(obj, "requests_per_second")?;
-    let burst = parse_count(obj, "burst_size")?;
+    let obj = strict_json::object(body, &PUT_FIELDS)?;
+    let rps = parse_count(&obj, "requests_per_second")?;
+    let burst = parse_count(&obj, "burst_size")?;
     let limit = parse_limit(obj.get("limit"), limits)?;
     if limits.kind(limit) != LimitKind::TokenBucket {
         return Err(ApiError::field(
@@ -105,15 +99,9 @@ pub fn parse_value(
 ) -> Result<OverrideValue, ApiError> {
     let kind = limits.kind(limit);
     let fields = kind.fields();
-    let v = strict_json::parse(body, fields)?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| ApiError::invalid_json("body must be a JSON object"))?;
-    if let Some(unknown) = obj.keys().find(|k| !fields.contains(&k.as_str())) {
-        return Err(ApiError::unknown_field(unknown, fields));
-    }
+    let obj = strict_json::object(body, fields)?;
     let small = |name: &'static str| -> Result<u32, ApiError> {
-        u32::try_from(parse_count(obj, name)?)
+        u32::try_from(parse_count(&obj, name)?)
             .map_err(|_| ApiError::field(name, format!("`{name}` is too large")))
     };
     let value = match kind {
@@ -122,7 +110,7 @@ pub fn parse_value(
             burst: small("burst")?,
         },
         LimitKind::Quota => OverrideValue::Quota {
-            amount: parse_count(obj, "amount")?,
+            amount: parse_count(&obj, "amount")?,
         },
         LimitKind::Concurrency => OverrideValue::Concurrency { max: small("max")? },
     };
@@ -222,8 +210,18 @@ pub async fn put(
     let tenant = tenant_of(path)?;
     let body = read_body(payload).await?;
     let (limit, value) = parse_override(&body, ctx.router.local().limits())?;
-    let (entry, _) = apply(&ctx, &tenant, limit, Some(value)).await?;
-    let mut body = entry_json(&tenant, limit, &entry, value);
+    set(&ctx, &tenant, limit, value).await
+}
+
+/// Puts `value` in force for `(key, limit)` and answers the entry.
+async fn set(
+    ctx: &NodeContext,
+    key: &str,
+    limit: Limit,
+    value: OverrideValue,
+) -> Result<HttpResponse, ApiError> {
+    let (entry, _) = apply(ctx, key, limit, Some(value)).await?;
+    let mut body = entry_json(key, limit, &entry, value);
     body["persisted"] = json!(ctx.admin.store.is_some());
     Ok(HttpResponse::Ok().json(body))
 }
@@ -407,10 +405,7 @@ pub async fn key_put(
     let (limit, key) = limit_and_key(&ctx, path)?;
     let body = read_body(payload).await?;
     let value = parse_value(&body, limit, ctx.router.local().limits())?;
-    let (entry, _) = apply(&ctx, &key, limit, Some(value)).await?;
-    let mut body = entry_json(&key, limit, &entry, value);
-    body["persisted"] = json!(ctx.admin.store.is_some());
-    Ok(HttpResponse::Ok().json(body))
+    set(&ctx, &key, limit, value).await
 }
 
 /// `DELETE /admin/limits/{limit}/keys/{key}/override`: back to the

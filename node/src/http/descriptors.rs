@@ -160,13 +160,7 @@ pub fn parse_descriptors(
             .collect();
     }
     // The error path: tell the client exactly what is wrong.
-    let v = strict_json::parse(body, &["descriptors"])?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| ApiError::invalid_json("a check must be a JSON object"))?;
-    if let Some(unknown) = obj.keys().find(|k| k.as_str() != "descriptors") {
-        return Err(ApiError::unknown_field(unknown, &["descriptors"]));
-    }
+    let obj = strict_json::object(body, &["descriptors"])?;
     let items = match obj.get("descriptors") {
         Some(Value::Array(items)) => items,
         Some(Value::Null) => return Err(ApiError::null_field("descriptors")),
@@ -196,29 +190,15 @@ pub fn parse_descriptors(
                 e.field = Some(at(i, unknown).into());
                 return Err(e);
             }
-            let text = |name: &str| match obj.get(name) {
-                Some(Value::String(s)) => Ok(s.clone()),
-                None => Err(ApiError::field(
-                    at(i, name),
-                    format!("missing field `{name}`"),
-                )),
-                Some(Value::Null) => Err(ApiError::field(
-                    at(i, name),
-                    format!("`{name}` must not be null"),
-                )),
-                Some(_) => Err(ApiError::field(
-                    at(i, name),
-                    format!("`{name}` must be a string"),
-                )),
-            };
-            let (limit, key) = (text("limit")?, text("key")?);
+            let text = |name: &str| strict_json::required_str(obj, name, at(i, name));
+            let (limit, key) = (text("limit")?, text("key")?.to_string());
             let cost = match obj.get("cost") {
                 None => None,
                 Some(v) => Some(v.as_u64().ok_or_else(|| {
                     ApiError::field(at(i, "cost"), "`cost` must be an integer of at least 1")
                 })?),
             };
-            descriptor(i, &limit, key, cost, limits)
+            descriptor(i, limit, key, cost, limits)
         })
         .collect()
 }
@@ -394,32 +374,9 @@ pub async fn release(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(payload).await.map_err(|e| invalid(&ctx, e))?;
-    let v = strict_json::parse(&body, &["lease_id"]).map_err(|e| invalid(&ctx, e))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| invalid(&ctx, ApiError::invalid_json("body must be a JSON object")))?;
-    if let Some(unknown) = obj.keys().find(|k| k.as_str() != "lease_id") {
-        return Err(invalid(
-            &ctx,
-            ApiError::unknown_field(unknown, &["lease_id"]),
-        ));
-    }
-    let text = match obj.get("lease_id") {
-        Some(Value::String(s)) => s.as_str(),
-        None => {
-            return Err(invalid(
-                &ctx,
-                ApiError::field("lease_id", "missing field `lease_id`"),
-            ))
-        }
-        Some(Value::Null) => return Err(invalid(&ctx, ApiError::null_field("lease_id"))),
-        Some(_) => {
-            return Err(invalid(
-                &ctx,
-                ApiError::field("lease_id", "`lease_id` must be a string"),
-            ))
-        }
-    };
+    let obj = strict_json::object(&body, &["lease_id"]).map_err(|e| invalid(&ctx, e))?;
+    let text =
+        strict_json::required_str(&obj, "lease_id", "lease_id").map_err(|e| invalid(&ctx, e))?;
     let (limit, id, key) = parse_lease_id(text, ctx.router.local().limits()).ok_or_else(|| {
         invalid(
             &ctx,
@@ -470,27 +427,16 @@ pub struct Adjust {
 
 /// Parses `{"limit", "key", "delta"}` (each once, none null, delta ≠ 0).
 pub fn parse_adjust(body: &[u8], limits: &RateLimitConfig) -> Result<Adjust, ApiError> {
-    let v = strict_json::parse(body, &ADJUST_FIELDS)?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| ApiError::invalid_json("body must be a JSON object"))?;
-    if let Some(unknown) = obj.keys().find(|k| !ADJUST_FIELDS.contains(&k.as_str())) {
-        return Err(ApiError::unknown_field(unknown, &ADJUST_FIELDS));
-    }
-    let text = |name: &'static str| match obj.get(name) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        None => Err(ApiError::field(name, format!("missing field `{name}`"))),
-        Some(Value::Null) => Err(ApiError::null_field(name)),
-        Some(_) => Err(ApiError::field(name, format!("`{name}` must be a string"))),
-    };
-    let limit = parse_limit(&text("limit")?, limits, "limit")?;
+    let obj = strict_json::object(body, &ADJUST_FIELDS)?;
+    let text = |name: &'static str| strict_json::required_str(&obj, name, name);
+    let limit = parse_limit(text("limit")?, limits, "limit")?;
     if limits.kind(limit) == LimitKind::Concurrency {
         return Err(ApiError::field(
             "limit",
             format!("`{limit}` is a concurrency limit: leases are released, not adjusted"),
         ));
     }
-    let key = text("key")?;
+    let key = text("key")?.to_string();
     validate_key(&key).map_err(|e| ApiError::field("key", format!("`key` {e}")))?;
     let delta = match obj.get("delta") {
         None => return Err(ApiError::field("delta", "missing field `delta`")),

@@ -60,6 +60,38 @@ pub fn parse(body: &[u8], fields: &[&str]) -> Result<Value, ApiError> {
         .into_value(fields)
 }
 
+/// Parses a body that must be one JSON object of `fields` only: as
+/// [`parse`], then 400 `invalid_json` for anything but an object and
+/// `unknown_field` for a key the route does not know.
+pub fn object(body: &[u8], fields: &[&str]) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match parse(body, fields)? {
+        Value::Object(obj) => {
+            if let Some(unknown) = obj.keys().find(|k| !fields.contains(&k.as_str())) {
+                return Err(ApiError::unknown_field(unknown, fields));
+            }
+            Ok(obj)
+        }
+        _ => Err(ApiError::invalid_json("body must be a JSON object")),
+    }
+}
+
+/// The string field `name` of `obj`, required; the error names `field`.
+pub fn required_str<'a>(
+    obj: &'a serde_json::Map<String, Value>,
+    name: &str,
+    field: impl Into<std::borrow::Cow<'static, str>>,
+) -> Result<&'a str, ApiError> {
+    match obj.get(name) {
+        Some(Value::String(s)) => Ok(s),
+        None => Err(ApiError::field(field, format!("missing field `{name}`"))),
+        Some(Value::Null) => Err(ApiError::field(
+            field,
+            format!("`{name}` must not be null (leave an optional field out for its default)"),
+        )),
+        Some(_) => Err(ApiError::field(field, format!("`{name}` must be a string"))),
+    }
+}
+
 impl<'de> Deserialize<'de> for Strict {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
         d.deserialize_any(StrictVisitor)
