@@ -121,6 +121,11 @@ impl Limiter {
         &self.metrics
     }
 
+    /// The clock the shards decide by.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     pub fn limits(&self) -> &RateLimitConfig {
         &self.limits
     }

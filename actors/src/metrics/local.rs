@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use llmtrace_cluster_config::Limit;
 
+use super::top_refused::{self, Summary, TopRefused};
 use super::{latency_histogram, Counter, Histogram, Registry, Scraped};
 
 /// Per-shard counters, one cache line pair each.
@@ -43,6 +44,8 @@ pub struct ShardStats {
     pub handoffs_in: AtomicU64,
     pub handoffs_out: AtomicU64,
     pub handoff_errors: AtomicU64,
+    /// The keys this shard refused most in the last minute.
+    pub top_refused: TopRefused,
 }
 
 /// A counter of [`ShardStats`], summed over the shards as one series.
@@ -148,6 +151,17 @@ impl Metrics {
     /// Buckets changed since their last snapshot, across all shards.
     pub fn dirty(&self) -> i64 {
         self.shards.iter().map(|s| s.dirty.load(Relaxed)).sum()
+    }
+
+    /// The most refused keys of this node's shards in the last 30 to 60 s
+    /// at `now_ns` (one merge of every shard's windows).
+    pub fn top_refused(&self, now_ns: u64) -> Summary {
+        let parts: Vec<Summary> = self
+            .shards
+            .iter()
+            .flat_map(|s| s.top_refused.summaries(now_ns))
+            .collect();
+        top_refused::merge(&parts, top_refused::K)
     }
 
     /// `llmtrace_checks_total`: decisions by limit, then the unlimited ones.

@@ -12,10 +12,13 @@
 //! - [`local`]: this node's shards and checks ([`Metrics`]).
 //! - [`cluster`]: membership, routing and forwarding ([`ClusterMetrics`]).
 //! - [`cache`]: round trips of the Redis cache layer.
+//! - [`top_refused`]: the most refused keys of the last minute (keys are
+//!   never labels; they are listed there only, at most `K` of them).
 
 pub mod cache;
 pub mod cluster;
 pub mod local;
+pub mod top_refused;
 
 use std::fmt::{self, Write as _};
 

@@ -271,6 +271,8 @@ impl ShardActor {
         }
         if allowed {
             self.mark_dirty(key, now);
+        } else {
+            stats.top_refused.record(key.limit, &key.tenant, now);
         }
         decision
     }

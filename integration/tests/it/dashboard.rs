@@ -5,12 +5,17 @@
 //! the ring agreement, live check rates computed from `/metrics`, and a tenant
 //! lookup whose (hostile) tenant id is rendered as text, never as HTML.
 //!
+//! With named limits: the limits table, a chart of allowed and refused
+//! checks per second for each limit, and the most refused keys merged over
+//! the cluster's nodes.
+//!
 //! Skips with a printed reason when Chromium / ChromeDriver are not installed,
 //! unless `LLMTRACE_REQUIRE_TOOLS` is set (scripts/test.sh installs them and sets it).
 
 use llmtrace_integration::browser::{self, Browser};
 use llmtrace_integration::scenario::{load_on, tenants_owned_by};
 use llmtrace_integration::{node_help, tool_available, Cluster, Node};
+use serde_json::json;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -256,4 +261,143 @@ fn dashboard_opens_without_a_token_when_the_node_has_none() {
     let storage =
         page.execute("return [sessionStorage.length, localStorage.length, document.cookie];");
     assert_eq!(storage, serde_json::json!([0, 0, ""]));
+}
+
+/// A token bucket refilling one unit an hour: past its burst of 2, every
+/// check of a key is refused, so the counts are exact.
+const LIMITS: &str = r#"
+[limits.per_key]
+rate = 1
+per = "1h"
+burst = 2
+"#;
+
+/// The first key `{prefix}-{i}` of `per_key` whose owner `is_wanted`.
+fn key_owned(node: &Node, prefix: &str, is_wanted: impl Fn(&str) -> bool) -> String {
+    (0..200)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|key| {
+            let report =
+                node.admin_get_json(&format!("/admin/limits/per_key/keys/{}", encode(key)));
+            is_wanted(report["owner"].as_str().expect("owner"))
+        })
+        .expect("200 keys, none owned where wanted")
+}
+
+/// The `data-*` attribute of the chart row of `limit`, as f64.
+fn chart_value(page: &Browser, limit: &str, attribute: &str) -> Option<f64> {
+    numbers(
+        page,
+        &format!(".limit-chart[data-limit='{limit}']"),
+        attribute,
+    )
+    .first()
+    .copied()
+}
+
+#[test]
+fn dashboard_shows_limits_and_the_most_refused_keys() {
+    if !chromium_available("dashboard_shows_limits_and_the_most_refused_keys") {
+        return;
+    }
+    let cluster = Cluster::builder()
+        .nodes(3)
+        .template(Node::builder().config_toml(LIMITS))
+        .start();
+    cluster.wait_converged(WAIT);
+    let node0 = cluster.node(0);
+    // Two keys refused on different owners: `hot` on the node serving the
+    // page (its chart shows the refusals), `warm` (HTML, shown as text) on
+    // a peer (its refusals reach the page through the merge).
+    let hot = key_owned(node0, "hot", |o| o == node0.node_id);
+    let warm = key_owned(node0, "<b>warm</b>", |o| o != node0.node_id);
+
+    let page = Browser::start();
+    page.set_size(1280, 1400);
+    page.goto(&format!("{}/admin/ui", node0.admin_url()));
+    page.wait_displayed("#app", WAIT);
+    page.wait_text("tr.limit .limit-numbers", WAIT, |t| !t.is_empty());
+    let names = page.texts("tr.limit .limit-name");
+    assert!(
+        names.contains(&"per_key".to_string()) && names.contains(&"requests".to_string()),
+        "{names:?}"
+    );
+    let row = names.iter().position(|n| n == "per_key").unwrap();
+    assert_eq!(page.texts("tr.limit .limit-kind")[row], "token_bucket");
+    assert_eq!(
+        page.texts("tr.limit .limit-numbers")[row],
+        "1 per 1h, burst 2"
+    );
+
+    // Five rounds, each sent through another node and seen by one poll of
+    // the page: `hot` twice, `warm` once, and five fresh keys (allowed).
+    let check = |node: usize, key: &str| {
+        let body = json!({"descriptors": [{"limit": "per_key", "key": key}]});
+        cluster.node(node).check_json(&body).status
+    };
+    let mut statuses = Vec::new();
+    for round in 0..5 {
+        let points = chart_value(&page, "per_key", "data-points").unwrap_or(0.0);
+        for key in [hot.as_str(), hot.as_str(), warm.as_str()] {
+            statuses.push((key.to_string(), check(round % 3, key)));
+        }
+        for i in 0..5 {
+            assert_eq!(check((round + i) % 3, &format!("fresh-{round}-{i}")), 200);
+        }
+        llmtrace_integration::wait_until(WAIT, "a new point on the per_key chart", || {
+            chart_value(&page, "per_key", "data-points").unwrap_or(0.0) > points
+        });
+    }
+    let refused = |key: &str| {
+        statuses
+            .iter()
+            .filter(|(k, s)| k == key && *s == 429)
+            .count()
+    };
+    assert_eq!((refused(&hot), refused(&warm)), (8, 3), "{statuses:?}");
+
+    // The chart of this node's decisions shows refusals of per_key.
+    let peak = chart_value(&page, "per_key", "data-peak-refused").unwrap_or(0.0);
+    assert!(peak > 0.0, "no refusals on the per_key chart");
+    let line = page
+        .find(".limit-chart[data-limit='per_key'] polyline.refused")
+        .and_then(|e| page.attribute(&e, "points"))
+        .unwrap_or_default();
+    assert!(line.split(' ').count() >= 5, "refused line: {line:?}");
+
+    // The most refused keys, merged over the owners, in order, as text.
+    llmtrace_integration::wait_until(WAIT, "both refused keys listed", || {
+        page.texts("tr.top-refused .top-key") == [hot.clone(), warm.clone()]
+    });
+    assert_eq!(page.texts("tr.top-refused .top-count"), ["8", "3"]);
+    assert_eq!(
+        page.texts("tr.top-refused .top-limit"),
+        ["per_key", "per_key"]
+    );
+    assert!(!page.is_displayed("#top-partial"), "marked partial");
+    assert_eq!(
+        page.execute("return document.querySelectorAll('b').length;"),
+        0,
+        "an element was created from a key"
+    );
+    // The same answer from another node.
+    let top = cluster.node(2).admin_get_json("/admin/limits/top-refused");
+    assert_eq!(top["partial"], false, "{top}");
+    assert_eq!(
+        top["keys"],
+        json!([
+            {"limit": "per_key", "key": hot, "count": 8, "error": 0},
+            {"limit": "per_key", "key": warm, "count": 3, "error": 0},
+        ])
+    );
+
+    let png = page.screenshot();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::write(root.join("target").join("dashboard-limits.png"), &png)
+        .expect("write target/dashboard-limits.png");
+    if std::env::var_os("LLMTRACE_UPDATE_SCREENSHOT").is_some() {
+        std::fs::write(root.join("docs").join("dashboard-limits.png"), &png)
+            .expect("write docs/dashboard-limits.png");
+    }
 }

@@ -1,5 +1,5 @@
-//! The node-to-node endpoint: `POST /cluster/v1/checks`, a bincode batch in,
-//! a bincode batch out. Input is hostile until proven otherwise: the cluster
+//! The node-to-node endpoints: `POST /cluster/v1/checks` (a bincode batch in,
+//! a bincode batch out), handoff, install, tenant and top-refused. Input is hostile until proven otherwise: the cluster
 //! secret is checked in constant time, the body is capped while it streams
 //! in, decoding is bounded (see `llmtrace_actors::cluster::rpc::wire`), and every refusal is
 //! a JSON error, never a panic.
@@ -201,6 +201,22 @@ pub async fn tenant(
         })),
         Err(e) => ApiError::unavailable(e.to_string()).error_response(),
     }
+}
+
+/// `POST /cluster/v1/top-refused`: another node's admin API asks for this
+/// node's most refused keys of the last minute.
+pub async fn top_refused(
+    req: HttpRequest,
+    ctx: web::Data<NodeContext>,
+    payload: web::Payload,
+) -> HttpResponse {
+    if let Err(resp) = rpc_request(&req, &ctx, payload, rpc::decode_top_refused).await {
+        return resp;
+    }
+    let now = ctx.router.local().clock().now_ns();
+    let summary = ctx.metrics().top_refused(now);
+    let node = ctx.router.view().self_id.to_string();
+    binary(rpc::encode(&rpc::TopRefusedResponse::new(&node, &summary)))
 }
 
 #[cfg(test)]

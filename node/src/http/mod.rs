@@ -13,6 +13,7 @@ pub mod headers;
 pub mod input;
 pub mod middleware;
 pub mod strict_json;
+pub mod top_refused;
 pub mod ui;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -216,6 +217,11 @@ fn admin_table() -> RouteTable {
         ("GET", "/admin/limits", web::get().to(admin_limits::list)),
         (
             "GET",
+            "/admin/limits/top-refused",
+            web::get().to(top_refused::list),
+        ),
+        (
+            "GET",
             "/admin/limits/{limit}/keys/{key}",
             web::get().to(admin_limits::key_report),
         ),
@@ -289,7 +295,7 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
 /// the cluster listener).
 fn node_to_node(cfg: &mut web::ServiceConfig) {
     use llmtrace_actors::cluster::rpc::wire::{
-        BatchRequest, HandoffRequest, InstallRequest, TenantRequest,
+        BatchRequest, HandoffRequest, InstallRequest, TenantRequest, TopRefusedRequest,
     };
     cfg.service(resource(
         BatchRequest::PATH,
@@ -306,6 +312,10 @@ fn node_to_node(cfg: &mut web::ServiceConfig) {
     .service(resource(
         InstallRequest::PATH,
         web::post().to(cluster::install),
+    ))
+    .service(resource(
+        TopRefusedRequest::PATH,
+        web::post().to(cluster::top_refused),
     ));
 }
 

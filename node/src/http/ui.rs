@@ -1,6 +1,7 @@
 //! `GET /admin/ui`: the operator dashboard, one self-contained HTML page
-//! (`ui.html`: inline CSS and JavaScript, no external assets) compiled into
-//! the binary. The page itself carries no secret and is served without the
+//! (inline CSS and JavaScript, no external assets) compiled into the binary
+//! from `ui.html` (markup, style) and its script parts (`ui.js`,
+//! `ui_limits.js`). The page itself carries no secret and is served without the
 //! admin token. It first calls the admin API without a token: a node that
 //! has none (the loopback default) opens the dashboard at once; on a 401 it
 //! asks the operator for the token and sends it on every admin API call it
@@ -17,8 +18,25 @@ use actix_web::HttpResponse;
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
-/// The page, as served.
-pub const PAGE: &str = include_str!("ui.html");
+/// The markup and style; its empty `<script></script>` receives the script.
+const MARKUP: &str = include_str!("ui.html");
+/// The parts of the one inline script, in order, run in one function scope:
+/// the connection, cluster view, rates and lookup (`ui.js`, whose `boot`
+/// starts the page), then the limits, their chart and the most refused keys
+/// (`ui_limits.js`).
+const SCRIPT_PARTS: [&str; 2] = [include_str!("ui.js"), include_str!("ui_limits.js")];
+
+/// The page, as served (assembled once).
+pub fn page_text() -> &'static str {
+    static PAGE: OnceLock<String> = OnceLock::new();
+    PAGE.get_or_init(|| {
+        let script = format!(
+            "<script>\n\"use strict\";\n(function () {{\n{}  boot();\n}})();\n</script>",
+            SCRIPT_PARTS.concat()
+        );
+        MARKUP.replacen("<script></script>", &script, 1)
+    })
+}
 
 /// The text between `open` and the next `close`, when the page holds
 /// exactly one such block.
@@ -37,12 +55,13 @@ fn hash_source(block: &str) -> String {
     )
 }
 
-/// The policy for [`PAGE`] (computed once).
+/// The policy for [`page_text`] (computed once).
 pub fn content_security_policy() -> &'static str {
     static CSP: OnceLock<String> = OnceLock::new();
     CSP.get_or_init(|| {
-        let script = only_block(PAGE, "<script>", "</script>").expect("ui.html: one <script>");
-        let style = only_block(PAGE, "<style>", "</style>").expect("ui.html: one <style>");
+        let page = page_text();
+        let script = only_block(page, "<script>", "</script>").expect("ui.html: one <script>");
+        let style = only_block(page, "<style>", "</style>").expect("ui.html: one <style>");
         format!(
             "default-src 'none'; script-src {}; style-src {}; connect-src 'self'; \
              img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
@@ -61,7 +80,7 @@ pub async fn page() -> HttpResponse {
         .insert_header((header::REFERRER_POLICY, "no-referrer"))
         .insert_header((header::X_FRAME_OPTIONS, "DENY"))
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .body(PAGE)
+        .body(page_text())
 }
 
 #[cfg(test)]
@@ -71,14 +90,16 @@ mod tests {
     #[test]
     fn page_is_self_contained() {
         // One inline script and style block, hashed into the policy.
-        assert!(only_block(PAGE, "<script>", "</script>").is_some());
-        assert!(only_block(PAGE, "<style>", "</style>").is_some());
+        let page = page_text();
+        assert!(only_block(page, "<script>", "</script>").is_some());
+        assert!(only_block(page, "<style>", "</style>").is_some());
+        assert!(page.contains("function boot()") && page.contains("function renderTopRefused("));
         let csp = content_security_policy();
         assert_eq!(csp.matches("'sha256-").count(), 2, "{csp}");
         assert!(!csp.contains("unsafe"), "{csp}");
         // Nothing loaded from elsewhere, no inline handlers or style attributes
         // (the policy would block them), and no HTML built from strings.
-        let lower = PAGE.to_ascii_lowercase();
+        let lower = page.to_ascii_lowercase();
         for banned in [
             "http://",
             "https://",

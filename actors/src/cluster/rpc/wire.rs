@@ -13,6 +13,7 @@ use thiserror::Error;
 use super::client::Rpc;
 use crate::core::bucket::{BucketQuota, Decision, Op};
 use crate::core::verdict::{ErrorCode, Verdict};
+use crate::metrics::top_refused::{self, Counted, Summary};
 
 /// Version of every node-to-node message. 2: checks carry an operation
 /// (take, refund, charge), answers the quota's period, bucket levels are
@@ -289,6 +290,103 @@ pub fn decode_tenant(
     let req: TenantRequest = decode(bytes)?;
     let limit = addressed(&req.origin, &req.tenant, &req.limit, limits)?;
     Ok((req, limit))
+}
+
+/// "Send me your most refused keys of the last minute."
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TopRefusedRequest {
+    /// Node id of the asking node.
+    pub origin: String,
+}
+
+/// The admin API of any node merges every ready member's most refused keys.
+impl Rpc for TopRefusedRequest {
+    const PATH: &'static str = "/cluster/v1/top-refused";
+    type Response = TopRefusedResponse;
+}
+
+/// One listed key of a [`TopRefusedResponse`].
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct WireRefused {
+    /// The limit's name.
+    pub limit: String,
+    pub key: String,
+    pub count: u64,
+    pub error: u64,
+}
+
+/// A node's [`Summary`] of its refusals.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct TopRefusedResponse {
+    /// Node id of the node that answered.
+    pub node: String,
+    pub entries: Vec<WireRefused>,
+    pub floor: u64,
+    pub total: u64,
+}
+
+impl TopRefusedResponse {
+    pub fn new(node: &str, summary: &Summary) -> Self {
+        TopRefusedResponse {
+            node: node.to_string(),
+            entries: summary
+                .entries
+                .iter()
+                .map(|e| WireRefused {
+                    limit: e.limit.as_str().to_string(),
+                    key: e.key.to_string(),
+                    count: e.count,
+                    error: e.error,
+                })
+                .collect(),
+            floor: summary.floor,
+            total: summary.total,
+        }
+    }
+
+    /// The summary of a peer's answer: at most [`top_refused::K`] keys,
+    /// each valid, with `error <= count`; keys of limits this node does not
+    /// know are left out (they stay bounded by the floor of the rest).
+    pub fn summary(self, limits: &RateLimitConfig) -> Result<Summary, WireError> {
+        if self.entries.len() > top_refused::K {
+            return Err(WireError::Decode(format!(
+                "{} keys exceed {}",
+                self.entries.len(),
+                top_refused::K
+            )));
+        }
+        let mut entries = Vec::with_capacity(self.entries.len());
+        for e in self.entries {
+            validate_key(&e.key).map_err(|_| WireError::Decode("invalid key".into()))?;
+            if e.error > e.count || e.count > self.total {
+                return Err(WireError::Decode("count out of bounds".into()));
+            }
+            if let Some(limit) = limits.limit(&e.limit) {
+                entries.push(Counted {
+                    limit,
+                    key: e.key.into(),
+                    count: e.count,
+                    error: e.error,
+                });
+            }
+        }
+        // Sorted as every summary is, whatever order the peer sent.
+        Ok(top_refused::merge(
+            &[Summary {
+                entries,
+                floor: self.floor.min(self.total),
+                total: self.total,
+            }],
+            top_refused::K,
+        ))
+    }
+}
+
+/// Decodes and validates a top-refused request.
+pub fn decode_top_refused(bytes: &[u8]) -> Result<TopRefusedRequest, WireError> {
+    let req: TopRefusedRequest = decode(bytes)?;
+    validate_tenant_id(&req.origin).map_err(|_| WireError::BadOrigin)?;
+    Ok(req)
 }
 
 /// Why a node-to-node body was refused as a whole.

@@ -197,3 +197,44 @@ proptest! {
         let _ = decode::<BatchResponse>(&bytes);
     }
 }
+
+#[test]
+fn top_refused_answers_are_validated() {
+    use crate::metrics::top_refused::{SpaceSaving, K};
+    let limits = RateLimitConfig::default();
+    let mut sketch = SpaceSaving::default();
+    sketch.observe(Limit::TOKENS, "b", 2);
+    sketch.observe(Limit::REQUESTS, "a", 5);
+    let summary = sketch.summary();
+    let answer = TopRefusedResponse::new("n1", &summary);
+    let decoded: TopRefusedResponse = decode(&encode(&answer)).unwrap();
+    assert_eq!(decoded.clone().summary(&limits), Ok(summary.clone()));
+
+    // A listing in any order comes back sorted; unknown limits are left out.
+    let mut shuffled = decoded.clone();
+    shuffled.entries.reverse();
+    shuffled.entries[0].limit = "nope".into();
+    let got = shuffled.summary(&limits).unwrap();
+    assert_eq!(got.entries.len(), 1);
+    assert_eq!(&*got.entries[0].key, "a");
+
+    let hostile = |change: &dyn Fn(&mut TopRefusedResponse)| {
+        let mut a = decoded.clone();
+        change(&mut a);
+        a.summary(&limits)
+    };
+    assert!(hostile(&|a| a.entries[0].key = String::new()).is_err());
+    assert!(hostile(&|a| a.entries[0].error = a.entries[0].count + 1).is_err());
+    assert!(hostile(&|a| a.entries[0].count = a.total + 1).is_err());
+    assert!(hostile(&|a| {
+        let e = a.entries[0].clone();
+        a.entries = vec![e; K + 1];
+    })
+    .is_err());
+    assert_eq!(
+        decode_top_refused(&encode(&TopRefusedRequest {
+            origin: "a b".into()
+        })),
+        Err(WireError::BadOrigin)
+    );
+}
