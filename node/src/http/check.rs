@@ -164,10 +164,13 @@ pub async fn check(
         .await
         .map_err(|e| invalid(&ctx, e))?;
     let limits = ctx.router.local().limits();
-    let Some(input) = input::parse_check(&body, limits).map_err(|e| invalid(&ctx, e))? else {
-        return super::descriptors::check(&ctx, &body)
-            .await
-            .map_err(|e| invalid(&ctx, e));
+    let input = match input::parse_check(&body, limits).map_err(|e| invalid(&ctx, e))? {
+        input::CheckBody::One(input) => input,
+        input::CheckBody::Descriptors(descriptors) => {
+            return super::descriptors::check(&ctx, descriptors)
+                .await
+                .map_err(|e| invalid(&ctx, e))
+        }
     };
     let (input, routed) = decide(&ctx, input).await.map_err(|e| invalid(&ctx, e))?;
     let body = verdict_body(&input, &routed);

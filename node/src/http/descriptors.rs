@@ -20,6 +20,8 @@ use actix_web::{web, HttpResponse};
 use futures_util::future::join_all;
 use llmtrace_actors::{retry_after_secs, CheckError, Decision, Op, Routed, Verdict};
 use llmtrace_cluster_config::{validate_key, Limit, LimitKind, RateLimitConfig};
+use std::fmt::Write as _;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -93,9 +95,10 @@ struct RawDescriptors {
     descriptors: Vec<RawDescriptor>,
 }
 
+/// One descriptor as the fast path reads it.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawDescriptor {
+pub(super) struct RawDescriptor {
     limit: String,
     key: String,
     #[serde(default, deserialize_with = "given")]
@@ -144,6 +147,19 @@ fn count_of(list: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Validates descriptors read by a fast path.
+pub(super) fn from_raw(
+    items: Vec<RawDescriptor>,
+    limits: &RateLimitConfig,
+) -> Result<Vec<Descriptor>, ApiError> {
+    count_of(items.len())?;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| descriptor(i, &d.limit, d.key, d.cost, limits))
+        .collect()
+}
+
 /// Parses `{"descriptors": [{"limit", "key", "cost"?}, ...]}`; errors name
 /// the item's field (`descriptors[2].limit`).
 pub fn parse_descriptors(
@@ -151,13 +167,7 @@ pub fn parse_descriptors(
     limits: &RateLimitConfig,
 ) -> Result<Vec<Descriptor>, ApiError> {
     if let Ok(raw) = serde_json::from_slice::<RawDescriptors>(body) {
-        count_of(raw.descriptors.len())?;
-        return raw
-            .descriptors
-            .into_iter()
-            .enumerate()
-            .map(|(i, d)| descriptor(i, &d.limit, d.key, d.cost, limits))
-            .collect();
+        return from_raw(raw.descriptors, limits);
     }
     // The error path: tell the client exactly what is wrong.
     let obj = strict_json::object(body, &["descriptors"])?;
@@ -263,15 +273,29 @@ async fn refund(
     join_all(refunds).await
 }
 
+/// Decides one descriptor on its owner.
+async fn decide(ctx: &NodeContext, d: &Descriptor) -> Result<Routed, CheckError> {
+    let (op, amount) = d.op();
+    ctx.router.check_op(&d.key, d.limit, op, amount).await
+}
+
+/// The answer of a descriptors check.
+#[derive(Serialize)]
+struct Answer<'a> {
+    allowed: bool,
+    descriptors: Vec<DescriptorBody<'a>>,
+}
+
 /// `POST /v1/check` with `descriptors`: 200 when every descriptor admits,
 /// 429 when any refuses (and then none stays charged).
-pub async fn check(ctx: &NodeContext, body: &[u8]) -> Result<HttpResponse, ApiError> {
-    let descriptors = parse_descriptors(body, ctx.router.local().limits())?;
-    let results: Vec<Result<Routed, CheckError>> = join_all(descriptors.iter().map(|d| {
-        let (op, amount) = d.op();
-        ctx.router.check_op(&d.key, d.limit, op, amount)
-    }))
-    .await;
+pub async fn check(
+    ctx: &NodeContext,
+    descriptors: Vec<Descriptor>,
+) -> Result<HttpResponse, ApiError> {
+    let results: Vec<Result<Routed, CheckError>> = match descriptors.as_slice() {
+        [one] => vec![decide(ctx, one).await],
+        many => join_all(many.iter().map(|d| decide(ctx, d))).await,
+    };
     let failed = results.iter().position(Result::is_err);
     let refused = results
         .iter()
@@ -279,7 +303,7 @@ pub async fn check(ctx: &NodeContext, body: &[u8]) -> Result<HttpResponse, ApiEr
     let refunds = if failed.is_some() || refused {
         refund(ctx, &descriptors, &results).await
     } else {
-        vec![None; descriptors.len()]
+        Vec::new()
     };
     if let Some(i) = failed {
         let Err(e) = &results[i] else { unreachable!() };
@@ -292,10 +316,10 @@ pub async fn check(ctx: &NodeContext, body: &[u8]) -> Result<HttpResponse, ApiEr
         return Err(e);
     }
     let mut items = Vec::with_capacity(descriptors.len());
-    let mut policy = Vec::with_capacity(descriptors.len());
-    let mut state = Vec::with_capacity(descriptors.len());
+    let mut policy = String::new();
+    let mut state = String::new();
     let mut wait_ns = None::<u64>;
-    for ((d, r), refunded) in descriptors.iter().zip(&results).zip(refunds) {
+    for (i, (d, r)) in descriptors.iter().zip(&results).enumerate() {
         let routed = r.as_ref().expect("errors answered above");
         let mut item = DescriptorBody {
             allowed: true,
@@ -311,6 +335,7 @@ pub async fn check(ctx: &NodeContext, body: &[u8]) -> Result<HttpResponse, ApiEr
         match routed.verdict {
             Verdict::Unlimited => item.unlimited = Some(true),
             Verdict::Limited { quota, decision } => {
+                let refunded = refunds.get(i).copied().flatten();
                 let (remaining, reset_ns) = match refunded.unwrap_or(decision) {
                     Decision::Allowed {
                         remaining,
@@ -329,16 +354,19 @@ pub async fn check(ctx: &NodeContext, body: &[u8]) -> Result<HttpResponse, ApiEr
                 }
                 item.remaining = Some(remaining);
                 item.reset_after_ms = Some(ms(reset_ns));
+                let sep = if policy.is_empty() { "" } else { ", " };
                 let name = d.limit.as_str();
-                policy.push(format!(
-                    "\"{name}\";q={};w={}",
+                let _ = write!(
+                    policy,
+                    "{sep}\"{name}\";q={};w={}",
                     quota.capacity_units(),
                     quota.window_secs()
-                ));
-                state.push(format!(
-                    "\"{name}\";r={remaining};t={}",
+                );
+                let _ = write!(
+                    state,
+                    "{sep}\"{name}\";r={remaining};t={}",
                     reset_ns.div_ceil(1_000_000_000)
-                ));
+                );
             }
         }
         items.push(item);
@@ -357,13 +385,16 @@ pub async fn check(ctx: &NodeContext, body: &[u8]) -> Result<HttpResponse, ApiEr
         StatusCode::TOO_MANY_REQUESTS
     });
     if !policy.is_empty() {
-        resp.insert_header(("RateLimit-Policy", policy.join(", ")));
-        resp.insert_header(("RateLimit", state.join(", ")));
+        resp.insert_header(("RateLimit-Policy", policy));
+        resp.insert_header(("RateLimit", state));
     }
     if let Some(wait) = wait_ns {
         resp.insert_header(("Retry-After", HeaderValue::from(retry_after_secs(wait))));
     }
-    Ok(resp.json(serde_json::json!({ "allowed": allowed, "descriptors": items })))
+    Ok(resp.json(Answer {
+        allowed,
+        descriptors: items,
+    }))
 }
 
 /// `POST /v1/release` `{"lease_id"}`: returns a lease. Idempotent:

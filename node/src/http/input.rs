@@ -13,6 +13,7 @@ use llmtrace_cluster_config::{validate_tenant_id, Limit, RateLimitConfig};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
+use super::descriptors::{from_raw, parse_descriptors, Descriptor, RawDescriptor};
 use super::error::ApiError;
 use super::strict_json::{self, Strict};
 
@@ -34,16 +35,28 @@ pub struct CheckInput {
     pub cost: u64,
 }
 
-/// The fast path: the derived `Deserialize` refuses unknown and repeated
-/// fields; [`given`] refuses `null`.
+/// A parsed `POST /v1/check` body, in either of its forms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckBody {
+    /// `{"tenant_id", "cost", "limit"}`.
+    One(CheckInput),
+    /// `{"descriptors": [...]}`, all or nothing.
+    Descriptors(Vec<Descriptor>),
+}
+
+/// The fast path of both forms in one pass: the derived `Deserialize`
+/// refuses unknown and repeated fields; [`given`] refuses `null`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCheck {
-    tenant_id: String,
+    #[serde(default, deserialize_with = "given")]
+    tenant_id: Option<String>,
     #[serde(default, deserialize_with = "given")]
     cost: Option<u64>,
     #[serde(default, deserialize_with = "given")]
     limit: Option<String>,
+    #[serde(default, deserialize_with = "given")]
+    descriptors: Option<Vec<RawDescriptor>>,
 }
 
 #[derive(Deserialize)]
@@ -145,20 +158,27 @@ pub fn check_from_value(v: &Value, limits: &RateLimitConfig) -> Result<CheckInpu
     finish(tenant_id, cost, limit, limits)
 }
 
-/// Parses `POST /v1/check` in its first form (`tenant_id`, `cost`,
-/// `limit`); `Ok(None)` when the body is not of that form but may be of the
-/// descriptors form (see [`super::descriptors`]).
-pub fn parse_check(body: &[u8], limits: &RateLimitConfig) -> Result<Option<CheckInput>, ApiError> {
-    match serde_json::from_slice::<RawCheck>(body) {
-        Ok(raw) => finish(raw.tenant_id, raw.cost, raw.limit.as_deref(), limits).map(Some),
-        Err(_) => {
-            let v = strict_json::parse(body, &CHECK_FIELDS)?;
-            if v.get("descriptors").is_some() {
-                return Ok(None);
+/// Parses `POST /v1/check`, in its first form (`tenant_id`, `cost`,
+/// `limit`) or with `descriptors` ([`super::descriptors`]).
+pub fn parse_check(body: &[u8], limits: &RateLimitConfig) -> Result<CheckBody, ApiError> {
+    if let Ok(raw) = serde_json::from_slice::<RawCheck>(body) {
+        match (raw.tenant_id, raw.descriptors) {
+            (Some(tenant_id), None) => {
+                return finish(tenant_id, raw.cost, raw.limit.as_deref(), limits)
+                    .map(CheckBody::One)
             }
-            check_from_value(&v, limits).map(Some)
+            (None, Some(items)) if raw.cost.is_none() && raw.limit.is_none() => {
+                return from_raw(items, limits).map(CheckBody::Descriptors)
+            }
+            // Neither form, or both mixed: the error path names the field.
+            _ => {}
         }
     }
+    let v = strict_json::parse(body, &CHECK_FIELDS)?;
+    if v.get("descriptors").is_some() {
+        return parse_descriptors(body, limits).map(CheckBody::Descriptors);
+    }
+    check_from_value(&v, limits).map(CheckBody::One)
 }
 
 /// Parses `POST /v1/check/batch`: the items, each validated on its own (an
@@ -214,7 +234,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn check(body: &[u8]) -> Result<CheckInput, ApiError> {
-        parse_check(body, &RateLimitConfig::default()).map(|c| c.expect("first form"))
+        match parse_check(body, &RateLimitConfig::default())? {
+            CheckBody::One(c) => Ok(c),
+            other => panic!("not the first form: {other:?}"),
+        }
     }
 
     fn field_of(body: &str) -> Option<&'static str> {
