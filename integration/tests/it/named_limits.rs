@@ -299,3 +299,25 @@ fn runtime_overrides_of_every_kind_apply_on_every_node() {
     let gone = admin.delete("/admin/limits/org_daily/keys/vip/override");
     assert_eq!(gone.json["deleted"], true, "{gone}");
 }
+
+#[test]
+fn an_invalid_limit_block_stops_start_up_naming_the_key() {
+    for (block, key) in [
+        (
+            "[limits.daily]\nkind = \"quota\"\namount = 5\nperiod = \"2w\"\n",
+            "limits.daily.period",
+        ),
+        (
+            "[limits.rpm]\nrate = 5\nper = \"1d\"\nburst = 1000000\n",
+            "limits.rpm.burst",
+        ),
+        (
+            "[limits.inflight]\nkind = \"concurrency\"\nmax = 0\n",
+            "limits.inflight.max",
+        ),
+        ("[limits.Bad]\nrate = 1\n", "limits.Bad.name"),
+    ] {
+        let stderr = Node::builder().config_toml(block).start_refused();
+        assert!(stderr.contains(key), "{block:?}: {stderr}");
+    }
+}
