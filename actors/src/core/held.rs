@@ -141,11 +141,6 @@ mod tests {
     const SEC: u64 = 1_000_000_000;
 
     #[test]
-    fn a_slot_stays_small() {
-        assert_eq!(std::mem::size_of::<Held>(), 24);
-    }
-
-    #[test]
     fn leases_and_levels_apply_and_merge() {
         let q = BucketQuota::Leases { max: 2, ttl_s: 10 };
         let mut h = Held::full(q, 0);

@@ -74,12 +74,12 @@ impl Handler<Inspect> for ShardActor {
         if let Some(slot) = self.buckets.get(&msg.key) {
             let age = if !self.timing.write_behind {
                 None
-            } else if slot.dirty {
+            } else if slot.dirty() {
                 Some(now.saturating_sub(self.oldest_dirty_ns.unwrap_or(now)))
             } else {
                 Some(0)
             };
-            let r = report(&slot.state, msg.quota, now, age, true);
+            let r = report(&slot.held(), msg.quota, now, age, true);
             return Box::pin(fut::ready(Ok(r)));
         }
         let full = Held::full(msg.quota, now);
@@ -105,10 +105,10 @@ impl Handler<Reset> for ShardActor {
     fn handle(&mut self, msg: Reset, _: &mut Self::Context) -> Self::Result {
         let now = self.clock.now_ns();
         if let Some(slot) = self.buckets.remove(&msg.key) {
-            self.count_leases(&msg.key, -(slot.state.leases(now) as i64));
+            self.count_leases(&msg.key, -(slot.leases(now) as i64));
             let stats = &self.metrics.shards[self.id];
             stats.resident.fetch_sub(1, Relaxed);
-            if slot.dirty {
+            if slot.dirty() {
                 stats.dirty.fetch_sub(1, Relaxed);
                 self.dirty.retain(|k| *k != msg.key);
             }

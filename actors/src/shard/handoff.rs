@@ -138,20 +138,14 @@ impl ShardActor {
                 ) else {
                     return;
                 };
-                let before = slot.state.leases(now) as i64;
-                slot.state.merge(state, quota, now);
-                let after = slot.state.leases(now) as i64;
+                let before = slot.leases(now) as i64;
+                slot.with_held(|h| h.merge(state, quota, now));
+                let after = slot.leases(now) as i64;
                 self.count_leases(&key, after - before);
             }
             None => {
                 self.count_leases(&key, state.leases(now) as i64);
-                self.buckets.insert(
-                    key.clone(),
-                    super::Slot {
-                        state,
-                        dirty: false,
-                    },
-                );
+                self.buckets.insert(key.clone(), super::Slot::new(state));
                 self.metrics.shards[self.id].resident.fetch_add(1, Relaxed);
             }
         }
@@ -190,11 +184,11 @@ impl Handler<TakeAll> for ShardActor {
         let mut dirty = 0i64;
         for key in keys {
             if let Some(slot) = self.buckets.remove(&key) {
-                dirty += i64::from(slot.dirty);
+                dirty += i64::from(slot.dirty());
                 if let Some(held) = stats.leases.get(key.limit.id()) {
-                    held.fetch_sub(slot.state.leases(now) as i64, Relaxed);
+                    held.fetch_sub(slot.leases(now) as i64, Relaxed);
                 }
-                taken.push((key, slot.state));
+                taken.push((key, slot.into_held()));
             }
         }
         let n = taken.len();
@@ -226,14 +220,14 @@ impl Handler<TakeBucket> for ShardActor {
         let Some(slot) = self.buckets.remove(&msg.key) else {
             return self.outbox.remove(&msg.key);
         };
-        self.count_leases(&msg.key, -(slot.state.leases(now) as i64));
+        self.count_leases(&msg.key, -(slot.leases(now) as i64));
         let stats = &self.metrics.shards[self.id];
         stats.resident.fetch_sub(1, Relaxed);
-        if slot.dirty {
+        if slot.dirty() {
             stats.dirty.fetch_sub(1, Relaxed);
             self.dirty.retain(|k| *k != msg.key);
         }
         stats.handoffs_out.fetch_add(1, Relaxed);
-        Some(slot.state)
+        Some(slot.into_held())
     }
 }

@@ -23,10 +23,12 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::cache::{CacheError, CacheLayer, SnapshotWrite};
+use crate::core::bucket::BucketState;
 use crate::core::bucket::{BucketQuota, Decision, Op};
 use crate::core::clock::Clock;
 use crate::core::held::Held;
 use crate::core::key::BucketKey;
+use crate::core::lease::LeaseSet;
 use crate::metrics::{Metrics, ShardStats};
 
 mod handoff;
@@ -90,9 +92,92 @@ pub struct Check {
 #[rtype(result = "usize")]
 pub struct SweepNow;
 
-struct Slot {
-    state: Held,
-    dirty: bool,
+/// A bucket in memory: its state, and whether it changed since its last
+/// snapshot. One enum rather than a [`Held`] and a flag, so that a level's
+/// slot stays 24 bytes (the flag shares the tag's word): memory per key is
+/// what bounds how many keys a node holds.
+enum Slot {
+    Level { state: BucketState, dirty: bool },
+    Leases { set: Box<LeaseSet>, dirty: bool },
+}
+
+impl Slot {
+    fn new(held: Held) -> Self {
+        match held {
+            Held::Level(state) => Slot::Level {
+                state,
+                dirty: false,
+            },
+            Held::Leases(set) => Slot::Leases { set, dirty: false },
+        }
+    }
+
+    fn dirty(&self) -> bool {
+        match self {
+            Slot::Level { dirty, .. } | Slot::Leases { dirty, .. } => *dirty,
+        }
+    }
+
+    fn set_dirty(&mut self, to: bool) {
+        match self {
+            Slot::Level { dirty, .. } | Slot::Leases { dirty, .. } => *dirty = to,
+        }
+    }
+
+    /// A copy of the state (a snapshot, a report).
+    fn held(&self) -> Held {
+        match self {
+            Slot::Level { state, .. } => Held::Level(*state),
+            Slot::Leases { set, .. } => Held::Leases(set.clone()),
+        }
+    }
+
+    fn into_held(self) -> Held {
+        match self {
+            Slot::Level { state, .. } => Held::Level(state),
+            Slot::Leases { set, .. } => Held::Leases(set),
+        }
+    }
+
+    /// Runs `f` on the state (moved out and back: no copy of the leases).
+    #[inline]
+    fn with_held<R>(&mut self, f: impl FnOnce(&mut Held) -> R) -> R {
+        let dirty = self.dirty();
+        let empty = Slot::Level {
+            state: BucketState {
+                level: 0,
+                updated_ns: 0,
+            },
+            dirty,
+        };
+        let mut held = std::mem::replace(self, empty).into_held();
+        let r = f(&mut held);
+        *self = Slot::new(held);
+        self.set_dirty(dirty);
+        r
+    }
+
+    fn is_full_at(&self, quota: BucketQuota, now: u64) -> bool {
+        match self {
+            Slot::Level { state, .. } => state.is_full_at(quota, now),
+            Slot::Leases { set, .. } => set.is_empty_at(now),
+        }
+    }
+
+    fn leases(&self, now: u64) -> usize {
+        match self {
+            Slot::Level { .. } => 0,
+            Slot::Leases { set, .. } => set.count_at(now),
+        }
+    }
+
+    /// Drops expired leases; returns how many.
+    fn expire_leases(&mut self, now: u64) -> usize {
+        match self {
+            Slot::Level { .. } => 0,
+            Slot::Leases { set, .. } => set.expire(now),
+        }
+    }
 }
 
 /// The bucket was handed to node `to` moments ago; the check's tenant is
@@ -249,7 +334,7 @@ impl ShardActor {
         now: u64,
     ) -> Decision {
         let slot = self.buckets.get_mut(key).expect("caller checked residency");
-        let (decision, leases) = slot.state.apply(quota, now, op, cost);
+        let (decision, leases) = slot.with_held(|h| h.apply(quota, now, op, cost));
         let stats = &self.metrics.shards[self.id];
         if leases != 0 {
             if let Some(held) = stats.leases.get(key.limit.id()) {
@@ -313,13 +398,7 @@ impl ShardActor {
             self.stats().handoffs_in.fetch_sub(1, Relaxed);
         } else {
             self.count_leases(&key, state.leases(now) as i64);
-            self.buckets.insert(
-                key.clone(),
-                Slot {
-                    state,
-                    dirty: false,
-                },
-            );
+            self.buckets.insert(key.clone(), Slot::new(state));
             self.stats().resident.fetch_add(1, Relaxed);
         }
         if from_peer {
@@ -339,10 +418,10 @@ impl ShardActor {
         // first were answered; the key now lives on its new owner.
         if self.moved_to(&key).is_some() {
             if let Some(slot) = self.buckets.remove(&key) {
-                self.count_leases(&key, -(slot.state.leases(now) as i64));
+                self.count_leases(&key, -(slot.leases(now) as i64));
                 let stats = &self.metrics.shards[self.id];
                 stats.resident.fetch_sub(1, Relaxed);
-                if slot.dirty {
+                if slot.dirty() {
                     stats.dirty.fetch_sub(1, Relaxed);
                     self.dirty.retain(|k| *k != key);
                 }
@@ -360,23 +439,23 @@ impl ShardActor {
         let mut dropped = 0usize;
         let mut dropped_dirty = 0i64;
         self.buckets.retain(|key, slot| {
-            if let Held::Leases(leases) = &mut slot.state {
-                // Expired leases leave the gauge (and the set) here, even
-                // when no check looks at the key again.
-                let expired = leases.expire(now) as i64;
+            // Expired leases leave the gauge (and the set) here, even when
+            // no check looks at the key again.
+            let expired = slot.expire_leases(now) as i64;
+            if expired > 0 {
                 if let Some(held) = stats.leases.get(key.limit.id()) {
                     held.fetch_sub(expired, Relaxed);
                 }
             }
             let full = match BucketQuota::of(limits.policy(&key.tenant, key.limit)) {
                 None => true,
-                Some(quota) => slot.state.is_full_at(quota, now),
+                Some(quota) => slot.is_full_at(quota, now),
             };
             if full {
                 // A full bucket carries no information; an older snapshot of
                 // it also refills to full by now, so nothing is lost.
                 dropped += 1;
-                dropped_dirty += i64::from(slot.dirty);
+                dropped_dirty += i64::from(slot.dirty());
             }
             !full
         });

@@ -38,8 +38,8 @@ impl ShardActor {
             return;
         }
         if let Some(slot) = self.buckets.get_mut(key) {
-            if !slot.dirty {
-                slot.dirty = true;
+            if !slot.dirty() {
+                slot.set_dirty(true);
                 self.metrics.shards[self.id].dirty.fetch_add(1, Relaxed);
                 self.oldest_dirty_ns.get_or_insert(now);
                 self.dirty.push(key.clone());
@@ -59,14 +59,14 @@ impl ShardActor {
             let Some(slot) = self.buckets.get_mut(&key) else {
                 continue;
             };
-            if !slot.dirty {
+            if !slot.dirty() {
                 continue;
             }
-            slot.dirty = false;
+            slot.set_dirty(false);
             let Some(quota) = BucketQuota::of(self.limits.policy(&key.tenant, key.limit)) else {
                 continue;
             };
-            writes.push(SnapshotWrite::new(key, slot.state.clone(), quota, now));
+            writes.push(SnapshotWrite::new(key, slot.held(), quota, now));
         }
         let n = writes.len() as i64;
         self.stats().dirty.fetch_sub(n, Relaxed);
@@ -78,8 +78,8 @@ impl ShardActor {
     pub(super) fn remark_dirty(&mut self, writes: &[SnapshotWrite], now: u64) {
         for w in writes {
             if let Some(slot) = self.buckets.get_mut(&w.key) {
-                if !slot.dirty {
-                    slot.dirty = true;
+                if !slot.dirty() {
+                    slot.set_dirty(true);
                     self.metrics.shards[self.id].dirty.fetch_add(1, Relaxed);
                     self.dirty.push(w.key.clone());
                 }
@@ -104,7 +104,7 @@ impl ShardActor {
             .iter()
             .filter(|(key, slot)| {
                 BucketQuota::of(self.limits.policy(&key.tenant, key.limit))
-                    .is_some_and(|q| !slot.state.is_full_at(q, now))
+                    .is_some_and(|q| !slot.is_full_at(q, now))
             })
             .map(|(key, _)| key.clone())
             .collect();
@@ -188,7 +188,7 @@ impl ShardActor {
         {
             return None;
         }
-        let mut probe = self.buckets.get(key)?.state.clone();
+        let mut probe = self.buckets.get(key)?.held();
         probe
             .apply(quota, now, op, cost)
             .0

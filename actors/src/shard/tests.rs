@@ -520,3 +520,10 @@ async fn write_through_refuses_to_admit_while_the_cache_layer_is_down() {
     assert!(check(6).await.unwrap().is_allowed());
     assert!(!check(1).await.unwrap().is_allowed());
 }
+
+#[test]
+fn a_slot_of_a_level_is_24_bytes() {
+    // Memory per key: the state (16 bytes) and the dirty flag share the
+    // enum's word with its tag.
+    assert_eq!(std::mem::size_of::<super::Slot>(), 24);
+}
