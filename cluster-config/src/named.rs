@@ -112,8 +112,9 @@ impl OverrideValue {
 /// Largest quota `amount` (the level is a signed 64-bit count with room for
 /// debt).
 pub const MAX_QUOTA_AMOUNT: u64 = 1 << 60;
-/// Largest concurrency `max`.
-pub const MAX_CONCURRENCY: u32 = 1_000_000;
+/// Largest concurrency `max`: a key's leases travel whole in one snapshot
+/// and one handoff message, so their number is bounded.
+pub const MAX_CONCURRENCY: u32 = 10_000;
 /// Default `lease_ttl` of a concurrency limit.
 pub const DEFAULT_LEASE_TTL_S: u64 = 600;
 /// Longest `lease_ttl`.

@@ -12,7 +12,7 @@ use bincode::{Decode, Encode};
 use crate::core::bucket::Decision;
 
 /// Most leases a concurrency limit may hold per key (config checks it).
-pub const MAX_LEASES: usize = 10_000;
+pub const MAX_LEASES: usize = llmtrace_cluster_config::named::MAX_CONCURRENCY as usize;
 
 /// One lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode)]
