@@ -8,16 +8,14 @@
 //! bound the reader gets an error, the client a 408 and the connection
 //! closes.
 //!
-//! The bound starts at the first read that finds nothing yet. No request
-//! has a timer of its own: each worker thread watches its waiting bodies
-//! every 250 ms (one task, started while some body waits), so a bound is
-//! kept to within that.
+//! The timer starts only when a read finds nothing yet: a body that arrives
+//! with its headers (every ordinary check) costs no timer.
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_web::body::EitherBody;
@@ -28,7 +26,8 @@ use actix_web::http::ConnectionType;
 use actix_web::{Error, HttpMessage, ResponseError};
 use bytes::Bytes;
 use futures_util::Stream;
-use std::time::Instant;
+use std::future::Future;
+use tokio::time::{Instant, Sleep};
 
 use super::error::ApiError;
 
@@ -69,96 +68,16 @@ impl Bound {
     }
 }
 
-/// How often a worker thread looks at the bodies waiting for bytes: a bound
-/// is kept to within this.
-const WATCH_TICK: Duration = Duration::from_millis(250);
-
-/// One body waiting for bytes, as the thread's watch sees it.
-#[derive(Default)]
-struct Wait {
-    /// When the bound passes; set at the first read that finds nothing.
-    deadline: Cell<Option<Instant>>,
-    /// The task to wake when it passes.
-    waker: RefCell<Option<Waker>>,
-    /// The body ended (or was dropped): forget it.
-    done: Cell<bool>,
-    /// The bound passed (read by [`bound_body`] to answer 408).
-    expired: Cell<bool>,
-}
-
-/// The bodies of this worker thread that found nothing at a read, checked
-/// every [`WATCH_TICK`] by one task per thread: a request costs no timer
-/// of its own (most bodies arrive with their headers, but actix polls the
-/// handler before it feeds the body, so nearly every body waits once).
-#[derive(Default)]
-struct Watch {
-    waiting: Vec<Rc<Wait>>,
-    ticking: bool,
-}
-
-thread_local! {
-    static WATCH: RefCell<Watch> = RefCell::new(Watch::default());
-}
-
-/// Puts `wait` under the thread's watch, starting its task if none runs.
-fn watch(wait: &Rc<Wait>) {
-    let start = WATCH.with(|w| {
-        let mut w = w.borrow_mut();
-        w.waiting.push(Rc::clone(wait));
-        !std::mem::replace(&mut w.ticking, true)
-    });
-    if start {
-        actix_rt::spawn(async {
-            loop {
-                actix_rt::time::sleep(WATCH_TICK).await;
-                let now = Instant::now();
-                let idle = WATCH.with(|w| {
-                    let mut w = w.borrow_mut();
-                    w.waiting.retain(|x| {
-                        if x.done.get() {
-                            return false;
-                        }
-                        if x.deadline.get().is_some_and(|d| now >= d) {
-                            x.expired.set(true);
-                            if let Some(waker) = x.waker.borrow_mut().take() {
-                                waker.wake();
-                            }
-                            return false;
-                        }
-                        true
-                    });
-                    if w.waiting.is_empty() {
-                        w.ticking = false;
-                    }
-                    !w.ticking
-                });
-                if idle {
-                    break;
-                }
-            }
-        });
-    }
-}
-
 /// A request body cut with an error once its bound passes.
 struct BoundedBody {
     inner: Payload,
     bound: Bound,
-    wait: Rc<Wait>,
+    deadline: Instant,
+    /// Armed at the first read that finds nothing.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Set when the bound passed (read by [`bound_body`] to answer 408).
+    expired: Rc<Cell<bool>>,
     done: bool,
-}
-
-impl BoundedBody {
-    fn finish(&mut self) {
-        self.done = true;
-        self.wait.done.set(true);
-    }
-}
-
-impl Drop for BoundedBody {
-    fn drop(&mut self) {
-        self.wait.done.set(true);
-    }
 }
 
 impl Stream for BoundedBody {
@@ -169,42 +88,40 @@ impl Stream for BoundedBody {
         if this.done {
             return Poll::Ready(None);
         }
-        if this.wait.expired.get() {
-            this.finish();
-            let e = std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!(
-                    "request body not received within {:?}",
-                    this.bound.duration()
-                ),
-            );
-            return Poll::Ready(Some(Err(PayloadError::Io(e))));
-        }
         match Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
-                if let (Bound::Idle(gap), Some(_)) = (this.bound, this.wait.deadline.get()) {
-                    this.wait.deadline.set(Some(Instant::now() + gap));
+                if let Bound::Idle(gap) = this.bound {
+                    this.deadline = Instant::now() + gap;
+                    if let Some(timer) = &mut this.timer {
+                        timer.as_mut().reset(this.deadline);
+                    }
                 }
                 Poll::Ready(Some(Ok(chunk)))
             }
             Poll::Ready(None) => {
-                this.finish();
+                this.done = true;
+                this.timer = None;
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Pending => {
-                let mut waker = this.wait.waker.borrow_mut();
-                if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    *waker = Some(cx.waker().clone());
+                let deadline = this.deadline;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
-                drop(waker);
-                if this.wait.deadline.get().is_none() {
-                    this.wait
-                        .deadline
-                        .set(Some(Instant::now() + this.bound.duration()));
-                    watch(&this.wait);
-                }
-                Poll::Pending
+                this.done = true;
+                this.expired.set(true);
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "request body not received within {:?}",
+                        this.bound.duration()
+                    ),
+                );
+                Poll::Ready(Some(Err(PayloadError::Io(e))))
             }
         }
     }
@@ -236,16 +153,18 @@ where
         } else {
             Bound::Total(bounds.total)
         };
-        let wait = Rc::new(Wait::default());
+        let expired = Rc::new(Cell::new(false));
         let body = BoundedBody {
             inner: req.take_payload(),
             bound,
-            wait: Rc::clone(&wait),
+            deadline: Instant::now() + bound.duration(),
+            timer: None,
+            expired: Rc::clone(&expired),
             done: false,
         };
         let body: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(body);
         req.set_payload(Payload::from(body));
-        Some((wait, bound))
+        Some((expired, bound))
     } else {
         None
     };
@@ -253,7 +172,7 @@ where
     async move {
         let res = fut.await?;
         match expired {
-            Some((wait, bound)) if wait.expired.get() => {
+            Some((expired, bound)) if expired.get() => {
                 let mut resp = ApiError::body_timeout(bound.duration()).error_response();
                 resp.head_mut().set_connection_type(ConnectionType::Close);
                 let (req, _) = res.into_parts();
