@@ -24,6 +24,8 @@
 //! - [`resp`]: a tiny RESP client (PING, GET, PTTL, KEYS, ...) over a raw TCP socket.
 //! - [`stub`]: a stub OpenAI-compatible upstream for the proxy tests and the proxy
 //!   benchmark (the only mock).
+//! - [`rls`]: a blocking gRPC client of the Envoy rate limit service (tonic, Envoy's
+//!   protos from `envoy-types`), and raw messages for hostile-input tests.
 //! - [`scenario`]: building blocks shared by the multi-node tests (owners, loads, sums).
 //!
 //! The benchmarks (`src/bin/bench`, run by `scripts/bench.sh`) drive the same harness.
@@ -46,6 +48,7 @@ pub mod raw_http;
 pub mod redis;
 pub mod redis_deploy;
 pub mod resp;
+pub mod rls;
 pub mod scenario;
 pub mod stub;
 

@@ -34,6 +34,7 @@ use crate::http::middleware::{admin_auth, request_id};
 use crate::http::{self, AdminContext, DrainState, NodeContext};
 pub use crate::listeners::{ConnectionCaps, Listeners};
 use crate::proxy::{self, ProxyContext};
+use crate::rls::{RlsMetrics, RlsServer, RlsService};
 
 /// How long a stopping node waits for in-flight requests, then for the final
 /// snapshot flush.
@@ -94,6 +95,8 @@ pub struct Node {
     public: ServerHandle,
     /// The server of the admin listener.
     admin: ServerHandle,
+    /// The RLS listener's server, when it is on.
+    rls: Option<RlsServer>,
     tasks: Vec<actix_rt::task::JoinHandle<std::io::Result<()>>>,
 }
 
@@ -147,6 +150,10 @@ impl Node {
             cluster_metrics,
             peer_clients(client.clone()),
         );
+        let rls_metrics = Arc::new(RlsMetrics::default());
+        rls_metrics.track(&config.rate_limit.rls.load().rules);
+        rls_metrics.register(&mut registry);
+        let rls_router = router.clone();
         let control = membership.control();
         let store = load_overrides(redis, &control).await;
         let ctx = web::Data::from(NodeContext::with_admin(
@@ -166,12 +173,31 @@ impl Node {
             Some(l) => Some(l.local_addr()?),
             None => None,
         };
+        let rls_addr = match &listeners.rls {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let Listeners {
             public,
             admin,
             cluster,
             proxy,
+            rls,
         } = listeners;
+        let rls = match rls {
+            Some(l) => Some(RlsServer::start(
+                l,
+                RlsService {
+                    router: rls_router,
+                    limits: config.rate_limit.rls.clone(),
+                    response_headers: config.rls.response_headers,
+                    metrics: rls_metrics,
+                    arbiter: actix_rt::Arbiter::current(),
+                },
+                config.rls.config.clone(),
+            )?),
+            None => None,
+        };
         let caps = ConnectionCaps::fit(&config);
         let (public, public_task) = public_server(
             &config,
@@ -204,8 +230,9 @@ impl Node {
         }
         // Machine-readable start line (tests and scripts wait for it).
         let proxy_field = proxy_addr.map_or(String::new(), |a| format!(" proxy={a}"));
+        let rls_field = rls_addr.map_or(String::new(), |a| format!(" rls={a}"));
         println!(
-            "llmtrace-node listening public={public_addr} admin={admin_addr} cluster={advertise} node_id={}{proxy_field}",
+            "llmtrace-node listening public={public_addr} admin={admin_addr} cluster={advertise} node_id={}{proxy_field}{rls_field}",
             config.node_id
         );
         Ok(Node {
@@ -217,6 +244,7 @@ impl Node {
             client,
             public,
             admin,
+            rls,
             tasks: vec![public_task, admin_task],
         })
     }
@@ -321,6 +349,9 @@ impl Node {
     /// Stops taking requests, writes every dirty bucket, stops gossip and
     /// the admin listener.
     pub async fn shutdown(self) {
+        if let Some(rls) = self.rls {
+            rls.stop().await;
+        }
         self.public.stop(true).await;
         match self.limiter.final_flush(self.host, STOP_TIMEOUT).await {
             Ok(n) => info!(snapshots = n, "final snapshot flush done"),

@@ -26,6 +26,7 @@ mod redis_data_loss;
 mod redis_modes;
 mod redis_outage;
 mod redis_snapshots;
+mod rls;
 mod single_node;
 mod slow_clients;
 mod write_through;
