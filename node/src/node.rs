@@ -152,6 +152,7 @@ impl Node {
         );
         let rls_metrics = Arc::new(RlsMetrics::default());
         rls_metrics.track(&config.rate_limit.rls.load().rules);
+        crate::rls::log_rules(&config.rate_limit.rls.load().rules);
         rls_metrics.register(&mut registry);
         let rls_router = router.clone();
         let control = membership.control();

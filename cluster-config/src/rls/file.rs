@@ -5,7 +5,8 @@
 //! `replaces`, nested `descriptors`, plus `value_to_metric` and `metadata`,
 //! which only shape metrics there). Keys whose meaning llmtrace does not
 //! implement (`quota_mode`, `share_threshold`) are refused rather than
-//! ignored. Extension: `rate_limit.algorithm: token_bucket`.
+//! ignored. Extensions: `rate_limit.algorithm: token_bucket` and
+//! `rate_limit.charge: always`.
 //!
 //! Every error names the file, the line and the key
 //! (`descriptors[0].rate_limit.unit`).
@@ -117,6 +118,8 @@ struct RawRateLimitFields {
     algorithm: Option<String>,
     #[serde(default)]
     replaces: Vec<Replaces>,
+    #[serde(default)]
+    charge: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -132,6 +135,7 @@ struct RawRateLimit {
     name: Option<String>,
     algorithm: Algorithm,
     replaces: Vec<String>,
+    charge_always: bool,
 }
 
 impl<'de> Deserialize<'de> for RawRateLimit {
@@ -175,6 +179,16 @@ impl<'de> Deserialize<'de> for RawRateLimit {
                 )));
             }
         }
+        let charge_always = match f.charge.as_deref() {
+            None | Some("when_admitted") => false,
+            Some("always") => true,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "rate_limit.charge: unknown value `{other}`: when_admitted (the default) or \
+                     always"
+                )))
+            }
+        };
         let name = f.name.filter(|n| !n.is_empty());
         let mut replaces = Vec::with_capacity(f.replaces.len());
         for r in f.replaces {
@@ -197,6 +211,7 @@ impl<'de> Deserialize<'de> for RawRateLimit {
             name,
             algorithm,
             replaces,
+            charge_always,
         })
     }
 }
@@ -225,6 +240,7 @@ fn build(domain: &str, parent: &str, list: Vec<RawDescriptor>) -> Node {
                 explicit_name: r.name.is_some(),
                 name: r.name.unwrap_or_else(|| path.clone()),
                 replaces: r.replaces,
+                charge_always: r.charge_always,
                 path: path.clone(),
                 requests_per_unit: r.requests_per_unit,
                 unit: r.unit,

@@ -117,6 +117,10 @@ pub struct Rule {
     pub requests_per_unit: u32,
     pub unit: Option<Unit>,
     pub algorithm: Algorithm,
+    /// `charge: always` (an llmtrace extension): hits are usage already
+    /// spent (tokens after a response): charged even past the limit, never
+    /// refused; the bucket stays refused until it recovers.
+    pub charge_always: bool,
     /// `unlimited: true`: the descriptor passes, never counted.
     pub unlimited: bool,
     /// Refusals are reported OK and counted as `shadow_refused`.

@@ -133,6 +133,11 @@ descriptors:
       unit: day
       requests_per_unit: 3
       algorithm: token_bucket
+  - key: tokens
+    rate_limit:
+      unit: day
+      requests_per_unit: 100
+      charge: always
 ";
 
 fn rls_node(dir: &TempDir, config: &str) -> NodeBuilder {
@@ -368,6 +373,28 @@ fn hits_check_only_negative_hits_and_overrides() {
         assert_eq!(code(&ok(&mut c, "it", &[("tb", "x")])), Code::Ok);
     }
     assert_eq!(code(&ok(&mut c, "it", &[("tb", "x")])), Code::OverLimit);
+}
+
+#[test]
+fn tokens_are_checked_before_and_charged_after_as_envoy_ai_gateway_does() {
+    let dir = TempDir::new("rls");
+    dir.write("rules.yaml", RULES);
+    let node = rls_node(&dir, "rules.yaml").start();
+    let mut c = RlsClient::connect(&node.rls_url());
+    let user = || descriptor(&[("tokens", "erin")]);
+    let mut call = |hits: u64| {
+        let r = c
+            .call(request("it", vec![with_hits(user(), hits)]))
+            .unwrap();
+        (code(&r), r.statuses[0].limit_remaining)
+    };
+    assert_eq!(call(0), (Code::Ok, 100));
+    assert_eq!(call(80), (Code::Ok, 20));
+    assert_eq!(call(0), (Code::Ok, 20));
+    // Usage past what is left is charged all the same: the user is then
+    // refused until the window ends.
+    assert_eq!(call(50), (Code::Ok, 0));
+    assert_eq!(call(0), (Code::OverLimit, 0));
 }
 
 #[test]

@@ -110,12 +110,21 @@ fn fingerprint(path: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
         .collect()
 }
 
+/// Logs (at debug level) the limit each rule counts under, for the admin
+/// routes of named limits.
+pub fn log_rules(rules: &llmtrace_cluster_config::RlsRules) {
+    for r in rules.rules() {
+        tracing::debug!(domain = %r.domain, rule = %r.name, path = %r.path, limit = %r.limit, "rls rule");
+    }
+}
+
 /// Loads `path` and puts its rules in force; an invalid file changes
 /// nothing.
 pub fn reload(path: &Path, limits: &RlsLimits, metrics: &RlsMetrics) -> bool {
     match load_rules(path) {
         Ok(rules) => {
             metrics.track(&rules);
+            log_rules(&rules);
             let n = rules.rules().count();
             limits.replace(rules);
             metrics.reloads_ok.inc();

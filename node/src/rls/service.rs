@@ -6,7 +6,8 @@
 //! `limit` override); its bucket is (rule limit, `domain|k=v|...`), owned
 //! through the ring like any bucket. Hits: the descriptor's `hits_addend`,
 //! else the request's (0 means 1); a descriptor `hits_addend` of 0 checks
-//! without charging (a peek); `is_negative_hits` refunds. Descriptors that
+//! without charging (a peek); `is_negative_hits` refunds; on a rule with
+//! `charge: always` hits are charged whatever is left. Descriptors that
 //! match no rule, or an `unlimited` one, are OK and never counted; a rule
 //! of 0 requests refuses without a bucket; a `shadow_mode` rule's refusal
 //! is answered OK and counted. When any other descriptor refuses, the
@@ -121,7 +122,7 @@ impl RlsService {
             return Err(invalid(i, &format!("entries[{j}].key must not be empty")));
         }
         let entries = d.entries.iter().map(|e| (e.key.as_str(), e.value.as_str()));
-        let (limit, counted, shadow, n, unit) = match &d.limit {
+        let (limit, counted, shadow, n, unit, charge) = match &d.limit {
             Some(o) => {
                 let unit = Unit::from_proto(o.unit)
                     .ok_or_else(|| invalid(i, "limit.unit must be SECOND to YEAR"))?;
@@ -133,7 +134,7 @@ impl RlsService {
                         "too many distinct limit overrides on this node",
                     ));
                 }
-                (limit, None, false, o.requests_per_unit, unit)
+                (limit, None, false, o.requests_per_unit, unit, false)
             }
             None => {
                 let Some(rule) = rules.find(domain, entries.clone()) else {
@@ -149,6 +150,7 @@ impl RlsService {
                     rule.shadow_mode,
                     rule.requests_per_unit,
                     unit,
+                    rule.charge_always,
                 )
             }
         };
@@ -164,10 +166,13 @@ impl RlsService {
             (Op::Peek, 1)
         } else if d.is_negative_hits {
             (Op::Refund, hits)
+        } else if charge {
+            (Op::Charge, hits)
         } else {
             (Op::Take, hits)
         };
-        let Some(limit) = limit.filter(|_| op == Op::Refund || amount <= u64::from(n)) else {
+        let fits = matches!(op, Op::Refund | Op::Charge) || amount <= u64::from(n);
+        let Some(limit) = limit.filter(|_| fits) else {
             // 0 per unit, or more hits than the limit ever holds: refused
             // without a bucket (as envoyproxy/ratelimit answers).
             return Ok(Plan::Refuse {
