@@ -586,3 +586,33 @@ fn hostile_input_answers_errors_and_never_crashes() {
     assert!(node.is_running(), "{}", node.stderr());
     assert_eq!(code(&ok(&mut c, "it", &[("user", "still")])), Code::Ok);
 }
+
+#[test]
+fn an_unreachable_owner_under_deny_answers_unavailable() {
+    let dir = TempDir::new("rls");
+    let rules = dir.write("rules.yaml", RULES);
+    let mut cluster = Cluster::builder()
+        .nodes(3)
+        .template(
+            Node::builder()
+                .flag("rls-listen", "127.0.0.1:0")
+                .flag("rls-config", rules.display()),
+        )
+        .flag("on-owner-unreachable", "deny")
+        .start();
+    let mut c = RlsClient::connect(&cluster.node(0).rls_url());
+    cluster.kill(2);
+    // Until the survivors drop node-2 from their rings, the users it owned
+    // cannot be decided: UNAVAILABLE, so Envoy's failure_mode_deny applies.
+    let status =
+        llmtrace_integration::wait_for(Duration::from_secs(10), "an UNAVAILABLE answer", || {
+            (0..60).find_map(|i| {
+                c.call(request(
+                    "it",
+                    vec![descriptor(&[("user", &format!("u{i}"))])],
+                ))
+                .err()
+            })
+        });
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}
