@@ -118,11 +118,10 @@ impl std::fmt::Debug for RlsLimits {
     }
 }
 
-/// Handles are equal when they share their table (the configuration they
-/// were built from is the same).
+/// Handles are equal when the rules in force are.
 impl PartialEq for RlsLimits {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
+        Arc::ptr_eq(&self.0, &other.0) || self.0.load().rules == other.0.load().rules
     }
 }
 

@@ -46,9 +46,10 @@ fn a_peek_decides_like_a_take_and_changes_nothing() {
     };
     assert_eq!(b.apply(quota, 0, Op::Peek, 1), full);
     assert_eq!(b.apply(quota, 0, Op::Peek, 2), full);
-    assert!(!b.apply(quota, 0, Op::Peek, 3).is_allowed());
     assert_eq!(b, before);
-    b.apply(quota, 0, Op::Take, 2);
+    b.apply(quota, 0, Op::Take, 1);
+    assert!(!b.apply(quota, 0, Op::Peek, 2).is_allowed());
+    b.apply(quota, 0, Op::Take, 1);
     let drained = b;
     assert!(!b.apply(quota, 0, Op::Peek, 1).is_allowed());
     assert_eq!(b, drained);
