@@ -6,6 +6,7 @@
 //!
 //! Exact counts use day windows (nothing resets while a test runs).
 
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -14,104 +15,10 @@ use llmtrace_integration::rls::{
 };
 use llmtrace_integration::{wait_until, Cluster, Node, NodeBuilder, TempDir};
 
-/// envoyproxy/ratelimit's README examples 2, 3, 5, 6 and 7, as written there.
-const README: [(&str, &str); 5] = [
-    (
-        "messaging.yaml",
-        "domain: messaging
-descriptors:
-  # Only allow 5 marketing messages a day
-  - key: message_type
-    value: marketing
-    descriptors:
-      - key: to_number
-        rate_limit:
-          unit: day
-          requests_per_unit: 5
-
-  # Only allow 100 messages a day to any unique phone number
-  - key: to_number
-    rate_limit:
-      unit: day
-      requests_per_unit: 100
-",
-    ),
-    (
-        "edge.yaml",
-        "domain: edge_proxy_per_ip
-descriptors:
-  - key: remote_address
-    rate_limit:
-      unit: second
-      requests_per_unit: 10
-
-  # Black list IP
-  - key: remote_address
-    value: 50.0.0.5
-    rate_limit:
-      unit: second
-      requests_per_unit: 0
-",
-    ),
-    (
-        "internal.yaml",
-        "domain: internal
-descriptors:
-  - key: ldap
-    rate_limit:
-      unlimited: true
-
-  - key: azure
-    rate_limit:
-      unit: minute
-      requests_per_unit: 100
-",
-    ),
-    (
-        "example6.yaml",
-        "domain: example6
-descriptors:
-  - key: service
-    descriptors:
-      - key: user
-        value: user-a
-        rate_limit:
-          requests_per_unit: 10
-          unit: second
-        shadow_mode: true
-      - key: user
-        value: user-b
-        rate_limit:
-          requests_per_unit: 20
-          unit: second
-",
-    ),
-    (
-        "example7.yaml",
-        "domain: example7
-descriptors:
-  - key: key_1
-    value: value_1
-    descriptors:
-      - key: user
-        value: bkthomps
-        rate_limit:
-          name: specific_limit
-          requests_per_unit: 5
-          unit: second
-  - key: key_2
-    value: value_2
-    descriptors:
-      - key: user
-        value: bkthomps
-        rate_limit:
-          replaces:
-            - name: specific_limit
-          requests_per_unit: 10
-          unit: second
-",
-    ),
-];
+/// envoyproxy/ratelimit's README examples 1 to 7, one file each, as written there.
+fn readme_examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/rls-readme")
+}
 
 /// Our own rules: day windows, small numbers.
 const RULES: &str = "domain: it
@@ -140,11 +47,24 @@ descriptors:
       charge: always
 ";
 
-fn rls_node(dir: &TempDir, config: &str) -> NodeBuilder {
+/// A node serving RLS with the rules of `config` (a file or a directory).
+pub fn rls_template(config: &Path) -> NodeBuilder {
     Node::builder()
-        .alone()
         .flag("rls-listen", "127.0.0.1:0")
-        .flag("rls-config", dir.path().join(config).display())
+        .flag("rls-config", config.display())
+}
+
+/// [`RULES`] in a new directory (kept while the guard lives) and its path.
+fn rules_file() -> (TempDir, PathBuf) {
+    let dir = TempDir::new("rls");
+    let file = dir.write("rules.yaml", RULES);
+    (dir, file)
+}
+
+/// A node alone serving [`RULES`].
+fn rls_node() -> (TempDir, Node) {
+    let (dir, file) = rules_file();
+    (dir, rls_template(&file).alone().start())
 }
 
 fn code(r: &RateLimitResponse) -> Code {
@@ -159,11 +79,7 @@ fn ok(client: &mut RlsClient, domain: &str, entries: &[(&str, &str)]) -> RateLim
 
 #[test]
 fn the_readme_configuration_loads_unchanged_and_decides_as_documented() {
-    let dir = TempDir::new("rls");
-    for (name, text) in README {
-        dir.write(name, text);
-    }
-    let node = rls_node(&dir, "").start();
+    let node = rls_template(&readme_examples()).alone().start();
     let mut c = RlsClient::connect(&node.rls_url());
     // Nested descriptors: 5 marketing messages a day to one number, and the
     // same call's second descriptor holds that number to 100.
@@ -267,16 +183,10 @@ fn the_readme_configuration_loads_unchanged_and_decides_as_documented() {
 
 #[test]
 fn counts_are_exact_across_three_nodes() {
-    let dir = TempDir::new("rls");
-    dir.write("rules.yaml", RULES);
-    let rules = dir.path().join("rules.yaml");
+    let (_dir, rules) = rules_file();
     let cluster = Cluster::builder()
         .nodes(3)
-        .template(
-            Node::builder()
-                .flag("rls-listen", "127.0.0.1:0")
-                .flag("rls-config", rules.display()),
-        )
+        .template(rls_template(&rules))
         .start();
     let admitted: Vec<u32> = thread::scope(|s| {
         let calls: Vec<_> = (0..3)
@@ -306,9 +216,7 @@ fn counts_are_exact_across_three_nodes() {
 
 #[test]
 fn hits_check_only_negative_hits_and_overrides() {
-    let dir = TempDir::new("rls");
-    dir.write("rules.yaml", RULES);
-    let node = rls_node(&dir, "rules.yaml").start();
+    let (_dir, node) = rls_node();
     let mut c = RlsClient::connect(&node.rls_url());
     let user = || descriptor(&[("user", "bob")]);
     let remaining = |r: &RateLimitResponse| r.statuses[0].limit_remaining;
@@ -377,9 +285,7 @@ fn hits_check_only_negative_hits_and_overrides() {
 
 #[test]
 fn tokens_are_checked_before_and_charged_after_as_envoy_ai_gateway_does() {
-    let dir = TempDir::new("rls");
-    dir.write("rules.yaml", RULES);
-    let node = rls_node(&dir, "rules.yaml").start();
+    let (_dir, node) = rls_node();
     let mut c = RlsClient::connect(&node.rls_url());
     let user = || descriptor(&[("tokens", "erin")]);
     let mut call = |hits: u64| {
@@ -399,9 +305,7 @@ fn tokens_are_checked_before_and_charged_after_as_envoy_ai_gateway_does() {
 
 #[test]
 fn a_refused_call_charges_nothing() {
-    let dir = TempDir::new("rls");
-    dir.write("rules.yaml", RULES);
-    let node = rls_node(&dir, "rules.yaml").start();
+    let (_dir, node) = rls_node();
     let mut c = RlsClient::connect(&node.rls_url());
     let both = || {
         request(
@@ -441,9 +345,9 @@ fn requests_per_unit(c: &mut RlsClient) -> u32 {
 
 #[test]
 fn rules_reload_when_the_file_changes_and_an_invalid_file_changes_nothing() {
-    let dir = TempDir::new("rls");
-    let file = dir.write("rules.yaml", RULES);
-    let node = rls_node(&dir, "rules.yaml")
+    let (_dir, file) = rules_file();
+    let node = rls_template(&file)
+        .alone()
         .flag("rls-response-headers", "true")
         .start();
     let mut c = RlsClient::connect(&node.rls_url());
@@ -513,8 +417,11 @@ fn send_hup(pid: u32) {
 #[test]
 fn an_invalid_file_at_start_exits_2_naming_the_file_line_and_key() {
     let dir = TempDir::new("rls");
-    dir.write("bad.yaml", "domain: it\ndescriptors:\n  - key: user\n    rate_limit:\n      unit: fortnight\n      requests_per_unit: 1\n");
-    let failure = match rls_node(&dir, "bad.yaml").try_start() {
+    let bad = dir.write(
+        "bad.yaml",
+        "domain: it\ndescriptors:\n  - key: user\n    rate_limit:\n      unit: fortnight\n",
+    );
+    let failure = match rls_template(&bad).alone().try_start() {
         Err(f) => f,
         Ok(_) => panic!("a node started on an invalid rule file"),
     };
@@ -538,9 +445,7 @@ fn an_invalid_file_at_start_exits_2_naming_the_file_line_and_key() {
 #[test]
 fn hostile_input_answers_errors_and_never_crashes() {
     use std::io::Write;
-    let dir = TempDir::new("rls");
-    dir.write("rules.yaml", RULES);
-    let mut node = rls_node(&dir, "rules.yaml").start();
+    let (_dir, mut node) = rls_node();
     let url = node.rls_url();
     // Garbage instead of an HTTP/2 preface, then a preface and garbage frames.
     let addr = url.trim_start_matches("http://");
@@ -589,15 +494,10 @@ fn hostile_input_answers_errors_and_never_crashes() {
 
 #[test]
 fn an_unreachable_owner_under_deny_answers_unavailable() {
-    let dir = TempDir::new("rls");
-    let rules = dir.write("rules.yaml", RULES);
+    let (_dir, rules) = rules_file();
     let mut cluster = Cluster::builder()
         .nodes(3)
-        .template(
-            Node::builder()
-                .flag("rls-listen", "127.0.0.1:0")
-                .flag("rls-config", rules.display()),
-        )
+        .template(rls_template(&rules))
         .flag("on-owner-unreachable", "deny")
         .start();
     let mut c = RlsClient::connect(&cluster.node(0).rls_url());

@@ -3,7 +3,7 @@
 //! `envoy-types` crate ships (`integration/py/rls_client.py`, in the venv of
 //! `scripts/test.sh`, found through `LLMTRACE_PYTHON`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 
@@ -19,19 +19,6 @@ descriptors:
       unit: day
       requests_per_unit: 10
 ";
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("LLMTRACE_PYTHON") {
-        return p.into();
-    }
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/py-venv/bin/python");
-    assert!(
-        local.exists(),
-        "no python with grpcio: run scripts/test.sh (it creates target/py-venv) or set \
-         LLMTRACE_PYTHON"
-    );
-    local
-}
 
 /// envoy-types' `proto/` directory, as cargo resolved the dependency.
 fn proto_root() -> PathBuf {
@@ -58,24 +45,15 @@ fn proto_root() -> PathBuf {
 }
 
 /// Runs the Python client with `calls` against `node`'s RLS listener.
-fn client(proto: &PathBuf, node: &Node, calls: &Value) -> Vec<Value> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/rls_client.py");
-    let out = Command::new(python())
-        .arg(script)
-        .arg(proto)
-        .arg(node.rls_url().trim_start_matches("http://"))
-        .arg(calls.to_string())
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "rls client failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
-    v.as_array().unwrap().clone()
+fn client(proto: &Path, node: &Node, calls: &Value) -> Vec<Value> {
+    let addr = node.rls_url();
+    let args = [
+        proto.to_str().expect("a UTF-8 path"),
+        addr.trim_start_matches("http://"),
+        &calls.to_string(),
+    ];
+    let answers = llmtrace_integration::run_python("rls_client.py", &args);
+    answers.as_array().expect("a list of answers").clone()
 }
 
 fn call(user: &str, hits: Option<u64>, negative: bool) -> Value {
@@ -90,11 +68,7 @@ fn python_grpcio_client_gets_exact_answers() {
     let proto = proto_root();
     let cluster = Cluster::builder()
         .nodes(3)
-        .template(
-            Node::builder()
-                .flag("rls-listen", "127.0.0.1:0")
-                .flag("rls-config", rules.display()),
-        )
+        .template(super::rls::rls_template(&rules))
         .start();
     // Three clients at once, one per node: exactly 10 admitted.
     let calls = json!((0..8)

@@ -1,111 +1,15 @@
 use super::*;
 
-/// envoyproxy/ratelimit's README examples 1 to 7, unchanged.
+/// envoyproxy/ratelimit's README examples 1 to 7, unchanged (the
+/// integration tests load the same files into a node).
 const README: [&str; 7] = [
-    "domain: mongo_cps
-descriptors:
-  - key: database
-    value: users
-    rate_limit:
-      unit: second
-      requests_per_unit: 500
-
-  - key: database
-    value: default
-    rate_limit:
-      unit: second
-      requests_per_unit: 500
-",
-    "domain: messaging
-descriptors:
-  # Only allow 5 marketing messages a day
-  - key: message_type
-    value: marketing
-    descriptors:
-      - key: to_number
-        rate_limit:
-          unit: day
-          requests_per_unit: 5
-
-  # Only allow 100 messages a day to any unique phone number
-  - key: to_number
-    rate_limit:
-      unit: day
-      requests_per_unit: 100
-",
-    "domain: edge_proxy_per_ip
-descriptors:
-  - key: remote_address
-    rate_limit:
-      unit: second
-      requests_per_unit: 10
-
-  # Black list IP
-  - key: remote_address
-    value: 50.0.0.5
-    rate_limit:
-      unit: second
-      requests_per_unit: 0
-",
-    "domain: example4
-descriptors:
-  - key: key
-    value: value
-    descriptors:
-      - key: subkey
-        rate_limit:
-          requests_per_unit: 300
-          unit: second
-",
-    "domain: internal
-descriptors:
-  - key: ldap
-    rate_limit:
-      unlimited: true
-
-  - key: azure
-    rate_limit:
-      unit: minute
-      requests_per_unit: 100
-",
-    "domain: example6
-descriptors:
-  - key: service
-    descriptors:
-      - key: user
-        value: user-a
-        rate_limit:
-          requests_per_unit: 10
-          unit: second
-        shadow_mode: true
-      - key: user
-        value: user-b
-        rate_limit:
-          requests_per_unit: 20
-          unit: second
-",
-    "domain: example7
-descriptors:
-  - key: key_1
-    value: value_1
-    descriptors:
-      - key: user
-        value: bkthomps
-        rate_limit:
-          name: specific_limit
-          requests_per_unit: 5
-          unit: second
-  - key: key_2
-    value: value_2
-    descriptors:
-      - key: user
-        value: bkthomps
-        rate_limit:
-          replaces:
-            - name: specific_limit
-          requests_per_unit: 10
-          unit: second
-",
+    include_str!("../../../../integration/testdata/rls-readme/example1.yaml"),
+    include_str!("../../../../integration/testdata/rls-readme/example2.yaml"),
+    include_str!("../../../../integration/testdata/rls-readme/example3.yaml"),
+    include_str!("../../../../integration/testdata/rls-readme/example4.yaml"),
+    include_str!("../../../../integration/testdata/rls-readme/example5.yaml"),
+    include_str!("../../../../integration/testdata/rls-readme/example6.yaml"),
+    include_str!("../../../../integration/testdata/rls-readme/example7.yaml"),
 ];
 
 fn rules() -> RlsRules {
