@@ -27,6 +27,7 @@ mod redis_modes;
 mod redis_outage;
 mod redis_snapshots;
 mod rls;
+mod rls_cluster;
 mod rls_python;
 mod single_node;
 mod slow_clients;
