@@ -185,6 +185,7 @@ impl Node {
             proxy,
             rls,
         } = listeners;
+        let rls_workers = crate::rls::Workers::default();
         let rls = match rls {
             Some(l) => Some(RlsServer::start(
                 l,
@@ -193,9 +194,9 @@ impl Node {
                     limits: config.rate_limit.rls.clone(),
                     response_headers: config.rls.response_headers,
                     metrics: rls_metrics,
-                    arbiter: actix_rt::Arbiter::current(),
                 },
                 config.rls.config.clone(),
+                rls_workers.clone(),
             )?),
             None => None,
         };
@@ -203,7 +204,7 @@ impl Node {
         let (public, public_task) = public_server(
             &config,
             &ctx,
-            host.clone(),
+            (host.clone(), rls_workers),
             caps,
             [Some(public), Some(cluster), proxy],
         )?;
@@ -515,12 +516,12 @@ type ServerTask = actix_rt::task::JoinHandle<std::io::Result<()>>;
 /// One server, one set of worker threads for the public, the cluster and
 /// the proxy listener: the workers host the shards, so a check (public,
 /// forwarded or proxied) whose shard lives on the worker that received it
-/// does not change thread. The node-to-node routes answer only on the
+/// does not change thread. The workers serve the RLS connections too. The node-to-node routes answer only on the
 /// cluster listener; the proxy answers only on the proxy listener.
 fn public_server(
     config: &NodeConfig,
     ctx: &web::Data<NodeContext>,
-    host: Option<Arc<ShardHost>>,
+    (host, rls_workers): (Option<Arc<ShardHost>>, crate::rls::Workers),
     caps: ConnectionCaps,
     [public, cluster, proxy]: [Option<TcpListener>; 3],
 ) -> anyhow::Result<(ServerHandle, ServerTask)> {
@@ -544,6 +545,7 @@ fn public_server(
         if let Some(host) = &host {
             host.host_here();
         }
+        rls_workers.register_current();
         App::new()
             .app_data(data.clone())
             .app_data(pctx.clone())

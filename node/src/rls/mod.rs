@@ -1,6 +1,9 @@
 //! The Envoy rate limit service (`--rls-listen`): gRPC
 //! `envoy.service.ratelimit.v3.RateLimitService` and `grpc.health.v1`
-//! on the node's runtime, over h2 (tonic).
+//! over h2 (tonic's services, served by hyper) on the node's runtime: each
+//! accepted connection is handed to one of the HTTP worker threads (round
+//! robin), which host the shards, so a check whose shard lives there does
+//! not change thread, as for HTTP checks.
 //!
 //! - [`service`]: `ShouldRateLimit`, one all-or-nothing check per request.
 //! - [`metrics`]: decisions per domain and rule, reloads.
@@ -14,16 +17,18 @@
 pub mod metrics;
 pub mod service;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context as _;
+use actix_rt::ArbiterHandle;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use llmtrace_cluster_config::rls::{file::rule_files, load_rules};
 use llmtrace_cluster_config::RlsLimits;
-use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tonic::service::Routes;
+use tracing::{debug, info, warn};
 
 pub use metrics::RlsMetrics;
 pub use service::RlsService;
@@ -31,27 +36,62 @@ pub use service::RlsService;
 /// How often the rule files are looked at for changes.
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 
+/// The arbiters RLS connections are served on: the HTTP workers register
+/// themselves as they start; until one has, the node's own arbiter serves.
+#[derive(Clone, Default)]
+pub struct Workers {
+    arbiters: Arc<Mutex<Vec<ArbiterHandle>>>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Workers {
+    /// Registers the arbiter of the calling thread (a worker starting).
+    pub fn register_current(&self) {
+        let mut all = self.arbiters.lock().unwrap_or_else(|e| e.into_inner());
+        all.push(actix_rt::Arbiter::current());
+    }
+
+    /// The arbiter the next connection goes to.
+    fn pick(&self) -> ArbiterHandle {
+        let all = self.arbiters.lock().unwrap_or_else(|e| e.into_inner());
+        match all.len() {
+            0 => actix_rt::Arbiter::current(),
+            n => all[self.next.fetch_add(1, Relaxed) % n].clone(),
+        }
+    }
+}
+
+/// Spawns hyper's per-stream tasks on the arbiter serving the connection
+/// (actix's local task set: the router's forwarders are actors of that
+/// thread).
+#[derive(Clone, Copy)]
+struct Local;
+
+impl<F: Future + 'static> hyper::rt::Executor<F> for Local {
+    fn execute(&self, fut: F) {
+        actix_rt::spawn(async move {
+            fut.await;
+        });
+    }
+}
+
 /// A running RLS listener.
 pub struct RlsServer {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    accept: tokio::task::JoinHandle<()>,
     watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RlsServer {
-    /// Serves `service` on `listener` (already bound), and watches `config`
-    /// for changes.
+    /// Serves `service` on `listener` (already bound) on `workers`, and
+    /// watches `config` for changes.
     pub fn start(
         listener: std::net::TcpListener,
         service: RlsService,
         config: Option<PathBuf>,
+        workers: Workers,
     ) -> anyhow::Result<Self> {
         listener.set_nonblocking(true)?;
-        let listener =
-            tokio::net::TcpListener::from_std(listener).context("cannot serve the rls listener")?;
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let (stop, stopped) = oneshot::channel::<()>();
+        let listener = tokio::net::TcpListener::from_std(listener)?;
         let (reporter, health) = tonic_health::server::health_reporter();
         let watcher = config.map(|path| {
             tokio::spawn(watch(
@@ -60,38 +100,58 @@ impl RlsServer {
                 Arc::clone(&service.metrics),
             ))
         });
-        let rls = RateLimitServiceServer::new(service);
-        let task = tokio::spawn(async move {
+        let routes = Routes::new(health)
+            .add_service(RateLimitServiceServer::new(service))
+            .prepare();
+        let accept = tokio::spawn(async move {
             reporter
                 .set_serving::<RateLimitServiceServer<RlsService>>()
                 .await;
-            let served = tonic::transport::Server::builder()
-                .add_service(health)
-                .add_service(rls)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(e) = served {
-                warn!("the rls listener stopped: {e}");
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of descriptors and the like: back off, go on.
+                        warn!("rls listener: accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(stream) = stream.into_std() else {
+                    continue;
+                };
+                let routes = routes.clone();
+                workers.pick().spawn_fn(move || {
+                    actix_rt::spawn(serve_connection(stream, routes));
+                });
             }
         });
-        Ok(RlsServer {
-            stop: Some(stop),
-            task,
-            watcher,
-        })
+        Ok(RlsServer { accept, watcher })
     }
 
-    /// Stops accepting calls and waits for those under way.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    /// Stops accepting connections (those open end with the workers).
+    pub async fn stop(self) {
+        self.accept.abort();
         if let Some(w) = &self.watcher {
             w.abort();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.task).await;
+    }
+}
+
+/// Serves one h2 connection on the calling arbiter.
+async fn serve_connection(stream: std::net::TcpStream, routes: Routes) {
+    let stream = match tokio::net::TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => return warn!("rls listener: cannot serve a connection: {e}"),
+    };
+    let _ = stream.set_nodelay(true);
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let service = hyper_util::service::TowerToHyperService::new(routes);
+    if let Err(e) = hyper::server::conn::http2::Builder::new(Local)
+        .serve_connection(io, service)
+        .await
+    {
+        debug!("rls connection ended: {e}");
     }
 }
 

@@ -44,10 +44,6 @@ pub struct RlsService {
     pub limits: RlsLimits,
     pub response_headers: bool,
     pub metrics: Arc<RlsMetrics>,
-    /// Where checks run: the router's forwarders are actors of the thread
-    /// that uses them, so a check runs on an actix arbiter (gRPC
-    /// connections are served by plain tokio tasks).
-    pub arbiter: actix_rt::ArbiterHandle,
 }
 
 /// What a descriptor of the request is held to.
@@ -397,17 +393,6 @@ impl RateLimitService for RlsService {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let service = self.clone();
-        let request = request.into_inner();
-        let spawned = self.arbiter.spawn(async move {
-            let _ = tx.send(service.decide(request).await);
-        });
-        if !spawned {
-            return Err(Status::unavailable("the node is stopping"));
-        }
-        rx.await
-            .unwrap_or_else(|_| Err(Status::unavailable("the node is stopping")))
-            .map(Response::new)
+        self.decide(request.into_inner()).await.map(Response::new)
     }
 }
