@@ -236,8 +236,12 @@ impl RlsRules {
     {
         let mut node = self.domains.get(domain)?;
         let last = entries.len().checked_sub(1)?;
+        let mut exact = String::new();
         for (i, (key, value)) in entries.enumerate() {
-            let exact = format!("{key}_{value}");
+            exact.clear();
+            exact.push_str(key);
+            exact.push('_');
+            exact.push_str(value);
             let next = node
                 .children
                 .get(&exact)

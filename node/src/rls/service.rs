@@ -333,7 +333,7 @@ impl RlsService {
                     }
                     let after = outcome.undone[*index].or(decision);
                     let (remaining, reset_ns) = after.map_or((0, 0), remaining_and_reset);
-                    if let Some(quota) = quota {
+                    if let Some(quota) = quota.filter(|_| self.response_headers) {
                         let (p, s) = header_items(
                             &header_name(limit, checks[*index].limit),
                             quota,
@@ -359,7 +359,7 @@ impl RlsService {
             statuses.push(status);
         }
         let mut response_headers_to_add = Vec::new();
-        if self.response_headers && !policy.is_empty() {
+        if !policy.is_empty() {
             for (key, items) in [("RateLimit-Policy", policy), ("RateLimit", state)] {
                 response_headers_to_add.push(HeaderValue {
                     key: key.to_string(),
