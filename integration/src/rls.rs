@@ -56,6 +56,19 @@ impl RlsClient {
             .map(tonic::Response::into_inner)
     }
 
+    /// `grpc.health.v1.Health/Check` of `service` ("" for the server): the
+    /// serving status (1 = SERVING).
+    pub fn health(&mut self, service: &str) -> Result<i32, tonic::Status> {
+        use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+        let mut client = HealthClient::new(self.channel.clone());
+        let request = HealthCheckRequest {
+            service: service.to_string(),
+        };
+        self.rt
+            .block_on(client.check(request))
+            .map(|r| r.into_inner().status)
+    }
+
     /// `ShouldRateLimit` with `body` as the encoded request message, as is.
     pub fn call_raw(&mut self, body: Vec<u8>) -> Result<Vec<u8>, tonic::Status> {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());

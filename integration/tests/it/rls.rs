@@ -81,6 +81,10 @@ pub fn ok(client: &mut RlsClient, domain: &str, entries: &[(&str, &str)]) -> Rat
 fn the_readme_configuration_loads_unchanged_and_decides_as_documented() {
     let node = rls_template(&readme_examples()).alone().start();
     let mut c = RlsClient::connect(&node.rls_url());
+    // gRPC health checking, for Envoy's cluster health checks.
+    let service = "envoy.service.ratelimit.v3.RateLimitService";
+    assert_eq!(c.health(service).unwrap(), 1);
+    assert_eq!(c.health("").unwrap(), 1);
     // Nested descriptors: 5 marketing messages a day to one number, and the
     // same call's second descriptor holds that number to 100.
     let marketing = |c: &mut RlsClient, to: &str| {
