@@ -17,6 +17,8 @@
 //! - [`cluster`]: the `[cluster]` block (membership, forwarding).
 //! - [`cluster_tls`]: the cluster port's mutual TLS files.
 //! - [`proxy`]: the `[proxy]` block (the LLM proxy listener).
+//! - [`rls`]: the `[rls]` block and the Envoy rate limit service's rules
+//!   (envoyproxy/ratelimit YAML), hot-swappable.
 //! - [`redis`]: the top-level `redis_*` keys: where snapshots persist.
 //! - [`ring`]: the consistent-hash ring that places buckets on nodes.
 //! - [`node`]: the node's settings, top-level keys and the blocks above.
@@ -40,6 +42,7 @@ pub mod period;
 pub mod proxy;
 pub mod redis;
 pub mod ring;
+pub mod rls;
 pub mod runtime;
 pub mod tenant;
 
@@ -59,6 +62,7 @@ pub use period::{format_duration_secs, parse_duration_secs, Period};
 pub use proxy::{ProxyConfig, ProxySettings};
 pub use redis::{RedisConfig, RedisMode};
 pub use ring::{Fingerprint, Ring, DEFAULT_VNODES};
+pub use rls::{RlsConfig, RlsLimits, RlsRules, RlsSettings};
 pub use runtime::{validate_runtime_override, OverrideError, RuntimeLimits, MAX_RUNTIME_VALUE};
 pub use tenant::{
     validate_key, validate_tenant_id, KeyError, TenantIdError, MAX_KEY_LEN, MAX_TENANT_ID_LEN,

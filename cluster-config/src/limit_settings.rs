@@ -119,6 +119,7 @@ impl RateLimitConfig {
                 tenant_overrides: tokens.tenant_overrides.unwrap_or_default(),
             },
             named: NamedLimits::resolve(limits)?,
+            rls: Default::default(),
         };
         config.validate()?;
         Ok(config)

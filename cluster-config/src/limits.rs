@@ -9,6 +9,7 @@ use crate::error::ConfigError;
 use crate::limit::Limit;
 use crate::named::{LimitKind, NamedLimits, OverrideValue};
 use crate::period::Period;
+use crate::rls::RlsLimits;
 use crate::runtime::RuntimeLimits;
 use crate::tenant::validate_tenant_id;
 
@@ -161,6 +162,9 @@ pub struct RateLimitConfig {
     pub tokens: TokenLimitConfig,
     /// The `[limits.<name>]` blocks.
     pub named: NamedLimits,
+    /// The RLS rules in force (`rls.*` limits); clones share them and a
+    /// reload swaps them.
+    pub rls: RlsLimits,
 }
 
 impl Default for RateLimitConfig {
@@ -174,6 +178,7 @@ impl Default for RateLimitConfig {
             runtime: RuntimeLimits::default(),
             tokens: TokenLimitConfig::default(),
             named: NamedLimits::default(),
+            rls: RlsLimits::default(),
         }
     }
 }
@@ -206,6 +211,11 @@ impl RateLimitConfig {
     /// is capped at [`MAX_TOKEN_BURST`].
     pub fn policy_with_source(&self, key: &str, limit: Limit) -> (Policy, PolicySource) {
         if limit != Limit::REQUESTS && limit != Limit::TOKENS {
+            if self.named.get(limit).is_none() {
+                if let Some(policy) = self.rls.policy(limit) {
+                    return (policy, PolicySource::Default);
+                }
+            }
             return self.named.policy_with_source(key, limit, &self.runtime);
         }
         if limit == Limit::REQUESTS && !self.enabled {
@@ -255,7 +265,7 @@ impl RateLimitConfig {
         match name {
             "requests" => Some(Limit::REQUESTS),
             "tokens" => Some(Limit::TOKENS),
-            _ => self.named.find(name),
+            _ => self.named.find(name).or_else(|| self.rls.find(name)),
         }
     }
 
@@ -269,9 +279,10 @@ impl RateLimitConfig {
 
     /// The kind of `limit`.
     pub fn kind(&self, limit: Limit) -> LimitKind {
-        self.named
-            .get(limit)
-            .map_or(LimitKind::TokenBucket, |d| d.kind)
+        match self.named.get(limit) {
+            Some(d) => d.kind,
+            None => self.rls.kind(limit).unwrap_or(LimitKind::TokenBucket),
+        }
     }
 
     /// Checks every value; the error names the key (`rate_limit.burst_size`).

@@ -21,6 +21,7 @@ use crate::limits::RateLimitConfig;
 use crate::named::LimitBlock;
 use crate::proxy::{ProxyConfig, ProxySettings};
 use crate::redis::{RedisConfig, RedisMode};
+use crate::rls::{RlsConfig, RlsSettings};
 use crate::tenant::validate_tenant_id;
 
 /// Default public listener.
@@ -132,6 +133,9 @@ pub struct NodeConfig {
     pub cluster: ClusterConfig,
     /// The `[proxy]` block: the LLM proxy listener (off by default).
     pub proxy: ProxyConfig,
+    /// The `[rls]` block: the Envoy rate limit service (off by default);
+    /// its rules are in force in `rate_limit.rls`.
+    pub rls: RlsConfig,
 }
 
 /// The node's settings as one source gives them: the TOML file (top-level
@@ -335,6 +339,11 @@ pub struct NodeSettings {
     #[serde(default)]
     pub proxy: ProxySettings,
 
+    /// The `[rls]` table (flags under the heading RLS).
+    #[command(flatten)]
+    #[serde(default)]
+    pub rls: RlsSettings,
+
     /// The `[cluster]` table (flags under the heading Cluster). Last: a
     /// flattened block's heading holds for every flag after it.
     #[command(flatten)]
@@ -450,6 +459,9 @@ impl NodeConfig {
         )?;
         let shards = threads("shards", s.shards)?;
         let http_workers = threads("http_workers", s.http_workers)?;
+        let rate_limit = RateLimitConfig::resolve(s.rate_limit, s.token_limit, s.limits)?;
+        let (rls, rules) = RlsConfig::resolve(s.rls)?;
+        rate_limit.rls.replace(rules);
         Ok(NodeConfig {
             listen,
             admin_listen,
@@ -465,9 +477,10 @@ impl NodeConfig {
             shutdown_grace_ms,
             body_timeout_ms,
             max_connections,
-            rate_limit: RateLimitConfig::resolve(s.rate_limit, s.token_limit, s.limits)?,
+            rate_limit,
             cluster: ClusterConfig::resolve(s.cluster)?,
             proxy: ProxyConfig::resolve(s.proxy)?,
+            rls,
         })
     }
 }

@@ -27,6 +27,8 @@
 //! - [`resp`]: a tiny RESP client (PING, GET, PTTL, KEYS, ...) over a raw TCP socket.
 //! - [`stub`]: a stub OpenAI-compatible upstream for the proxy tests and the proxy
 //!   benchmark (the only mock).
+//! - [`rls`]: a blocking gRPC client of the Envoy rate limit service (tonic, Envoy's
+//!   protos from `envoy-types`), and raw messages for hostile-input tests.
 //! - [`scenario`]: building blocks shared by the multi-node tests (owners, loads, sums).
 //!
 //! The benchmarks (`src/bin/bench`, run by `scripts/bench.sh`) drive the same harness.
@@ -51,6 +53,7 @@ pub mod redis;
 pub mod redis_deploy;
 pub mod relay;
 pub mod resp;
+pub mod rls;
 pub mod scenario;
 pub mod stub;
 
@@ -69,6 +72,42 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long a node or redis-server may take to come up on a loaded 2-core machine.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The venv's python with the `openai` and `grpcio` clients: `LLMTRACE_PYTHON`
+/// (scripts/test.sh sets it), else `target/py-venv` (which scripts/test.sh creates).
+pub fn venv_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("LLMTRACE_PYTHON") {
+        return p.into();
+    }
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/py-venv/bin/python");
+    assert!(
+        local.exists(),
+        "no python with the openai and grpcio clients: run scripts/test.sh (it creates \
+         target/py-venv) or set LLMTRACE_PYTHON"
+    );
+    local
+}
+
+/// Runs `integration/py/<script>` with `args` in the venv; panics unless it succeeds,
+/// and parses the JSON line it prints.
+pub fn run_python(script: &str, args: &[&str]) -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("py")
+        .join(script);
+    let out = std::process::Command::new(venv_python())
+        .arg(path)
+        .args(args)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
 
 /// Polls `cond` every 20-200 ms until it holds; panics naming `what` after `timeout`.
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {

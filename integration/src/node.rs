@@ -224,6 +224,7 @@ impl NodeBuilder {
             cluster: Client::new(format!("http://{cluster_addr}")),
             cluster_addr,
             proxy_addr: line_field(&line, "proxy"),
+            rls_addr: line_field(&line, "rls"),
             child: started.child,
             output: started.output,
             _dir: dir,
@@ -253,6 +254,8 @@ pub struct Node {
     cluster_addr: String,
     /// `host:port` of the proxy listener, when proxy mode is on.
     proxy_addr: Option<String>,
+    /// `host:port` of the RLS (gRPC) listener, when it is on.
+    rls_addr: Option<String>,
     child: Child,
     output: Captured,
     /// Holds the config file for the node's lifetime.
@@ -285,6 +288,16 @@ impl Node {
             self.proxy_addr
                 .as_deref()
                 .expect("node started without --proxy-listen")
+        )
+    }
+
+    /// `http://host:port` of the RLS listener; panics when it is off.
+    pub fn rls_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.rls_addr
+                .as_deref()
+                .expect("node started without --rls-listen")
         )
     }
 

@@ -11,6 +11,9 @@
 //!   leave, shutdown) and [`node::run`], which serves until SIGTERM/SIGINT.
 //! - [`http`]: routes of the public, admin and cluster listeners, the one
 //!   error type mapped to HTTP, rate-limit headers.
+//! - [`multi_check`]: checks of several descriptors, all or nothing (HTTP
+//!   descriptors and the RLS service).
+//! - [`rls`]: the Envoy rate limit service (gRPC, `--rls-listen`).
 //! - [`proxy`]: the optional LLM proxy listener (`--proxy-listen`).
 
 #![forbid(unsafe_code)]
@@ -19,5 +22,7 @@ pub mod cli;
 pub mod http;
 pub mod listeners;
 pub mod logging;
+pub mod multi_check;
 pub mod node;
 pub mod proxy;
+pub mod rls;

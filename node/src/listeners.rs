@@ -20,6 +20,8 @@ pub struct Listeners {
     pub cluster: TcpListener,
     /// The LLM proxy listener, when proxy mode is on.
     pub proxy: Option<TcpListener>,
+    /// The Envoy rate limit service (gRPC), when `rls.listen` is set.
+    pub rls: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -38,11 +40,19 @@ impl Listeners {
             ),
             None => None,
         };
+        let rls = match config.rls.listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .with_context(|| format!("cannot bind rls.listen address {addr}"))?,
+            ),
+            None => None,
+        };
         Ok(Listeners {
             public,
             admin,
             cluster,
             proxy,
+            rls,
         })
     }
 }

@@ -36,6 +36,7 @@ use crate::http::{self, AdminContext, DrainState, NodeContext};
 use crate::listeners;
 pub use crate::listeners::{ConnectionCaps, Listeners};
 use crate::proxy::{self, ProxyContext};
+use crate::rls::{RlsMetrics, RlsServer, RlsService};
 
 /// How long a stopping node waits for in-flight requests, then for the final
 /// snapshot flush.
@@ -99,6 +100,8 @@ pub struct Node {
     public: ServerHandle,
     /// The server of the admin listener.
     admin: ServerHandle,
+    /// The RLS listener's server, when it is on.
+    rls: Option<RlsServer>,
     tasks: Vec<actix_rt::task::JoinHandle<std::io::Result<()>>>,
 }
 
@@ -156,6 +159,11 @@ impl Node {
             cluster_metrics,
             peer_clients(client.clone()),
         );
+        let rls_metrics = Arc::new(RlsMetrics::default());
+        rls_metrics.track(&config.rate_limit.rls.load().rules);
+        crate::rls::log_rules(&config.rate_limit.rls.load().rules);
+        rls_metrics.register(&mut registry);
+        let rls_router = router.clone();
         let control = membership.control();
         let store = load_overrides(redis, &control).await;
         let ctx = web::Data::from(NodeContext::with_admin(
@@ -175,18 +183,38 @@ impl Node {
             Some(l) => Some(l.local_addr()?),
             None => None,
         };
+        let rls_addr = match &listeners.rls {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
         let Listeners {
             public,
             admin,
             cluster,
             proxy,
+            rls,
         } = listeners;
+        let rls_workers = crate::rls::Workers::default();
+        let rls = match rls {
+            Some(l) => Some(RlsServer::start(
+                l,
+                RlsService {
+                    router: rls_router,
+                    limits: config.rate_limit.rls.clone(),
+                    response_headers: config.rls.response_headers,
+                    metrics: rls_metrics,
+                },
+                config.rls.config.clone(),
+                rls_workers.clone(),
+            )?),
+            None => None,
+        };
         let caps = ConnectionCaps::fit(&config);
         let cluster_tls = tls.as_ref().map(|t| t.server_config()).transpose()?;
         let (public, public_task) = public_server(
             &config,
             &ctx,
-            host.clone(),
+            (host.clone(), rls_workers),
             caps,
             [Some(public), Some(cluster), proxy],
             cluster_tls,
@@ -215,8 +243,9 @@ impl Node {
         }
         // Machine-readable start line (tests and scripts wait for it).
         let proxy_field = proxy_addr.map_or(String::new(), |a| format!(" proxy={a}"));
+        let rls_field = rls_addr.map_or(String::new(), |a| format!(" rls={a}"));
         println!(
-            "llmtrace-node listening public={public_addr} admin={admin_addr} cluster={advertise} node_id={}{proxy_field}",
+            "llmtrace-node listening public={public_addr} admin={admin_addr} cluster={advertise} node_id={}{proxy_field}{rls_field}",
             config.node_id
         );
         Ok(Node {
@@ -229,6 +258,7 @@ impl Node {
             tls,
             public,
             admin,
+            rls,
             tasks: vec![public_task, admin_task],
         })
     }
@@ -333,6 +363,9 @@ impl Node {
     /// Stops taking requests, writes every dirty bucket, stops gossip and
     /// the admin listener.
     pub async fn shutdown(self) {
+        if let Some(rls) = self.rls {
+            rls.stop().await;
+        }
         self.public.stop(true).await;
         match self.limiter.final_flush(self.host, STOP_TIMEOUT).await {
             Ok(n) => info!(snapshots = n, "final snapshot flush done"),
@@ -480,13 +513,14 @@ type ServerTask = actix_rt::task::JoinHandle<std::io::Result<()>>;
 /// One server, one set of worker threads for the public, the cluster and
 /// the proxy listener: the workers host the shards, so a check (public,
 /// forwarded or proxied) whose shard lives on the worker that received it
-/// does not change thread. The node-to-node routes answer only on the
-/// cluster listener; the proxy answers only on the proxy listener. With
-/// `cluster_tls`, the cluster listener speaks TLS only.
+/// does not change thread. The workers serve the RLS connections too. The
+/// node-to-node routes answer only on the cluster listener; the proxy
+/// answers only on the proxy listener. With `cluster_tls`, the cluster
+/// listener speaks TLS only.
 fn public_server(
     config: &NodeConfig,
     ctx: &web::Data<NodeContext>,
-    host: Option<Arc<ShardHost>>,
+    (host, rls_workers): (Option<Arc<ShardHost>>, crate::rls::Workers),
     caps: ConnectionCaps,
     [public, cluster, proxy]: [Option<TcpListener>; 3],
     cluster_tls: Option<rustls::ServerConfig>,
@@ -511,6 +545,7 @@ fn public_server(
         if let Some(host) = &host {
             host.host_here();
         }
+        rls_workers.register_current();
         App::new()
             .app_data(data.clone())
             .app_data(pctx.clone())

@@ -487,7 +487,7 @@ impl Router {
                     owner: Some(owner),
                 })
             }
-            OwnerUnreachable::Deny if !matches!(op, Op::Take | Op::Acquire) => {
+            OwnerUnreachable::Deny if !matches!(op, Op::Take | Op::Acquire | Op::Peek) => {
                 // Nothing to refuse: the refund, charge or release is dropped.
                 self.metrics.unreachable_deny.inc();
                 Ok(Routed {

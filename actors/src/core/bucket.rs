@@ -200,11 +200,21 @@ pub enum Op {
     /// Concurrency: return the lease whose id is the check's `cost`;
     /// answered `Allowed` when it was held, `Refused` when not.
     Release,
+    /// The decision a take of `cost` units would get, without taking them
+    /// (a check-only call): the bucket is not changed.
+    Peek,
 }
 
 impl Op {
     /// Every operation; the index is the wire byte.
-    pub const ALL: [Op; 5] = [Op::Take, Op::Refund, Op::Charge, Op::Acquire, Op::Release];
+    pub const ALL: [Op; 6] = [
+        Op::Take,
+        Op::Refund,
+        Op::Charge,
+        Op::Acquire,
+        Op::Release,
+        Op::Peek,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -213,6 +223,7 @@ impl Op {
             Op::Charge => "charge",
             Op::Acquire => "acquire",
             Op::Release => "release",
+            Op::Peek => "peek",
         }
     }
 
@@ -320,6 +331,19 @@ impl BucketState {
             Op::Take | Op::Acquire | Op::Release => self.try_consume(quota, now_ns, cost),
             Op::Refund => self.refund(quota, now_ns, cost),
             Op::Charge => self.charge(quota, now_ns, cost),
+            Op::Peek => self.peek(quota, now_ns, cost),
+        }
+    }
+
+    /// The decision a take of `cost` would get at `now_ns`, without taking:
+    /// admitted, it reports the units held now.
+    pub fn peek(&self, quota: BucketQuota, now_ns: u64, cost: u64) -> Decision {
+        let mut probe = *self;
+        probe.advance(quota, now_ns);
+        let now = probe.allowed(quota);
+        match probe.try_consume(quota, now_ns, cost) {
+            Decision::Allowed { .. } => now,
+            refused => refused,
         }
     }
 

@@ -158,7 +158,8 @@ impl Limiter {
     }
 
     /// Validates `cost` of `op` against the quota: every cost is at least 1,
-    /// and a take's at most the burst (refunds and charges may be larger).
+    /// and a take's (or a peek's) at most the burst (refunds and charges may
+    /// be larger).
     pub fn validate_op(
         &self,
         tenant: &str,
@@ -175,7 +176,7 @@ impl Limiter {
                 if op.is_lease() != matches!(quota, BucketQuota::Leases { .. }) {
                     return Err(CheckError::WrongOp(op.as_str()));
                 }
-                if op == Op::Take && cost > quota.capacity_units() {
+                if matches!(op, Op::Take | Op::Peek) && cost > quota.capacity_units() {
                     return Err(CheckError::CostAboveBurst {
                         cost,
                         burst: quota.capacity_units(),

@@ -335,6 +335,10 @@ impl ShardActor {
     ) -> Decision {
         let slot = self.buckets.get_mut(key).expect("caller checked residency");
         let (decision, leases) = slot.with_held(|h| h.apply(quota, now, op, cost));
+        if op == Op::Peek {
+            // Nothing changed: neither a decision to count nor a write.
+            return decision;
+        }
         let stats = &self.metrics.shards[self.id];
         if leases != 0 {
             if let Some(held) = stats.leases.get(key.limit.id()) {
@@ -411,7 +415,7 @@ impl ShardActor {
                 continue;
             }
             let d = self.decide(&key, w.quota, w.op, w.cost, now);
-            self.answer(d, w.reply);
+            self.answer(d, w.op, w.reply);
         }
         self.flush_through(ctx);
         // Handed over while the restore was under way: the checks that came
@@ -517,7 +521,7 @@ impl Handler<Check> for ShardActor {
                 return Response::reply(Ok(decision));
             }
             let (tx, rx) = oneshot::channel();
-            self.answer(decision, tx);
+            self.answer(decision, msg.op, tx);
             self.flush_through(ctx);
             return Response::fut(async move { rx.await.unwrap_or(Err(Unserved::NotPersisted)) });
         }

@@ -196,9 +196,10 @@ impl ShardActor {
             .then_some(Err(Unserved::NotPersisted))
     }
 
-    /// Sends a decision; in write-through an admitting one waits for its batch.
-    pub(super) fn answer(&mut self, decision: Decision, reply: Reply) {
-        if self.timing.write_through && decision.is_allowed() {
+    /// Sends a decision; in write-through an admitting one waits for its
+    /// batch (a peek changed nothing and waits for none).
+    pub(super) fn answer(&mut self, decision: Decision, op: Op, reply: Reply) {
+        if self.timing.write_through && decision.is_allowed() && op != Op::Peek {
             self.durable_waiting.push((decision, reply));
         } else {
             let _ = reply.send(Ok(decision));

@@ -3,43 +3,14 @@
 //! succeed unchanged, a tenant over its limit gets `openai.RateLimitError`
 //! with the headers, and a token limit holds exactly across 3 nodes.
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use llmtrace_integration::{Cluster, Node, Stub};
 use serde_json::{json, Value};
 
-/// The venv's python (scripts/test.sh sets `LLMTRACE_PYTHON`).
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("LLMTRACE_PYTHON") {
-        return p.into();
-    }
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/py-venv/bin/python");
-    assert!(
-        local.exists(),
-        "no python with the openai client: run scripts/test.sh (it creates target/py-venv) \
-         or set LLMTRACE_PYTHON"
-    );
-    local
-}
-
 /// Runs `integration/py/openai_client.py` and parses its JSON line.
 fn client(args: &[&str]) -> Value {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py/openai_client.py");
-    let out = Command::new(python())
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "openai client failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    llmtrace_integration::run_python("openai_client.py", args)
 }
 
 const WAIT: Duration = Duration::from_secs(30);

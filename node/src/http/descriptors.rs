@@ -2,14 +2,8 @@
 //! fact: `POST /v1/check` with `descriptors`, `POST /v1/release` and
 //! `POST /v1/adjust`.
 //!
-//! A descriptors check is **all or nothing**: every descriptor goes to its
-//! bucket's owner in parallel (batched with other forwards, as any check);
-//! when one refuses (or cannot be decided), the descriptors that were
-//! admitted are refunded before the answer. A refund is a forwarded
-//! operation with its own check id, so a retried forward is applied once
-//! (the owner's dedup), and a refund never lifts a bucket above full.
-//!
-//! A descriptor of a concurrency limit takes a lease. Its id is chosen here
+//! A descriptors check is all or nothing ([`crate::multi_check`]). A
+//! descriptor of a concurrency limit takes a lease. Its id is chosen here
 //! (random), so a retried forward finds the lease it took instead of taking
 //! a second; the client gets it as `lease_id` = `{limit}:{id}:{key}`, which
 //! names the bucket, so `/v1/release` reaches the owner from any node.
@@ -17,11 +11,8 @@
 use actix_web::http::header::HeaderValue;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use futures_util::future::join_all;
-use llmtrace_actors::{retry_after_secs, CheckError, Decision, Op, Routed, Verdict};
+use llmtrace_actors::{retry_after_secs, Decision, Op, Verdict};
 use llmtrace_cluster_config::{validate_key, Limit, LimitKind, RateLimitConfig};
-use std::fmt::Write as _;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -30,46 +21,12 @@ use super::error::ApiError;
 use super::input::{given, parse_limit, read_body};
 use super::strict_json;
 use super::NodeContext;
+use crate::multi_check::{check_all, remaining_and_reset, Descriptor, HeaderItems};
 
 /// Most descriptors in one check.
 pub const MAX_DESCRIPTORS: usize = 16;
 const DESCRIPTOR_FIELDS: [&str; 3] = ["limit", "key", "cost"];
 const ADJUST_FIELDS: [&str; 3] = ["limit", "key", "delta"];
-
-/// One validated descriptor: `cost` units of `limit` counted under `key`,
-/// or one lease of a concurrency limit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Descriptor {
-    pub limit: Limit,
-    pub key: String,
-    pub cost: u64,
-    /// A concurrency limit: the lease this check takes.
-    pub lease: Option<u64>,
-}
-
-impl Descriptor {
-    /// The operation and its amount (a lease id for a lease).
-    fn op(&self) -> (Op, u64) {
-        match self.lease {
-            Some(id) => (Op::Acquire, id),
-            None => (Op::Take, self.cost),
-        }
-    }
-
-    /// What gives back what an admitted descriptor took.
-    fn undo(&self) -> (Op, u64) {
-        match self.lease {
-            Some(id) => (Op::Release, id),
-            None => (Op::Refund, self.cost),
-        }
-    }
-}
-
-/// A new lease id: random, never 0 (ids of one key must not collide across
-/// the nodes that take them).
-fn new_lease_id() -> u64 {
-    uuid::Uuid::new_v4().as_u64_pair().0 | 1
-}
 
 /// The `lease_id` a client holds: `{limit}:{id as 16 hex digits}:{key}`.
 pub fn lease_id(limit: Limit, id: u64, key: &str) -> String {
@@ -122,18 +79,17 @@ fn descriptor(
     if cost == 0 {
         return Err(ApiError::field(at(i, "cost"), "`cost` must be at least 1"));
     }
-    let lease = (limits.kind(limit) == LimitKind::Concurrency).then(new_lease_id);
-    if lease.is_some() && cost != 1 {
+    let lease = limits.kind(limit) == LimitKind::Concurrency;
+    if lease && cost != 1 {
         return Err(ApiError::field(
             at(i, "cost"),
             format!("`{limit}` is a concurrency limit: a descriptor takes one lease (cost 1)"),
         ));
     }
-    Ok(Descriptor {
-        limit,
-        key,
-        cost,
-        lease,
+    Ok(if lease {
+        Descriptor::lease(limit, key)
+    } else {
+        Descriptor::take(limit, key, cost)
     })
 }
 
@@ -238,47 +194,6 @@ fn ms(ns: u64) -> u64 {
     ns.div_ceil(1_000_000)
 }
 
-/// The units of admitted descriptors go back to their buckets (all or
-/// nothing); returns the refunds' decisions by descriptor index.
-async fn refund(
-    ctx: &NodeContext,
-    descriptors: &[Descriptor],
-    results: &[Result<Routed, CheckError>],
-) -> Vec<Option<Decision>> {
-    let refunds = descriptors.iter().zip(results).map(|(d, r)| async move {
-        let Ok(Routed {
-            verdict: Verdict::Limited { decision, .. },
-            ..
-        }) = r
-        else {
-            return None;
-        };
-        if !decision.is_allowed() {
-            return None;
-        }
-        let (op, amount) = d.undo();
-        match ctx.router.perform(d.key.clone(), d.limit, op, amount).await {
-            Ok(Routed {
-                verdict: Verdict::Limited { decision, .. },
-                ..
-            }) => Some(decision),
-            Ok(_) => None,
-            Err(e) => {
-                tracing::warn!(limit = %d.limit, key = %d.key, error = %e,
-                    "could not refund a descriptor of a refused check");
-                None
-            }
-        }
-    });
-    join_all(refunds).await
-}
-
-/// Decides one descriptor on its owner.
-async fn decide(ctx: &NodeContext, d: &Descriptor) -> Result<Routed, CheckError> {
-    let (op, amount) = d.op();
-    ctx.router.check_op(&d.key, d.limit, op, amount).await
-}
-
 /// The answer of a descriptors check.
 #[derive(Serialize)]
 struct Answer<'a> {
@@ -292,21 +207,11 @@ pub async fn check(
     ctx: &NodeContext,
     descriptors: Vec<Descriptor>,
 ) -> Result<HttpResponse, ApiError> {
-    let results: Vec<Result<Routed, CheckError>> = match descriptors.as_slice() {
-        [one] => vec![decide(ctx, one).await],
-        many => join_all(many.iter().map(|d| decide(ctx, d))).await,
-    };
-    let failed = results.iter().position(Result::is_err);
-    let refused = results
-        .iter()
-        .any(|r| matches!(r, Ok(routed) if !routed.verdict.is_allowed()));
-    let refunds = if failed.is_some() || refused {
-        refund(ctx, &descriptors, &results).await
-    } else {
-        Vec::new()
-    };
-    if let Some(i) = failed {
-        let Err(e) = &results[i] else { unreachable!() };
+    let outcome = check_all(&ctx.router, &descriptors).await;
+    if let Some(i) = outcome.failed() {
+        let Err(e) = &outcome.results[i] else {
+            unreachable!()
+        };
         let mut e = check_error(e.clone());
         if let Some(field) = &e.field {
             let field = at(i, field);
@@ -316,10 +221,9 @@ pub async fn check(
         return Err(e);
     }
     let mut items = Vec::with_capacity(descriptors.len());
-    let mut policy = String::new();
-    let mut state = String::new();
+    let mut headers = HeaderItems::default();
     let mut wait_ns = None::<u64>;
-    for (i, (d, r)) in descriptors.iter().zip(&results).enumerate() {
+    for (i, (d, r)) in descriptors.iter().zip(&outcome.results).enumerate() {
         let routed = r.as_ref().expect("errors answered above");
         let mut item = DescriptorBody {
             allowed: true,
@@ -335,18 +239,8 @@ pub async fn check(
         match routed.verdict {
             Verdict::Unlimited => item.unlimited = Some(true),
             Verdict::Limited { quota, decision } => {
-                let refunded = refunds.get(i).copied().flatten();
-                let (remaining, reset_ns) = match refunded.unwrap_or(decision) {
-                    Decision::Allowed {
-                        remaining,
-                        reset_after_ns,
-                    }
-                    | Decision::Refused {
-                        remaining,
-                        reset_after_ns,
-                        ..
-                    } => (remaining, reset_after_ns),
-                };
+                let (remaining, reset_ns) =
+                    remaining_and_reset(outcome.undone(i).unwrap_or(decision));
                 if let Decision::Refused { retry_after_ns, .. } = decision {
                     item.allowed = false;
                     item.retry_after_ms = Some(ms(retry_after_ns));
@@ -354,19 +248,7 @@ pub async fn check(
                 }
                 item.remaining = Some(remaining);
                 item.reset_after_ms = Some(ms(reset_ns));
-                let sep = if policy.is_empty() { "" } else { ", " };
-                let name = d.limit.as_str();
-                let _ = write!(
-                    policy,
-                    "{sep}\"{name}\";q={};w={}",
-                    quota.capacity_units(),
-                    quota.window_secs()
-                );
-                let _ = write!(
-                    state,
-                    "{sep}\"{name}\";r={remaining};t={}",
-                    reset_ns.div_ceil(1_000_000_000)
-                );
+                headers.push(d.limit.as_str(), quota, remaining, reset_ns);
             }
         }
         items.push(item);
@@ -374,7 +256,7 @@ pub async fn check(
     let allowed = wait_ns.is_none();
     if allowed {
         for (item, d) in items.iter_mut().zip(&descriptors) {
-            if let (Some(id), None) = (d.lease, item.unlimited) {
+            if let (Some(id), None) = (d.lease_id(), item.unlimited) {
                 item.lease_id = Some(lease_id(d.limit, id, &d.key));
             }
         }
@@ -384,9 +266,9 @@ pub async fn check(
     } else {
         StatusCode::TOO_MANY_REQUESTS
     });
-    if !policy.is_empty() {
-        resp.insert_header(("RateLimit-Policy", policy));
-        resp.insert_header(("RateLimit", state));
+    if !headers.is_empty() {
+        resp.insert_header(("RateLimit-Policy", headers.policy));
+        resp.insert_header(("RateLimit", headers.state));
     }
     if let Some(wait) = wait_ns {
         resp.insert_header(("Retry-After", HeaderValue::from(retry_after_secs(wait))));

@@ -13,9 +13,10 @@ use llmtrace_cluster_config::{validate_tenant_id, Limit, RateLimitConfig};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use super::descriptors::{from_raw, parse_descriptors, Descriptor, RawDescriptor};
+use super::descriptors::{from_raw, parse_descriptors, RawDescriptor};
 use super::error::ApiError;
 use super::strict_json::{self, Strict};
+use crate::multi_check::Descriptor;
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

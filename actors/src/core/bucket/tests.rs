@@ -36,6 +36,26 @@ fn new_bucket_is_full_and_burst_is_honoured() {
 }
 
 #[test]
+fn a_peek_decides_like_a_take_and_changes_nothing() {
+    let quota = q(1, 2);
+    let mut b = BucketState::full(quota, 0);
+    let before = b;
+    let full = Decision::Allowed {
+        remaining: 2,
+        reset_after_ns: 0,
+    };
+    assert_eq!(b.apply(quota, 0, Op::Peek, 1), full);
+    assert_eq!(b.apply(quota, 0, Op::Peek, 2), full);
+    assert_eq!(b, before);
+    b.apply(quota, 0, Op::Take, 1);
+    assert!(!b.apply(quota, 0, Op::Peek, 2).is_allowed());
+    b.apply(quota, 0, Op::Take, 1);
+    let drained = b;
+    assert!(!b.apply(quota, 0, Op::Peek, 1).is_allowed());
+    assert_eq!(b, drained);
+}
+
+#[test]
 fn refill_is_continuous_and_capped() {
     let quota = q(4, 2);
     let mut b = BucketState::full(quota, 0);

@@ -7,7 +7,7 @@
 //! [`cleanup`] (children stopped on a signal), [`procfs`] (CPU and memory from /proc),
 //! [`wrk`] (running and parsing wrk), [`summary`] (the shared result lines), and one
 //! module per mode: [`single`], [`memory`], [`cluster`] (+ [`cluster_report`]),
-//! [`redis`], [`failover`], [`proxy`].
+//! [`redis`], [`failover`], [`proxy`], [`rls`] (+ [`rls_load`]).
 
 mod cleanup;
 mod cluster;
@@ -17,6 +17,8 @@ mod memory;
 mod procfs;
 mod proxy;
 mod redis;
+mod rls;
+mod rls_load;
 mod settings;
 mod setup;
 mod single;
@@ -26,8 +28,8 @@ mod wrk;
 use settings::{wrk_seconds, Settings, USAGE};
 use setup::{ensure_tool, Bench};
 
-const MODES: [&str; 7] = [
-    "single", "memory", "cluster", "redis", "failover", "proxy", "all",
+const MODES: [&str; 8] = [
+    "single", "memory", "cluster", "redis", "failover", "proxy", "rls", "all",
 ];
 
 fn main() {
@@ -75,6 +77,7 @@ fn main() {
         "redis" => &[redis::run],
         "failover" => &[failover::run],
         "proxy" => &[proxy::run],
+        "rls" => &[rls::run],
         _ => &[
             single::run,
             cluster::run,
@@ -82,6 +85,7 @@ fn main() {
             failover::run,
             memory::run,
             proxy::run,
+            rls::run,
         ],
     };
     for scenario in run {

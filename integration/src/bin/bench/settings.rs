@@ -9,7 +9,7 @@ Benchmarks for the llmtrace cluster node.
   cargo run --release -p llmtrace-integration --bin bench -- [MODE]
   scripts/bench.sh [MODE]                      (the same, through cargo)
 
-MODE is single, memory, cluster, redis, failover, proxy or all (default: all).
+MODE is single, memory, cluster, redis, failover, proxy, rls or all (default: all).
 
 single  wrk (scripts/bench/check.lua) posts /v1/check with random tenants out of
         100,000 over keep-alive connections, first against llmtrace-node, then
@@ -80,6 +80,13 @@ proxy   the latency proxy mode adds: the stub OpenAI-compatible upstream of the
         thread, each connection pausing BENCH_PROXY_DELAY_MS before every
         request (0: closed loop, full load). Prints p50/p99 of both, the added
         p50/p99 (target <= 1 ms added p99) and proxied requests/s.
+rls     one node with --rls-listen and a rule admitting every call (4e9 a day
+        per user): a gRPC load generator (tonic, Envoy's protos) keeps 4 h2
+        connections x 16 ShouldRateLimit calls in flight, random users out of
+        BENCH_TENANT_SPACE, hits BENCH_COST, BENCH_THREADS client threads; then
+        wrk's /v1/check load (as in `single`) on the same node. Prints RLS and
+        HTTP checks/s, p50/p99, server CPU per check of each and the ratio
+        rls/http (target <= 1.3).
 
 Environment:
   BENCH_DURATION=10s     wrk measuring time (wrk syntax: 10, 10s, 1m)

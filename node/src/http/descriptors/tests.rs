@@ -39,11 +39,11 @@ fn descriptors_parse_in_order_with_default_cost() {
     .unwrap();
     assert_eq!(d.len(), 2);
     assert_eq!(
-        (d[0].limit.as_str(), d[0].key.as_str(), d[0].cost),
+        (d[0].limit.as_str(), d[0].key.as_str(), d[0].amount),
         ("d_rpm", "acme", 2)
     );
     assert_eq!(
-        (d[1].limit.as_str(), d[1].key.as_str(), d[1].cost),
+        (d[1].limit.as_str(), d[1].key.as_str(), d[1].amount),
         ("d_daily", "org/7", 1)
     );
 }
@@ -128,7 +128,9 @@ fn lease_ids_name_their_bucket() {
         &l,
     )
     .unwrap();
-    let id = d[0].lease.expect("a concurrency descriptor takes a lease");
+    let id = d[0]
+        .lease_id()
+        .expect("a concurrency descriptor takes a lease");
     assert_ne!(id, 0);
     let text = lease_id(d[0].limit, id, &d[0].key);
     assert_eq!(

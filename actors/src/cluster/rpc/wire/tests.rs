@@ -107,6 +107,16 @@ fn item_validation() {
             },
             &RateLimitConfig::default()
         ),
+        Ok((Limit::REQUESTS, Op::Peek))
+    );
+    assert_eq!(
+        validate_check(
+            &WireCheck {
+                op: 6,
+                ..ok.clone()
+            },
+            &RateLimitConfig::default()
+        ),
         Err(ErrorCode::UnknownOp)
     );
     assert_eq!(
