@@ -27,6 +27,7 @@ mod redis_data_loss;
 mod redis_modes;
 mod redis_outage;
 mod redis_snapshots;
+mod rpc_memory;
 mod single_node;
 mod slow_clients;
 mod write_through;
