@@ -6,11 +6,12 @@
 //! What a batch may cost is bounded whoever sends it: at most
 //! [`SERVE_PER_BATCH`] checks of one batch are under way at once (the rest
 //! wait their turn as plain data, not as started work), and node-wide at most
-//! [`SERVE_IN_FLIGHT`] checks of each hop class: checks that may be
-//! forwarded on (`hops < MAX_FORWARDS`) and checks decided here whatever the
-//! ring says (the last hop). A check waits for a place (backpressure, nothing
-//! is dropped). The classes have their own places so that a check waiting on
-//! another node never holds up the last-hop checks that node sends back.
+//! [`SERVE_IN_FLIGHT`] checks of each hop class: the checks forwarded 0, 1,
+//! 2 ([`MAX_FORWARDS`]) and more times. A check waits for a place
+//! (backpressure, nothing is dropped). A check served here only ever waits
+//! on checks of a higher class on other nodes (each forward counts one hop
+//! more, and one forwarded more than `MAX_FORWARDS` times is never sent on),
+//! so the classes' places can never all wait on each other.
 
 use std::sync::Arc;
 
@@ -28,27 +29,23 @@ use crate::cluster::rpc::wire::{
 pub const SERVE_IN_FLIGHT: usize = 1024;
 /// Checks of one batch being decided at once.
 pub const SERVE_PER_BATCH: usize = 256;
+/// Hop classes: forwarded 0 ..= `MAX_FORWARDS` times, and more.
+const CLASSES: usize = MAX_FORWARDS as usize + 2;
 
-/// The node-wide places of the two hop classes.
+/// The node-wide places of each hop class.
 pub(super) struct Serving {
-    may_forward: Semaphore,
-    last_hop: Semaphore,
+    classes: [Semaphore; CLASSES],
 }
 
 impl Serving {
     pub(super) fn new() -> Self {
         Serving {
-            may_forward: Semaphore::new(SERVE_IN_FLIGHT),
-            last_hop: Semaphore::new(SERVE_IN_FLIGHT),
+            classes: std::array::from_fn(|_| Semaphore::new(SERVE_IN_FLIGHT)),
         }
     }
 
     fn class(&self, check: &WireCheck) -> &Semaphore {
-        if check.hops >= MAX_FORWARDS {
-            &self.last_hop
-        } else {
-            &self.may_forward
-        }
+        &self.classes[usize::from(check.hops).min(CLASSES - 1)]
     }
 }
 
