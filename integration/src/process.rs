@@ -1,6 +1,7 @@
 //! Starting a server child process and waiting for its ready line: the one place that
 //! spawns with piped output, hands the first matching stdout line back, and on failure
-//! reports the exit status and everything the child wrote.
+//! reports the exit status and everything the child wrote; and what `/proc` says about a
+//! child's memory.
 
 use crate::output::{spawn_captured, Captured};
 use crate::STARTUP_TIMEOUT;
@@ -108,4 +109,15 @@ pub fn signal(child: &Child, signal: libc::c_int) {
     // SAFETY: kill(2) with a pid of our own, not yet reaped child: no memory is touched.
     let rc = unsafe { libc::kill(pid, signal) };
     assert_eq!(rc, 0, "kill({signal}): {}", std::io::Error::last_os_error());
+}
+
+/// `VmRSS` / `VmHWM` / ... of `pid`, in kB.
+pub fn vm_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("/proc/{pid}/status has no {field}"))
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{FutureExt, LocalBoxFuture};
+use tokio::sync::Semaphore;
 
 use crate::cluster::rpc::client::ClusterClient;
 use crate::cluster::rpc::wire::{HandoffRequest, InstallRequest, MAX_INSTALL_ITEMS};
@@ -23,33 +24,26 @@ use crate::shard::HandoffSource;
 /// cache layer.
 pub const HANDOFF_WINDOW: Duration = Duration::from_secs(10);
 
+/// Pulls under way at once, node-wide; a pull beyond waits for a place
+/// (its requests are built only then). Each asks every candidate node once,
+/// [`PULL_ATTEMPTS`] times at most.
+pub const PULLS_IN_FLIGHT: usize = 64;
+
 /// Pulls moved buckets from their previous owner.
 pub struct PeerHandoff {
     view: ViewHandle,
     client: ClusterClient,
+    /// Places of the pulls under way ([`PULLS_IN_FLIGHT`]).
+    pulls: Arc<Semaphore>,
 }
 
 impl PeerHandoff {
     pub fn new(view: ViewHandle, client: ClusterClient) -> Arc<Self> {
-        Arc::new(PeerHandoff { view, client })
-    }
-
-    /// Asks one node for the bucket of `key`.
-    fn ask(
-        &self,
-        cluster_addr: std::net::SocketAddr,
-        origin: &str,
-        key: &BucketKey,
-    ) -> LocalBoxFuture<'static, Result<Option<Held>, String>> {
-        let answer = self.client.call(
-            cluster_addr,
-            &HandoffRequest {
-                origin: origin.to_string(),
-                tenant: key.tenant.to_string(),
-                limit: key.limit.as_str().to_string(),
-            },
-        );
-        async move { answer.await.map(|a| a.state).map_err(|e| e.to_string()) }.boxed_local()
+        Arc::new(PeerHandoff {
+            view,
+            client,
+            pulls: Arc::new(Semaphore::new(PULLS_IN_FLIGHT)),
+        })
     }
 }
 
@@ -57,6 +51,27 @@ impl PeerHandoff {
 /// connection): a bucket restored from the cache layer while its previous
 /// owner still holds it would be served twice.
 const PULL_ATTEMPTS: usize = 2;
+
+/// Asks the node at `addr` for the bucket of `req`'s key, up to
+/// [`PULL_ATTEMPTS`] times while asking fails.
+async fn ask(
+    client: ClusterClient,
+    addr: std::net::SocketAddr,
+    req: Arc<HandoffRequest>,
+) -> Result<Option<Held>, String> {
+    let mut last = Ok(None);
+    for _ in 0..PULL_ATTEMPTS {
+        last = client
+            .call(addr, &*req)
+            .await
+            .map(|a| a.state)
+            .map_err(|e| e.to_string());
+        if last.is_ok() {
+            break;
+        }
+    }
+    last
+}
 
 impl HandoffSource for PeerHandoff {
     fn pull(
@@ -112,27 +127,26 @@ impl HandoffSource for PeerHandoff {
             return None;
         }
         // Every candidate at once; at most one holds the bucket. Requests
-        // are sent when polled: a second attempt only after a failure.
-        let asks = candidates.into_iter().map(|addr| {
-            let attempts: Vec<_> = (0..PULL_ATTEMPTS)
-                .map(|_| self.ask(addr, &view.self_id, key))
-                .collect();
-            async move {
-                let mut last = Ok(None);
-                for ask in attempts {
-                    last = ask.await;
-                    if last.is_ok() {
-                        break;
-                    }
-                }
-                last
-            }
+        // are built once a place is free, sent when polled: a second attempt
+        // only after a failure.
+        let req = Arc::new(HandoffRequest {
+            origin: view.self_id.to_string(),
+            tenant: key.tenant.to_string(),
+            limit: key.limit.as_str().to_string(),
         });
-        let all = futures_util::future::join_all(asks);
+        let client = self.client.clone();
+        let places = Arc::clone(&self.pulls);
         Some(
             async move {
+                let _place = places
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| "handoff closed".to_string())?;
+                let asks = candidates
+                    .into_iter()
+                    .map(|addr| ask(client.clone(), addr, Arc::clone(&req)));
                 let mut failed = None;
-                for answer in all.await {
+                for answer in futures_util::future::join_all(asks).await {
                     tracing::debug!(?answer, "handoff answer");
                     match answer {
                         Ok(Some(state)) => return Ok(Some(state)),

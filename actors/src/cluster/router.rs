@@ -19,17 +19,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures_util::future::join_all;
 use llmtrace_cluster_config::{Limit, OwnerUnreachable};
 use tracing::warn;
 
-use crate::cluster::dedup::{Claim, Dedup};
+use crate::cluster::dedup::Dedup;
 use crate::cluster::forwarder::{BatchSettings, Forward, PeerClient, PeerForwarder};
 use crate::cluster::rpc::client::CallError;
-use crate::cluster::rpc::wire::{
-    policy_byte, validate_check, BatchRequest, BatchResponse, WireAnswer, WireCheck, WireResult,
-    MAX_FORWARDS,
-};
+use crate::cluster::rpc::wire::{WireAnswer, WireCheck, WireResult, MAX_FORWARDS};
 use crate::cluster::view::{ClusterView, Member, ViewHandle};
 use crate::core::bucket::{BucketQuota, Decision, Op};
 use crate::core::verdict::{CheckError, ErrorCode, Verdict};
@@ -88,6 +84,8 @@ pub struct Router {
     clients: ClientFactory,
     next_check_id: Arc<AtomicU64>,
     dedup: Arc<Dedup>,
+    /// Bounds the checks of received batches being decided at once.
+    serving: Arc<serve::Serving>,
 }
 
 fn wire_error(e: &CheckError) -> WireResult {
@@ -124,6 +122,7 @@ impl Router {
                 &crate::core::clock::SystemClock,
             ))),
             dedup: Arc::new(Dedup::new(settings.forward_timeout * 4)),
+            serving: Arc::new(serve::Serving::new()),
         }
     }
 
@@ -514,55 +513,10 @@ impl Router {
             }
         }
     }
-
-    /// Answers a batch received from another node, in order. Retries are
-    /// answered from the dedup cache when already decided.
-    pub async fn serve_batch(&self, req: BatchRequest) -> BatchResponse {
-        self.metrics.rpc_batches.inc();
-        self.metrics.rpc_checks.inc_by(req.checks.len() as u64);
-        let origin: Arc<str> = req.origin.as_str().into();
-        let claims = self.dedup.claim(&origin, &req.checks);
-        let answers = join_all(
-            req.checks
-                .into_iter()
-                .zip(claims)
-                .map(|(c, claim)| async move {
-                    if let Claim::Answered(r) = claim {
-                        self.metrics.dedup_hits.inc();
-                        return (c.id, r, false);
-                    }
-                    let result = match validate_check(&c, self.local.limits()) {
-                        Err(code) => WireAnswer::plain(WireResult::Invalid(code)),
-                        Ok((limit, op)) => {
-                            match self.route(c.tenant, limit, op, c.cost, c.hops).await {
-                                Ok(routed) => WireAnswer {
-                                    result: WireResult::from(routed.verdict),
-                                    degraded: match routed.route {
-                                        Route::Degraded(p) => Some(policy_byte(p)),
-                                        _ => None,
-                                    },
-                                },
-                                Err(e) => WireAnswer::plain(wire_error(&e)),
-                            }
-                        }
-                    };
-                    (c.id, result, true)
-                }),
-        )
-        .await;
-        self.dedup.complete(
-            &origin,
-            answers
-                .iter()
-                .filter(|(_, _, new)| *new)
-                .map(|(id, r, _)| (*id, *r)),
-        );
-        BatchResponse {
-            node: self.view.load().self_id.to_string(),
-            results: answers.into_iter().map(|(_, r, _)| r).collect(),
-        }
-    }
 }
+
+mod serve;
+pub use self::serve::SERVE_IN_FLIGHT;
 
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,14 @@
 //!
 //! When the previous owner is gone (crash) or does not answer, the bucket is
 //! restored from the cache layer (the last snapshot plus refill since).
+//!
+//! Tombstones of keys a shard gave up while holding them are as many as the
+//! buckets they replace; a node can also be asked for keys it never held
+//! (any node may be asked for any key), and once a shard keeps
+//! [`MAX_UNHELD_TOMBSTONES`] such a request leaves none (counted as a
+//! handoff error): a check that then reaches this node with a stale view
+//! restores the key from the cache layer, as a check after the tombstone's
+//! lifetime would.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -15,7 +23,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use futures_util::future::{FutureExt, LocalBoxFuture};
 
-use super::{ShardActor, TOMBSTONE_TTL_NS};
+use super::{ShardActor, MAX_UNHELD_TOMBSTONES, TOMBSTONE_TTL_NS};
 use crate::cache::CacheError;
 use crate::core::held::Held;
 use crate::core::key::BucketKey;
@@ -213,13 +221,24 @@ impl Handler<TakeBucket> for ShardActor {
 
     fn handle(&mut self, msg: TakeBucket, _: &mut Self::Context) -> Option<Held> {
         let now = self.clock.now_ns();
-        self.tombstones.insert(
-            msg.key.clone(),
-            (msg.to, now.saturating_add(TOMBSTONE_TTL_NS)),
-        );
+        let tombstone = (msg.to, now.saturating_add(TOMBSTONE_TTL_NS));
         let Some(slot) = self.buckets.remove(&msg.key) else {
+            // Asked for a key it does not hold: the tombstone only keeps a
+            // check that reaches this node with a stale view from starting
+            // a second bucket, and any node may be asked for any key, so
+            // their number is bounded (lapsed ones go every sweep).
+            if self.tombstones.len() < MAX_UNHELD_TOMBSTONES
+                || self.tombstones.contains_key(&msg.key)
+            {
+                self.tombstones.insert(msg.key.clone(), tombstone);
+            } else {
+                self.metrics.shards[self.id]
+                    .handoff_errors
+                    .fetch_add(1, Relaxed);
+            }
             return self.outbox.remove(&msg.key);
         };
+        self.tombstones.insert(msg.key.clone(), tombstone);
         self.count_leases(&msg.key, -(slot.leases(now) as i64));
         let stats = &self.metrics.shards[self.id];
         stats.resident.fetch_sub(1, Relaxed);
@@ -229,5 +248,66 @@ impl Handler<TakeBucket> for ShardActor {
         }
         stats.handoffs_out.fetch_add(1, Relaxed);
         Some(slot.into_held())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::Arc;
+
+    use llmtrace_cluster_config::{Limit, RateLimitConfig};
+
+    use super::super::{HANDED_HINT_NS, MAX_UNHELD_TOMBSTONES};
+    use crate::cache::InMemoryCacheLayer;
+    use crate::core::clock::ManualClock;
+    use crate::core::held::Held;
+    use crate::core::verdict::CheckError;
+    use crate::local::limiter::Limiter;
+    use crate::shard::ShardTiming;
+
+    async fn moved(l: &Limiter, tenant: &str) -> bool {
+        match l.check(tenant.into(), Limit::REQUESTS, 1).await {
+            Err(CheckError::Moved { .. }) => true,
+            Ok(v) => {
+                assert!(v.is_allowed(), "{tenant}: {v:?}");
+                false
+            }
+            Err(e) => panic!("{tenant}: {e:?}"),
+        }
+    }
+
+    async fn take(l: &Limiter, tenant: &str) -> Result<Option<Held>, CheckError> {
+        l.take(tenant, Limit::REQUESTS, "node-b".into()).await
+    }
+
+    #[actix_rt::test]
+    async fn tombstones_of_keys_never_held_are_bounded() {
+        let clock = ManualClock::new(1_000_000_000_000);
+        let cache = Arc::new(InMemoryCacheLayer::new(clock.clone()));
+        let l = Limiter::start(
+            1,
+            Arc::new(RateLimitConfig::with_requests(1, 10)),
+            cache,
+            clock.clone(),
+            ShardTiming::default(),
+        );
+        for i in 0..MAX_UNHELD_TOMBSTONES {
+            assert_eq!(take(&l, &format!("k{i}")).await, Ok(None));
+        }
+        assert!(moved(&l, "k0").await, "a recorded tombstone redirects");
+        // Full: a key never held leaves no tombstone, and says so.
+        assert_eq!(take(&l, "over").await, Ok(None));
+        assert_eq!(l.metrics().shards[0].handoff_errors.load(Relaxed), 1);
+        assert!(!moved(&l, "over").await, "no tombstone past the bound");
+        // A held key always leaves one (it replaces the bucket).
+        assert!(!moved(&l, "held").await);
+        assert!(take(&l, "held").await.unwrap().is_some());
+        assert!(moved(&l, "held").await);
+        // Once they lapse, the sweep forgets them and there is room again.
+        clock.advance_ns(HANDED_HINT_NS + 1);
+        l.sweep_all().await;
+        assert_eq!(take(&l, "later").await, Ok(None));
+        assert!(moved(&l, "later").await);
     }
 }

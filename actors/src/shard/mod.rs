@@ -205,6 +205,10 @@ pub const TOMBSTONE_TTL_NS: u64 = 10_000_000_000;
 /// lapsed: if the key comes back to it, that node is asked for the bucket.
 pub const HANDED_HINT_NS: u64 = 30_000_000_000;
 
+/// Most tombstones a shard keeps before it stops recording those of keys it
+/// was asked for without holding them (see [`handoff`]).
+pub const MAX_UNHELD_TOMBSTONES: usize = 16_384;
+
 type Reply = oneshot::Sender<Result<Decision, Unserved>>;
 
 struct Waiter {
@@ -438,6 +442,10 @@ impl ShardActor {
         let now = self.clock.now_ns();
         self.tombstones
             .retain(|_, (_, until)| until.saturating_add(HANDED_HINT_NS - TOMBSTONE_TTL_NS) > now);
+        // Maps of per-key bookkeeping give their memory back once emptied.
+        shrink_sparse(&mut self.tombstones);
+        shrink_sparse(&mut self.pending);
+        shrink_sparse(&mut self.outbox);
         let limits = &self.limits;
         let stats = &self.metrics.shards[self.id];
         let mut dropped = 0usize;
@@ -472,11 +480,16 @@ impl ShardActor {
             if self.dirty.is_empty() {
                 self.oldest_dirty_ns = None;
             }
-            if self.buckets.capacity() > 4 * self.buckets.len().max(1024) {
-                self.buckets.shrink_to_fit();
-            }
+            shrink_sparse(&mut self.buckets);
         }
         dropped
+    }
+}
+
+/// Shrinks a map holding far fewer entries than it has room for.
+fn shrink_sparse<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 4 * map.len().max(1024) {
+        map.shrink_to_fit();
     }
 }
 

@@ -30,6 +30,7 @@ mod redis_snapshots;
 mod rls;
 mod rls_cluster;
 mod rls_python;
+mod rpc_memory;
 mod single_node;
 mod slow_clients;
 mod write_through;

@@ -4,12 +4,12 @@
 
 use std::sync::Mutex;
 
-use futures_util::future::{FutureExt, LocalBoxFuture};
+use futures_util::future::{join_all, FutureExt, LocalBoxFuture};
 use llmtrace_cluster_config::RateLimitConfig;
 
 use super::*;
 use crate::cache::InMemoryCacheLayer;
-use crate::cluster::rpc::wire as rpc;
+use crate::cluster::rpc::wire::{self as rpc, BatchRequest};
 use crate::cluster::view::MemberState;
 use crate::core::clock::ManualClock;
 use crate::metrics::Counter;

@@ -61,16 +61,7 @@ fn children_cpu_s() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
-/// `VmRSS` / `VmHWM` / ... of `pid`, in kB.
-pub fn vm_kb(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("/proc/{pid}/status has no {field}"))
-}
+pub use llmtrace_integration::process::vm_kb;
 
 /// CPU used during a measured run, in seconds.
 #[derive(Debug, Clone, Copy, Default)]
