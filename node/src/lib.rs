@@ -14,6 +14,8 @@
 //! - [`multi_check`]: checks of several descriptors, all or nothing (HTTP
 //!   descriptors and the RLS service).
 //! - [`rls`]: the Envoy rate limit service (gRPC, `--rls-listen`).
+//! - [`storage`]: the Redis connections, the snapshot cache layer and the
+//!   runtime overrides loaded at start-up.
 //! - [`proxy`]: the optional LLM proxy listener (`--proxy-listen`).
 
 #![forbid(unsafe_code)]
@@ -26,3 +28,4 @@ pub mod multi_check;
 pub mod node;
 pub mod proxy;
 pub mod rls;
+pub mod storage;

@@ -18,14 +18,12 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use llmtrace_actors::cluster::handoff_client::hand_over;
-use llmtrace_actors::cluster::overrides::RedisOverrideStore;
 use llmtrace_actors::cluster::rpc::tls::ClusterTls;
-use llmtrace_actors::metrics::{self, Registry};
+use llmtrace_actors::metrics::Registry;
 use llmtrace_actors::{
-    BatchSettings, CacheLayer, ClientFactory, ClusterClient, ClusterControl, ClusterMetrics,
-    ClusterView, HandoffSource, InMemoryCacheLayer, Limiter, Member, MemberState, Membership,
-    MembershipSettings, PeerClient, PeerHandoff, RedisCacheLayer, RedisClient, RemotePeer, Router,
-    RouterSettings, ShardHost, ShardTiming, SystemClock,
+    BatchSettings, CacheLayer, ClientFactory, ClusterClient, ClusterMetrics, ClusterView,
+    HandoffSource, Limiter, Member, MemberState, Membership, MembershipSettings, PeerClient,
+    PeerHandoff, RemotePeer, Router, RouterSettings, ShardHost, ShardTiming, SystemClock,
 };
 use llmtrace_cluster_config::{NodeConfig, ShardPlacement, SnapshotMode};
 use tracing::{info, warn};
@@ -37,6 +35,7 @@ use crate::listeners;
 pub use crate::listeners::{ConnectionCaps, Listeners};
 use crate::proxy::{self, ProxyContext};
 use crate::rls::{RlsMetrics, RlsServer, RlsService};
+use crate::storage::{cache_layer, load_overrides, redis_client};
 
 /// How long a stopping node waits for in-flight requests, then for the final
 /// snapshot flush.
@@ -380,33 +379,6 @@ impl Node {
     }
 }
 
-/// The Redis connections the configuration asks for (none without
-/// `redis_url`), shared by the snapshots and the runtime overrides.
-fn redis_client(config: &NodeConfig) -> anyhow::Result<Option<RedisClient>> {
-    config
-        .redis
-        .as_ref()
-        .map(|r| RedisClient::open(r).with_context(|| "invalid value for `redis_url`".to_string()))
-        .transpose()
-}
-
-/// Builds the cache layer the configuration asks for (Redis: with its
-/// round-trip histograms, registered in `registry`).
-fn cache_layer(
-    config: &NodeConfig,
-    redis: Option<RedisClient>,
-    registry: &mut Registry,
-) -> Arc<dyn CacheLayer> {
-    match redis {
-        None => Arc::new(InMemoryCacheLayer::new(Arc::new(SystemClock))),
-        Some(client) => Arc::new(RedisCacheLayer::new(
-            client,
-            &config.node_id,
-            metrics::cache::register_redis(registry),
-        )),
-    }
-}
-
 /// Starts gossip on the cluster port (state `joining`).
 async fn start_membership(
     config: &NodeConfig,
@@ -484,28 +456,6 @@ fn peer_clients(client: ClusterClient) -> ClientFactory {
     Arc::new(move |m: &Member| {
         Box::new(RemotePeer::new(client.clone(), m.cluster_addr)) as Box<dyn PeerClient>
     })
-}
-
-/// Runtime overrides: those stored in Redis first (a restarted cluster keeps
-/// them), then whatever peers gossip. Returns where new ones persist.
-async fn load_overrides(
-    redis: Option<RedisClient>,
-    control: &ClusterControl,
-) -> Option<RedisOverrideStore> {
-    let client = redis?;
-    let timeout = client.timeout().max(Duration::from_secs(1));
-    let store = RedisOverrideStore::new(client, timeout);
-    match store.load().await {
-        Ok(table) => {
-            let n = table.values().filter(|e| e.value.is_some()).count();
-            control.seed_overrides(table).await;
-            info!(overrides = n, "runtime limit overrides loaded from Redis");
-        }
-        Err(e) => warn!(
-            "could not load runtime limit overrides from Redis (peers may still gossip them): {e}"
-        ),
-    }
-    Some(store)
 }
 
 type ServerTask = actix_rt::task::JoinHandle<std::io::Result<()>>;
