@@ -312,6 +312,7 @@ fn sigterm_turns_readyz_503_and_serves_through_the_grace() {
     // Until the node closes its listeners, every request is answered: readyz
     // 503, checks 200, the admin listener 200. A request may fail only once the
     // grace is over.
+    const CLOSE_RACE: Duration = Duration::from_millis(100);
     let mut last_answered = None;
     while node.is_running() {
         let at = sent.elapsed();
@@ -339,8 +340,10 @@ fn sigterm_turns_readyz_503_and_serves_through_the_grace() {
                 } else {
                     admin_at
                 };
+                // A request sent in the last moments of the grace may race
+                // the close of its listener: allow that much.
                 assert!(
-                    failed_at >= GRACE,
+                    failed_at + CLOSE_RACE >= GRACE,
                     "a request sent {failed_at:?} after SIGTERM, within the {GRACE:?} grace, \
                      was not answered: readyz {:?}, check {:?}, admin {:?}",
                     readyz.err(),
