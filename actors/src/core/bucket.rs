@@ -126,14 +126,6 @@ impl BucketQuota {
         }
     }
 
-    /// The lease time of a concurrency limit.
-    pub fn lease_ttl_ns(self) -> Option<u64> {
-        match self {
-            BucketQuota::Leases { ttl_s, .. } => Some(ttl_s.saturating_mul(NANOS)),
-            _ => None,
-        }
-    }
-
     /// The length of one window or refill period, in seconds (for headers).
     pub fn window_secs(self) -> u64 {
         match self {
