@@ -48,5 +48,5 @@ pub use cluster::view::{ClusterView, Member, MemberState, ViewHandle};
 pub use local::limiter::Limiter;
 pub use local::placement::{ShardHost, ShardSlots};
 pub use metrics::{ClusterMetrics, Metrics};
-pub use shard::HandoffSource;
 pub use shard::ShardTiming;
+pub use shard::{HandoffSource, Ownership, Serve};

@@ -26,6 +26,13 @@ pub const DEFAULT_FORWARD_BATCH_MAX: usize = 256;
 pub const DEFAULT_FORWARD_BATCH_WAIT_US: u64 = 200;
 /// Default time after which an unanswered forward is retried.
 pub const DEFAULT_FORWARD_TIMEOUT_MS: u64 = 500;
+/// Default fence, in gossip rounds: a node keeps deciding this long after it
+/// last heard from a majority of its ring (failure detection takes roughly
+/// 10-20 rounds).
+pub const DEFAULT_FENCE_ROUNDS: u64 = 5;
+/// Least fence, in gossip rounds (a shorter one would close between two
+/// heartbeats).
+const MIN_FENCE_ROUNDS: u64 = 3;
 
 /// What a node does with a check whose owner cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
@@ -68,6 +75,10 @@ pub struct ClusterConfig {
     pub gossip_interval_ms: u64,
     /// Phi-accrual failure detector threshold (higher: slower, surer).
     pub phi_threshold: f64,
+    /// A node decides for its buckets only while it heard from a majority
+    /// of its ring within this time, and after a longer silence (or pause)
+    /// takes its buckets back before deciding again; 0: never fenced.
+    pub fence_ms: u64,
     /// A forwarded batch is sent when it holds this many checks...
     pub forward_batch_max: usize,
     /// ...or when its first check has waited this long (microseconds).
@@ -187,6 +198,15 @@ pub struct ClusterSettings {
     )]
     pub phi_threshold: Option<f64>,
 
+    /// cluster.fence_ms: a node decides for its buckets only while it has
+    /// heard from a majority of its ring within this time; after a longer
+    /// silence or a pause of its own (GC, SIGSTOP, VM migration) it catches
+    /// up first and takes each bucket back from whichever node served it
+    /// meanwhile. Keep it well below failure detection; 0 turns fencing off.
+    /// [default: 5 gossip rounds]
+    #[arg(long, env = "LLMTRACE_FENCE_MS", value_name = "MS")]
+    pub fence_ms: Option<u64>,
+
     /// cluster.forward_batch_max: checks per forwarded batch before it is sent.
     #[arg(
         long,
@@ -297,6 +317,26 @@ impl ClusterConfig {
                 format!("{phi} is out of range 1..=100"),
             ));
         }
+        let gossip_interval_ms = range(
+            "cluster.gossip_interval_ms",
+            s.gossip_interval_ms.unwrap_or(DEFAULT_GOSSIP_INTERVAL_MS),
+            10,
+            10_000,
+        )?;
+        let fence_ms = s
+            .fence_ms
+            .unwrap_or(DEFAULT_FENCE_ROUNDS * gossip_interval_ms);
+        if fence_ms != 0 && fence_ms < MIN_FENCE_ROUNDS * gossip_interval_ms {
+            return Err(ConfigError::invalid(
+                "cluster.fence_ms",
+                format!(
+                    "{fence_ms} is shorter than {MIN_FENCE_ROUNDS} gossip rounds \
+                     ({gossip_interval_ms} ms each): the fence would close between heartbeats \
+                     (0 turns fencing off)"
+                ),
+            ));
+        }
+        let fence_ms = range("cluster.fence_ms", fence_ms, 0, 600_000)?;
         Ok(ClusterConfig {
             enabled,
             listen,
@@ -310,13 +350,9 @@ impl ClusterConfig {
                 1,
                 4096,
             )?,
-            gossip_interval_ms: range(
-                "cluster.gossip_interval_ms",
-                s.gossip_interval_ms.unwrap_or(DEFAULT_GOSSIP_INTERVAL_MS),
-                10,
-                10_000,
-            )?,
+            gossip_interval_ms,
             phi_threshold: phi,
+            fence_ms,
             forward_batch_max: range(
                 "cluster.forward_batch_max",
                 s.forward_batch_max.unwrap_or(DEFAULT_FORWARD_BATCH_MAX),
@@ -480,10 +516,24 @@ mod tests {
             ("phi_threshold = 0.5", "cluster.phi_threshold"),
             ("forward_timeout_ms = 0", "cluster.forward_timeout_ms"),
             ("forward_batch_max = 0", "cluster.forward_batch_max"),
+            ("fence_ms = 250", "cluster.fence_ms"),
+            (
+                "gossip_interval_ms = 1000\nfence_ms = 2000",
+                "cluster.fence_ms",
+            ),
         ];
         for (file, key) in cases {
             let err = resolve(file, &[]).unwrap_err().to_string();
             assert!(err.contains(key), "{file}: {err}");
         }
+    }
+
+    #[test]
+    fn the_fence_follows_the_gossip_interval_unless_given() {
+        let fence = |file: &str| resolve(file, &[]).unwrap().fence_ms;
+        assert_eq!(fence(""), DEFAULT_FENCE_ROUNDS * DEFAULT_GOSSIP_INTERVAL_MS);
+        assert_eq!(fence("gossip_interval_ms = 200"), 1000);
+        assert_eq!(fence("fence_ms = 0"), 0, "0 turns fencing off");
+        assert_eq!(fence("fence_ms = 300"), 300);
     }
 }

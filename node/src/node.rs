@@ -21,9 +21,9 @@ use llmtrace_actors::cluster::handoff_client::hand_over;
 use llmtrace_actors::cluster::rpc::tls::ClusterTls;
 use llmtrace_actors::metrics::Registry;
 use llmtrace_actors::{
-    BatchSettings, CacheLayer, ClientFactory, ClusterClient, ClusterMetrics, ClusterView,
-    HandoffSource, Limiter, Member, MemberState, Membership, MembershipSettings, PeerClient,
-    PeerHandoff, RemotePeer, Router, RouterSettings, ShardHost, ShardTiming, SystemClock,
+    BatchSettings, CacheLayer, ClientFactory, ClusterClient, ClusterMetrics, ClusterView, Limiter,
+    Member, MemberState, Membership, MembershipSettings, Ownership, PeerClient, PeerHandoff,
+    RemotePeer, Router, RouterSettings, ShardHost, ShardTiming, SystemClock,
 };
 use llmtrace_cluster_config::{NodeConfig, ShardPlacement, SnapshotMode};
 use tracing::{info, warn};
@@ -142,8 +142,15 @@ impl Node {
         }
         // A bucket that moved is pulled from its previous owner on its first
         // check here (graceful joins and leaves lose nothing).
-        let handoff: Arc<dyn HandoffSource> = PeerHandoff::new(membership.view(), client.clone());
-        let (limiter, host) = start_shards(&config, cache, handoff);
+        let ownership = Ownership {
+            handoff: Some(PeerHandoff::new(
+                membership.view(),
+                membership.fence(),
+                client.clone(),
+            )),
+            fence: membership.fence(),
+        };
+        let (limiter, host) = start_shards(&config, cache, ownership);
         let router = Router::new(
             limiter.clone(),
             membership.view(),
@@ -406,6 +413,7 @@ async fn start_membership(
             vnodes: c.vnodes,
             gossip_interval: Duration::from_millis(c.gossip_interval_ms),
             phi_threshold: c.phi_threshold,
+            fence: Duration::from_millis(c.fence_ms),
             // Shared with the limiter's copy of the block (clones share it).
             runtime: config.rate_limit.runtime.clone(),
         },
@@ -419,7 +427,7 @@ async fn start_membership(
 fn start_shards(
     config: &NodeConfig,
     cache: Arc<dyn CacheLayer>,
-    handoff: Arc<dyn HandoffSource>,
+    ownership: Ownership,
 ) -> (Limiter, Option<Arc<ShardHost>>) {
     let timing = ShardTiming {
         // Without Redis the shards' maps are the only copy that matters:
@@ -434,7 +442,7 @@ fn start_shards(
     let clock = Arc::new(SystemClock);
     match config.shard_placement {
         ShardPlacement::Dedicated => (
-            Limiter::start_with_handoff(config.shards, limits, cache, clock, timing, Some(handoff)),
+            Limiter::start_owning(config.shards, limits, cache, clock, timing, ownership),
             None,
         ),
         ShardPlacement::Workers => {
@@ -445,7 +453,7 @@ fn start_shards(
                 cache,
                 clock,
                 timing,
-                Some(handoff),
+                ownership,
             );
             (limiter, Some(host))
         }

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use tracing::{info, warn};
 use crate::cluster::control::ClusterControl;
 use crate::cluster::gossip_transport::SealedUdpTransport;
 use crate::cluster::view::{ClusterView, Member, MemberState, ViewHandle};
+use crate::core::fence::Fence;
 use crate::metrics::ClusterMetrics;
 
 /// How a node takes part in gossip.
@@ -46,6 +48,10 @@ pub struct MembershipSettings {
     pub vnodes: u32,
     pub gossip_interval: Duration,
     pub phi_threshold: f64,
+    /// How long after last hearing from a majority of its ring this node
+    /// keeps deciding (see [`crate::cluster::freshness`]); zero: never
+    /// fenced.
+    pub fence: Duration,
     /// Where the merged runtime limit overrides are installed.
     pub runtime: RuntimeLimits,
 }
@@ -66,6 +72,9 @@ pub struct Membership {
     changes: watch::Receiver<Fingerprint>,
     settings: MembershipSettings,
     control: ClusterControl,
+    fence: Arc<Fence>,
+    /// Stops the fence's ticker.
+    stop_fence: Arc<AtomicBool>,
 }
 
 fn member_of(id: &ChitchatId, state: &NodeState) -> Option<Member> {
@@ -152,6 +161,21 @@ impl Membership {
         let mut live = chitchat.lock().await.live_nodes_watcher();
         let control =
             ClusterControl::start(Arc::clone(&chitchat), settings.runtime.clone(), interval);
+        let stop_fence = Arc::new(AtomicBool::new(false));
+        let fence = if settings.fence.is_zero() {
+            Fence::open()
+        } else {
+            let fence = Fence::leased(settings.fence);
+            crate::cluster::freshness::spawn(
+                Arc::clone(&chitchat),
+                view.clone(),
+                Arc::clone(&fence),
+                settings.fence,
+                Arc::clone(&metrics),
+                Arc::clone(&stop_fence),
+            )?;
+            fence
+        };
         let task_control = control.clone();
         let task_view = view.clone();
         let (self_id, vnodes) = (settings.node_id.clone(), settings.vnodes);
@@ -199,7 +223,14 @@ impl Membership {
             changes,
             settings,
             control,
+            fence,
+            stop_fence,
         })
+    }
+
+    /// The gate of this node's decisions, kept open while its view is fresh.
+    pub fn fence(&self) -> Arc<Fence> {
+        Arc::clone(&self.fence)
     }
 
     pub fn view(&self) -> ViewHandle {
@@ -270,6 +301,7 @@ impl Membership {
 
     /// Stops gossiping (peers then detect the node as gone).
     pub async fn shutdown(self) {
+        self.stop_fence.store(true, Ordering::Relaxed);
         if let Err(e) = self.handle.shutdown().await {
             warn!("gossip shutdown: {e}");
         }

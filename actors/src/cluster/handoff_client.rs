@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use crate::cluster::rpc::client::ClusterClient;
 use crate::cluster::rpc::wire::{HandoffRequest, InstallRequest, MAX_INSTALL_ITEMS};
 use crate::cluster::view::ViewHandle;
+use crate::core::fence::Fence;
 use crate::core::held::Held;
 use crate::core::key::BucketKey;
 use crate::shard::HandoffSource;
@@ -32,15 +33,19 @@ pub const PULLS_IN_FLIGHT: usize = 64;
 /// Pulls moved buckets from their previous owner.
 pub struct PeerHandoff {
     view: ViewHandle,
+    /// After a lapse of this fence, every member is asked (any of them may
+    /// have served the key while this node was paused or cut off).
+    fence: Arc<Fence>,
     client: ClusterClient,
     /// Places of the pulls under way ([`PULLS_IN_FLIGHT`]).
     pulls: Arc<Semaphore>,
 }
 
 impl PeerHandoff {
-    pub fn new(view: ViewHandle, client: ClusterClient) -> Arc<Self> {
+    pub fn new(view: ViewHandle, fence: Arc<Fence>, client: ClusterClient) -> Arc<Self> {
         Arc::new(PeerHandoff {
             view,
+            fence,
             client,
             pulls: Arc::new(Semaphore::new(PULLS_IN_FLIGHT)),
         })
@@ -95,16 +100,18 @@ impl HandoffSource for PeerHandoff {
             None => return None,
         }
         // Who else may hold it: its owners by every ring replaced within the
-        // window; for a node that joined within it, every member. (A joining
-        // node's first rings may lack members whose state has not reached it
-        // yet, so no ring of its own names the holder for sure; only the
-        // holder has the bucket to give.)
+        // window; for a node that joined within it, or whose view lapsed
+        // within it, every member. (A joining node's first rings may lack
+        // members whose state has not reached it yet, and a node that was
+        // paused never saw the rings in force meanwhile, so no ring of its
+        // own names the holder for sure; only the holder has the bucket to
+        // give.)
         for o in view.previous_owners(&key.tenant, key.limit, HANDOFF_WINDOW) {
             if !owners.contains(&o) {
                 owners.push(o);
             }
         }
-        if view.joined_within(HANDOFF_WINDOW) {
+        if view.joined_within(HANDOFF_WINDOW) || self.fence.lapsed_within(HANDOFF_WINDOW) {
             for m in &view.members {
                 if !owners.contains(&m.node_id.as_str()) {
                     owners.push(&m.node_id);

@@ -1,6 +1,7 @@
 //! Everything that spans nodes: who is in the cluster ([`view`], [`gossip`]
 //! over [`gossip_transport`], sealed by [`gossip_seal`],
-//! [`control`], [`overrides`]), where a check is decided ([`router`],
+//! [`control`], [`overrides`], whether its view is fresh: [`freshness`]),
+//! where a check is decided ([`router`],
 //! [`forwarder`], [`dedup`]), how buckets move between owners
 //! ([`handoff_client`]), the admin API's reach to a bucket's owner
 //! ([`tenant_rpc`]) and the node-to-node wire ([`rpc`]).
@@ -8,6 +9,7 @@
 pub mod control;
 pub mod dedup;
 pub mod forwarder;
+pub mod freshness;
 pub mod gossip;
 pub mod gossip_seal;
 pub mod gossip_transport;

@@ -31,6 +31,7 @@ use crate::core::bucket::{BucketQuota, Decision, Op};
 use crate::core::verdict::{CheckError, ErrorCode, Verdict};
 use crate::local::limiter::Limiter;
 use crate::metrics::ClusterMetrics;
+use crate::shard::Serve;
 
 /// Builds the client of one peer, on the thread that will use it.
 pub type ClientFactory = Arc<dyn Fn(&Member) -> Box<dyn PeerClient> + Send + Sync>;
@@ -92,7 +93,7 @@ fn wire_error(e: &CheckError) -> WireResult {
     match e {
         CheckError::ZeroCost => WireResult::Invalid(ErrorCode::ZeroCost),
         CheckError::CostAboveBurst { .. } => WireResult::Invalid(ErrorCode::CostAboveBurst),
-        CheckError::Unavailable(_) | CheckError::Moved { .. } => {
+        CheckError::Unavailable(_) | CheckError::Moved { .. } | CheckError::Fenced { .. } => {
             WireResult::Unavailable(ErrorCode::ShuttingDown)
         }
         CheckError::NotPersisted => WireResult::Unavailable(ErrorCode::NotPersisted),
@@ -192,27 +193,58 @@ impl Router {
     }
 
     /// Decides on this node's shard; `Err(Moved)` if the shard handed the
-    /// bucket over moments ago.
+    /// bucket over moments ago. While this node's fence is closed (its view
+    /// is stale: it was paused or cut off) it waits, at most the forward
+    /// timeout, for the view to catch up; then `on_owner_unreachable`
+    /// decides, as for an owner that cannot be reached.
     #[allow(clippy::too_many_arguments)]
     async fn decide_here(
         &self,
         tenant: String,
-        limit: Limit,
-        op: Op,
+        (limit, op): (Limit, Op),
         cost: u64,
         quota: Option<BucketQuota>,
+        serve: Serve,
         route: Route,
         owner: Option<String>,
     ) -> Result<Routed, CheckError> {
-        let verdict = self
-            .local
-            .check_validated(tenant, limit, op, cost, quota, false)
-            .await?;
-        Ok(Routed {
-            verdict,
-            route,
-            owner,
-        })
+        let local = &self.local;
+        let tenant = match local
+            .check_validated(tenant, limit, op, cost, quota, serve)
+            .await
+        {
+            Err(CheckError::Fenced { tenant }) => tenant,
+            other => {
+                return other.map(|verdict| Routed {
+                    verdict,
+                    route,
+                    owner,
+                })
+            }
+        };
+        self.metrics.fenced.inc();
+        let tenant = if local.fence().wait_open(self.settings.forward_timeout).await {
+            match local
+                .check_validated(tenant, limit, op, cost, quota, serve)
+                .await
+            {
+                Err(CheckError::Fenced { tenant }) => tenant,
+                other => {
+                    return other.map(|verdict| Routed {
+                        verdict,
+                        route,
+                        owner,
+                    })
+                }
+            }
+        } else {
+            tenant
+        };
+        let quota = quota.expect("only a bucket is fenced");
+        let reason = "this node's view of the cluster is stale (paused or cut off)".to_string();
+        let owner = owner.unwrap_or_else(|| self.view.load().self_id.to_string());
+        self.unreachable(tenant, (limit, op), cost, quota, owner, reason)
+            .await
     }
 
     /// Decides on this node's shard, or where the shard handed the bucket.
@@ -228,7 +260,7 @@ impl Router {
         hops: u8,
     ) -> Result<Routed, CheckError> {
         match self
-            .decide_here(tenant, limit, op, cost, quota, route, owner)
+            .decide_here(tenant, (limit, op), cost, quota, Serve::Owner, route, owner)
             .await
         {
             // Only a bucket (never an unlimited check) can have moved.
@@ -277,15 +309,17 @@ impl Router {
             // the key is ours again: serve it (its bucket comes back by pull,
             // push or the cache layer).
             let owner = Some(view.self_id.to_string());
-            let verdict = self
-                .local
-                .check_validated(tenant, limit, op, cost, Some(quota), true)
-                .await?;
-            return Ok(Routed {
-                verdict,
-                route: Route::Local,
-                owner,
-            });
+            return self
+                .decide_here(
+                    tenant,
+                    (limit, op),
+                    cost,
+                    Some(quota),
+                    Serve::Reclaim,
+                    Route::Local,
+                    owner,
+                )
+                .await;
         }
         if hops > MAX_FORWARDS {
             let reason = "hop limit reached following a handoff".to_string();
@@ -470,7 +504,7 @@ impl Router {
                 // unreachable node (reclaimed: restored from the cache layer).
                 let verdict = self
                     .local
-                    .check_validated(tenant, limit, op, cost, Some(quota), true)
+                    .check_validated(tenant, limit, op, cost, Some(quota), Serve::Degraded)
                     .await?;
                 Ok(Routed {
                     verdict,

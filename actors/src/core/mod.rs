@@ -4,6 +4,7 @@
 
 pub mod bucket;
 pub mod clock;
+pub mod fence;
 pub mod held;
 pub mod key;
 pub mod lease;

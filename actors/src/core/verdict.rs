@@ -47,6 +47,12 @@ pub enum CheckError {
     /// check was not admitted.
     #[error("bucket state could not be persisted (snapshot_mode write-through); not admitted")]
     NotPersisted,
+    /// This node's view of the cluster is stale (it was paused or cut off):
+    /// it decides nothing from its buckets until it caught up.
+    #[error(
+        "this node's view of the cluster is stale; not deciding for {tenant} until it caught up"
+    )]
+    Fenced { tenant: String },
     /// The owner refused a forwarded check as invalid by its own quota
     /// (for a moment after a runtime limit change, nodes' quotas differ).
     #[error("the owner refused the check as invalid: {0:?}")]

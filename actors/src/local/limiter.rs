@@ -15,12 +15,13 @@ use crate::core::verdict::{CheckError, Verdict};
 use crate::cache::{CacheError, CacheLayer, SnapshotWrite};
 use crate::core::bucket::{BucketQuota, Op};
 use crate::core::clock::Clock;
+use crate::core::fence::Fence;
 use crate::core::held::Held;
 use crate::core::key::{shard_of, BucketKey};
 use crate::local::placement::{self, ShardHost, ShardParts, ShardSlots};
 use crate::metrics::Metrics;
 use crate::shard::{
-    BucketReport, Check, FlushNow, HandoffSource, Inspect, Install, Moved, OwnerOf, Reset,
+    BucketReport, Check, FlushNow, Inspect, Install, Moved, OwnerOf, Ownership, Reset, Serve,
     ShardTiming, SweepNow, TakeAll, TakeBucket, Unserved,
 };
 
@@ -35,6 +36,8 @@ pub struct Limiter {
     /// Buckets are snapshotted (a persistent cache layer is configured).
     write_behind: bool,
     clock: Arc<dyn Clock>,
+    /// The gate of this node's decisions (shared with its shards).
+    fence: Arc<Fence>,
 }
 
 impl Limiter {
@@ -47,20 +50,20 @@ impl Limiter {
         clock: Arc<dyn Clock>,
         timing: ShardTiming,
     ) -> Self {
-        Self::start_with_handoff(shards, limits, cache, clock, timing, None)
+        Self::start_owning(shards, limits, cache, clock, timing, Ownership::default())
     }
 
-    /// [`Limiter::start`], with moved buckets pulled through `handoff`.
-    pub fn start_with_handoff(
+    /// [`Limiter::start`], with moved buckets pulled and decisions fenced as
+    /// `ownership` says.
+    pub fn start_owning(
         shards: usize,
         limits: Arc<RateLimitConfig>,
         cache: Arc<dyn CacheLayer>,
         clock: Arc<dyn Clock>,
         timing: ShardTiming,
-        handoff: Option<Arc<dyn HandoffSource>>,
+        ownership: Ownership,
     ) -> Self {
-        let (limiter, mut parts) = Self::unstarted(shards, limits, cache, clock, timing);
-        parts.handoff = handoff;
+        let (limiter, parts) = Self::unstarted(shards, limits, cache, clock, timing, ownership);
         placement::start_dedicated(&parts, &limiter.shards);
         limiter
     }
@@ -75,10 +78,9 @@ impl Limiter {
         cache: Arc<dyn CacheLayer>,
         clock: Arc<dyn Clock>,
         timing: ShardTiming,
-        handoff: Option<Arc<dyn HandoffSource>>,
+        ownership: Ownership,
     ) -> (Self, Arc<ShardHost>) {
-        let (limiter, mut parts) = Self::unstarted(shards, limits, cache, clock, timing);
-        parts.handoff = handoff;
+        let (limiter, parts) = Self::unstarted(shards, limits, cache, clock, timing, ownership);
         let host = ShardHost::new(parts, Arc::clone(&limiter.shards), hosts);
         (limiter, host)
     }
@@ -89,6 +91,7 @@ impl Limiter {
         cache: Arc<dyn CacheLayer>,
         clock: Arc<dyn Clock>,
         timing: ShardTiming,
+        ownership: Ownership,
     ) -> (Self, ShardParts) {
         let shards = shards.max(1);
         let metrics = Arc::new(Metrics::new(shards, limits.limits()));
@@ -100,6 +103,7 @@ impl Limiter {
             cache: Arc::clone(&cache),
             write_behind: timing.write_behind,
             clock: Arc::clone(&clock),
+            fence: Arc::clone(&ownership.fence),
         };
         let parts = ShardParts {
             limits,
@@ -107,7 +111,7 @@ impl Limiter {
             clock,
             metrics,
             timing,
-            handoff: None,
+            ownership,
         };
         (limiter, parts)
     }
@@ -115,6 +119,11 @@ impl Limiter {
     /// The shard table (start-up waits on it).
     pub fn shards(&self) -> &Arc<ShardSlots> {
         &self.shards
+    }
+
+    /// The gate of this node's decisions.
+    pub fn fence(&self) -> &Arc<Fence> {
+        &self.fence
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -194,20 +203,19 @@ impl Limiter {
         limit: Limit,
         cost: u64,
     ) -> Result<Verdict, CheckError> {
-        self.check_with(tenant, limit, cost, false).await
+        self.check_with(tenant, limit, cost, Serve::Owner).await
     }
 
-    /// [`Limiter::check`]; with `reclaim`, a tombstone left by an earlier
-    /// handoff of the key is dropped (this node owns it again).
+    /// [`Limiter::check`] on the ground `serve` gives.
     pub async fn check_with(
         &self,
         tenant: String,
         limit: Limit,
         cost: u64,
-        reclaim: bool,
+        serve: Serve,
     ) -> Result<Verdict, CheckError> {
         let quota = self.validate(&tenant, limit, cost)?;
-        self.check_validated(tenant, limit, Op::Take, cost, quota, reclaim)
+        self.check_validated(tenant, limit, Op::Take, cost, quota, serve)
             .await
     }
 
@@ -220,7 +228,7 @@ impl Limiter {
         op: Op,
         cost: u64,
         quota: Option<BucketQuota>,
-        reclaim: bool,
+        serve: Serve,
     ) -> Result<Verdict, CheckError> {
         let Some(quota) = quota else {
             self.metrics.unlimited.fetch_add(1, Relaxed);
@@ -236,7 +244,7 @@ impl Limiter {
             quota,
             op,
             cost,
-            reclaim,
+            serve,
         });
         // Hot path: no clone of the address (its sender count is shared
         // between threads); only during start-up wait for the shard.
@@ -253,6 +261,9 @@ impl Limiter {
                     tenant: tenant.into(),
                 },
                 Unserved::NotPersisted => CheckError::NotPersisted,
+                Unserved::Fenced(tenant) => CheckError::Fenced {
+                    tenant: tenant.into(),
+                },
             })?;
         Ok(Verdict::Limited { quota, decision })
     }

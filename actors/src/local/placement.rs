@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use crate::cache::{CacheLayer, SnapshotWrite};
 use crate::core::clock::Clock;
 use crate::metrics::Metrics;
-use crate::shard::{HandoffSource, ShardActor, ShardTiming};
+use crate::shard::{Ownership, ShardActor, ShardTiming};
 
 /// The addresses of a node's shards, by index.
 pub struct ShardSlots {
@@ -99,7 +99,7 @@ pub struct ShardParts {
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub timing: ShardTiming,
-    pub handoff: Option<Arc<dyn HandoffSource>>,
+    pub ownership: Ownership,
 }
 
 impl ShardParts {
@@ -113,7 +113,8 @@ impl ShardParts {
             self.timing,
         )
         .on_stop(on_stop)
-        .handoff(self.handoff.clone())
+        .handoff(self.ownership.handoff.clone())
+        .fence(Arc::clone(&self.ownership.fence))
     }
 }
 

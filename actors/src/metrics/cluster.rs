@@ -54,6 +54,10 @@ pub struct ClusterMetrics {
     pub reforwarded: Counter,
     /// Retried checks answered from the dedup cache.
     pub dedup_hits: Counter,
+    /// Checks that found this node's fence closed (its view was stale).
+    pub fenced: Counter,
+    /// Times this node found its view stale (a pause, a partition).
+    pub fence_lapses: Counter,
     /// Members in the ring / live members.
     pub ring_members: Gauge,
     pub live_members: Gauge,
@@ -102,6 +106,8 @@ impl Default for ClusterMetrics {
             gossip_oversize: Counter::default(),
             reforwarded: Counter::default(),
             dedup_hits: Counter::default(),
+            fenced: Counter::default(),
+            fence_lapses: Counter::default(),
             ring_members: Gauge::default(),
             live_members: Gauge::default(),
             ring_changes: Counter::default(),
@@ -196,6 +202,17 @@ impl ClusterMetrics {
                 &self.dedup_hits,
             ),
             ("llmtrace_ring_changes", "Ring rebuilds", &self.ring_changes),
+            (
+                "llmtrace_fenced_checks",
+                "Checks that found this node's view of the cluster stale and waited for it",
+                &self.fenced,
+            ),
+            (
+                "llmtrace_fence_lapses",
+                "Times this node found its view of the cluster stale (a pause, a partition): \
+                 its buckets were set aside",
+                &self.fence_lapses,
+            ),
             (
                 "llmtrace_gossip_oversize",
                 "Gossip envelopes too large to seal into one datagram (not sent)",
@@ -329,6 +346,8 @@ mod tests {
                 "# TYPE llmtrace_reforwarded_checks_total counter",
                 "# TYPE llmtrace_forward_dedup_hits_total counter",
                 "# TYPE llmtrace_ring_changes_total counter",
+                "# TYPE llmtrace_fenced_checks_total counter",
+                "# TYPE llmtrace_fence_lapses_total counter",
                 "# TYPE llmtrace_gossip_oversize_total counter",
                 "# TYPE llmtrace_gossip_rejected_total counter",
                 "# TYPE llmtrace_owner_unreachable_total counter",

@@ -44,6 +44,9 @@ pub struct ShardStats {
     pub handoffs_in: AtomicU64,
     pub handoffs_out: AtomicU64,
     pub handoff_errors: AtomicU64,
+    /// Buckets set aside after a fence lapse (taken back on their next
+    /// check).
+    pub set_aside: AtomicU64,
     /// The keys this shard refused most in the last minute.
     pub top_refused: TopRefused,
 }
@@ -53,7 +56,7 @@ type ShardCounter = fn(&ShardStats) -> &AtomicU64;
 
 /// The shard counters exposed as they are: name (without `_total`), help,
 /// field.
-const SHARD_COUNTERS: [(&str, &str, ShardCounter); 10] = [
+const SHARD_COUNTERS: [(&str, &str, ShardCounter); 11] = [
     (
         "llmtrace_bucket_evictions",
         "Full buckets dropped from memory",
@@ -103,6 +106,12 @@ const SHARD_COUNTERS: [(&str, &str, ShardCounter); 10] = [
         "llmtrace_restore_errors",
         "Restores that failed (bucket starts full)",
         |s| &s.restore_errors,
+    ),
+    (
+        "llmtrace_buckets_set_aside",
+        "Buckets set aside after this node's view went stale (a pause, a partition): \
+         each is taken back from its current holder or the cache layer",
+        |s| &s.set_aside,
     ),
 ];
 
@@ -318,6 +327,7 @@ mod tests {
                 "# TYPE llmtrace_handoffs_out_total counter",
                 "# TYPE llmtrace_handoff_errors_total counter",
                 "# TYPE llmtrace_restore_errors_total counter",
+                "# TYPE llmtrace_buckets_set_aside_total counter",
                 "# TYPE llmtrace_cache_info gauge",
             ]
         );

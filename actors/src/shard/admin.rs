@@ -104,16 +104,9 @@ impl Handler<Reset> for ShardActor {
 
     fn handle(&mut self, msg: Reset, _: &mut Self::Context) -> Self::Result {
         let now = self.clock.now_ns();
-        if let Some(slot) = self.buckets.remove(&msg.key) {
-            self.count_leases(&msg.key, -(slot.leases(now) as i64));
-            let stats = &self.metrics.shards[self.id];
-            stats.resident.fetch_sub(1, Relaxed);
-            if slot.dirty() {
-                stats.dirty.fetch_sub(1, Relaxed);
-                self.dirty.retain(|k| *k != msg.key);
-            }
-        }
+        self.evict(&msg.key);
         self.outbox.remove(&msg.key);
+        self.aside.remove(&msg.key);
         if !self.timing.write_behind {
             return Box::pin(fut::ready(Ok(())));
         }

@@ -134,6 +134,9 @@ impl ShardActor {
 impl ShardActor {
     /// Puts a handed-over state in place, merging with a resident bucket.
     pub(super) fn install(&mut self, key: BucketKey, state: Held) {
+        let state = self
+            .with_aside(&key, Some(state))
+            .expect("a state was given");
         let now = self.clock.now_ns();
         self.tombstones.remove(&key);
         self.metrics.shards[self.id]
@@ -222,7 +225,7 @@ impl Handler<TakeBucket> for ShardActor {
     fn handle(&mut self, msg: TakeBucket, _: &mut Self::Context) -> Option<Held> {
         let now = self.clock.now_ns();
         let tombstone = (msg.to, now.saturating_add(TOMBSTONE_TTL_NS));
-        let Some(slot) = self.buckets.remove(&msg.key) else {
+        let Some(slot) = self.evict(&msg.key) else {
             // Asked for a key it does not hold: the tombstone only keeps a
             // check that reaches this node with a stale view from starting
             // a second bucket, and any node may be asked for any key, so
@@ -236,17 +239,17 @@ impl Handler<TakeBucket> for ShardActor {
                     .handoff_errors
                     .fetch_add(1, Relaxed);
             }
-            return self.outbox.remove(&msg.key);
+            // A copy set aside at a fence lapse goes too: whoever asks
+            // merges it (it only lowers what they hold).
+            return self
+                .outbox
+                .remove(&msg.key)
+                .or_else(|| self.aside.remove(&msg.key));
         };
         self.tombstones.insert(msg.key.clone(), tombstone);
-        self.count_leases(&msg.key, -(slot.leases(now) as i64));
-        let stats = &self.metrics.shards[self.id];
-        stats.resident.fetch_sub(1, Relaxed);
-        if slot.dirty() {
-            stats.dirty.fetch_sub(1, Relaxed);
-            self.dirty.retain(|k| *k != msg.key);
-        }
-        stats.handoffs_out.fetch_add(1, Relaxed);
+        self.metrics.shards[self.id]
+            .handoffs_out
+            .fetch_add(1, Relaxed);
         Some(slot.into_held())
     }
 }

@@ -26,6 +26,7 @@ use crate::cache::{CacheError, CacheLayer, SnapshotWrite};
 use crate::core::bucket::BucketState;
 use crate::core::bucket::{BucketQuota, Decision, Op};
 use crate::core::clock::Clock;
+use crate::core::fence::Fence;
 use crate::core::held::Held;
 use crate::core::key::BucketKey;
 use crate::core::lease::LeaseSet;
@@ -37,11 +38,22 @@ mod admin;
 pub use self::admin::{BucketReport, Inspect, Reset};
 mod snapshots;
 pub use self::snapshots::FlushNow;
+mod fencing;
+pub use self::fencing::Serve;
 
 /// Longest wait between retries of a failed snapshot batch.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Minimum time between two warnings about the cache layer, per shard.
 const WARN_EVERY_NS: u64 = 10_000_000_000;
+
+/// What ties a node's shards to the cluster's ownership of keys: where a
+/// moved bucket comes from, and the fence decisions pass. The default (no
+/// cluster) pulls nothing and never fences.
+#[derive(Clone, Default)]
+pub struct Ownership {
+    pub handoff: Option<Arc<dyn HandoffSource>>,
+    pub fence: Arc<Fence>,
+}
 
 /// Timing of a shard's background work.
 #[derive(Debug, Clone, Copy)]
@@ -82,9 +94,8 @@ pub struct Check {
     pub quota: BucketQuota,
     pub op: Op,
     pub cost: u64,
-    /// This node owns the key again (the node it was handed to left the
-    /// ring): forget the tombstone and serve.
-    pub reclaim: bool,
+    /// On what ground this shard decides it.
+    pub serve: Serve,
 }
 
 /// Drop full buckets now (tests; otherwise done every sweep interval).
@@ -196,6 +207,9 @@ pub enum Unserved {
     /// Write-through: the new state could not be written to the cache layer,
     /// so the check is not admitted. The units stay taken (fail closed).
     NotPersisted,
+    /// The node's fence is closed (its view of the cluster is stale): no
+    /// decision now. The check's tenant is given back.
+    Fenced(Box<str>),
 }
 
 /// How long a shard refuses to serve a key it handed over (views converge
@@ -259,6 +273,12 @@ pub struct ShardActor {
     /// The cache layer's loss epoch when this shard last rewrote its
     /// buckets (see `CacheLayer::loss_epoch`).
     loss_epoch: u64,
+    /// Decisions pass this gate ([`fencing`]).
+    fence: Arc<Fence>,
+    /// The fence epoch this shard's resident buckets belong to.
+    fence_epoch: u64,
+    /// Buckets set aside at a fence lapse, until their next check.
+    aside: HashMap<BucketKey, Held>,
 }
 
 impl ShardActor {
@@ -292,6 +312,9 @@ impl ShardActor {
             durable_waiting: Vec::new(),
             handed_over: None,
             loss_epoch: 0,
+            fence: Arc::default(),
+            fence_epoch: 0,
+            aside: HashMap::new(),
         }
     }
 
@@ -326,6 +349,24 @@ impl ShardActor {
                 held.fetch_add(delta, Relaxed);
             }
         }
+    }
+
+    /// Removes a resident bucket with its bookkeeping (resident and dirty
+    /// counts, leases gauge, dirty list); answers it if it was resident.
+    fn evict(&mut self, key: &BucketKey) -> Option<Slot> {
+        let slot = self.buckets.remove(key)?;
+        let now = self.clock.now_ns();
+        self.count_leases(key, -(slot.leases(now) as i64));
+        let stats = &self.metrics.shards[self.id];
+        stats.resident.fetch_sub(1, Relaxed);
+        if slot.dirty() {
+            stats.dirty.fetch_sub(1, Relaxed);
+            self.dirty.retain(|k| k != key);
+            if self.dirty.is_empty() {
+                self.oldest_dirty_ns = None;
+            }
+        }
+        Some(slot)
     }
 
     /// Decides one check (any op) on a resident bucket.
@@ -384,6 +425,14 @@ impl ShardActor {
         let waiters = self.pending.remove(&key).unwrap_or_default();
         let Some(first) = waiters.first() else { return };
         let quota = first.quota;
+        let result = match result {
+            Ok(state) => Ok(self.with_aside(&key, state)),
+            // Nothing came back: the copy set aside is all there is.
+            Err(e) => match self.with_aside(&key, None) {
+                Some(aside) => Ok(Some(aside)),
+                None => Err(e),
+            },
+        };
         let state = match result {
             Ok(Some(state)) => {
                 self.stats().restore_hits.fetch_add(1, Relaxed);
@@ -425,21 +474,14 @@ impl ShardActor {
         // Handed over while the restore was under way: the checks that came
         // first were answered; the key now lives on its new owner.
         if self.moved_to(&key).is_some() {
-            if let Some(slot) = self.buckets.remove(&key) {
-                self.count_leases(&key, -(slot.leases(now) as i64));
-                let stats = &self.metrics.shards[self.id];
-                stats.resident.fetch_sub(1, Relaxed);
-                if slot.dirty() {
-                    stats.dirty.fetch_sub(1, Relaxed);
-                    self.dirty.retain(|k| *k != key);
-                }
-            }
+            self.evict(&key);
         }
     }
 
     /// Drops every bucket that is full now; returns how many.
     fn sweep(&mut self) -> usize {
         let now = self.clock.now_ns();
+        self.sweep_aside(now);
         self.tombstones
             .retain(|_, (_, until)| until.saturating_add(HANDED_HINT_NS - TOMBSTONE_TTL_NS) > now);
         // Maps of per-key bookkeeping give their memory back once emptied.
@@ -519,6 +561,9 @@ impl Handler<Check> for ShardActor {
     type Result = Response<Result<Decision, Unserved>>;
 
     fn handle(&mut self, msg: Check, ctx: &mut Self::Context) -> Self::Result {
+        if !self.may_decide() && msg.serve != Serve::Degraded {
+            return Response::reply(Err(Unserved::Fenced(msg.key.tenant)));
+        }
         if self.buckets.contains_key(&msg.key) {
             let now = self.clock.now_ns();
             if !self.timing.write_through {
@@ -540,7 +585,7 @@ impl Handler<Check> for ShardActor {
         }
         // Where this shard handed the key last: the first node to ask for it.
         let hint = self.tombstones.get(&msg.key).map(|(to, _)| Arc::clone(to));
-        if msg.reclaim {
+        if msg.serve.reclaims() {
             self.tombstones.remove(&msg.key);
         } else if let Some(to) = self.moved_to(&msg.key) {
             return Response::reply(Err(Unserved::Moved(Moved {
@@ -560,7 +605,7 @@ impl Handler<Check> for ShardActor {
         } else {
             self.pending.insert(msg.key.clone(), vec![waiter]);
             let key = msg.key;
-            let fut = self.restore(key.clone(), hint, msg.reclaim);
+            let fut = self.restore(key.clone(), hint, msg.serve.reclaims());
             ctx.spawn(
                 fut.into_actor(self)
                     .map(move |(res, from_peer), act, ctx| act.restored(key, res, from_peer, ctx)),

@@ -114,6 +114,11 @@ impl ShardActor {
     }
 
     pub(super) fn flush(&mut self, ctx: &mut Context<Self>) {
+        if !self.may_decide() {
+            // A stale node writes nothing: its buckets may have been served
+            // (and written) by another node meanwhile.
+            return;
+        }
         let now = self.clock.now_ns();
         self.rewrite_after_loss(now);
         if self.flush_in_flight || self.dirty.is_empty() || now < self.retry_at_ns {

@@ -359,7 +359,7 @@ async fn a_handed_over_bucket_redirects_until_reclaimed() {
     // Reclaimed: this node owns the key again and serves it.
     assert!(f
         .limiter
-        .check_with("t".into(), Limit::REQUESTS, 1, true)
+        .check_with("t".into(), Limit::REQUESTS, 1, crate::shard::Serve::Reclaim)
         .await
         .unwrap()
         .is_allowed());

@@ -14,6 +14,7 @@ mod dashboard;
 mod deploy_files;
 mod docs;
 mod failover;
+mod frozen_owner;
 mod graceful_stop;
 mod harness;
 mod leases;

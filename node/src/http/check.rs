@@ -44,6 +44,10 @@ pub(super) fn check_error(e: CheckError) -> ApiError {
         CheckError::Moved { to, .. } => {
             ApiError::unavailable(format!("bucket moved to node {to}, unreachable"))
         }
+        // The router waits for a stale view to catch up, then applies
+        // `on_owner_unreachable`; this only reaches a client if it lapsed
+        // again meanwhile.
+        CheckError::Fenced { .. } => ApiError::unavailable(e.to_string()),
     }
 }
 

@@ -86,9 +86,10 @@ fn window_reset_ns(unit: Unit) -> u64 {
 
 fn status_of(e: &CheckError) -> Status {
     match e {
-        CheckError::Unavailable(_) | CheckError::Moved { .. } | CheckError::NotPersisted => {
-            Status::unavailable(e.to_string())
-        }
+        CheckError::Unavailable(_)
+        | CheckError::Moved { .. }
+        | CheckError::Fenced { .. }
+        | CheckError::NotPersisted => Status::unavailable(e.to_string()),
         CheckError::OwnerRefused(_) => {
             Status::unavailable(format!("the owner refused the check: {e}"))
         }
