@@ -68,7 +68,7 @@ impl ShardActor {
         let keys: Vec<BucketKey> = self.buckets.keys().cloned().collect();
         for key in &keys {
             if let Some(slot) = self.evict(key) {
-                self.aside.insert(key.clone(), slot.into_held());
+                self.put_aside(key.clone(), slot.into_held());
             }
         }
         if !keys.is_empty() {
@@ -81,6 +81,19 @@ impl ShardActor {
         self.metrics.shards[self.id]
             .set_aside
             .fetch_add(keys.len() as u64, Relaxed);
+    }
+
+    /// The fence is closed, or lapsed since `epoch`.
+    pub(super) fn lapsed_since(&mut self, epoch: u64) -> bool {
+        !self.may_decide() || self.fence_epoch != epoch
+    }
+
+    /// Sets `held` aside for `key`, lowering a copy already set aside.
+    pub(super) fn put_aside(&mut self, key: BucketKey, held: Held) {
+        let held = self
+            .with_aside(&key, Some(held))
+            .expect("a state was given");
+        self.aside.insert(key, held);
     }
 
     /// `state` (restored or handed over), lowered by the copy of the key set
@@ -132,9 +145,14 @@ mod tests {
     use crate::shard::{HandoffSource, Ownership, ShardTiming};
 
     /// The node that served keys while this one was paused: gives up what
-    /// it holds when asked.
+    /// it holds when asked, once its gate (if any) lets the answer go.
     #[derive(Default)]
-    struct Peer(Mutex<Vec<(BucketKey, Held)>>);
+    struct Peer {
+        held: Mutex<Vec<(BucketKey, Held)>>,
+        gate: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+        /// Signalled (one permit) on each pull.
+        asked: tokio::sync::Notify,
+    }
 
     impl HandoffSource for Peer {
         fn pull(
@@ -143,13 +161,49 @@ mod tests {
             _: Option<&str>,
             _: bool,
         ) -> Option<LocalBoxFuture<'static, Result<Option<Held>, String>>> {
-            let mut held = self.0.lock().unwrap();
+            let mut held = self.held.lock().unwrap();
             let state = held
                 .iter()
                 .position(|(k, _)| k == key)
                 .map(|i| held.remove(i).1);
-            Some(async move { Ok(state) }.boxed_local())
+            let gate = self.gate.lock().unwrap().take();
+            self.asked.notify_one();
+            Some(
+                async move {
+                    if let Some(gate) = gate {
+                        let _ = gate.await;
+                    }
+                    Ok(state)
+                }
+                .boxed_local(),
+            )
         }
+    }
+
+    fn limiter(clock: &Arc<ManualClock>, fence: &Arc<Fence>, peer: &Arc<Peer>) -> Limiter {
+        Limiter::start_owning(
+            1,
+            Arc::new(RateLimitConfig::with_requests(1, 10)),
+            Arc::new(InMemoryCacheLayer::new(clock.clone())),
+            clock.clone(),
+            ShardTiming {
+                write_behind: false,
+                ..ShardTiming::default()
+            },
+            Ownership {
+                handoff: Some(peer.clone()),
+                fence: Arc::clone(fence),
+            },
+        )
+    }
+
+    /// Another node's state of a key: `left` of the 10 units.
+    fn served(clock: &ManualClock, left: u64) -> Held {
+        let limits = RateLimitConfig::with_requests(1, 10);
+        let quota = BucketQuota::of(limits.policy("t", Limit::REQUESTS)).unwrap();
+        let mut held = Held::full(quota, clock.now_ns());
+        held.apply(quota, clock.now_ns(), Op::Take, 10 - left);
+        held
     }
 
     async fn take(l: &Limiter, tenant: &str, cost: u64) -> Result<Option<u64>, CheckError> {
@@ -167,25 +221,9 @@ mod tests {
     #[actix_rt::test]
     async fn after_a_lapse_buckets_are_taken_back_never_spent_from_memory() {
         let clock = ManualClock::new(1_000_000_000_000);
-        let cache = Arc::new(InMemoryCacheLayer::new(clock.clone()));
-        let limits = Arc::new(RateLimitConfig::with_requests(1, 10));
-        let quota = BucketQuota::of(limits.policy("t", Limit::REQUESTS)).unwrap();
         let fence = Fence::leased(Duration::from_secs(3600));
         let peer = Arc::new(Peer::default());
-        let l = Limiter::start_owning(
-            1,
-            limits,
-            cache,
-            clock.clone(),
-            ShardTiming {
-                write_behind: false,
-                ..ShardTiming::default()
-            },
-            Ownership {
-                handoff: Some(peer.clone()),
-                fence: Arc::clone(&fence),
-            },
-        );
+        let l = limiter(&clock, &fence, &peer);
         // Before the pause: t spent 4 of 10 here, u all 10.
         assert_eq!(take(&l, "t", 4).await, Ok(Some(6)));
         assert_eq!(take(&l, "u", 10).await, Ok(Some(0)));
@@ -196,12 +234,8 @@ mod tests {
             Err(CheckError::Fenced { tenant }) if tenant == "t"
         ));
         // Meanwhile another node served t down to 2 (u saw no check there).
-        let mut served = Held::full(quota, clock.now_ns());
-        served.apply(quota, clock.now_ns(), Op::Take, 8);
-        peer.0
-            .lock()
-            .unwrap()
-            .push((BucketKey::new("t", Limit::REQUESTS), served));
+        let key = BucketKey::new("t", Limit::REQUESTS);
+        peer.held.lock().unwrap().push((key, served(&clock, 2)));
         // Caught up: a lapse, then the gate opens again.
         fence.lapse();
         fence.renew(u64::MAX - 1);
@@ -211,5 +245,35 @@ mod tests {
         assert_eq!(take(&l, "u", 1).await, Ok(None));
         assert_eq!(l.metrics().shards[0].set_aside.load(Relaxed), 2);
         assert_eq!(l.metrics().shards[0].handoffs_in.load(Relaxed), 1);
+    }
+
+    #[actix_rt::test]
+    async fn a_restore_that_spans_a_lapse_is_set_aside_not_served() {
+        let clock = ManualClock::new(1_000_000_000_000);
+        let fence = Fence::leased(Duration::from_secs(3600));
+        let peer = Arc::new(Peer::default());
+        let l = limiter(&clock, &fence, &peer);
+        // The first check of t asks the peer, whose answer (2 left) is held.
+        let key = BucketKey::new("t", Limit::REQUESTS);
+        peer.held.lock().unwrap().push((key, served(&clock, 2)));
+        let (open_gate, gate) = tokio::sync::oneshot::channel();
+        *peer.gate.lock().unwrap() = Some(gate);
+        let first = {
+            let l = l.clone();
+            actix_rt::spawn(async move { take(&l, "t", 1).await })
+        };
+        peer.asked.notified().await;
+        // Meanwhile the node was paused and caught up: a lapse.
+        fence.renew(fence.now_ns());
+        fence.lapse();
+        fence.renew(u64::MAX - 1);
+        open_gate.send(()).unwrap();
+        assert!(
+            matches!(first.await.unwrap(), Err(CheckError::Fenced { .. })),
+            "an answer from before the lapse is not decided on"
+        );
+        // The next check restores again (the peer holds nothing now) and
+        // keeps what was set aside: 2 left, 1 after this check.
+        assert_eq!(take(&l, "t", 1).await, Ok(Some(1)));
     }
 }

@@ -230,6 +230,8 @@ struct Waiter {
     op: Op,
     cost: u64,
     reply: Reply,
+    /// The fence epoch when the check arrived.
+    epoch: u64,
 }
 
 /// One shard of a node's buckets.
@@ -424,6 +426,18 @@ impl ShardActor {
         let now = self.clock.now_ns();
         let waiters = self.pending.remove(&key).unwrap_or_default();
         let Some(first) = waiters.first() else { return };
+        if self.lapsed_since(first.epoch) {
+            // The view went stale while this restore was under way: what
+            // came back may predate what another node served meanwhile. It
+            // is set aside, and the checks wait for the node to catch up.
+            if let Ok(Some(state)) = result {
+                self.put_aside(key.clone(), state);
+            }
+            for w in waiters {
+                let _ = w.reply.send(Err(Unserved::Fenced(key.tenant.clone())));
+            }
+            return;
+        }
         let quota = first.quota;
         let result = match result {
             Ok(state) => Ok(self.with_aside(&key, state)),
@@ -599,6 +613,7 @@ impl Handler<Check> for ShardActor {
             op: msg.op,
             cost: msg.cost,
             reply: tx,
+            epoch: self.fence_epoch,
         };
         if let Some(waiters) = self.pending.get_mut(&msg.key) {
             waiters.push(waiter);
