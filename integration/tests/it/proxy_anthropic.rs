@@ -176,6 +176,16 @@ fn post(
     Client::new(node.proxy_url()).post_with_headers("/v1/messages", &headers, body)
 }
 
+/// The smallest valid Messages body.
+const MINIMAL: &[u8] = br#"{"model": "claude-x", "max_tokens": 5, "messages": []}"#;
+
+/// One call through the `anthropic` client expected to fail: its status,
+/// body, exception class and the key's tenant.
+fn failed_call(node: &Node, key: &str, model: &str, max_tokens: u64) -> Value {
+    let max_tokens = max_tokens.to_string();
+    anthropic(&["status", &node.proxy_url(), key, model, &max_tokens])
+}
+
 fn assert_anthropic_error(r: &llmtrace_integration::Reply, status: u16, kind: &str) {
     assert_eq!(r.status, status, "{r}");
     assert_eq!(r.json["type"], "error", "{r}");
@@ -213,40 +223,24 @@ fn hostile_bodies_are_anthropic_400s_that_charge_nothing() {
     assert_eq!(requests_allowed(&node), 0.0);
     assert_eq!(tokens_left(&node, "hostile"), 10_000);
     // The official client raises BadRequestError for it.
-    let out = anthropic(&[
-        "status",
-        &node.proxy_url(),
-        "sk-ant-bad",
-        "claude-x",
-        "100000000",
-    ]);
+    let out = failed_call(&node, "sk-ant-bad", "claude-x", 100_000_000);
     assert_eq!(out["status"], 400, "{out}");
     assert_eq!(out["class"], "BadRequestError", "{out}");
     assert_eq!(out["error"]["error"]["type"], "invalid_request_error");
 
     // No key: 401 in Anthropic's shape.
-    let r = Client::new(node.proxy_url()).post_with_headers(
-        "/v1/messages",
-        &[],
-        br#"{"model": "claude-x", "max_tokens": 5, "messages": []}"#,
-    );
+    let r = Client::new(node.proxy_url()).post_with_headers("/v1/messages", &[], MINIMAL);
     assert_anthropic_error(&r, 401, "authentication_error");
     // Anthropic's `x-api-key` is a key like a bearer one.
     let r = Client::new(node.proxy_url()).post_with_headers(
         "/v1/messages",
         &[("x-api-key", "sk-ant-header")],
-        br#"{"model": "claude-x", "max_tokens": 5, "messages": []}"#,
+        MINIMAL,
     );
     assert_eq!(r.status, 200, "{r}");
     assert_eq!(r.json["content"][0]["text"], "Hello from stub", "{r}");
     // An upstream error passes through and gives the reservation back.
-    let out = anthropic(&[
-        "status",
-        &node.proxy_url(),
-        "sk-ant-500",
-        "error-500",
-        "100",
-    ]);
+    let out = failed_call(&node, "sk-ant-500", "error-500", 100);
     assert_eq!(out["status"], 500, "{out}");
     assert_eq!(out["class"], "InternalServerError", "{out}");
     assert_eq!(out["error"]["error"]["message"], "stub error");
@@ -257,12 +251,7 @@ fn hostile_bodies_are_anthropic_400s_that_charge_nothing() {
         format!("http://{}", l.local_addr().unwrap())
     };
     let node = proxy_node(&dead, 100, 100, 10_000);
-    let r = post(
-        &node,
-        "dead",
-        &[],
-        br#"{"model": "claude-x", "max_tokens": 5, "messages": []}"#,
-    );
+    let r = post(&node, "dead", &[], MINIMAL);
     assert_anthropic_error(&r, 502, "api_error");
     wait_tokens_left(&node, "dead", 10_000);
 }

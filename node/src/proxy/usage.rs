@@ -44,43 +44,19 @@ impl Usage {
     /// count at all (missing, null, garbage).
     pub fn parse(kind: Kind, usage: &Value) -> Option<Usage> {
         let n = |k: &str| usage.get(k).and_then(Value::as_u64);
-        let cached = |details: &str| {
-            usage
-                .get(details)
-                .and_then(|d| d.get("cached_tokens"))
-                .and_then(Value::as_u64)
-                .unwrap_or(0)
-        };
         match kind {
-            Kind::Chat | Kind::Completion | Kind::Embedding => {
-                let (p, c) = (n("prompt_tokens"), n("completion_tokens"));
-                if p.is_none() && c.is_none() {
-                    // Only a total: all of it counted as input.
-                    return n("total_tokens").map(|t| Usage {
-                        input: t,
-                        ..Usage::default()
-                    });
-                }
-                Some(Self::openai(
-                    p.unwrap_or(0),
-                    cached("prompt_tokens_details"),
-                    c.unwrap_or(0),
-                ))
-            }
-            Kind::Responses => {
-                let (i, o) = (n("input_tokens"), n("output_tokens"));
-                if i.is_none() && o.is_none() {
-                    return n("total_tokens").map(|t| Usage {
-                        input: t,
-                        ..Usage::default()
-                    });
-                }
-                Some(Self::openai(
-                    i.unwrap_or(0),
-                    cached("input_tokens_details"),
-                    o.unwrap_or(0),
-                ))
-            }
+            Kind::Chat | Kind::Completion | Kind::Embedding => Self::openai(
+                usage,
+                [
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "prompt_tokens_details",
+                ],
+            ),
+            Kind::Responses => Self::openai(
+                usage,
+                ["input_tokens", "output_tokens", "input_tokens_details"],
+            ),
             Kind::Messages => {
                 let parts = [
                     n("input_tokens"),
@@ -98,15 +74,31 @@ impl Usage {
         }
     }
 
-    /// OpenAI's counts: the cached tokens are part of the input.
-    fn openai(input: u64, cached: u64, output: u64) -> Usage {
-        let cached = cached.min(input);
-        Usage {
-            input: input - cached,
+    /// OpenAI's counts, named `[input, output, input details]`: the cached
+    /// tokens (`cached_tokens` of the details) are part of the input. Only
+    /// a `total_tokens`: all of it counted as input.
+    fn openai(usage: &Value, [input, output, details]: [&str; 3]) -> Option<Usage> {
+        let n = |k: &str| usage.get(k).and_then(Value::as_u64);
+        let (i, o) = (n(input), n(output));
+        if i.is_none() && o.is_none() {
+            return n("total_tokens").map(|t| Usage {
+                input: t,
+                ..Usage::default()
+            });
+        }
+        let i = i.unwrap_or(0);
+        let cached = usage
+            .get(details)
+            .and_then(|d| d.get("cached_tokens"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            .min(i);
+        Some(Usage {
+            input: i - cached,
             cached_input: cached,
             cache_creation_input: 0,
-            output,
-        }
+            output: o.unwrap_or(0),
+        })
     }
 
     /// Anthropic's `message_delta` counts over the `message_start` ones:
@@ -262,6 +254,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn usage(input: u64, cached_input: u64, cache_creation_input: u64, output: u64) -> Usage {
+        Usage {
+            input,
+            cached_input,
+            cache_creation_input,
+            output,
+        }
+    }
+
     #[test]
     fn openai_usage() {
         let u = Usage::parse(
@@ -270,15 +271,7 @@ mod tests {
                     "prompt_tokens_details": {"cached_tokens": 30}}),
         )
         .unwrap();
-        assert_eq!(
-            u,
-            Usage {
-                input: 10,
-                cached_input: 30,
-                cache_creation_input: 0,
-                output: 60
-            }
-        );
+        assert_eq!(u, usage(10, 30, 0, 60));
         assert_eq!(u.total(), 100);
         // Embeddings: no output.
         let u = Usage::parse(
@@ -330,15 +323,7 @@ mod tests {
                     "cache_creation_input_tokens": 100, "cache_read_input_tokens": 200}),
         )
         .unwrap();
-        assert_eq!(
-            u,
-            Usage {
-                input: 12,
-                cached_input: 200,
-                cache_creation_input: 100,
-                output: 30
-            }
-        );
+        assert_eq!(u, usage(12, 200, 100, 30));
         assert_eq!(u.total(), 342);
         // Cache fields missing or null (older answers).
         let u = Usage::parse(
