@@ -68,6 +68,11 @@ impl Reservation {
         });
     }
 
+    /// Settles the reservation at what the call consumed.
+    pub fn settle(self, usage: &Usage) {
+        self.reconcile(usage.total());
+    }
+
     /// Gives the whole reservation back (the call failed).
     pub fn refund_all(self) {
         self.reconcile(0);
@@ -170,18 +175,23 @@ impl Scanner {
         keep
     }
 
-    /// The tokens to settle at: the final usage; a partial one (the stream
+    /// The usage to settle at: the final usage; a partial one (the stream
     /// was cut after Anthropic's `message_start`) with the streamed text
-    /// counted as output; for a stream without usage, `prompt` plus the
-    /// streamed text; otherwise nothing known.
-    pub fn actual(&self, prompt: u64, counter: &Counter) -> Option<u64> {
+    /// counted as output; for a stream without usage, `prompt` as input and
+    /// the streamed text as output; otherwise nothing known.
+    pub fn usage(&self, prompt: u64, counter: &Counter) -> Option<Usage> {
+        let streamed = || counter.count(&self.deltas);
         match self.usage.usage {
-            Some(u) if self.usage.complete => Some(u.total()),
-            Some(u) => {
-                let output = u.output.max(counter.count(&self.deltas));
-                Some(Usage { output, ..u }.total())
-            }
-            None if self.sse => Some(prompt.saturating_add(counter.count(&self.deltas))),
+            Some(u) if self.usage.complete => Some(u),
+            Some(u) => Some(Usage {
+                output: u.output.max(streamed()),
+                ..u
+            }),
+            None if self.sse => Some(Usage {
+                input: prompt,
+                output: streamed(),
+                ..Usage::default()
+            }),
             None => None,
         }
     }
@@ -242,8 +252,8 @@ impl Relay {
         self.done = true;
         let rest = self.scanner.end();
         if let Some(r) = self.reservation.take() {
-            if let Some(actual) = self.scanner.actual(self.prompt, &self.counter) {
-                r.reconcile(actual);
+            if let Some(usage) = self.scanner.usage(self.prompt, &self.counter) {
+                r.settle(&usage);
             }
         }
         rest
@@ -382,6 +392,10 @@ mod tests {
         scan_as(Kind::Chat, body, cuts, strip)
     }
 
+    fn actual(s: &Scanner, prompt: u64, counter: &Counter) -> Option<u64> {
+        s.usage(prompt, counter).map(|u| u.total())
+    }
+
     fn total(s: &Scanner) -> Option<u64> {
         s.usage
             .usage
@@ -401,7 +415,7 @@ mod tests {
         assert_eq!((s.usage.usage, s.deltas.as_str()), (None, "Hello world"));
         // Settled at the prompt plus the streamed text.
         let counter = Counter::for_model("unknown");
-        assert_eq!(s.actual(5, &counter), Some(5 + estimate("Hello world")));
+        assert_eq!(actual(&s, 5, &counter), Some(5 + estimate("Hello world")));
     }
 
     #[test]
@@ -428,7 +442,7 @@ mod tests {
         let mut s = Scanner::new(Some(Kind::Messages), false, false, true);
         s.feed(Bytes::from_static(b"{\"usage\": \"x\"}"));
         s.end();
-        assert_eq!(s.actual(5, &Counter::for_model("m")), None);
+        assert_eq!(actual(&s, 5, &Counter::for_model("m")), None);
     }
 
     #[test]
@@ -438,12 +452,12 @@ mod tests {
         let (out, s) = scan_as(Kind::Messages, &body, &[], true);
         // Nothing is dropped from an Anthropic stream.
         assert_eq!(out, body);
-        assert_eq!(s.actual(0, &counter), Some(20 + 100 + 3 + 9));
+        assert_eq!(actual(&s, 0, &counter), Some(20 + 100 + 3 + 9));
         // Cut before `message_delta`: input from `message_start`, output
         // counted from the text.
         let (_, s) = scan_as(Kind::Messages, &anthropic_body(false), &[], true);
         assert_eq!(s.deltas, "Hello world");
-        assert_eq!(s.actual(0, &counter), Some(123 + estimate("Hello world")));
+        assert_eq!(actual(&s, 0, &counter), Some(123 + estimate("Hello world")));
     }
 
     proptest! {
@@ -476,7 +490,7 @@ mod tests {
                 let mut s = Scanner::new(Some(kind), sse, true, true);
                 let _ = s.feed(Bytes::from(bytes.clone()));
                 let _ = s.end();
-                let _ = s.actual(u64::MAX, &Counter::for_model("m"));
+                let _ = actual(&s, u64::MAX, &Counter::for_model("m"));
             }
         }
     }
