@@ -96,21 +96,26 @@ fn reset(d: &Decision) -> u64 {
 
 /// Anthropic's header names of a limit.
 fn anthropic_names(limit: Limit) -> Option<[&'static str; 3]> {
-    if limit == Limit::REQUESTS {
-        Some([
-            "anthropic-ratelimit-requests-limit",
-            "anthropic-ratelimit-requests-remaining",
-            "anthropic-ratelimit-requests-reset",
-        ])
-    } else if limit == Limit::TOKENS {
-        Some([
-            "anthropic-ratelimit-tokens-limit",
-            "anthropic-ratelimit-tokens-remaining",
-            "anthropic-ratelimit-tokens-reset",
-        ])
-    } else {
-        None
-    }
+    [
+        (
+            Limit::REQUESTS,
+            [
+                "anthropic-ratelimit-requests-limit",
+                "anthropic-ratelimit-requests-remaining",
+                "anthropic-ratelimit-requests-reset",
+            ],
+        ),
+        (
+            Limit::TOKENS,
+            [
+                "anthropic-ratelimit-tokens-limit",
+                "anthropic-ratelimit-tokens-remaining",
+                "anthropic-ratelimit-tokens-reset",
+            ],
+        ),
+    ]
+    .into_iter()
+    .find_map(|(l, names)| (l == limit).then_some(names))
 }
 
 /// The RFC 3339 time `ns` from now, rounded up to a whole second (UTC).

@@ -129,19 +129,24 @@ pub(crate) async fn wait_refunded(m: &ProxyMetrics, n: u64) {
     assert_eq!(m.tokens_refunded.get(), n);
 }
 
+/// Takes `n` tokens from the bucket of `key`'s tenant.
+async fn take_tokens(router: &Router, key: &str, n: u64) {
+    let tenant = tenant::tenant_of_key(key);
+    let r = router
+        .perform(tenant, Limit::TOKENS, Op::Take, n)
+        .await
+        .unwrap();
+    assert!(r.verdict.is_allowed());
+}
+
 #[actix_rt::test]
 async fn over_the_token_limit_is_429_with_openai_headers() {
     // 60 tokens per minute (one per second), burst 150.
     let ctx = context(router(100, 100, 60, 150), 1 << 20);
     let router = ctx.router.clone();
     let app = app!(ctx);
-    let tenant = tenant::tenant_of_key("tok");
     // Leave 50 tokens; the call reserves 109 (9 prompt + 100).
-    let r = router
-        .perform(tenant, Limit::TOKENS, Op::Take, 100)
-        .await
-        .unwrap();
-    assert!(r.verdict.is_allowed());
+    take_tokens(&router, "tok", 100).await;
     let req = test::TestRequest::post()
         .uri("/v1/chat/completions")
         .insert_header(("authorization", "Bearer tok"))
@@ -196,12 +201,7 @@ async fn anthropic_calls_are_refused_in_anthropic_shape() {
     let router = ctx.router.clone();
     let app = app!(ctx);
     // Leave 50 tokens; the call reserves 1 ("hi") + 200, cut to the burst.
-    let tenant = tenant::tenant_of_key("ant");
-    let r = router
-        .perform(tenant, Limit::TOKENS, Op::Take, 100)
-        .await
-        .unwrap();
-    assert!(r.verdict.is_allowed());
+    take_tokens(&router, "ant", 100).await;
     let message = json!({"model": "claude-x", "max_tokens": 200,
                          "messages": [{"role": "user", "content": "hi"}]});
     let req = test::TestRequest::post()
