@@ -5,10 +5,12 @@ Used by integration/tests/proxy_openai.rs; prints one JSON object on stdout.
     openai_client.py basic BASE_URL API_KEY
     openai_client.py until-limited BASE_URL API_KEY MAX_CALLS
     openai_client.py round-robin BASE_URL[,BASE_URL...] API_KEY CALLS STREAM(0|1)
+    openai_client.py responses BASE_URL API_KEY
 """
 
 import json
 import sys
+import uuid
 
 import openai
 from openai import OpenAI
@@ -107,6 +109,37 @@ def round_robin(bases, key, calls, stream):
     return {"allowed": allowed, "refused": refused}
 
 
+def responses(base, key):
+    """A Responses call, streamed and not, and an embedding; the stub
+    reports 40 input (+ 30 cached) and 60 output tokens, 7 for the
+    embedding."""
+    c = client(base, key)
+    stub = {"x-stub-usage": "40,60", "x-stub-cache": "30,0"}
+    resp = c.responses.create(
+        model="gpt-4o", input="hello world", max_output_tokens=100, extra_headers=stub
+    )
+    deltas = []
+    completed = None
+    for ev in c.responses.create(
+        model="gpt-4o", input="hello world", max_output_tokens=100, stream=True, extra_headers=stub
+    ):
+        if ev.type == "response.output_text.delta":
+            deltas.append(ev.delta)
+        elif ev.type == "response.completed":
+            completed = ev.response.usage
+    emb = c.embeddings.create(
+        model="text-embedding-3-small", input="hello world", extra_headers={"x-stub-usage": "7,0"}
+    )
+    return {
+        "tenant": str(uuid.uuid5(uuid.NAMESPACE_OID, key)),
+        "text": resp.output_text,
+        "usage": [resp.usage.input_tokens, resp.usage.input_tokens_details.cached_tokens, resp.usage.output_tokens],
+        "stream_text": "".join(deltas),
+        "stream_total": completed.total_tokens,
+        "embedding_tokens": emb.usage.prompt_tokens,
+    }
+
+
 def main():
     cmd = sys.argv[1]
     if cmd == "basic":
@@ -115,6 +148,8 @@ def main():
         out = until_limited(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif cmd == "round-robin":
         out = round_robin(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1")
+    elif cmd == "responses":
+        out = responses(sys.argv[2], sys.argv[3])
     else:
         raise SystemExit(f"unknown command {cmd}")
     print(json.dumps(out))

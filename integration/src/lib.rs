@@ -82,7 +82,7 @@ pub fn venv_python() -> PathBuf {
     let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/py-venv/bin/python");
     assert!(
         local.exists(),
-        "no python with the openai and grpcio clients: run scripts/test.sh (it creates \
+        "no python with the openai, anthropic and grpcio clients: run scripts/test.sh (it creates \
          target/py-venv) or set LLMTRACE_PYTHON"
     );
     local

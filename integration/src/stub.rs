@@ -1,14 +1,24 @@
-//! A stub OpenAI-compatible upstream: the one mock of the project (no real
-//! LLM API can run here). A plain HTTP/1.1 server on a loopback port, a
-//! thread per connection, keep-alive, `Content-Length` bodies.
+//! A stub OpenAI- and Anthropic-compatible upstream: the one mock of the
+//! project (no real LLM API can run here). A plain HTTP/1.1 server on a
+//! loopback port, a thread per connection, keep-alive, `Content-Length`
+//! bodies.
 //!
 //! Routes: `POST /v1/chat/completions` (JSON, or SSE when `"stream": true`,
 //! with a final usage chunk only when `stream_options.include_usage` is
-//! set), `POST /v1/embeddings`, `GET /v1/models`. Behaviour is steered per
-//! request by the model name and `x-stub-*` headers:
-//! - model `error-<status>`: that status with an OpenAI error body;
+//! set), `POST /v1/embeddings`, `GET /v1/models`, OpenAI's
+//! `POST /v1/responses` ([`responses`]) and Anthropic's `POST /v1/messages`
+//! and `/v1/messages/count_tokens` ([`anthropic`]). Behaviour is steered
+//! per request by the model name and `x-stub-*` headers:
+//! - model `error-<status>`: that status with an error body (Anthropic's
+//!   shape on `/v1/messages`);
 //! - model `slow-<ms>`: waits that long before answering (timeouts);
 //! - `x-stub-usage: P,C`: the usage reported (default `10,5`);
+//! - `x-stub-cache: R,W`: cached input tokens read (OpenAI's
+//!   `cached_tokens`, Anthropic's `cache_read_input_tokens`) and written
+//!   (Anthropic's `cache_creation_input_tokens`), on top of `P` (default
+//!   `0,0`);
+//! - `x-stub-cut: 1`: an Anthropic stream ends after its text, without
+//!   its `message_delta` (a connection lost mid-answer);
 //! - `x-stub-chunks: N`: content chunks of a stream (default 3);
 //! - `x-stub-no-usage: 1`: never report usage (upstreams that ignore
 //!   `include_usage`);
@@ -28,6 +38,9 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+mod anthropic;
+mod responses;
 
 /// One request as the stub received it.
 #[derive(Debug, Clone)]
@@ -271,18 +284,62 @@ fn send_json(out: &mut impl Write, status: u16, v: &Value) -> std::io::Result<()
     out.flush()
 }
 
-fn usage_of(req: &Request) -> (u64, u64) {
+/// A header `A,B` of two numbers, else `default`.
+fn pair(req: &Request, name: &str, default: (u64, u64)) -> (u64, u64) {
     req.headers
-        .get("x-stub-usage")
+        .get(name)
         .and_then(|v| {
-            let (p, c) = v.split_once(',')?;
-            Some((p.trim().parse().ok()?, c.trim().parse().ok()?))
+            let (a, b) = v.split_once(',')?;
+            Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
         })
-        .unwrap_or((10, 5))
+        .unwrap_or(default)
+}
+
+fn usage_of(req: &Request) -> (u64, u64) {
+    pair(req, "x-stub-usage", (10, 5))
+}
+
+/// `x-stub-chunks`: content chunks of a stream.
+fn chunks_of(req: &Request) -> usize {
+    req.headers
+        .get("x-stub-chunks")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+/// `x-stub-cache`: cached input tokens read and written.
+fn cache_of(req: &Request) -> (u64, u64) {
+    pair(req, "x-stub-cache", (0, 0))
+}
+
+/// The head of a chunked SSE answer.
+fn sse_head(out: &mut impl Write) -> std::io::Result<()> {
+    write!(
+        out,
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
+         transfer-encoding: chunked\r\n\r\n"
+    )
+}
+
+/// One chunk of a chunked body, flushed.
+fn send_chunk(out: &mut impl Write, data: &str) -> std::io::Result<()> {
+    write!(out, "{:x}\r\n{data}\r\n", data.len())?;
+    out.flush()
+}
+
+/// Named SSE events (`event:` and `data:`), then the end of the body.
+fn send_events(out: &mut impl Write, events: &[(&str, Value)]) -> std::io::Result<()> {
+    sse_head(out)?;
+    for (name, data) in events {
+        send_chunk(out, &format!("event: {name}\ndata: {data}\n\n"))?;
+    }
+    write!(out, "0\r\n\r\n")?;
+    out.flush()
 }
 
 fn answer(out: &mut impl Write, req: &Request, body: &Value, s: &Shared) -> std::io::Result<()> {
     let model = body["model"].as_str().unwrap_or("");
+    let anthropic = req.path.starts_with("/v1/messages");
     if let Some(ms) = model
         .strip_prefix("slow-")
         .and_then(|m| m.parse::<u64>().ok())
@@ -293,6 +350,9 @@ fn answer(out: &mut impl Write, req: &Request, body: &Value, s: &Shared) -> std:
         .strip_prefix("error-")
         .and_then(|m| m.parse::<u16>().ok())
     {
+        if anthropic {
+            return anthropic::error(out, code);
+        }
         return send_json(
             out,
             code,
@@ -316,6 +376,9 @@ fn answer(out: &mut impl Write, req: &Request, body: &Value, s: &Shared) -> std:
                     "data": [{"object": "embedding", "index": 0, "embedding": [0.25, 0.5]}],
                     "usage": {"prompt_tokens": p, "total_tokens": p}}),
         ),
+        ("POST", "/v1/messages") => anthropic::messages(out, req, body),
+        ("POST", "/v1/messages/count_tokens") => anthropic::count_tokens(out, req),
+        ("POST", "/v1/responses") => responses::create(out, req, body),
         ("POST", "/v1/chat/completions") if body["stream"] == json!(true) => {
             stream_chat(out, req, body, s, usage)
         }
@@ -350,19 +413,11 @@ fn stream_chat(
     usage: Value,
 ) -> std::io::Result<()> {
     let model = body["model"].as_str().unwrap_or("");
-    let n: usize = req
-        .headers
-        .get("x-stub-chunks")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let n = chunks_of(req);
     let gate = req.headers.get("x-stub-gate").cloned();
     let with_usage = body["stream_options"]["include_usage"] == json!(true)
         && !req.headers.contains_key("x-stub-no-usage");
-    write!(
-        out,
-        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\
-         transfer-encoding: chunked\r\n\r\n"
-    )?;
+    sse_head(out)?;
     let mut events = vec![chunk(
         model,
         json!({"role": "assistant", "content": ""}),
@@ -387,16 +442,13 @@ fn stream_chat(
     let last = datas.len() - 1;
     let result = (|| {
         for (i, d) in datas.iter().enumerate() {
-            let ev = format!("data: {d}\n\n");
-            write!(out, "{:x}\r\n{ev}\r\n", ev.len())?;
-            out.flush()?;
+            send_chunk(out, &format!("data: {d}\n\n"))?;
             if i == 1 {
                 if let Some(g) = &gate {
                     wait_gate(s, g);
                     // Pace the rest so a reader that left is noticed.
                     for _ in 0..20 {
-                        write!(out, "{:x}\r\n: ping\n\n\r\n", ": ping\n\n".len())?;
-                        out.flush()?;
+                        send_chunk(out, ": ping\n\n")?;
                         std::thread::sleep(Duration::from_millis(5));
                     }
                 }

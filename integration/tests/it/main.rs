@@ -23,6 +23,7 @@ mod network_security;
 mod nginx;
 mod openapi;
 mod proxy;
+mod proxy_anthropic;
 mod proxy_openai;
 mod redis_data_loss;
 mod redis_modes;

@@ -3,14 +3,16 @@
 //! `Proxy-Connection`, `Keep-Alive`, `TE`, `Transfer-Encoding`, `Upgrade`,
 //! plus the proxy's own `Proxy-Authorization`/`Proxy-Authenticate`); the
 //! tenant header is not forwarded; answers carry OpenAI's
-//! `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`.
+//! `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, or on
+//! Anthropic's API `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`
+//! (reset: the RFC 3339 time the bucket is full again).
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::{HttpResponse, HttpResponseBuilder};
 use llmtrace_actors::{BucketQuota, Decision};
 use llmtrace_cluster_config::Limit;
 
-use super::errors::ProxyError;
+use super::errors::{Dialect, ProxyError};
 use super::tenant::TENANT_HEADER;
 use crate::http::headers::{openai_duration, openai_names};
 
@@ -92,22 +94,73 @@ fn reset(d: &Decision) -> u64 {
     }
 }
 
-/// Adds `x-ratelimit-*` of every limited limit (OpenAI's formats: limit
-/// and remaining as integers, reset as a duration like `6m0s`).
-pub fn insert_limits(b: &mut HttpResponseBuilder, states: &[(Limit, BucketQuota, Decision)]) {
+/// Anthropic's header names of a limit.
+fn anthropic_names(limit: Limit) -> Option<[&'static str; 3]> {
+    [
+        (
+            Limit::REQUESTS,
+            [
+                "anthropic-ratelimit-requests-limit",
+                "anthropic-ratelimit-requests-remaining",
+                "anthropic-ratelimit-requests-reset",
+            ],
+        ),
+        (
+            Limit::TOKENS,
+            [
+                "anthropic-ratelimit-tokens-limit",
+                "anthropic-ratelimit-tokens-remaining",
+                "anthropic-ratelimit-tokens-reset",
+            ],
+        ),
+    ]
+    .into_iter()
+    .find_map(|(l, names)| (l == limit).then_some(names))
+}
+
+/// The RFC 3339 time `ns` from now, rounded up to a whole second (UTC).
+fn rfc3339_in(ns: u64) -> String {
+    let ns = i64::try_from(ns).unwrap_or(i64::MAX);
+    let at = chrono::Utc::now()
+        .checked_add_signed(chrono::Duration::nanoseconds(ns))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
+    let secs = at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0);
+    chrono::DateTime::from_timestamp(secs, 0)
+        .unwrap_or(at)
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Adds the headers of every limited limit in the `dialect`'s names and
+/// formats: limit and remaining as integers, reset as a duration like
+/// `6m0s` (OpenAI) or the RFC 3339 time it is full again (Anthropic).
+pub fn insert_limits(
+    dialect: Dialect,
+    b: &mut HttpResponseBuilder,
+    states: &[(Limit, BucketQuota, Decision)],
+) {
     for (limit, quota, decision) in states {
-        let Some([l, r, t]) = openai_names(*limit) else {
+        let names = match dialect {
+            Dialect::OpenAi => openai_names(*limit),
+            Dialect::Anthropic => anthropic_names(*limit),
+        };
+        let Some([l, r, t]) = names else {
             continue;
         };
         b.insert_header((l, HeaderValue::from(quota.capacity_units())));
         b.insert_header((r, HeaderValue::from(remaining(decision))));
-        b.insert_header((t, openai_duration(reset(decision))));
+        let at = match dialect {
+            Dialect::OpenAi => openai_duration(reset(decision)),
+            Dialect::Anthropic => rfc3339_in(reset(decision)),
+        };
+        b.insert_header((t, at));
     }
 }
 
-/// The 429 of a refused call: OpenAI's error body, `Retry-After` (whole
-/// seconds, rounded up) and `retry-after-ms`, and the limits' headers.
+/// The 429 of a refused call: the `dialect`'s error body, `Retry-After`
+/// (whole seconds, rounded up) and `retry-after-ms`, and the limits'
+/// headers.
 pub fn refusal(
+    dialect: Dialect,
     states: &[(Limit, BucketQuota, Decision)],
     refused: &[Limit],
     reserve: u64,
@@ -143,8 +196,8 @@ pub fn refusal(
     let mut b = e.builder();
     b.insert_header(("retry-after", wait_ns.div_ceil(1_000_000_000).max(1)));
     b.insert_header(("retry-after-ms", wait_ns.div_ceil(1_000_000).max(1)));
-    insert_limits(&mut b, states);
-    b.json(e.body())
+    insert_limits(dialect, &mut b, states);
+    b.json(e.body(dialect))
 }
 
 #[cfg(test)]
@@ -201,5 +254,45 @@ mod tests {
         let mut to = HeaderMap::new();
         copy_request(&from, &mut to, false);
         assert_eq!(to.get("accept-encoding").unwrap(), "gzip");
+    }
+
+    #[test]
+    fn limit_headers_in_each_dialect() {
+        let quota = BucketQuota::per_second(1, 100);
+        let states = [(
+            Limit::TOKENS,
+            quota,
+            Decision::Refused {
+                remaining: 7,
+                retry_after_ns: 2_500_000_000,
+                reset_after_ns: 93_000_000_000,
+            },
+        )];
+        let before = chrono::Utc::now();
+        let resp = refusal(Dialect::Anthropic, &states, &[Limit::TOKENS], 20);
+        let h = resp.headers();
+        assert_eq!(h.get("retry-after").unwrap(), "3");
+        assert_eq!(h.get("anthropic-ratelimit-tokens-limit").unwrap(), "100");
+        assert_eq!(h.get("anthropic-ratelimit-tokens-remaining").unwrap(), "7");
+        let reset = h
+            .get("anthropic-ratelimit-tokens-reset")
+            .unwrap()
+            .to_str()
+            .unwrap();
+        let reset = chrono::DateTime::parse_from_rfc3339(reset).unwrap();
+        let ahead = (reset.with_timezone(&chrono::Utc) - before).num_seconds();
+        assert!((93..=95).contains(&ahead), "{ahead}");
+        assert!(h.get("x-ratelimit-limit-tokens").is_none());
+        // Never out of range, however far.
+        assert!(rfc3339_in(u64::MAX).ends_with('Z'));
+        let resp = refusal(Dialect::OpenAi, &states, &[Limit::TOKENS], 20);
+        assert_eq!(
+            resp.headers().get("x-ratelimit-reset-tokens").unwrap(),
+            "1m33s"
+        );
+        assert!(resp
+            .headers()
+            .get("anthropic-ratelimit-tokens-limit")
+            .is_none());
     }
 }

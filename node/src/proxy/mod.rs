@@ -1,24 +1,28 @@
 //! Transparent LLM proxy mode: a listener (`--proxy-listen`) that forwards
-//! every request (method, path, query, headers, body) to an
-//! OpenAI-compatible upstream (`--proxy-upstream`) and streams the answer
+//! every request (method, path, query, headers, body) to an OpenAI- or
+//! Anthropic-compatible upstream (`--proxy-upstream`) and streams the answer
 //! back, holding each tenant to two limits on the owner of its buckets:
 //! `requests` (one per call) and `tokens` (a reservation before the call,
 //! reconciled with the real usage after it).
 //!
 //! Layout:
-//! - [`tenant`]: who a call belongs to (trusted header or bearer key).
+//! - [`tenant`]: who a call belongs to (trusted header or API key).
 //! - [`tokens`]: what a call will cost, counted before forwarding.
+//! - [`messages`]: Anthropic Messages bodies checked and planned.
 //! - [`relay`]: the answer streamed back, usage picked up, reconcile.
-//! - [`headers`]: hop-by-hop headers (RFC 9110 7.6.1), `x-ratelimit-*`.
-//! - [`errors`]: 401/413/429/502/504 in OpenAI's error shape.
+//! - [`usage`]: the usage of each API's answers, in one shape.
+//! - [`headers`]: hop-by-hop headers (RFC 9110 7.6.1), rate-limit headers.
+//! - [`errors`]: 400/401/413/429/502/504 in the API's error shape.
 //! - [`metrics`]: Prometheus counters of the proxy.
 
 pub mod errors;
 pub mod headers;
+pub mod messages;
 pub mod metrics;
 pub mod relay;
 pub mod tenant;
 pub mod tokens;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,10 +34,10 @@ use futures_util::StreamExt;
 use llmtrace_actors::{BucketQuota, CheckError, Op, Routed, Router, Verdict};
 use llmtrace_cluster_config::{Limit, ProxyConfig};
 
-use self::errors::ProxyError;
+use self::errors::{Dialect, ProxyError};
 use self::metrics::ProxyMetrics;
 use self::relay::{Relay, Reservation};
-use self::tokens::Plan;
+use self::tokens::{Plan, Route};
 
 /// What every proxy handler shares.
 pub struct ProxyContext {
@@ -210,7 +214,7 @@ pub async fn forward(
 ) -> HttpResponse {
     let resp = match proxy(&req, payload, &ctx, &client).await {
         Ok(resp) => resp,
-        Err(e) => e.response(),
+        Err(e) => e.response(Dialect::of_path(req.path())),
     };
     ctx.metrics.count_status(resp.status().as_u16());
     resp
@@ -276,7 +280,12 @@ async fn proxy(
         tenant::TenantError::Missing => ProxyError::no_tenant(),
         tenant::TenantError::BadHeader(why) => ProxyError::bad_tenant(&why),
     })?;
-    let kind = tokens::endpoint(req.method(), req.path());
+    let route = tokens::route(req.method(), req.path());
+    let dialect = Dialect::of_path(req.path());
+    let kind = match route {
+        Route::Tokens(kind) => Some(kind),
+        Route::Request | Route::Free => None,
+    };
     // Token-accounted calls are read whole (their prompt is counted before
     // forwarding); every other body streams to the upstream as it arrives.
     let (body, payload) = match kind {
@@ -292,20 +301,27 @@ async fn proxy(
         None => None,
         Some(kind) => {
             let max = cfg.default_max_tokens;
-            Some(if body.len() <= INLINE_TOKENIZE_BYTES {
+            let planned = if body.len() <= INLINE_TOKENIZE_BYTES {
                 tokens::plan(kind, &body, max)
             } else {
                 let b = body.clone();
                 web::block(move || tokens::plan(kind, &b, max))
                     .await
-                    .unwrap_or_default()
-            })
+                    .unwrap_or_else(|_| Ok(Plan::default()))
+            };
+            Some(planned.map_err(ProxyError::invalid_request)?)
         }
     };
-    let admitted = admit(ctx, &tenant, plan.as_ref()).await?;
-    let admitted = match admitted {
-        Ok(a) => a,
-        Err(refusal) => return Ok(refusal),
+    let admitted = match route {
+        // Not charged: no limit is asked.
+        Route::Free => Admitted {
+            states: Vec::new(),
+            reservation: None,
+        },
+        _ => match admit(ctx, &tenant, plan.as_ref(), dialect).await? {
+            Ok(a) => a,
+            Err(refusal) => return Ok(refusal),
+        },
     };
     let plan = plan.unwrap_or_default();
 
@@ -365,7 +381,7 @@ async fn proxy(
     }
     let mut builder = HttpResponse::build(status);
     headers::copy_response(upstream.headers(), &mut builder);
-    headers::insert_limits(&mut builder, &admitted.states);
+    headers::insert_limits(dialect, &mut builder, &admitted.states);
     let relay = Relay::new(
         upstream,
         &plan,
@@ -406,12 +422,13 @@ fn check_error(e: CheckError) -> ProxyError {
 }
 
 /// Takes one request and the token reservation, concurrently (each on its
-/// owner). `Ok(Err(response))` is a 429: whatever one limit took when the
-/// other refused is given back.
+/// owner). `Ok(Err(response))` is a 429 in the `dialect`'s shape: whatever
+/// one limit took when the other refused is given back.
 async fn admit(
     ctx: &ProxyContext,
     tenant: &str,
     plan: Option<&Plan>,
+    dialect: Dialect,
 ) -> Result<Result<Admitted, HttpResponse>, ProxyError> {
     let router = &ctx.router;
     let requests = router.check(tenant, Limit::REQUESTS, 1);
@@ -478,7 +495,7 @@ async fn admit(
             let _ = r.perform(t, Limit::TOKENS, Op::Refund, reserve).await;
         });
     }
-    Ok(Err(headers::refusal(&states, &refused, reserve)))
+    Ok(Err(headers::refusal(dialect, &states, &refused, reserve)))
 }
 
 #[cfg(test)]

@@ -22,7 +22,8 @@ use serde_json::Value;
 use tracing::warn;
 
 use super::metrics::ProxyMetrics;
-use super::tokens::{usage_total, Plan};
+use super::tokens::{Counter, Kind, Plan};
+use super::usage::{Streamed, Usage};
 
 /// A token reservation still to reconcile.
 pub struct Reservation {
@@ -67,6 +68,11 @@ impl Reservation {
         });
     }
 
+    /// Settles the reservation at what the call consumed.
+    pub fn settle(self, usage: &Usage) {
+        self.reconcile(usage.total());
+    }
+
     /// Gives the whole reservation back (the call failed).
     pub fn refund_all(self) {
         self.reconcile(0);
@@ -77,6 +83,8 @@ impl Reservation {
 /// usage-only chunk the proxy asked for is dropped), a JSON body is copied
 /// for its `usage`. Independent of the transport, so it is tested alone.
 pub struct Scanner {
+    /// The API answering; `None`: nothing to read.
+    kind: Option<Kind>,
     /// Server-sent events: inspected event by event.
     sse: bool,
     /// Drop the usage-only chunk the proxy asked for.
@@ -85,8 +93,8 @@ pub struct Scanner {
     pending: BytesMut,
     /// Copy of a JSON body, for its usage.
     copy: Option<BytesMut>,
-    /// `usage` total seen in the body.
-    pub usage: Option<u64>,
+    /// The usage seen in the body.
+    pub usage: Streamed,
     /// Streamed completion text, for a count when no usage arrives.
     pub deltas: String,
 }
@@ -95,13 +103,14 @@ pub struct Scanner {
 const MAX_DELTA_BYTES: usize = 4 << 20;
 
 impl Scanner {
-    pub fn new(sse: bool, strip_usage: bool, copy_json: bool) -> Self {
+    pub fn new(kind: Option<Kind>, sse: bool, strip_usage: bool, copy_json: bool) -> Self {
         Scanner {
+            kind,
             sse,
             strip_usage,
             pending: BytesMut::new(),
-            copy: (copy_json && !sse).then(BytesMut::new),
-            usage: None,
+            copy: (copy_json && !sse && kind.is_some()).then(BytesMut::new),
+            usage: Streamed::default(),
             deltas: String::new(),
         }
     }
@@ -128,10 +137,12 @@ impl Scanner {
     /// The body ended: what is left of an unterminated event, and the usage
     /// of a JSON body.
     pub fn end(&mut self) -> Bytes {
-        if let Some(copy) = self.copy.take() {
+        if let (Some(copy), Some(kind)) = (self.copy.take(), self.kind) {
             // Only `usage` is kept; the rest of the answer is skipped.
             if let Ok(b) = serde_json::from_slice::<UsageOnly>(&copy) {
-                self.usage = b.usage.as_ref().and_then(usage_total);
+                if let Some(u) = b.usage.as_ref().and_then(|u| Usage::parse(kind, u)) {
+                    self.usage.settle(u);
+                }
             }
         }
         self.pending.split().freeze()
@@ -139,6 +150,9 @@ impl Scanner {
 
     /// Reads one SSE event; false when it must not reach the client.
     fn inspect(&mut self, event: &[u8]) -> bool {
+        let Some(kind) = self.kind else {
+            return true;
+        };
         let mut keep = true;
         for line in event.split(|b| *b == b'\n') {
             let Some(data) = line.strip_prefix(b"data:") else {
@@ -148,25 +162,38 @@ impl Scanner {
             if data == b"[DONE]" {
                 continue;
             }
-            let Ok(chunk) = serde_json::from_slice::<Chunk>(data) else {
-                continue;
-            };
-            if let Some(u) = chunk.usage.as_ref().and_then(usage_total) {
-                self.usage = Some(u);
-                if self.strip_usage && chunk.choices.is_empty() {
-                    keep = false;
-                }
+            let seen = self.usage.event(kind, data);
+            if seen.usage_only && self.strip_usage {
+                keep = false;
             }
-            for c in chunk.choices {
-                let text = c.delta.and_then(|d| d.content).or(c.text);
-                if let Some(t) = text {
-                    if self.deltas.len() + t.len() <= MAX_DELTA_BYTES {
-                        self.deltas.push_str(&t);
-                    }
+            if let Some(t) = seen.text {
+                if self.deltas.len() + t.len() <= MAX_DELTA_BYTES {
+                    self.deltas.push_str(&t);
                 }
             }
         }
         keep
+    }
+
+    /// The usage to settle at: the final usage; a partial one (the stream
+    /// was cut after Anthropic's `message_start`) with the streamed text
+    /// counted as output; for a stream without usage, `prompt` as input and
+    /// the streamed text as output; otherwise nothing known.
+    pub fn usage(&self, prompt: u64, counter: &Counter) -> Option<Usage> {
+        let streamed = || counter.count(&self.deltas);
+        match self.usage.usage {
+            Some(u) if self.usage.complete => Some(u),
+            Some(u) => Some(Usage {
+                output: u.output.max(streamed()),
+                ..u
+            }),
+            None if self.sse => Some(Usage {
+                input: prompt,
+                output: streamed(),
+                ..Usage::default()
+            }),
+            None => None,
+        }
     }
 }
 
@@ -183,7 +210,7 @@ pub struct Relay {
     reservation: Option<Reservation>,
     /// Prompt tokens counted before forwarding (for the fallback count).
     prompt: u64,
-    counter: super::tokens::Counter,
+    counter: Counter,
     done: bool,
 }
 
@@ -200,7 +227,7 @@ impl Relay {
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
-        let scanner = Scanner::new(sse, plan.injected_usage, reservation.is_some());
+        let scanner = Scanner::new(plan.kind, sse, plan.injected_usage, reservation.is_some());
         Relay {
             upstream,
             idle,
@@ -225,15 +252,8 @@ impl Relay {
         self.done = true;
         let rest = self.scanner.end();
         if let Some(r) = self.reservation.take() {
-            let actual = match self.scanner.usage {
-                Some(u) => Some(u),
-                None if self.scanner.sse => {
-                    Some(self.prompt + self.counter.count(&self.scanner.deltas))
-                }
-                None => None,
-            };
-            if let Some(actual) = actual {
-                r.reconcile(actual);
+            if let Some(usage) = self.scanner.usage(self.prompt, &self.counter) {
+                r.settle(&usage);
             }
         }
         rest
@@ -255,28 +275,6 @@ fn event_end(buf: &[u8]) -> Option<usize> {
 struct UsageOnly {
     #[serde(default)]
     usage: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct Chunk {
-    #[serde(default)]
-    choices: Vec<ChunkChoice>,
-    #[serde(default)]
-    usage: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct ChunkChoice {
-    #[serde(default)]
-    delta: Option<Delta>,
-    #[serde(default)]
-    text: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Delta {
-    #[serde(default)]
-    content: Option<String>,
 }
 
 fn io_error(what: String) -> std::io::Error {
@@ -340,6 +338,7 @@ impl Drop for Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::tokens::estimate;
     use proptest::prelude::*;
 
     fn sse_body(usage: bool) -> String {
@@ -358,8 +357,25 @@ mod tests {
         b
     }
 
-    fn scan(body: &str, cuts: &[usize], strip: bool) -> (String, Scanner) {
-        let mut s = Scanner::new(true, strip, true);
+    /// An Anthropic Messages stream; `end`: with its `message_delta`.
+    fn anthropic_body(end: bool) -> String {
+        let mut b = String::new();
+        b.push_str("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"m\",\"usage\":{\"input_tokens\":20,\"cache_read_input_tokens\":100,\"cache_creation_input_tokens\":3,\"output_tokens\":1}}}\n\n");
+        b.push_str("event: ping\ndata: {\"type\": \"ping\"}\n\n");
+        for t in ["Hel", "lo", " wor", "ld"] {
+            b.push_str(&format!(
+                "event: content_block_delta\r\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{t}\"}}}}\r\n\r\n"
+            ));
+        }
+        if end {
+            b.push_str("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":9}}\n\n");
+            b.push_str("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n");
+        }
+        b
+    }
+
+    fn scan_as(kind: Kind, body: &str, cuts: &[usize], strip: bool) -> (String, Scanner) {
+        let mut s = Scanner::new(Some(kind), true, strip, true);
         let mut out = Vec::new();
         let mut at = 0;
         let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
@@ -372,21 +388,39 @@ mod tests {
         (String::from_utf8(out).unwrap(), s)
     }
 
+    fn scan(body: &str, cuts: &[usize], strip: bool) -> (String, Scanner) {
+        scan_as(Kind::Chat, body, cuts, strip)
+    }
+
+    fn actual(s: &Scanner, prompt: u64, counter: &Counter) -> Option<u64> {
+        s.usage(prompt, counter).map(|u| u.total())
+    }
+
+    fn total(s: &Scanner) -> Option<u64> {
+        s.usage
+            .usage
+            .filter(|_| s.usage.complete)
+            .map(|u| u.total())
+    }
+
     #[test]
     fn usage_chunk_is_dropped_only_when_the_proxy_asked() {
         let body = sse_body(true);
         let (out, s) = scan(&body, &[], true);
-        assert_eq!(s.usage, Some(11));
+        assert_eq!(total(&s), Some(11));
         assert!(!out.contains("usage") && out.contains("[DONE]"), "{out}");
         let (out, _) = scan(&body, &[], false);
         assert_eq!(out, body);
         let (_, s) = scan(&sse_body(false), &[], true);
-        assert_eq!((s.usage, s.deltas.as_str()), (None, "Hello world"));
+        assert_eq!((s.usage.usage, s.deltas.as_str()), (None, "Hello world"));
+        // Settled at the prompt plus the streamed text.
+        let counter = Counter::for_model("unknown");
+        assert_eq!(actual(&s, 5, &counter), Some(5 + estimate("Hello world")));
     }
 
     #[test]
     fn json_usage_is_read_at_the_end() {
-        let mut s = Scanner::new(false, false, true);
+        let mut s = Scanner::new(Some(Kind::Chat), false, false, true);
         let (x, y): (&[u8], &[u8]) = (
             b"{\"id\":1,\"usage\":{\"prompt_",
             b"tokens\":3,\"completion_tokens\":4}}",
@@ -395,7 +429,35 @@ mod tests {
         assert_eq!(s.feed(Bytes::from_static(x)), x);
         assert_eq!(s.feed(Bytes::from_static(y)), y);
         assert!(s.end().is_empty());
-        assert_eq!(s.usage, Some(7));
+        assert_eq!(total(&s), Some(7));
+        // An Anthropic answer, cut anywhere.
+        let body = br#"{"type":"message","usage":{"input_tokens":5,"output_tokens":6,"cache_read_input_tokens":7}}"#;
+        let mut s = Scanner::new(Some(Kind::Messages), false, false, true);
+        for part in body.chunks(10) {
+            assert_eq!(s.feed(Bytes::copy_from_slice(part)), part);
+        }
+        s.end();
+        assert_eq!(total(&s), Some(18));
+        // No usage in a JSON answer: nothing known, the reservation stands.
+        let mut s = Scanner::new(Some(Kind::Messages), false, false, true);
+        s.feed(Bytes::from_static(b"{\"usage\": \"x\"}"));
+        s.end();
+        assert_eq!(actual(&s, 5, &Counter::for_model("m")), None);
+    }
+
+    #[test]
+    fn anthropic_stream_is_relayed_unchanged_and_settled() {
+        let counter = Counter::for_model("claude-x");
+        let body = anthropic_body(true);
+        let (out, s) = scan_as(Kind::Messages, &body, &[], true);
+        // Nothing is dropped from an Anthropic stream.
+        assert_eq!(out, body);
+        assert_eq!(actual(&s, 0, &counter), Some(20 + 100 + 3 + 9));
+        // Cut before `message_delta`: input from `message_start`, output
+        // counted from the text.
+        let (_, s) = scan_as(Kind::Messages, &anthropic_body(false), &[], true);
+        assert_eq!(s.deltas, "Hello world");
+        assert_eq!(actual(&s, 0, &counter), Some(123 + estimate("Hello world")));
     }
 
     proptest! {
@@ -412,10 +474,24 @@ mod tests {
         }
 
         #[test]
+        fn anthropic_chunk_boundaries_do_not_matter(cuts in prop::collection::vec(any::<usize>(), 0..12), end: bool) {
+            let body = anthropic_body(end);
+            let (whole, a) = scan_as(Kind::Messages, &body, &[], false);
+            let (split, b) = scan_as(Kind::Messages, &body, &cuts, false);
+            prop_assert_eq!(&whole, &body);
+            prop_assert_eq!(whole, split);
+            prop_assert_eq!(a.usage, b.usage);
+            prop_assert_eq!(a.deltas, b.deltas);
+        }
+
+        #[test]
         fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300), sse: bool) {
-            let mut s = Scanner::new(sse, true, true);
-            let _ = s.feed(Bytes::from(bytes));
-            let _ = s.end();
+            for kind in [Kind::Chat, Kind::Responses, Kind::Messages] {
+                let mut s = Scanner::new(Some(kind), sse, true, true);
+                let _ = s.feed(Bytes::from(bytes.clone()));
+                let _ = s.end();
+                let _ = actual(&s, u64::MAX, &Counter::for_model("m"));
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! Who a proxied call belongs to. The `X-LLMTrace-Tenant-ID` header when the
 //! operator trusts it (`proxy.trust_tenant_header`, only behind a gateway
-//! that sets it); otherwise a UUID v5 of the bearer key, so every key is its
-//! own tenant and the key itself is never kept, logged or forwarded anywhere
+//! that sets it); otherwise a UUID v5 of the API key (`Authorization:
+//! Bearer`, or Anthropic's `x-api-key`), so every key is its own tenant and the key itself is never kept, logged or forwarded anywhere
 //! but to the upstream. No key and no trusted header: no tenant (401), never
 //! a shared "unknown" tenant.
 
@@ -12,6 +12,9 @@ use uuid::Uuid;
 /// The tenant header.
 pub const TENANT_HEADER: &str = "x-llmtrace-tenant-id";
 
+/// Anthropic's API key header (read when there is no bearer key).
+const API_KEY_HEADER: &str = "x-api-key";
+
 /// Namespace of the UUID v5 derived from an API key (the OID namespace of
 /// RFC 9562, fixed so every node derives the same tenant from a key).
 const KEY_NAMESPACE: Uuid = Uuid::NAMESPACE_OID;
@@ -19,7 +22,7 @@ const KEY_NAMESPACE: Uuid = Uuid::NAMESPACE_OID;
 /// Why no tenant could be found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TenantError {
-    /// Neither a bearer key nor a trusted tenant header.
+    /// Neither an API key nor a trusted tenant header.
     Missing,
     /// A trusted tenant header that is not a valid tenant id.
     BadHeader(String),
@@ -40,6 +43,10 @@ pub fn resolve(headers: &HeaderMap, trust_header: bool) -> Result<String, Tenant
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer)
+        .or_else(|| {
+            let key = headers.get(API_KEY_HEADER)?.to_str().ok()?.trim();
+            (!key.is_empty()).then_some(key)
+        })
         .ok_or(TenantError::Missing)?;
     Ok(tenant_of_key(key))
 }
@@ -85,6 +92,19 @@ mod tests {
         assert_eq!(
             resolve(&headers(&[("authorization", "bearer  sk-abc ")]), false).unwrap(),
             t
+        );
+    }
+
+    #[test]
+    fn anthropic_key_header_is_the_same_tenant() {
+        let t = resolve(&headers(&[("x-api-key", " sk-abc ")]), false).unwrap();
+        assert_eq!(t, tenant_of_key("sk-abc"));
+        // The bearer key wins when both are sent.
+        let h = headers(&[("x-api-key", "sk-x"), ("authorization", "Bearer sk-abc")]);
+        assert_eq!(resolve(&h, false).unwrap(), t);
+        assert_eq!(
+            resolve(&headers(&[("x-api-key", "  ")]), false),
+            Err(TenantError::Missing)
         );
     }
 

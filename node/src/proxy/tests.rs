@@ -129,19 +129,24 @@ pub(crate) async fn wait_refunded(m: &ProxyMetrics, n: u64) {
     assert_eq!(m.tokens_refunded.get(), n);
 }
 
+/// Takes `n` tokens from the bucket of `key`'s tenant.
+async fn take_tokens(router: &Router, key: &str, n: u64) {
+    let tenant = tenant::tenant_of_key(key);
+    let r = router
+        .perform(tenant, Limit::TOKENS, Op::Take, n)
+        .await
+        .unwrap();
+    assert!(r.verdict.is_allowed());
+}
+
 #[actix_rt::test]
 async fn over_the_token_limit_is_429_with_openai_headers() {
     // 60 tokens per minute (one per second), burst 150.
     let ctx = context(router(100, 100, 60, 150), 1 << 20);
     let router = ctx.router.clone();
     let app = app!(ctx);
-    let tenant = tenant::tenant_of_key("tok");
     // Leave 50 tokens; the call reserves 109 (9 prompt + 100).
-    let r = router
-        .perform(tenant, Limit::TOKENS, Op::Take, 100)
-        .await
-        .unwrap();
-    assert!(r.verdict.is_allowed());
+    take_tokens(&router, "tok", 100).await;
     let req = test::TestRequest::post()
         .uri("/v1/chat/completions")
         .insert_header(("authorization", "Bearer tok"))
@@ -187,4 +192,56 @@ async fn over_the_request_limit_is_429() {
         "0"
     );
     assert!(resp.headers().get("x-ratelimit-limit-tokens").is_none());
+}
+
+#[actix_rt::test]
+async fn anthropic_calls_are_refused_in_anthropic_shape() {
+    // 1 token per minute (no refill shows while the test runs), burst 150.
+    let ctx = context(router(100, 100, 1, 150), 1 << 20);
+    let router = ctx.router.clone();
+    let app = app!(ctx);
+    // Leave 50 tokens; the call reserves 1 ("hi") + 200, cut to the burst.
+    take_tokens(&router, "ant", 100).await;
+    let message = json!({"model": "claude-x", "max_tokens": 200,
+                         "messages": [{"role": "user", "content": "hi"}]});
+    let req = test::TestRequest::post()
+        .uri("/v1/messages")
+        .insert_header(("x-api-key", "ant"))
+        .set_json(&message)
+        .to_request();
+    let resp = test::call_service(&app, req).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let h = resp.headers().clone();
+    assert_eq!(h.get("anthropic-ratelimit-tokens-limit").unwrap(), "150");
+    assert_eq!(h.get("anthropic-ratelimit-tokens-remaining").unwrap(), "50");
+    assert_eq!(h.get("anthropic-ratelimit-requests-limit").unwrap(), "100");
+    assert!(h.get("x-ratelimit-limit-tokens").is_none());
+    // 100 missing tokens at one per minute (the clock moves a little).
+    let retry: u64 = h
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((5_940..=6_000).contains(&retry), "{retry}");
+    let body: Value = test::read_body_json(resp).await;
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    // A body the proxy refuses is a 400 that asks no limit at all.
+    let checks = router.metrics().routed_local.get();
+    let req = test::TestRequest::post()
+        .uri("/v1/messages")
+        .insert_header(("x-api-key", "ant"))
+        .set_json(json!({"model": "claude-x", "max_tokens": "lots", "messages": []}))
+        .to_request();
+    let resp = test::call_service(&app, req).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = test::read_body_json(resp).await;
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("max_tokens"));
+    assert_eq!(router.metrics().routed_local.get(), checks);
 }

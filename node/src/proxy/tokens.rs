@@ -2,7 +2,9 @@
 //! counted with the model's real tokenizer (tiktoken-rs, whose encodings are
 //! compiled into the binary: nothing is downloaded at run time) plus the
 //! completion tokens the request allows (`max_completion_tokens`,
-//! `max_tokens`, or `proxy.default_max_tokens`, times `n`).
+//! `max_tokens`, or `proxy.default_max_tokens`, times `n`; Responses'
+//! `max_output_tokens`; Anthropic's required `max_tokens`, see
+//! [`super::messages`]).
 //!
 //! Models tiktoken-rs does not know are estimated: one token per 4 bytes of
 //! UTF-8 text, rounded up, per text field (the usual rule of thumb for
@@ -19,32 +21,54 @@ use serde_json::Value;
 use tiktoken_rs::tokenizer::{get_tokenizer, Tokenizer};
 use tiktoken_rs::CoreBPE;
 
-/// The OpenAI endpoints whose tokens are limited.
+/// The endpoints whose tokens are limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// `/chat/completions`: `messages`.
+    /// OpenAI `/chat/completions`: `messages`.
     Chat,
-    /// `/completions`: `prompt`.
+    /// OpenAI `/completions`: `prompt`.
     Completion,
-    /// `/embeddings`: `input`, no completion.
+    /// OpenAI `/embeddings`: `input`, no completion.
     Embedding,
+    /// OpenAI `/responses`: `instructions` and `input`.
+    Responses,
+    /// Anthropic `/v1/messages`: `system` and `messages`.
+    Messages,
 }
 
-/// The endpoint of a path (`/v1/chat/completions`, with any prefix).
-pub fn endpoint(method: &actix_web::http::Method, path: &str) -> Option<Kind> {
+/// How the proxy charges a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A request and its tokens, reserved then settled from the usage.
+    Tokens(Kind),
+    /// A request only (any other route).
+    Request,
+    /// Nothing: Anthropic's `/v1/messages/count_tokens` (free upstream too).
+    Free,
+}
+
+/// The route of a path (`/v1/chat/completions`, with any prefix).
+pub fn route(method: &actix_web::http::Method, path: &str) -> Route {
     if method != actix_web::http::Method::POST {
-        return None;
+        return Route::Request;
     }
     let path = path.trim_end_matches('/');
-    if path.ends_with("/chat/completions") {
-        Some(Kind::Chat)
+    let kind = if path.ends_with("/chat/completions") {
+        Kind::Chat
     } else if path.ends_with("/completions") {
-        Some(Kind::Completion)
+        Kind::Completion
     } else if path.ends_with("/embeddings") {
-        Some(Kind::Embedding)
+        Kind::Embedding
+    } else if path.ends_with("/responses") {
+        Kind::Responses
+    } else if path.ends_with("/v1/messages") {
+        Kind::Messages
+    } else if path.ends_with("/v1/messages/count_tokens") {
+        return Route::Free;
     } else {
-        None
-    }
+        return Route::Request;
+    };
+    Route::Tokens(kind)
 }
 
 /// Counts tokens of one model.
@@ -82,7 +106,7 @@ impl Counter {
         }
     }
 
-    fn count_json(&self, v: &Value) -> u64 {
+    pub(super) fn count_json(&self, v: &Value) -> u64 {
         match v {
             Value::Null => 0,
             Value::String(s) => self.count(s),
@@ -113,11 +137,7 @@ impl Counter {
         for m in messages {
             n += 3;
             n += m.get("role").map_or(0, |r| self.count_json(r));
-            n += match m.get("content") {
-                Some(Value::Array(parts)) => parts.iter().map(|p| self.count_part(p)).sum(),
-                Some(c) => self.count_json(c),
-                None => 0,
-            };
+            n += m.get("content").map_or(0, |c| self.count_content(c));
             if let Some(name) = m.get("name") {
                 n += self.count_json(name) + 1;
             }
@@ -128,11 +148,40 @@ impl Counter {
         n
     }
 
-    fn count_part(&self, part: &Value) -> u64 {
+    /// A content part or block: its text, an image's fixed cost, or its
+    /// JSON text (tool calls and results, documents).
+    pub(super) fn count_part(&self, part: &Value) -> u64 {
         match part.get("type").and_then(Value::as_str) {
-            Some("text") => part.get("text").map_or(0, |t| self.count_json(t)),
-            Some("image_url") | Some("input_image") => IMAGE_TOKENS,
+            Some("text" | "input_text" | "output_text") => {
+                part.get("text").map_or(0, |t| self.count_json(t))
+            }
+            Some("image_url" | "input_image" | "image") => IMAGE_TOKENS,
             _ => self.count_json(part),
+        }
+    }
+
+    /// A content given as a string or as parts.
+    pub(super) fn count_content(&self, content: &Value) -> u64 {
+        match content {
+            Value::Array(parts) => parts.iter().map(|p| self.count_part(p)).sum(),
+            other => self.count_json(other),
+        }
+    }
+
+    /// Responses' `input`: a string, or items (messages with a content,
+    /// function calls and outputs counted as their JSON).
+    fn count_items(&self, input: &Value) -> u64 {
+        match input {
+            Value::Array(items) => items
+                .iter()
+                .map(|i| match i.get("content") {
+                    Some(c) => {
+                        i.get("role").map_or(0, |r| self.count_json(r)) + self.count_content(c)
+                    }
+                    None => self.count_json(i),
+                })
+                .sum(),
+            other => self.count_json(other),
         }
     }
 }
@@ -145,6 +194,8 @@ pub fn estimate(text: &str) -> u64 {
 /// What the proxy will reserve for a call, and how it forwards it.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
+    /// The API of the call (`None`: not a JSON object, nothing reserved).
+    pub kind: Option<Kind>,
     /// Prompt tokens counted before forwarding.
     pub prompt: u64,
     /// Completion tokens the call may produce.
@@ -175,11 +226,16 @@ impl Plan {
 /// Largest `n` honoured when sizing a reservation.
 const MAX_CHOICES: u64 = 128;
 
-/// Plans a call of `kind` from its JSON body. A body that is not a JSON
-/// object reserves nothing (the upstream will refuse it).
-pub fn plan(kind: Kind, body: &[u8], default_max_tokens: u32) -> Plan {
+/// Plans a call of `kind` from its JSON body. An OpenAI body that is not
+/// a JSON object reserves nothing (the upstream will refuse it); an
+/// Anthropic one is refused here, with the reason
+/// ([`super::messages::plan`]).
+pub fn plan(kind: Kind, body: &[u8], default_max_tokens: u32) -> Result<Plan, String> {
+    if kind == Kind::Messages {
+        return super::messages::plan(body);
+    }
     let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(body) else {
-        return Plan::default();
+        return Ok(Plan::default());
     };
     let model = obj
         .get("model")
@@ -198,9 +254,22 @@ pub fn plan(kind: Kind, body: &[u8], default_max_tokens: u32) -> Plan {
         }
         Kind::Completion => obj.get("prompt").map_or(0, |p| counter.count_input(p)),
         Kind::Embedding => obj.get("input").map_or(0, |p| counter.count_input(p)),
+        Kind::Responses => {
+            ["instructions", "tools"]
+                .iter()
+                .map(|k| obj.get(*k).map_or(0, |v| counter.count_json(v)))
+                .sum::<u64>()
+                + obj.get("input").map_or(0, |i| counter.count_items(i))
+        }
+        // Never here: planned by `messages::plan`.
+        Kind::Messages => 0,
     };
     let completion = match kind {
         Kind::Embedding => 0,
+        Kind::Responses => obj
+            .get("max_output_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(u64::from(default_max_tokens)),
         _ => {
             let max = ["max_completion_tokens", "max_tokens"]
                 .iter()
@@ -217,7 +286,8 @@ pub fn plan(kind: Kind, body: &[u8], default_max_tokens: u32) -> Plan {
     let stream = obj.get("stream").and_then(Value::as_bool) == Some(true);
     let mut injected_usage = false;
     let mut new_body = None;
-    if stream && kind != Kind::Embedding {
+    // Responses streams always end with their usage.
+    if stream && matches!(kind, Kind::Chat | Kind::Completion) {
         let asked = obj
             .get("stream_options")
             .and_then(|o| o.get("include_usage"))
@@ -238,28 +308,15 @@ pub fn plan(kind: Kind, body: &[u8], default_max_tokens: u32) -> Plan {
             new_body = serde_json::to_vec(&obj).ok().map(Bytes::from);
         }
     }
-    Plan {
+    Ok(Plan {
+        kind: Some(kind),
         prompt,
         completion,
         model,
         stream,
         injected_usage,
         body: new_body,
-    }
-}
-
-/// Total tokens of an OpenAI `usage` object: `total_tokens`, else
-/// prompt + completion.
-pub fn usage_total(usage: &Value) -> Option<u64> {
-    if let Some(t) = usage.get("total_tokens").and_then(Value::as_u64) {
-        return Some(t);
-    }
-    let p = usage.get("prompt_tokens").and_then(Value::as_u64);
-    let c = usage.get("completion_tokens").and_then(Value::as_u64);
-    match (p, c) {
-        (None, None) => None,
-        (p, c) => Some(p.unwrap_or(0).saturating_add(c.unwrap_or(0))),
-    }
+    })
 }
 
 /// Builds the tokenizers once, off the request path.
@@ -280,22 +337,55 @@ mod tests {
     }
 
     #[test]
-    fn endpoints() {
+    fn routes() {
         use actix_web::http::Method;
+        let post = |p: &str| route(&Method::POST, p);
+        assert_eq!(post("/v1/chat/completions"), Route::Tokens(Kind::Chat));
+        assert_eq!(post("/v1/completions"), Route::Tokens(Kind::Completion));
         assert_eq!(
-            endpoint(&Method::POST, "/v1/chat/completions"),
-            Some(Kind::Chat)
+            post("/openai/v1/embeddings/"),
+            Route::Tokens(Kind::Embedding)
         );
+        assert_eq!(post("/v1/responses"), Route::Tokens(Kind::Responses));
+        assert_eq!(post("/v1/messages"), Route::Tokens(Kind::Messages));
+        assert_eq!(post("/v1/messages/count_tokens"), Route::Free);
+        // OpenAI's Assistants messages are not Anthropic's.
+        assert_eq!(post("/v1/threads/t1/messages"), Route::Request);
+        assert_eq!(post("/v1/responses/resp_1/cancel"), Route::Request);
+        assert_eq!(route(&Method::GET, "/v1/chat/completions"), Route::Request);
         assert_eq!(
-            endpoint(&Method::POST, "/v1/completions"),
-            Some(Kind::Completion)
+            route(&Method::GET, "/v1/messages/count_tokens"),
+            Route::Request
         );
-        assert_eq!(
-            endpoint(&Method::POST, "/openai/v1/embeddings/"),
-            Some(Kind::Embedding)
-        );
-        assert_eq!(endpoint(&Method::GET, "/v1/chat/completions"), None);
-        assert_eq!(endpoint(&Method::POST, "/v1/models"), None);
+        assert_eq!(post("/v1/models"), Route::Request);
+    }
+
+    #[test]
+    fn responses_count_instructions_input_and_max_output_tokens() {
+        let c = Counter::for_model("gpt-4o");
+        let p = plan(
+            Kind::Responses,
+            &body(json!({"model": "gpt-4o", "instructions": "hello world",
+                         "input": [{"role": "user", "content": [
+                             {"type": "input_text", "text": "hello world"},
+                             {"type": "input_image", "image_url": "data:x"}]},
+                           {"type": "function_call_output", "call_id": "c", "output": "42"}],
+                         "max_output_tokens": 30, "stream": true})),
+            4096,
+        )
+        .unwrap();
+        let item = json!({"type": "function_call_output", "call_id": "c", "output": "42"});
+        let prompt = 2 + c.count("user") + 2 + IMAGE_TOKENS + c.count_json(&item);
+        assert_eq!((p.prompt, p.completion), (prompt, 30));
+        // Its stream always ends with the usage: the body is left alone.
+        assert!(p.stream && !p.injected_usage && p.body.is_none());
+        let p = plan(
+            Kind::Responses,
+            &body(json!({"model": "gpt-4o", "input": "hello world"})),
+            77,
+        )
+        .unwrap();
+        assert_eq!((p.prompt, p.completion), (2, 77));
     }
 
     #[test]
@@ -311,7 +401,8 @@ mod tests {
             &body(json!({"model": "gpt-4o", "max_tokens": 10,
                          "messages": [{"role": "user", "content": "hello world"}]})),
             4096,
-        );
+        )
+        .unwrap();
         assert_eq!((p.prompt, p.completion, p.total()), (9, 10, 19));
         assert!(!p.stream && p.body.is_none());
     }
@@ -327,7 +418,8 @@ mod tests {
             Kind::Embedding,
             &body(json!({"model": "x", "input": ["abcd", "abcde", [1, 2, 3]]})),
             4096,
-        );
+        )
+        .unwrap();
         assert_eq!((p.prompt, p.completion), (1 + 2 + 3, 0));
     }
 
@@ -337,7 +429,8 @@ mod tests {
             Kind::Completion,
             &body(json!({"model": "m", "prompt": "abcd"})),
             50,
-        );
+        )
+        .unwrap();
         assert_eq!((p.prompt, p.completion), (1, 50));
         let p = plan(
             Kind::Chat,
@@ -346,7 +439,8 @@ mod tests {
                          "max_tokens": 99, "n": 3}),
             ),
             50,
-        );
+        )
+        .unwrap();
         assert_eq!((p.prompt, p.completion), (3, 21));
     }
 
@@ -357,7 +451,8 @@ mod tests {
             &body(json!({"model": "m", "messages": [], "stream": true,
                          "stream_options": {"other": 1}})),
             5,
-        );
+        )
+        .unwrap();
         assert!(p.stream && p.injected_usage);
         let sent: Value = serde_json::from_slice(p.body.as_ref().unwrap()).unwrap();
         assert_eq!(
@@ -369,24 +464,25 @@ mod tests {
             &body(json!({"model": "m", "messages": [], "stream": true,
                          "stream_options": {"include_usage": true}})),
             5,
-        );
+        )
+        .unwrap();
         assert!(p.stream && !p.injected_usage && p.body.is_none());
     }
 
     #[test]
     fn garbage_reserves_nothing() {
         for b in [&b"not json"[..], b"[1,2]", b"", b"{\"messages\": 5}"] {
-            let p = plan(Kind::Chat, b, 100);
+            let p = plan(Kind::Chat, b, 100).unwrap();
             assert!(p.total() <= 103, "{p:?}");
         }
-        assert_eq!(plan(Kind::Chat, b"nope", 100).total(), 0);
+        assert_eq!(plan(Kind::Chat, b"nope", 100).unwrap().total(), 0);
     }
 
     proptest::proptest! {
         /// No body makes planning panic.
         #[test]
         fn any_body_plans_without_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
-            for kind in [Kind::Chat, Kind::Completion, Kind::Embedding] {
+            for kind in [Kind::Chat, Kind::Completion, Kind::Embedding, Kind::Responses, Kind::Messages] {
                 let _ = plan(kind, &bytes, 16);
             }
         }
@@ -395,23 +491,13 @@ mod tests {
         fn any_text_counts_without_panic(text in ".{0,200}", n in 0u64..1000) {
             let body = body(json!({"model": "gpt-4o", "max_tokens": n, "n": 2,
                                    "messages": [{"role": "user", "content": text.clone(), "name": "x"}]}));
-            let p = plan(Kind::Chat, &body, 16);
+            let p = plan(Kind::Chat, &body, 16)
+        .unwrap();
             proptest::prop_assert_eq!(p.completion, 2 * n);
             // Priming 3 + message 3 + role 1 + name "x" 1 + 1, whatever the text.
             let overhead = 3 + 3 + 1 + 1 + 1;
             proptest::prop_assert!(p.prompt >= overhead);
             proptest::prop_assert!(Counter::for_model("unknown").count(&text) == estimate(&text));
         }
-    }
-
-    #[test]
-    fn usage_totals() {
-        assert_eq!(usage_total(&json!({"total_tokens": 9})), Some(9));
-        assert_eq!(
-            usage_total(&json!({"prompt_tokens": 4, "completion_tokens": 3})),
-            Some(7)
-        );
-        assert_eq!(usage_total(&json!({"prompt_tokens": 4})), Some(4));
-        assert_eq!(usage_total(&json!({})), None);
     }
 }
