@@ -12,8 +12,11 @@ RUN cargo build --release --locked -p llmtrace-node \
     && install -m 0755 target/release/llmtrace-node /llmtrace-node
 
 FROM debian:bookworm-slim
-# No TLS and no C libraries beyond glibc: nothing to install. The node speaks
-# plain HTTP; terminate TLS at the load balancer.
+# No C libraries beyond glibc: nothing to install (TLS is rustls, compiled
+# in). The public API speaks plain HTTP; terminate TLS at the load balancer.
+# The cluster port needs LLMTRACE_CLUSTER_SECRET (it listens on every
+# interface): node-to-node requests carry it and gossip is sealed with it;
+# LLMTRACE_CLUSTER_TLS_* add mutual TLS (docs/deployment.md).
 RUN useradd --system --uid 10001 --user-group --no-create-home \
         --shell /usr/sbin/nologin llmtrace
 COPY --from=build /llmtrace-node /usr/local/bin/llmtrace-node
