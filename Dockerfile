@@ -16,7 +16,8 @@ FROM debian:bookworm-slim
 # in). The public API speaks plain HTTP; terminate TLS at the load balancer.
 # The cluster port needs LLMTRACE_CLUSTER_SECRET (it listens on every
 # interface): node-to-node requests carry it and gossip is sealed with it;
-# LLMTRACE_CLUSTER_TLS_* add mutual TLS (docs/deployment.md).
+# LLMTRACE_CLUSTER_TLS_CERT, LLMTRACE_CLUSTER_TLS_KEY and LLMTRACE_CLUSTER_TLS_CA
+# add mutual TLS (docs/deployment.md).
 RUN useradd --system --uid 10001 --user-group --no-create-home \
         --shell /usr/sbin/nologin llmtrace
 COPY --from=build /llmtrace-node /usr/local/bin/llmtrace-node
