@@ -64,7 +64,11 @@ impl ShardActor {
     }
 
     /// Sets every resident bucket aside (not resident, not dirty).
+    /// Write-through checks still waiting for their batch are answered not
+    /// persisted (fail closed): their state is not written now, since it
+    /// could overwrite what a new owner stored meanwhile.
     fn set_aside(&mut self) {
+        super::snapshots::answer_durable(std::mem::take(&mut self.durable_waiting), false);
         let keys: Vec<BucketKey> = self.buckets.keys().cloned().collect();
         for key in &keys {
             if let Some(slot) = self.evict(key) {

@@ -21,7 +21,7 @@ pub struct FlushNow;
 
 /// Answers write-through checks once their batch is written (or not): their
 /// decisions if it was stored, [`Unserved::NotPersisted`] otherwise.
-fn answer_durable(waiting: Vec<(Decision, Reply)>, stored: bool) {
+pub(super) fn answer_durable(waiting: Vec<(Decision, Reply)>, stored: bool) {
     for (decision, reply) in waiting {
         let _ = reply.send(if stored {
             Ok(decision)
