@@ -82,6 +82,11 @@ impl Handler<Inspect> for ShardActor {
             let r = report(&slot.held(), msg.quota, now, age, true);
             return Box::pin(fut::ready(Ok(r)));
         }
+        if let Some(aside) = self.aside.get(&msg.key) {
+            // Set aside at a fence lapse: what this node last knew of it.
+            let r = report(aside, msg.quota, now, None, false);
+            return Box::pin(fut::ready(Ok(r)));
+        }
         let full = Held::full(msg.quota, now);
         if !self.timing.write_behind {
             return Box::pin(fut::ready(Ok(report(&full, msg.quota, now, None, false))));
