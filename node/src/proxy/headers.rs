@@ -2,7 +2,7 @@
 //! (RFC 9110 section 7.6.1: `Connection` and every field it names,
 //! `Proxy-Connection`, `Keep-Alive`, `TE`, `Transfer-Encoding`, `Upgrade`,
 //! plus the proxy's own `Proxy-Authorization`/`Proxy-Authenticate`); the
-//! tenant header is not forwarded; answers carry OpenAI's
+//! tenant, team and org headers are not forwarded; answers carry OpenAI's
 //! `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`.
 
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -11,6 +11,7 @@ use llmtrace_actors::{BucketQuota, Decision};
 use llmtrace_cluster_config::Limit;
 
 use super::errors::ProxyError;
+use super::keys::{ORG_HEADER, TEAM_HEADER};
 use super::tenant::TENANT_HEADER;
 use crate::http::headers::{openai_duration, openai_names};
 
@@ -51,7 +52,14 @@ fn skip(name: &str, named: &[String], extra: &[&str]) -> bool {
 /// for an unencoded answer (its `usage` must be readable).
 pub fn copy_request(from: &HeaderMap, to: &mut HeaderMap, identity: bool) {
     let named = connection_named(from);
-    let extra = ["host", "content-length", TENANT_HEADER, "accept-encoding"];
+    let extra = [
+        "host",
+        "content-length",
+        TENANT_HEADER,
+        TEAM_HEADER,
+        ORG_HEADER,
+        "accept-encoding",
+    ];
     for (name, value) in from.iter() {
         if !skip(name.as_str(), &named, &extra) {
             to.append(name.clone(), value.clone());
@@ -105,44 +113,54 @@ pub fn insert_limits(b: &mut HttpResponseBuilder, states: &[(Limit, BucketQuota,
     }
 }
 
-/// The 429 of a refused call: OpenAI's error body, `Retry-After` (whole
-/// seconds, rounded up) and `retry-after-ms`, and the limits' headers.
+/// One limit that refused a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub limit: Limit,
+    /// The bucket's capacity.
+    pub capacity: u64,
+    pub remaining: u64,
+    /// Units asked for, when more than one (a `tokens` or `usd_micros`
+    /// reservation).
+    pub requested: Option<u64>,
+}
+
+/// The 429 of a refused call in OpenAI's shape: the error's `message` names
+/// every refusing limit and its `code` the first one (`rate_limit_exceeded`
+/// for the built-in `requests` and `tokens`), `Retry-After` (whole seconds,
+/// rounded up) and `retry-after-ms` from `retry_after_ns`, and the
+/// `x-ratelimit-*` of `states` (the tightest request and token limits).
 pub fn refusal(
+    refused: &[Refused],
+    retry_after_ns: u64,
     states: &[(Limit, BucketQuota, Decision)],
-    refused: &[Limit],
-    reserve: u64,
 ) -> HttpResponse {
-    let wait_ns = states
+    let what: Vec<String> = refused
         .iter()
-        .filter_map(|(_, _, d)| match d {
-            Decision::Refused { retry_after_ns, .. } => Some(*retry_after_ns),
-            Decision::Allowed { .. } => None,
-        })
-        .max()
-        .unwrap_or(1_000_000_000);
-    let what: Vec<String> = states
-        .iter()
-        .filter(|(l, _, _)| refused.contains(l))
-        .map(|(l, q, d)| {
-            let limit = q.capacity_units();
-            if *l == Limit::TOKENS {
-                format!(
-                    "tokens (limit {limit}, remaining {}, requested {reserve})",
-                    remaining(d)
-                )
-            } else {
-                format!("{l} (limit {limit}, remaining {})", remaining(d))
-            }
+        .map(|r| match r.requested {
+            Some(n) => format!(
+                "{} (limit {}, remaining {}, requested {n})",
+                r.limit, r.capacity, r.remaining
+            ),
+            None => format!(
+                "{} (limit {}, remaining {})",
+                r.limit, r.capacity, r.remaining
+            ),
         })
         .collect();
-    let e = ProxyError::rate_limited(format!(
+    let mut e = ProxyError::rate_limited(format!(
         "Rate limit reached for {}. Please try again in {}.",
         what.join(" and "),
-        openai_duration(wait_ns)
+        openai_duration(retry_after_ns)
     ));
+    if let Some(r) = refused.first() {
+        if r.limit != Limit::REQUESTS && r.limit != Limit::TOKENS {
+            e.code = r.limit.as_str();
+        }
+    }
     let mut b = e.builder();
-    b.insert_header(("retry-after", wait_ns.div_ceil(1_000_000_000).max(1)));
-    b.insert_header(("retry-after-ms", wait_ns.div_ceil(1_000_000).max(1)));
+    b.insert_header(("retry-after", retry_after_ns.div_ceil(1_000_000_000).max(1)));
+    b.insert_header(("retry-after-ms", retry_after_ns.div_ceil(1_000_000).max(1)));
     insert_limits(&mut b, states);
     b.json(e.body())
 }

@@ -1,7 +1,7 @@
 //! The upstream's answer on its way back: relayed chunk by chunk as it
 //! arrives (no buffering beyond one SSE event), with the `usage` it carries
-//! picked up on the side, and the token reservation reconciled when the
-//! body ends, fails, stalls or the client goes away.
+//! picked up on the side, the reservations reconciled and the leases
+//! released when the body ends, fails, stalls or the client goes away.
 //!
 //! Dropping a [`Relay`] (the client disconnected: actix drops the body)
 //! drops the upstream response, which closes its connection: the upstream
@@ -9,69 +9,17 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use llmtrace_actors::{Op, Router};
-use llmtrace_cluster_config::Limit;
 use serde::Deserialize;
 use serde_json::Value;
 use tracing::warn;
 
-use super::metrics::ProxyMetrics;
+use super::settle::{Leases, Reservation, Used};
 use super::tokens::{usage_total, Plan};
-
-/// A token reservation still to reconcile.
-pub struct Reservation {
-    pub router: Router,
-    pub tenant: String,
-    /// Tokens taken before forwarding.
-    pub reserved: u64,
-    pub metrics: Arc<ProxyMetrics>,
-}
-
-impl Reservation {
-    /// Reconciles the reservation with the `actual` tokens used: refunds the unused part or charges
-    /// the excess, on the bucket's owner. Runs in the background.
-    pub fn reconcile(self, actual: u64) {
-        let (op, n) = if actual < self.reserved {
-            (Op::Refund, self.reserved - actual)
-        } else {
-            (Op::Charge, actual - self.reserved)
-        };
-        if n == 0 {
-            return;
-        }
-        // Not inside a runtime any more (the node is stopping): nothing
-        // to run the reconciliation on.
-        if tokio::runtime::Handle::try_current().is_err() {
-            return;
-        }
-        actix_rt::spawn(async move {
-            let counter = match op {
-                Op::Refund => &self.metrics.tokens_refunded,
-                _ => &self.metrics.tokens_charged,
-            };
-            match self.router.perform(self.tenant, Limit::TOKENS, op, n).await {
-                Ok(_) => {
-                    counter.inc_by(n);
-                }
-                Err(e) => {
-                    self.metrics.reconcile_errors.inc();
-                    warn!(op = op.as_str(), tokens = n, error = %e, "token reconcile failed");
-                }
-            }
-        });
-    }
-
-    /// Gives the whole reservation back (the call failed).
-    pub fn refund_all(self) {
-        self.reconcile(0);
-    }
-}
 
 /// Reads an answer as it passes: SSE events are released whole (the
 /// usage-only chunk the proxy asked for is dropped), a JSON body is copied
@@ -87,6 +35,8 @@ pub struct Scanner {
     copy: Option<BytesMut>,
     /// `usage` total seen in the body.
     pub usage: Option<u64>,
+    /// The same usage by price class (cached prompt tokens apart).
+    pub used: Option<Used>,
     /// Streamed completion text, for a count when no usage arrives.
     pub deltas: String,
 }
@@ -102,6 +52,7 @@ impl Scanner {
             pending: BytesMut::new(),
             copy: (copy_json && !sse).then(BytesMut::new),
             usage: None,
+            used: None,
             deltas: String::new(),
         }
     }
@@ -132,6 +83,7 @@ impl Scanner {
             // Only `usage` is kept; the rest of the answer is skipped.
             if let Ok(b) = serde_json::from_slice::<UsageOnly>(&copy) {
                 self.usage = b.usage.as_ref().and_then(usage_total);
+                self.used = b.usage.as_ref().and_then(Used::of_openai);
             }
         }
         self.pending.split().freeze()
@@ -153,6 +105,7 @@ impl Scanner {
             };
             if let Some(u) = chunk.usage.as_ref().and_then(usage_total) {
                 self.usage = Some(u);
+                self.used = chunk.usage.as_ref().and_then(Used::of_openai);
                 if self.strip_usage && chunk.choices.is_empty() {
                     keep = false;
                 }
@@ -181,6 +134,9 @@ pub struct Relay {
     max: usize,
     /// The reservation to reconcile when the body ends or is dropped.
     reservation: Option<Reservation>,
+    /// The leases held for the call, released when the body ends or is
+    /// dropped.
+    leases: Option<Leases>,
     /// Prompt tokens counted before forwarding (for the fallback count).
     prompt: u64,
     counter: super::tokens::Counter,
@@ -192,6 +148,7 @@ impl Relay {
         upstream: awc::ClientResponse,
         plan: &Plan,
         reservation: Option<Reservation>,
+        leases: Option<Leases>,
         idle: Duration,
         max: usize,
     ) -> Self {
@@ -209,6 +166,7 @@ impl Relay {
             total: 0,
             max,
             reservation,
+            leases,
             prompt: plan.prompt,
             counter: plan.counter(),
             done: false,
@@ -223,13 +181,17 @@ impl Relay {
             return Bytes::new();
         }
         self.done = true;
+        drop(self.leases.take());
         let rest = self.scanner.end();
         if let Some(r) = self.reservation.take() {
-            let actual = match self.scanner.usage {
+            let reported = (self.scanner.used)
+                .or_else(|| self.scanner.usage.map(|total| Used::counted(total, 0)));
+            let actual = match reported {
                 Some(u) => Some(u),
-                None if self.scanner.sse => {
-                    Some(self.prompt + self.counter.count(&self.scanner.deltas))
-                }
+                None if self.scanner.sse => Some(Used::counted(
+                    self.prompt,
+                    self.counter.count(&self.scanner.deltas),
+                )),
                 None => None,
             };
             if let Some(actual) = actual {
