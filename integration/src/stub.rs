@@ -9,12 +9,15 @@
 //! - model `error-<status>`: that status with an OpenAI error body;
 //! - model `slow-<ms>`: waits that long before answering (timeouts);
 //! - `x-stub-usage: P,C`: the usage reported (default `10,5`);
+//! - `x-stub-cached: N`: of the prompt tokens, N read from the cache
+//!   (`usage.prompt_tokens_details.cached_tokens`);
 //! - `x-stub-chunks: N`: content chunks of a stream (default 3);
 //! - `x-stub-no-usage: 1`: never report usage (upstreams that ignore
 //!   `include_usage`);
 //! - `x-stub-gate: NAME`: after the first content chunk, wait until the
 //!   test calls [`Stub::release`] (unbuffered-streaming test); the last
-//!   chunk's send is recorded ([`Stub::last_sent`]).
+//!   chunk's send is recorded ([`Stub::last_sent`]); `POST
+//!   /stub/release/NAME` releases it too (for a client script).
 //!
 //! An answer whose write fails because the reader went away is counted
 //! ([`Stub::cancelled`]).
@@ -153,12 +156,7 @@ impl Stub {
 
     /// Lets the stream gated on `name` go on.
     pub fn release(&self, name: &str) {
-        self.shared
-            .released
-            .lock()
-            .unwrap()
-            .insert(name.to_string());
-        self.shared.gate_cv.notify_all();
+        release_gate(&self.shared, name);
     }
 
     /// When the last chunk of the stream gated on `name` was sent.
@@ -282,6 +280,10 @@ fn usage_of(req: &Request) -> (u64, u64) {
 }
 
 fn answer(out: &mut impl Write, req: &Request, body: &Value, s: &Shared) -> std::io::Result<()> {
+    if let Some(name) = req.path.strip_prefix("/stub/release/") {
+        release_gate(s, name);
+        return send_json(out, 200, &json!({"released": name}));
+    }
     let model = body["model"].as_str().unwrap_or("");
     if let Some(ms) = model
         .strip_prefix("slow-")
@@ -301,7 +303,11 @@ fn answer(out: &mut impl Write, req: &Request, body: &Value, s: &Shared) -> std:
         );
     }
     let (p, c) = usage_of(req);
-    let usage = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
+    let mut usage = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
+    if let Some(cached) = req.headers.get("x-stub-cached") {
+        usage["prompt_tokens_details"] =
+            json!({"cached_tokens": cached.parse::<u64>().unwrap_or(0)});
+    }
     match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/v1/models") => send_json(
             out,
@@ -414,6 +420,11 @@ fn stream_chat(
         out.flush()
     })();
     result
+}
+
+fn release_gate(s: &Shared, name: &str) {
+    s.released.lock().unwrap().insert(name.to_string());
+    s.gate_cv.notify_all();
 }
 
 fn wait_gate(s: &Shared, name: &str) {

@@ -23,6 +23,7 @@ mod nginx;
 mod openapi;
 mod proxy;
 mod proxy_openai;
+mod proxy_rules;
 mod redis_data_loss;
 mod redis_modes;
 mod redis_outage;
