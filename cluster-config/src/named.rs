@@ -369,6 +369,12 @@ impl LimitBlock {
         let at = |field: &str| format!("limits.{name}.{field}");
         let limit =
             Limit::intern(name).map_err(|e| ConfigError::invalid(at("name"), e.to_string()))?;
+        if name == crate::proxy_rules::KEY_TABLE {
+            return Err(ConfigError::invalid(
+                format!("limits.{name}"),
+                "the name is reserved for the proxy's key table",
+            ));
+        }
         if limit == Limit::REQUESTS || limit == Limit::TOKENS {
             return Err(ConfigError::invalid(
                 format!("limits.{name}"),

@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 use crate::limit::Limit;
@@ -195,12 +195,36 @@ pub struct RuleBlock {
     pub cost: Option<String>,
 }
 
-/// `[proxy.keys."<key id>"]`: who a key belongs to.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// `[proxy.keys."<key id>"]` (or a runtime entry): who a key belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org: Option<String>,
+}
+
+impl KeyInfo {
+    /// Checks the team and org names; `Err((field, why))`.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        for (field, v) in [("team", &self.team), ("org", &self.org)] {
+            if let Some(v) = v {
+                validate_tenant_id(v).map_err(|e| (field, e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The name under which runtime key table entries travel with the runtime
+/// limit overrides (gossip and Redis); reserved, no `[limits]` block may
+/// take it.
+pub const KEY_TABLE: &str = "proxy.keys";
+
+/// The limit handle of [`KEY_TABLE`] (interned on first use).
+pub fn key_table_limit() -> Limit {
+    Limit::intern(KEY_TABLE).expect("a valid limit name")
 }
 
 /// Resolves the rules against the configured limits.
@@ -242,6 +266,8 @@ pub fn resolve_rules(
 pub fn resolve_keys(
     keys: &BTreeMap<String, KeyInfo>,
 ) -> Result<BTreeMap<String, KeyInfo>, ConfigError> {
+    // Interned here (configuration), so peers' entries are recognised.
+    key_table_limit();
     for (id, info) in keys {
         let at = |f: &str| format!("proxy.keys.\"{id}\".{f}");
         validate_tenant_id(id).map_err(|e| ConfigError::invalid(at("id"), e.to_string()))?;

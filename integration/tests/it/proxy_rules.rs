@@ -3,8 +3,9 @@
 //! 3 nodes: per-model TPM, a team's daily quota shared by two keys, an org's
 //! spend budget priced from usage (cached tokens cheaper), in-flight caps
 //! held for whole streams (released at the end and on a client's
-//! disconnect), shadow mode, and no lease or reservation leaked over 1,000
-//! calls with disconnects and upstream failures.
+//! disconnect), shadow mode, the runtime key table (admin API, spread by
+//! gossip), and no lease or reservation leaked over 1,000 calls with
+//! disconnects and upstream failures.
 
 use std::time::{Duration, Instant};
 
@@ -242,6 +243,51 @@ fn inflight_leases_last_the_whole_stream() {
     );
     // Every lease back.
     wait_remaining(cluster.node(0), "inflight", &key_id("sk-inflight"), 2);
+}
+
+#[test]
+fn the_runtime_key_table_spreads_to_every_node() {
+    let stub = Stub::start();
+    let cluster = cluster(&stub, &config());
+    let urls = urls(&cluster);
+    let id = key_id("sk-runtime");
+    let path = format!("/admin/proxy/keys/{id}");
+    let reply = cluster
+        .node(0)
+        .admin()
+        .put_json(&path, &json!({"team": "t-runtime"}));
+    assert_eq!(reply.status, 200, "{reply}");
+    assert_eq!(reply.json["team"], "t-runtime", "{reply}");
+    let bad = cluster
+        .node(0)
+        .admin()
+        .put_json(&path, &json!({"team": "a b"}));
+    bad.assert_error(400, "team");
+    for i in 0..3 {
+        wait_until(WAIT, "the entry reaches every node", || {
+            let keys = cluster.node(i).admin_get_json("/admin/proxy/keys");
+            keys["keys"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|e| e["key_id"] == id.as_str()))
+        });
+    }
+    // The key now spends its team's daily tokens, whichever node it calls.
+    let out = gateway(&["until-limited", &urls, "sk-runtime", "gpt-4o", "20"]);
+    assert_eq!(out["allowed"], 9, "{out}");
+    assert_eq!(out["error"]["code"], "team_daily", "{out}");
+    // Deleted: no team, the team rule is skipped and calls pass again.
+    let reply = cluster.node(1).admin().delete(&path);
+    assert_eq!(reply.json["deleted"], true, "{reply}");
+    for i in 0..3 {
+        wait_until(WAIT, "the deletion reaches every node", || {
+            let keys = cluster.node(i).admin_get_json("/admin/proxy/keys");
+            keys["keys"].as_array().is_some_and(|k| k.is_empty())
+        });
+    }
+    let out = gateway(&["calls", &urls, "sk-runtime", "gpt-4o", "3"]);
+    for call in out["calls"].as_array().unwrap() {
+        assert_eq!(call["status"], 200, "{out}");
+    }
 }
 
 const LEAK_RULES: &str = r#"

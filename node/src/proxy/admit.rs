@@ -83,7 +83,7 @@ pub async fn admit(
 ) -> Result<Result<Admitted, HttpResponse>, ProxyError> {
     let router = &ctx.router;
     let limits = router.local().limits();
-    let who = keys::resolve(&ctx.config, tenant, request_headers)
+    let who = keys::resolve(&ctx.config, &limits.runtime, tenant, request_headers)
         .map_err(|why| ProxyError::bad_tenant(&why))?;
     let price = plan.and_then(|p| ctx.config.prices.of(&p.model));
     let facts = Facts {
