@@ -195,6 +195,16 @@ pub struct RuleBlock {
     pub cost: Option<String>,
 }
 
+impl RuleBlock {
+    pub fn new(limit: &str, key: &str, cost: Option<&str>) -> Self {
+        RuleBlock {
+            limit: limit.into(),
+            key: key.into(),
+            cost: cost.map(str::to_string),
+        }
+    }
+}
+
 /// `[proxy.keys."<key id>"]` (or a runtime entry): who a key belongs to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -347,11 +357,7 @@ mod tests {
     }
 
     fn block(limit: &str, key: &str, cost: Option<&str>) -> RuleBlock {
-        RuleBlock {
-            limit: limit.into(),
-            key: key.into(),
-            cost: cost.map(str::to_string),
-        }
+        RuleBlock::new(limit, key, cost)
     }
 
     #[test]

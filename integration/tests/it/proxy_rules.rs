@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use llmtrace_integration::gateway::{gateway_toml, LimitBlock, RuleItem};
 use llmtrace_integration::{wait_until, Cluster, Node, Stub};
 use serde_json::{json, Value};
 
@@ -26,63 +27,49 @@ fn key_id(key: &str) -> String {
 /// Nothing refills while a test runs (1 unit an hour, or quotas), so every
 /// count is exact. Each chat reserves 9 prompt + 100 output tokens and
 /// settles at the stub's usage, 40 + 60.
-const RULES: &str = r#"
-[limits.tpm_model]
-rate = 1
-per = "1h"
-burst = 100000
+const LIMITS: &[LimitBlock] = &[
+    (
+        "tpm_model",
+        &[("rate", "1"), ("per", "\"1h\""), ("burst", "100000")],
+    ),
+    (
+        "team_daily",
+        &[
+            ("kind", "\"quota\""),
+            ("amount", "1000"),
+            ("period", "\"1d\""),
+        ],
+    ),
+    (
+        "org_spend",
+        &[
+            ("kind", "\"quota\""),
+            ("amount", "5000"),
+            ("period", "\"30d\""),
+        ],
+    ),
+    ("inflight", &[("kind", "\"concurrency\""), ("max", "2")]),
+    (
+        "new_cap",
+        &[
+            ("rate", "1"),
+            ("per", "\"1h\""),
+            ("burst", "2"),
+            ("shadow", "true"),
+        ],
+    ),
+];
 
-[limits.team_daily]
-kind = "quota"
-amount = 1000
-period = "1d"
-
-[limits.org_spend]
-kind = "quota"
-amount = 5000
-period = "30d"
-
-[limits.inflight]
-kind = "concurrency"
-max = 2
-
-[limits.new_cap]
-rate = 1
-per = "1h"
-burst = 2
-shadow = true
-
-[[proxy.rules]]
-limit = "tpm_model"
-key = "{key}/{model}"
-cost = "tokens"
-
-[[proxy.rules]]
-limit = "team_daily"
-key = "{team}"
-cost = "tokens"
-
-[[proxy.rules]]
-limit = "org_spend"
-key = "{org}"
-cost = "usd_micros"
-
-[[proxy.rules]]
-limit = "inflight"
-key = "{key}"
-
-[[proxy.rules]]
-limit = "new_cap"
-key = "{header:x-rollout}"
-
-[proxy.prices."gpt-4o"]
-input_per_million = 2.5
-cached_input_per_million = 1.25
-output_per_million = 10.0
-"#;
+const RULES: &[RuleItem] = &[
+    ("tpm_model", "{key}/{model}", Some("tokens")),
+    ("team_daily", "{team}", Some("tokens")),
+    ("org_spend", "{org}", Some("usd_micros")),
+    ("inflight", "{key}", None),
+    ("new_cap", "{header:x-rollout}", None),
+];
 
 fn config() -> String {
-    let mut c = RULES.to_string();
+    let mut c = gateway_toml(LIMITS, RULES);
     c += &format!(
         "\n[limits.tpm_model.overrides.\"{}/gpt-4o\"]\nburst = 500\n",
         key_id("sk-tpm")
@@ -290,30 +277,26 @@ fn the_runtime_key_table_spreads_to_every_node() {
     }
 }
 
-const LEAK_RULES: &str = r#"
-[limits.daily_tokens]
-kind = "quota"
-amount = 1000000
-period = "1d"
-
-[limits.inflight]
-kind = "concurrency"
-max = 4
-
-[[proxy.rules]]
-limit = "daily_tokens"
-key = "{key}"
-cost = "tokens"
-
-[[proxy.rules]]
-limit = "inflight"
-key = "{key}"
-"#;
+const LEAK_LIMITS: &[LimitBlock] = &[
+    (
+        "daily_tokens",
+        &[
+            ("kind", "\"quota\""),
+            ("amount", "1000000"),
+            ("period", "\"1d\""),
+        ],
+    ),
+    ("inflight", &[("kind", "\"concurrency\""), ("max", "4")]),
+];
 
 #[test]
 fn no_lease_or_reservation_leaks_over_a_thousand_calls() {
     let stub = Stub::start_unrecorded();
-    let cluster = cluster(&stub, LEAK_RULES);
+    let rules = [
+        ("daily_tokens", "{key}", Some("tokens")),
+        ("inflight", "{key}", None),
+    ];
+    let cluster = cluster(&stub, &gateway_toml(LEAK_LIMITS, &rules));
     let started = Instant::now();
     let out = gateway(&["leak", &urls(&cluster), "sk-leak", &stub.url(), "1000", "7"]);
     let total: u64 = ["ok", "disconnected", "failed", "refused"]

@@ -46,7 +46,7 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::http::header::{HeaderName, HeaderValue};
+    use crate::proxy::headers::header_map as headers;
     use llmtrace_cluster_config::{NodeConfig, NodeSettings};
 
     fn config(trust: bool) -> ProxyConfig {
@@ -61,17 +61,6 @@ mod tests {
         ))
         .unwrap();
         NodeConfig::resolve(s).unwrap().proxy
-    }
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
     }
 
     #[test]

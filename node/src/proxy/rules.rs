@@ -152,11 +152,7 @@ mod tests {
     }
 
     fn rule(limit: &str, key: &str, cost: Option<&str>) -> RuleBlock {
-        RuleBlock {
-            limit: limit.into(),
-            key: key.into(),
-            cost: cost.map(str::to_string),
-        }
+        RuleBlock::new(limit, key, cost)
     }
 
     #[test]

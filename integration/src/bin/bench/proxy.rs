@@ -2,13 +2,14 @@
 //! integration tests (in this process, a thread per connection, nothing recorded) and a
 //! node proxying to it with every call admitted; wrk (`proxy.lua`) against the stub
 //! directly, then through the proxy (the default `requests` + `tokens` charge), then
-//! through a node with five gateway rules per call ([`FIVE_RULES`]); the difference of
+//! through a node with five gateway rules per call ([`five_rules`]); the difference of
 //! their p50 / p99.
 
 use crate::procfs::load_note;
 use crate::setup::Bench;
 use crate::summary::{self, ms, node_health};
 use crate::wrk::{measure, Measured};
+use llmtrace_integration::gateway::gateway_toml;
 use llmtrace_integration::Stub;
 
 fn run_wrk(bench: &Bench, tag: &str, url: &str) -> Measured {
@@ -20,49 +21,45 @@ fn run_wrk(bench: &Bench, tag: &str, url: &str) -> Measured {
 /// Five rules per call, every call admitted: a key's requests, its tokens per model, a
 /// team's and an org's shared buckets (one key for every call: the contended case), the
 /// org's spend priced in micro-dollars, and a lease held for the whole call.
-pub const FIVE_RULES: &str = r#"
-[limits.rpm]
-rate = 1000000
-burst = 1000000000
-[limits.tpm_model]
-rate = 1000000000
-per = "1m"
-burst = 1000000000
-[limits.team_daily]
-kind = "quota"
-amount = 1000000000000
-period = "1d"
-[limits.org_spend]
-kind = "quota"
-amount = 1000000000000000
-period = "30d"
-[limits.inflight]
-kind = "concurrency"
-max = 10000
-
-[[proxy.rules]]
-limit = "rpm"
-key = "{key}"
-[[proxy.rules]]
-limit = "tpm_model"
-key = "{key}/{model}"
-cost = "tokens"
-[[proxy.rules]]
-limit = "team_daily"
-key = "team-{model}"
-cost = "tokens"
-[[proxy.rules]]
-limit = "org_spend"
-key = "org-{model}"
-cost = "usd_micros"
-[[proxy.rules]]
-limit = "inflight"
-key = "{key}"
-
-[proxy.prices."gpt-4o"]
-input_per_million = 2.5
-output_per_million = 10.0
-"#;
+pub fn five_rules() -> String {
+    gateway_toml(
+        &[
+            ("rpm", &[("rate", "1000000"), ("burst", "1000000000")]),
+            (
+                "tpm_model",
+                &[
+                    ("rate", "1000000000"),
+                    ("per", "\"1m\""),
+                    ("burst", "1000000000"),
+                ],
+            ),
+            (
+                "team_daily",
+                &[
+                    ("kind", "\"quota\""),
+                    ("amount", "1000000000000"),
+                    ("period", "\"1d\""),
+                ],
+            ),
+            (
+                "org_spend",
+                &[
+                    ("kind", "\"quota\""),
+                    ("amount", "1000000000000000"),
+                    ("period", "\"30d\""),
+                ],
+            ),
+            ("inflight", &[("kind", "\"concurrency\""), ("max", "10000")]),
+        ],
+        &[
+            ("rpm", "{key}", None),
+            ("tpm_model", "{key}/{model}", Some("tokens")),
+            ("team_daily", "team-{model}", Some("tokens")),
+            ("org_spend", "org-{model}", Some("usd_micros")),
+            ("inflight", "{key}", None),
+        ],
+    )
+}
 
 /// Runs wrk through a node started from `builder`.
 fn proxied(bench: &Bench, tag: &str, builder: llmtrace_integration::NodeBuilder) -> Measured {
@@ -122,7 +119,7 @@ pub fn run(bench: &Bench) {
     let two = proxied(bench, "node-proxy", builder);
     let rules = bench
         .node()
-        .config_toml(FIVE_RULES)
+        .config_toml(&five_rules())
         .flag("proxy-listen", "127.0.0.1:0")
         .flag("proxy-upstream", stub.url());
     let five = proxied(bench, "node-proxy-rules", rules);
