@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use llmtrace_integration::gateway::{gateway_toml, LimitBlock, RuleItem};
-use llmtrace_integration::{wait_until, Cluster, Node, Stub};
+use llmtrace_integration::{wait_until, Cluster, Node, RedisServer, Stub};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -275,6 +275,52 @@ fn the_runtime_key_table_spreads_to_every_node() {
     for call in out["calls"].as_array().unwrap() {
         assert_eq!(call["status"], 200, "{out}");
     }
+}
+
+#[test]
+fn the_runtime_key_table_survives_a_full_restart_with_redis() {
+    let redis = RedisServer::start();
+    let stub = Stub::start();
+    let toml = config();
+    let start = || {
+        Cluster::builder()
+            .nodes(3)
+            .template(Node::builder().config_toml(&toml))
+            .flag("redis-url", redis.url())
+            .flag("proxy-listen", "127.0.0.1:0")
+            .flag("proxy-upstream", stub.url())
+            .start()
+    };
+    let mut cluster = start();
+    let id = key_id("sk-persisted");
+    let reply = cluster.node(2).admin().put_json(
+        &format!("/admin/proxy/keys/{id}"),
+        &json!({"org": "o-saved"}),
+    );
+    assert_eq!(reply.json["persisted"], true, "{reply}");
+    for i in 0..3 {
+        assert!(cluster.terminate(i).success());
+    }
+    drop(cluster);
+    cluster = start();
+    for i in 0..3 {
+        let keys = cluster.node(i).admin_get_json("/admin/proxy/keys");
+        assert_eq!(
+            keys["keys"],
+            json!([{"key_id": id, "team": null, "org": "o-saved"}]),
+            "node {i}"
+        );
+    }
+    // The org is charged from the restored entry: 5000 µ$ admit 6 calls.
+    let out = gateway(&[
+        "until-limited",
+        &urls(&cluster),
+        "sk-persisted",
+        "gpt-4o",
+        "20",
+    ]);
+    assert_eq!(out["allowed"], 6, "{out}");
+    assert_eq!(out["error"]["code"], "org_spend", "{out}");
 }
 
 const LEAK_LIMITS: &[LimitBlock] = &[
