@@ -282,6 +282,9 @@ fn limit_json(config: &RateLimitConfig, limit: Limit) -> Value {
     let mut body = Value::Object(quota_json(llmtrace_actors::BucketQuota::of(policy)));
     body["name"] = json!(limit.as_str());
     body["kind"] = json!(config.kind(limit).as_str());
+    if config.is_shadow(limit) {
+        body["shadow"] = json!(true);
+    }
     if let llmtrace_cluster_config::Policy::Concurrency { max, lease_ttl_s } = policy {
         body["max"] = json!(max);
         body["lease_ttl"] = json!(llmtrace_cluster_config::format_duration_secs(lease_ttl_s));
