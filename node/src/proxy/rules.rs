@@ -1,8 +1,9 @@
 //! The charge of one proxied call: every `[[proxy.rules]]` item rendered
 //! into a descriptor of the all-or-nothing check ([`crate::multi_check`]),
 //! from what the proxy knows of the call ([`Facts`]). A rule whose
-//! placeholder has no value is skipped; so is a `tokens` or `usd_micros`
-//! rule with nothing to reserve (a call that is not token-accounted).
+//! placeholder has no value is skipped; so is a rule whose key is
+//! unlimited, and a `tokens` or `usd_micros` rule with nothing to reserve
+//! (a call that is not token-accounted).
 
 use actix_web::http::header::HeaderMap;
 use llmtrace_actors::BucketQuota;
@@ -94,12 +95,14 @@ pub fn charges(
                 })?
             }
         };
+        // An unlimited key is not checked at all.
+        let Some(quota) = BucketQuota::of(limits.policy(&key, rule.limit)) else {
+            continue;
+        };
         let descriptor = if limits.kind(rule.limit) == LimitKind::Concurrency {
             Descriptor::lease(rule.limit, key)
         } else {
-            let capacity = BucketQuota::of(limits.policy(&key, rule.limit))
-                .map_or(u64::MAX, BucketQuota::capacity_units);
-            let amount = wanted.min(capacity);
+            let amount = wanted.min(quota.capacity_units());
             if amount == 0 {
                 continue;
             }
