@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use actix_web::http::header::HeaderMap;
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 use llmtrace_actors::{BucketQuota, Decision, Verdict};
@@ -144,11 +144,9 @@ pub async fn admit(
     let states = tightest.states();
     if outcome.refused() {
         let mut resp = headers::refusal(&refused, wait_ns.unwrap_or(1_000_000_000), &states);
-        if let Some(v) = shadow {
-            if let Ok(v) = v.parse() {
-                resp.headers_mut()
-                    .insert(SHADOW_HEADER.parse().expect("a header name"), v);
-            }
+        if let Some(v) = shadow.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            resp.headers_mut()
+                .insert(HeaderName::from_static(SHADOW_HEADER), v);
         }
         return Ok(Err(resp));
     }
