@@ -392,6 +392,16 @@ mod tests {
     }
 
     #[test]
+    fn the_key_table_name_is_reserved() {
+        let s: crate::NodeSettings = toml::from_str("[limits.\"proxy.keys\"]\nrate = 1\n").unwrap();
+        let e = crate::NodeConfig::resolve(s).unwrap_err().to_string();
+        assert!(
+            e.contains("limits.proxy.keys") && e.contains("reserved"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn key_table_is_validated() {
         let mut keys = BTreeMap::new();
         keys.insert(
