@@ -17,6 +17,9 @@
 //! - [`cluster`]: the `[cluster]` block (membership, forwarding).
 //! - [`cluster_tls`]: the cluster port's mutual TLS files.
 //! - [`proxy`]: the `[proxy]` block (the LLM proxy listener).
+//! - [`proxy_rules`]: `[[proxy.rules]]` (what a proxied call is charged) and
+//!   the key table `[proxy.keys]`.
+//! - [`proxy_prices`]: `[proxy.prices]`, model prices in integer micro-dollars.
 //! - [`rls`]: the `[rls]` block and the Envoy rate limit service's rules
 //!   (envoyproxy/ratelimit YAML), hot-swappable.
 //! - [`redis`]: the top-level `redis_*` keys: where snapshots persist.
@@ -40,6 +43,8 @@ pub mod named;
 pub mod node;
 pub mod period;
 pub mod proxy;
+pub mod proxy_prices;
+pub mod proxy_rules;
 pub mod redis;
 pub mod ring;
 pub mod rls;

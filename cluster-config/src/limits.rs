@@ -277,6 +277,13 @@ impl RateLimitConfig {
         all
     }
 
+    /// `limit` is in shadow mode (`shadow = true`): its refusals are
+    /// reported, not enforced.
+    #[inline]
+    pub fn is_shadow(&self, limit: Limit) -> bool {
+        self.named.get(limit).is_some_and(|d| d.shadow)
+    }
+
     /// The kind of `limit`.
     pub fn kind(&self, limit: Limit) -> LimitKind {
         match self.named.get(limit) {

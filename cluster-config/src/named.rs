@@ -19,6 +19,10 @@
 //! kind = "concurrency"
 //! max = 4
 //! lease_ttl = "10m"
+//!
+//! [limits.new_cap]            # any kind: `shadow = true` decides and
+//! rate = 5                    # reports refusals but refuses nothing
+//! shadow = true
 //! ```
 //!
 //! A block resolves into a [`LimitDef`]; every definition of a node is in
@@ -149,6 +153,9 @@ pub struct LimitDef {
     pub value: OverrideValue,
     /// Per-key numbers from the file.
     pub overrides: BTreeMap<String, OverrideValue>,
+    /// Shadow mode: refusals are decided, counted and reported, but nothing
+    /// is refused (a limit rolled out before it is enforced).
+    pub shadow: bool,
 }
 
 impl LimitDef {
@@ -342,6 +349,8 @@ pub struct LimitBlock {
     pub period: Option<String>,
     pub max: Option<u32>,
     pub lease_ttl: Option<String>,
+    /// Decide and report refusals without refusing.
+    pub shadow: Option<bool>,
     pub overrides: Option<BTreeMap<String, OverrideBlock>>,
 }
 
@@ -360,6 +369,12 @@ impl LimitBlock {
         let at = |field: &str| format!("limits.{name}.{field}");
         let limit =
             Limit::intern(name).map_err(|e| ConfigError::invalid(at("name"), e.to_string()))?;
+        if name == crate::proxy_rules::KEY_TABLE {
+            return Err(ConfigError::invalid(
+                format!("limits.{name}"),
+                "the name is reserved for the proxy's key table",
+            ));
+        }
         if limit == Limit::REQUESTS || limit == Limit::TOKENS {
             return Err(ConfigError::invalid(
                 format!("limits.{name}"),
@@ -420,6 +435,7 @@ impl LimitBlock {
             lease_ttl_s: DEFAULT_LEASE_TTL_S,
             value: OverrideValue::Quota { amount: 1 },
             overrides: BTreeMap::new(),
+            shadow: self.shadow.unwrap_or(false),
         };
         match kind {
             LimitKind::TokenBucket => {

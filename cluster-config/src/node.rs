@@ -460,6 +460,7 @@ impl NodeConfig {
         let shards = threads("shards", s.shards)?;
         let http_workers = threads("http_workers", s.http_workers)?;
         let rate_limit = RateLimitConfig::resolve(s.rate_limit, s.token_limit, s.limits)?;
+        let proxy = ProxyConfig::resolve(s.proxy, &rate_limit)?;
         let (rls, rules) = RlsConfig::resolve(s.rls)?;
         rate_limit.rls.replace(rules);
         Ok(NodeConfig {
@@ -479,7 +480,7 @@ impl NodeConfig {
             max_connections,
             rate_limit,
             cluster: ClusterConfig::resolve(s.cluster)?,
-            proxy: ProxyConfig::resolve(s.proxy)?,
+            proxy,
             rls,
         })
     }

@@ -3,6 +3,7 @@
 //! source gives it ([`ProxySettings`], also the flags under the heading
 //! Proxy) and its resolved form ([`ProxyConfig`]).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -11,6 +12,9 @@ use serde::Deserialize;
 
 use crate::error::{in_range as range, parse_addr, ConfigError};
 use crate::flags::shown;
+use crate::limits::RateLimitConfig;
+use crate::proxy_prices::{PriceBlock, Prices};
+use crate::proxy_rules::{default_rules, resolve_keys, resolve_rules, KeyInfo, Rule, RuleBlock};
 
 /// Default time to the upstream's response head, and longest silence
 /// between two body chunks.
@@ -63,6 +67,13 @@ pub struct ProxyConfig {
     pub max_response_bytes: usize,
     /// Completion tokens reserved when a request sets no `max_tokens`.
     pub default_max_tokens: u32,
+    /// What a call is charged (`[[proxy.rules]]`); without rules,
+    /// `requests` and `tokens` of the tenant.
+    pub rules: Vec<Rule>,
+    /// The key table from the file: a key id's team and org.
+    pub keys: BTreeMap<String, KeyInfo>,
+    /// Model prices of `usd_micros` rules.
+    pub prices: Prices,
 }
 
 /// The `[proxy]` table, or the proxy flags, as one source gives them;
@@ -171,11 +182,32 @@ pub struct ProxySettings {
         default_value = shown!(DEFAULT_MAX_TOKENS)
     )]
     pub default_max_tokens: Option<u32>,
+
+    /// `[[proxy.rules]]` (file only): what a call is charged.
+    #[arg(skip)]
+    #[serde(default)]
+    pub rules: Vec<RuleBlock>,
+
+    /// `[proxy.keys."<key id>"]` (file only): team and org of a key.
+    #[arg(skip)]
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeyInfo>,
+
+    /// `[proxy.prices."<model>"]` (file only): dollars per million tokens.
+    #[arg(skip)]
+    #[serde(default)]
+    pub prices: BTreeMap<String, PriceBlock>,
+
+    /// proxy.refuse_unpriced (file only): refuse a call of a model without
+    /// a price under a usd_micros rule, even when a `default` price exists.
+    #[arg(skip)]
+    pub refuse_unpriced: Option<bool>,
 }
 
 impl ProxyConfig {
-    /// Applies the defaults to the settings given and validates.
-    pub fn resolve(s: ProxySettings) -> Result<Self, ConfigError> {
+    /// Applies the defaults to the settings given and validates; rules are
+    /// checked against the configured `limits`.
+    pub fn resolve(s: ProxySettings, limits: &RateLimitConfig) -> Result<Self, ConfigError> {
         let listen = match s.listen.as_deref() {
             Some(a) => Some(parse_addr("proxy.listen", a)?),
             None => None,
@@ -243,6 +275,13 @@ impl ProxyConfig {
                 0,
                 crate::limits::MAX_TOKEN_BURST,
             )?,
+            rules: if s.rules.is_empty() {
+                default_rules()
+            } else {
+                resolve_rules(&s.rules, limits)?
+            },
+            keys: resolve_keys(&s.keys)?,
+            prices: Prices::resolve(&s.prices, s.refuse_unpriced.unwrap_or(false))?,
         })
     }
 }
@@ -280,7 +319,8 @@ mod tests {
 
     #[test]
     fn off_by_default() {
-        let c = ProxyConfig::resolve(ProxySettings::default()).unwrap();
+        let c =
+            ProxyConfig::resolve(ProxySettings::default(), &RateLimitConfig::default()).unwrap();
         assert_eq!(c.listen, None);
         assert!(!c.trust_tenant_header);
         assert_eq!(c.upstream_timeout_ms, DEFAULT_UPSTREAM_TIMEOUT_MS);
@@ -296,7 +336,7 @@ mod tests {
             "--proxy-upstream-timeout-ms",
             "7",
         ];
-        let c = ProxyConfig::resolve(given(f, &flags)).unwrap();
+        let c = ProxyConfig::resolve(given(f, &flags), &RateLimitConfig::default()).unwrap();
         assert_eq!(
             c.listen.map(|a| a.to_string()).as_deref(),
             Some("127.0.0.1:0")
@@ -336,7 +376,9 @@ mod tests {
             ),
         ];
         for (f, key) in cases {
-            let err = ProxyConfig::resolve(f).unwrap_err().to_string();
+            let err = ProxyConfig::resolve(f, &RateLimitConfig::default())
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(key), "{err} should name {key}");
         }
     }

@@ -1,5 +1,6 @@
 //! Runtime limit overrides: the numbers of one key under one limit, set
-//! through the admin API while the node runs. They take precedence over the
+//! through the admin API while the node runs; and the runtime part of the
+//! proxy's key table (a key id's team and org), which travels with them. They take precedence over the
 //! configuration (defaults and configured overrides) and are read on every
 //! policy resolution, so the table is an immutable map swapped whole on change
 //! (one atomic load on the hot path, no lock).
@@ -15,6 +16,7 @@ use arc_swap::ArcSwap;
 
 use crate::limit::Limit;
 use crate::named::OverrideValue;
+use crate::proxy_rules::KeyInfo;
 
 /// Largest `requests_per_second` or `burst_size` a runtime override may set
 /// (a billion units: far above any real tenant, and small enough that the
@@ -23,10 +25,13 @@ pub const MAX_RUNTIME_VALUE: u64 = 1_000_000_000;
 
 type Table = HashMap<String, Vec<(Limit, OverrideValue)>>;
 
-/// The runtime overrides in force. Cloning gives another handle to the same
-/// table (the limiter, the shards and the admin API share one).
+type KeyTable = HashMap<String, KeyInfo>;
+
+/// The runtime overrides in force, and the runtime key table. Cloning gives
+/// another handle to the same tables (the limiter, the shards, the proxy
+/// and the admin API share one).
 #[derive(Clone, Default)]
-pub struct RuntimeLimits(Arc<ArcSwap<Table>>);
+pub struct RuntimeLimits(Arc<ArcSwap<Table>>, Arc<ArcSwap<KeyTable>>);
 
 impl RuntimeLimits {
     pub fn new() -> Self {
@@ -67,6 +72,26 @@ impl RuntimeLimits {
             .collect()
     }
 
+    /// The team and org set at runtime for a proxy key id, if any.
+    pub fn key_info(&self, key_id: &str) -> Option<KeyInfo> {
+        let keys = self.1.load();
+        if keys.is_empty() {
+            return None;
+        }
+        keys.get(key_id).cloned()
+    }
+
+    /// Replaces the whole runtime key table.
+    pub fn replace_keys(&self, entries: impl IntoIterator<Item = (String, KeyInfo)>) {
+        self.1.store(Arc::new(entries.into_iter().collect()));
+    }
+
+    /// Every runtime key table entry, sorted by key id.
+    pub fn key_entries(&self) -> BTreeMap<String, KeyInfo> {
+        let keys = self.1.load();
+        keys.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.0.load().values().map(Vec::len).sum()
     }
@@ -78,7 +103,7 @@ impl RuntimeLimits {
 
 impl PartialEq for RuntimeLimits {
     fn eq(&self, other: &Self) -> bool {
-        self.entries() == other.entries()
+        self.entries() == other.entries() && self.key_entries() == other.key_entries()
     }
 }
 

@@ -25,6 +25,7 @@
 //! - [`relay`]: a recording TCP + UDP relay in front of a node's cluster port (what a
 //!   network observer captures).
 //! - [`resp`]: a tiny RESP client (PING, GET, PTTL, KEYS, ...) over a raw TCP socket.
+//! - [`gateway`]: gateway configurations (limits, proxy rules, a price) as TOML.
 //! - [`stub`]: a stub OpenAI-compatible upstream for the proxy tests and the proxy
 //!   benchmark (the only mock).
 //! - [`rls`]: a blocking gRPC client of the Envoy rate limit service (tonic, Envoy's
@@ -41,6 +42,7 @@ pub mod browser;
 pub mod certs;
 pub mod cluster;
 pub mod flood;
+pub mod gateway;
 pub mod http;
 pub mod load;
 pub mod metrics;

@@ -24,7 +24,8 @@
 //!   `include_usage`);
 //! - `x-stub-gate: NAME`: after the first content chunk, wait until the
 //!   test calls [`Stub::release`] (unbuffered-streaming test); the last
-//!   chunk's send is recorded ([`Stub::last_sent`]).
+//!   chunk's send is recorded ([`Stub::last_sent`]); `POST
+//!   /stub/release/NAME` releases it too (for a client script).
 //!
 //! An answer whose write fails because the reader went away is counted
 //! ([`Stub::cancelled`]).
@@ -166,12 +167,7 @@ impl Stub {
 
     /// Lets the stream gated on `name` go on.
     pub fn release(&self, name: &str) {
-        self.shared
-            .released
-            .lock()
-            .unwrap()
-            .insert(name.to_string());
-        self.shared.gate_cv.notify_all();
+        release_gate(&self.shared, name);
     }
 
     /// When the last chunk of the stream gated on `name` was sent.
@@ -338,6 +334,10 @@ fn send_events(out: &mut impl Write, events: &[(&str, Value)]) -> std::io::Resul
 }
 
 fn answer(out: &mut impl Write, req: &Request, body: &Value, s: &Shared) -> std::io::Result<()> {
+    if let Some(name) = req.path.strip_prefix("/stub/release/") {
+        release_gate(s, name);
+        return send_json(out, 200, &json!({"released": name}));
+    }
     let model = body["model"].as_str().unwrap_or("");
     let anthropic = req.path.starts_with("/v1/messages");
     if let Some(ms) = model
@@ -361,7 +361,13 @@ fn answer(out: &mut impl Write, req: &Request, body: &Value, s: &Shared) -> std:
         );
     }
     let (p, c) = usage_of(req);
-    let usage = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
+    // Cached prompt tokens are part of OpenAI's `prompt_tokens`.
+    let (read, _) = cache_of(req);
+    let mut usage = json!({"prompt_tokens": p + read, "completion_tokens": c,
+                           "total_tokens": p + read + c});
+    if read > 0 {
+        usage["prompt_tokens_details"] = json!({"cached_tokens": read});
+    }
     match (req.method.as_str(), req.path.as_str()) {
         ("GET", "/v1/models") => send_json(
             out,
@@ -466,6 +472,11 @@ fn stream_chat(
         out.flush()
     })();
     result
+}
+
+fn release_gate(s: &Shared, name: &str) {
+    s.released.lock().unwrap().insert(name.to_string());
+    s.gate_cv.notify_all();
 }
 
 fn wait_gate(s: &Shared, name: &str) {

@@ -7,6 +7,10 @@
 //! its own check id, so a retried forward is applied once (the owner's
 //! dedup), and a refund never lifts a bucket above full.
 //!
+//! A descriptor of a limit in shadow mode (`shadow = true`) is decided as
+//! any other, but its refusal refuses nothing: the check stands on the
+//! others, and [`Outcome::shadow_refused`] names it for the caller to report.
+//!
 //! Also the one place the `RateLimit-Policy` / `RateLimit` items of a
 //! decided descriptor are written.
 
@@ -76,6 +80,8 @@ pub struct Outcome {
     /// When the check was refused or failed: the undo's decision of each
     /// admitted descriptor (the bucket's state after it); empty otherwise.
     pub undone: Vec<Option<Decision>>,
+    /// By descriptor: its limit is in shadow mode.
+    pub shadow: Vec<bool>,
 }
 
 impl Outcome {
@@ -89,11 +95,24 @@ impl Outcome {
         self.results.iter().position(Result::is_err)
     }
 
-    /// Some descriptor was refused.
+    /// Descriptor `i` was refused (shadow or not).
+    pub fn refused_at(&self, i: usize) -> bool {
+        matches!(&self.results[i], Ok(routed) if !routed.verdict.is_allowed())
+    }
+
+    /// Descriptor `i` is of a limit in shadow mode.
+    pub fn is_shadow(&self, i: usize) -> bool {
+        self.shadow.get(i).copied().unwrap_or(false)
+    }
+
+    /// Some descriptor not in shadow mode was refused.
     pub fn refused(&self) -> bool {
-        self.results
-            .iter()
-            .any(|r| matches!(r, Ok(routed) if !routed.verdict.is_allowed()))
+        (0..self.results.len()).any(|i| self.refused_at(i) && !self.is_shadow(i))
+    }
+
+    /// The descriptors in shadow mode that would have refused.
+    pub fn shadow_refused(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.results.len()).filter(|i| self.refused_at(*i) && self.is_shadow(*i))
     }
 
     /// Every descriptor was decided and admitted: what they did stays.
@@ -126,9 +145,14 @@ pub async fn decide_all(router: &Router, descriptors: &[Descriptor]) -> Outcome 
             .await
         }
     };
+    let limits = router.local().limits();
     Outcome {
         undone: Vec::new(),
         results,
+        shadow: descriptors
+            .iter()
+            .map(|d| limits.is_shadow(d.limit))
+            .collect(),
     }
 }
 
@@ -172,6 +196,21 @@ async fn undo(
         }
     });
     join_all(undos).await
+}
+
+/// Names the limits in shadow mode that would have refused a check.
+pub const SHADOW_HEADER: &str = "x-llmtrace-shadow-refused";
+
+/// The [`SHADOW_HEADER`] value: the limits' names, comma-separated (and
+/// deduplicated); `None` when none.
+pub fn shadow_header(limits: &[&str]) -> Option<String> {
+    let mut names: Vec<&str> = Vec::with_capacity(limits.len());
+    for l in limits {
+        if !names.contains(l) {
+            names.push(l);
+        }
+    }
+    (!names.is_empty()).then(|| names.join(", "))
 }
 
 /// The remaining units and the time to full of a decision.

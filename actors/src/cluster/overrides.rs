@@ -20,10 +20,15 @@
 //!
 //! The merged table is installed into [`RuntimeLimits`], which every quota
 //! resolution reads.
+//!
+//! The runtime entries of the proxy's key table (a key id's team and org)
+//! travel the same way, as entries of the reserved limit
+//! [`llmtrace_cluster_config::proxy_rules::KEY_TABLE`].
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use llmtrace_cluster_config::proxy_rules::{key_table_limit, KeyInfo};
 use llmtrace_cluster_config::{
     validate_key, validate_tenant_id, Limit, OverrideValue, RuntimeLimits,
 };
@@ -43,8 +48,10 @@ pub struct OverrideEntry {
     pub version: u64,
     /// Node id of the accepting node (breaks version ties).
     pub origin: String,
-    /// `None`: the override was deleted.
+    /// `None` (and no `key`): the override was deleted.
     pub value: Option<OverrideValue>,
+    /// A key table entry (under [`key_table_limit`]) instead of numbers.
+    pub key: Option<KeyInfo>,
 }
 
 impl OverrideEntry {
@@ -55,9 +62,15 @@ impl OverrideEntry {
 
     /// `version;origin;rate;burst` (a token bucket, as the first version
     /// wrote it), `version;origin;q;amount` (a quota),
-    /// `version;origin;c;max` (a concurrency limit) or `version;origin;-`.
+    /// `version;origin;c;max` (a concurrency limit),
+    /// `version;origin;k;{"team":..,"org":..}` (a key table entry) or
+    /// `version;origin;-`.
     pub fn encode(&self) -> String {
         let (v, o) = (self.version, &self.origin);
+        if let Some(key) = &self.key {
+            let json = serde_json::to_string(key).unwrap_or_default();
+            return format!("{v};{o};k;{json}");
+        }
         match self.value {
             Some(OverrideValue::TokenBucket { rate, burst }) => format!("{v};{o};{rate};{burst}"),
             Some(OverrideValue::Quota { amount }) => format!("{v};{o};q;{amount}"),
@@ -68,6 +81,20 @@ impl OverrideEntry {
 
     /// Parses [`OverrideEntry::encode`]'s text; `None` for anything else.
     pub fn decode(text: &str) -> Option<OverrideEntry> {
+        let mut head = text.splitn(4, ';');
+        if let (Some(version), Some(origin), Some("k"), Some(json)) =
+            (head.next(), head.next(), head.next(), head.next())
+        {
+            validate_tenant_id(origin).ok()?;
+            let key: KeyInfo = serde_json::from_str(json).ok()?;
+            key.check().ok()?;
+            return Some(OverrideEntry {
+                version: version.parse().ok()?,
+                origin: origin.to_string(),
+                value: None,
+                key: Some(key),
+            });
+        }
         let mut parts = text.split(';');
         let version = parts.next()?.parse().ok()?;
         let origin = parts.next()?;
@@ -104,6 +131,7 @@ impl OverrideEntry {
             version,
             origin: origin.to_string(),
             value,
+            key: None,
         })
     }
 }
@@ -155,12 +183,20 @@ pub fn merge_fields<'a>(
     }
 }
 
-/// Installs the live entries of `table` (tombstones left out).
+/// Installs the live entries of `table` (tombstones left out): limit
+/// overrides and key table entries.
 pub fn install(runtime: &RuntimeLimits, table: &OverrideTable) {
     runtime.replace(
         table
             .iter()
             .filter_map(|(k, e)| e.value.map(|v| (k.clone(), v))),
+    );
+    let keys = key_table_limit();
+    runtime.replace_keys(
+        table
+            .iter()
+            .filter(|((_, l), _)| *l == keys)
+            .filter_map(|((id, _), e)| Some((id.clone(), e.key.clone()?))),
     );
 }
 
@@ -241,6 +277,7 @@ mod tests {
             version,
             origin: origin.into(),
             value: value.map(|(rate, burst)| OverrideValue::TokenBucket { rate, burst }),
+            key: None,
         }
     }
 
@@ -254,7 +291,20 @@ mod tests {
             value: Some(OverrideValue::Concurrency { max: 4 }),
             ..e(9, "n3", None)
         };
-        for entry in [e(5, "n1", Some((3, 9))), e(7, "n-2", None), quota, inflight] {
+        let key = OverrideEntry {
+            key: Some(KeyInfo {
+                team: Some("a;b".into()),
+                org: None,
+            }),
+            ..e(10, "n3", None)
+        };
+        for entry in [
+            e(5, "n1", Some((3, 9))),
+            e(7, "n-2", None),
+            quota,
+            inflight,
+            key,
+        ] {
             assert_eq!(OverrideEntry::decode(&entry.encode()), Some(entry));
         }
         for bad in [
@@ -268,6 +318,8 @@ mod tests {
             "1;n;q;0",
             "1;n;c;0",
             "1;n;q;x",
+            "1;n;k;{\"team\":\"a b\"}",
+            "1;n;k;{\"who\":\"a\"}",
         ] {
             assert_eq!(OverrideEntry::decode(bad), None, "{bad:?}");
         }

@@ -270,6 +270,12 @@ const LIMITS: &str = r#"
 rate = 1
 per = "1h"
 burst = 2
+
+[limits.rollout]
+rate = 1
+per = "1h"
+burst = 1
+shadow = true
 "#;
 
 /// The first key `{prefix}-{i}` of `per_key` whose owner `is_wanted`.
@@ -324,6 +330,11 @@ fn dashboard_shows_limits_and_the_most_refused_keys() {
     );
     let row = names.iter().position(|n| n == "per_key").unwrap();
     assert_eq!(page.texts("tr.limit .limit-kind")[row], "token_bucket");
+    let rollout = names.iter().position(|n| n == "rollout").unwrap();
+    assert_eq!(
+        page.texts("tr.limit .limit-kind")[rollout],
+        "token_bucket (shadow)"
+    );
     assert_eq!(
         page.texts("tr.limit .limit-numbers")[row],
         "1 per 1h, burst 2"
@@ -389,6 +400,17 @@ fn dashboard_shows_limits_and_the_most_refused_keys() {
             {"limit": "per_key", "key": hot, "count": 8, "error": 0},
             {"limit": "per_key", "key": warm, "count": 3, "error": 0},
         ])
+    );
+
+    // A limit in shadow mode: its refusals are charted as not enforced.
+    let shadow = json!({"descriptors": [{"limit": "rollout", "key": "r"}]});
+    for _ in 0..2 {
+        assert_eq!(node0.check_json(&shadow).status, 200);
+    }
+    page.wait_text(
+        ".limit-chart[data-limit='rollout'] .chart-refused",
+        WAIT,
+        |t| t.starts_with("shadow-refused (not enforced)"),
     );
 
     let png = page.screenshot();

@@ -25,6 +25,7 @@ mod openapi;
 mod proxy;
 mod proxy_anthropic;
 mod proxy_openai;
+mod proxy_rules;
 mod redis_data_loss;
 mod redis_modes;
 mod redis_outage;

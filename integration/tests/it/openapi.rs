@@ -23,6 +23,7 @@ fn body_for(operation: &str) -> &'static [u8] {
         "checkBatch" => br#"{"checks":[{"tenant_id":"openapi"}]}"#,
         "putLimits" => br#"{"requests_per_second":5,"burst_size":10}"#,
         "putKeyOverride" => br#"{"rate":5,"burst":10}"#,
+        "putProxyKey" => br#"{"team":"openapi"}"#,
         "adjust" => br#"{"limit":"requests","key":"openapi","delta":-1}"#,
         "release" => br#"{"lease_id":"requests:00000000000000ff:openapi"}"#,
         _ => b"",
@@ -74,7 +75,8 @@ fn every_documented_operation_is_served_as_documented() {
         let url = path
             .replace("{tenant}", "openapi")
             .replace("{limit}", "requests")
-            .replace("{key}", "openapi");
+            .replace("{key}", "openapi")
+            .replace("{key_id}", "openapi");
         let op_id = op["operationId"].as_str().expect("operationId");
         let needs_token = op["security"].as_array().is_some_and(|s| !s.is_empty());
         if needs_token {

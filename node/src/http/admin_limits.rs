@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix_web::{web, HttpResponse};
 use llmtrace_actors::cluster::overrides::{next_version, OverrideEntry};
 use llmtrace_actors::cluster::rpc::wire::TenantOp;
+use llmtrace_cluster_config::proxy_rules::KeyInfo;
 use llmtrace_cluster_config::{
     validate_key, validate_runtime_override, Limit, LimitKind, OverrideValue, RateLimitConfig,
 };
@@ -139,12 +140,15 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Persists (Redis) and publishes (gossip) one change; answers the entry.
-async fn apply(
+/// Persists (Redis) and publishes (gossip) one change (numbers, or a key
+/// table entry under its reserved limit; neither: a deletion); answers
+/// the entry and the one it replaced.
+pub(super) async fn apply(
     ctx: &NodeContext,
     tenant: &str,
     limit: Limit,
     value: Option<OverrideValue>,
+    key: Option<KeyInfo>,
 ) -> Result<(OverrideEntry, Option<OverrideEntry>), ApiError> {
     let control = ctx
         .admin
@@ -159,6 +163,7 @@ async fn apply(
         version: next_version(now_ms(), current.as_ref()),
         origin: ctx.router.view().self_id.to_string(),
         value,
+        key,
     };
     if let Some(store) = &ctx.admin.store {
         store.save(tenant, limit, &entry).await.map_err(|e| {
@@ -220,7 +225,7 @@ async fn set(
     limit: Limit,
     value: OverrideValue,
 ) -> Result<HttpResponse, ApiError> {
-    let (entry, _) = apply(ctx, key, limit, Some(value)).await?;
+    let (entry, _) = apply(ctx, key, limit, Some(value), None).await?;
     let mut body = entry_json(key, limit, &entry, value);
     body["persisted"] = json!(ctx.admin.store.is_some());
     Ok(HttpResponse::Ok().json(body))
@@ -241,7 +246,7 @@ pub async fn delete(
     let limit = query.get("limit").map_or(Ok(Limit::REQUESTS), |name| {
         input::parse_limit(name, limits, "limit")
     })?;
-    let (entry, before) = apply(&ctx, &tenant, limit, None).await?;
+    let (entry, before) = apply(&ctx, &tenant, limit, None, None).await?;
     Ok(HttpResponse::Ok().json(json!({
         "tenant_id": tenant,
         "limit": limit.as_str(),
@@ -277,6 +282,9 @@ fn limit_json(config: &RateLimitConfig, limit: Limit) -> Value {
     let mut body = Value::Object(quota_json(llmtrace_actors::BucketQuota::of(policy)));
     body["name"] = json!(limit.as_str());
     body["kind"] = json!(config.kind(limit).as_str());
+    if config.is_shadow(limit) {
+        body["shadow"] = json!(true);
+    }
     if let llmtrace_cluster_config::Policy::Concurrency { max, lease_ttl_s } = policy {
         body["max"] = json!(max);
         body["lease_ttl"] = json!(llmtrace_cluster_config::format_duration_secs(lease_ttl_s));
@@ -415,7 +423,7 @@ pub async fn key_delete(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (limit, key) = limit_and_key(&ctx, path)?;
-    let (entry, before) = apply(&ctx, &key, limit, None).await?;
+    let (entry, before) = apply(&ctx, &key, limit, None, None).await?;
     Ok(HttpResponse::Ok().json(json!({
         "key": key,
         "limit": limit.as_str(),

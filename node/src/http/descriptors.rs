@@ -21,7 +21,9 @@ use super::error::ApiError;
 use super::input::{given, parse_limit, read_body};
 use super::strict_json;
 use super::NodeContext;
-use crate::multi_check::{check_all, remaining_and_reset, Descriptor, HeaderItems};
+use crate::multi_check::{
+    check_all, remaining_and_reset, shadow_header, Descriptor, HeaderItems, SHADOW_HEADER,
+};
 
 /// Most descriptors in one check.
 pub const MAX_DESCRIPTORS: usize = 16;
@@ -188,6 +190,9 @@ struct DescriptorBody<'a> {
     lease_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     degraded: Option<bool>,
+    /// A limit in shadow mode refused: reported, not enforced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow_refused: Option<bool>,
 }
 
 fn ms(ns: u64) -> u64 {
@@ -235,13 +240,16 @@ pub async fn check(
             retry_after_ms: None,
             lease_id: None,
             degraded: matches!(routed.route, llmtrace_actors::Route::Degraded(_)).then_some(true),
+            shadow_refused: None,
         };
         match routed.verdict {
             Verdict::Unlimited => item.unlimited = Some(true),
             Verdict::Limited { quota, decision } => {
                 let (remaining, reset_ns) =
                     remaining_and_reset(outcome.undone(i).unwrap_or(decision));
-                if let Decision::Refused { retry_after_ns, .. } = decision {
+                if let (Decision::Refused { .. }, true) = (decision, outcome.is_shadow(i)) {
+                    item.shadow_refused = Some(true);
+                } else if let Decision::Refused { retry_after_ns, .. } = decision {
                     item.allowed = false;
                     item.retry_after_ms = Some(ms(retry_after_ns));
                     wait_ns = Some(wait_ns.unwrap_or(0).max(retry_after_ns));
@@ -272,6 +280,16 @@ pub async fn check(
     }
     if let Some(wait) = wait_ns {
         resp.insert_header(("Retry-After", HeaderValue::from(retry_after_secs(wait))));
+    }
+    let shadow: Vec<&str> = outcome
+        .shadow_refused()
+        .map(|i| {
+            ctx.proxy_metrics.count_shadow_refused(descriptors[i].limit);
+            descriptors[i].limit.as_str()
+        })
+        .collect();
+    if let Some(value) = shadow_header(&shadow) {
+        resp.insert_header((SHADOW_HEADER, value));
     }
     Ok(resp.json(Answer {
         allowed,

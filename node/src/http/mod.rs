@@ -3,6 +3,7 @@
 //! Errors map to HTTP in exactly one place, [`error::ApiError`].
 
 pub mod admin;
+pub mod admin_keys;
 pub mod admin_limits;
 pub mod body_timeout;
 pub mod check;
@@ -239,6 +240,17 @@ fn admin_table() -> RouteTable {
             "DELETE",
             "/admin/limits/{limit}/keys/{key}/override",
             web::delete().to(admin_limits::key_delete),
+        ),
+        ("GET", "/admin/proxy/keys", web::get().to(admin_keys::list)),
+        (
+            "PUT",
+            "/admin/proxy/keys/{key_id}",
+            web::put().to(admin_keys::put),
+        ),
+        (
+            "DELETE",
+            "/admin/proxy/keys/{key_id}",
+            web::delete().to(admin_keys::delete),
         ),
         ("POST", "/admin/drain", web::post().to(admin::drain)),
         ("GET", "/admin/ui", web::get().to(ui::page)),

@@ -6,6 +6,7 @@
   var CHART_W = 600, CHART_H = 100;
   var charts = {}; // limit name -> {row, allowed, refused, points: [{t, allowed, refused}]}
   var lastChecks = null; // {t, counts: {limit: {allowed, refused}}}
+  var shadow = {}; // limit name -> true when in shadow mode (refusals not enforced)
 
   function getJson(path) {
     return api(path).then(function (resp) {
@@ -29,12 +30,14 @@
     data = data && typeof data === "object" ? data : {};
     var limits = Array.isArray(data.limits) ? data.limits : [];
     var runtime = Array.isArray(data.overrides) ? data.overrides : [];
+    shadow = {};
     var rows = limits.map(function (l) {
       l = l && typeof l === "object" ? l : {};
+      if (l.shadow === true) shadow[l.name] = true;
       var tr = document.createElement("tr");
       tr.className = "limit";
       tr.appendChild(cell(l.name, "mono limit-name"));
-      tr.appendChild(cell(l.kind, "limit-kind"));
+      tr.appendChild(cell(l.shadow === true ? show(l.kind) + " (shadow)" : l.kind, "limit-kind"));
       tr.appendChild(cell(numbers(l), "limit-numbers"));
       var configured = l.overrides && typeof l.overrides === "object" ? Object.keys(l.overrides).length : null;
       tr.appendChild(cell(configured, "num"));
@@ -115,7 +118,8 @@
     c.svg.querySelector(".refused").setAttribute("points", line("refused"));
     var last = c.points[c.points.length - 1];
     c.allowed.textContent = "allowed " + rate(last.allowed) + " /s";
-    c.refused.textContent = "refused " + rate(last.refused) + " /s (peak " + rate(peak) + " /s)";
+    c.refused.textContent = (shadow[c.row.dataset.limit] ? "shadow-refused (not enforced) " : "refused ") +
+      rate(last.refused) + " /s (peak " + rate(peak) + " /s)";
     c.row.dataset.points = String(c.points.length);
     c.row.dataset.allowed = String(last.allowed);
     c.row.dataset.refused = String(last.refused);

@@ -2,7 +2,7 @@
 //! (RFC 9110 section 7.6.1: `Connection` and every field it names,
 //! `Proxy-Connection`, `Keep-Alive`, `TE`, `Transfer-Encoding`, `Upgrade`,
 //! plus the proxy's own `Proxy-Authorization`/`Proxy-Authenticate`); the
-//! tenant header is not forwarded; answers carry OpenAI's
+//! tenant, team and org headers are not forwarded; answers carry OpenAI's
 //! `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`, or on
 //! Anthropic's API `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}`
 //! (reset: the RFC 3339 time the bucket is full again).
@@ -13,6 +13,7 @@ use llmtrace_actors::{BucketQuota, Decision};
 use llmtrace_cluster_config::Limit;
 
 use super::errors::{Dialect, ProxyError};
+use super::keys::{ORG_HEADER, TEAM_HEADER};
 use super::tenant::TENANT_HEADER;
 use crate::http::headers::{openai_duration, openai_names};
 
@@ -53,7 +54,14 @@ fn skip(name: &str, named: &[String], extra: &[&str]) -> bool {
 /// for an unencoded answer (its `usage` must be readable).
 pub fn copy_request(from: &HeaderMap, to: &mut HeaderMap, identity: bool) {
     let named = connection_named(from);
-    let extra = ["host", "content-length", TENANT_HEADER, "accept-encoding"];
+    let extra = [
+        "host",
+        "content-length",
+        TENANT_HEADER,
+        TEAM_HEADER,
+        ORG_HEADER,
+        "accept-encoding",
+    ];
     for (name, value) in from.iter() {
         if !skip(name.as_str(), &named, &extra) {
             to.append(name.clone(), value.clone());
@@ -156,64 +164,77 @@ pub fn insert_limits(
     }
 }
 
-/// The 429 of a refused call: the `dialect`'s error body, `Retry-After`
-/// (whole seconds, rounded up) and `retry-after-ms`, and the limits'
-/// headers.
+/// One limit that refused a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub limit: Limit,
+    /// The bucket's capacity.
+    pub capacity: u64,
+    pub remaining: u64,
+    /// Units asked for, when more than one (a `tokens` or `usd_micros`
+    /// reservation).
+    pub requested: Option<u64>,
+}
+
+/// The 429 of a refused call in the `dialect`'s shape: the error's
+/// `message` names every refusing limit, OpenAI's `code` the first one
+/// (`rate_limit_exceeded` for the built-in `requests` and `tokens`);
+/// `Retry-After` (whole seconds, rounded up) and `retry-after-ms` from
+/// `retry_after_ns`; and the limit headers of `states` (the tightest request
+/// and token limits).
 pub fn refusal(
     dialect: Dialect,
+    refused: &[Refused],
+    retry_after_ns: u64,
     states: &[(Limit, BucketQuota, Decision)],
-    refused: &[Limit],
-    reserve: u64,
 ) -> HttpResponse {
-    let wait_ns = states
+    let what: Vec<String> = refused
         .iter()
-        .filter_map(|(_, _, d)| match d {
-            Decision::Refused { retry_after_ns, .. } => Some(*retry_after_ns),
-            Decision::Allowed { .. } => None,
-        })
-        .max()
-        .unwrap_or(1_000_000_000);
-    let what: Vec<String> = states
-        .iter()
-        .filter(|(l, _, _)| refused.contains(l))
-        .map(|(l, q, d)| {
-            let limit = q.capacity_units();
-            if *l == Limit::TOKENS {
-                format!(
-                    "tokens (limit {limit}, remaining {}, requested {reserve})",
-                    remaining(d)
-                )
-            } else {
-                format!("{l} (limit {limit}, remaining {})", remaining(d))
-            }
+        .map(|r| match r.requested {
+            Some(n) => format!(
+                "{} (limit {}, remaining {}, requested {n})",
+                r.limit, r.capacity, r.remaining
+            ),
+            None => format!(
+                "{} (limit {}, remaining {})",
+                r.limit, r.capacity, r.remaining
+            ),
         })
         .collect();
-    let e = ProxyError::rate_limited(format!(
+    let mut e = ProxyError::rate_limited(format!(
         "Rate limit reached for {}. Please try again in {}.",
         what.join(" and "),
-        openai_duration(wait_ns)
+        openai_duration(retry_after_ns)
     ));
+    if let Some(r) = refused.first() {
+        if r.limit != Limit::REQUESTS && r.limit != Limit::TOKENS {
+            e.code = r.limit.as_str();
+        }
+    }
     let mut b = e.builder();
-    b.insert_header(("retry-after", wait_ns.div_ceil(1_000_000_000).max(1)));
-    b.insert_header(("retry-after-ms", wait_ns.div_ceil(1_000_000).max(1)));
+    b.insert_header(("retry-after", retry_after_ns.div_ceil(1_000_000_000).max(1)));
+    b.insert_header(("retry-after-ms", retry_after_ns.div_ceil(1_000_000).max(1)));
     insert_limits(dialect, &mut b, states);
     b.json(e.body(dialect))
 }
 
+/// A header map of `pairs` (repeated names appended), for the tests.
+#[cfg(test)]
+pub(crate) fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
+    use super::header_map as map;
     use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
 
     #[test]
     fn request_drops_hop_by_hop_and_named_fields() {
@@ -269,7 +290,13 @@ mod tests {
             },
         )];
         let before = chrono::Utc::now();
-        let resp = refusal(Dialect::Anthropic, &states, &[Limit::TOKENS], 20);
+        let refused = [Refused {
+            limit: Limit::TOKENS,
+            capacity: 100,
+            remaining: 7,
+            requested: Some(20),
+        }];
+        let resp = refusal(Dialect::Anthropic, &refused, 2_500_000_000, &states);
         let h = resp.headers();
         assert_eq!(h.get("retry-after").unwrap(), "3");
         assert_eq!(h.get("anthropic-ratelimit-tokens-limit").unwrap(), "100");
@@ -285,7 +312,7 @@ mod tests {
         assert!(h.get("x-ratelimit-limit-tokens").is_none());
         // Never out of range, however far.
         assert!(rfc3339_in(u64::MAX).ends_with('Z'));
-        let resp = refusal(Dialect::OpenAi, &states, &[Limit::TOKENS], 20);
+        let resp = refusal(Dialect::OpenAi, &refused, 2_500_000_000, &states);
         assert_eq!(
             resp.headers().get("x-ratelimit-reset-tokens").unwrap(),
             "1m33s"

@@ -1,13 +1,16 @@
 //! Prometheus metrics of the proxy listener: proxied requests by status,
 //! tokens reserved / charged / refunded, upstream latency (time to the
-//! response head).
+//! response head), and the refusals of limits in shadow mode (counted here
+//! for the proxy and `POST /v1/check` alike).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use llmtrace_actors::metrics::{
     counter_family, Counter, Family, Histogram, Label, Registry, Scraped,
 };
+use llmtrace_cluster_config::Limit;
 
 /// Upper bounds (seconds) of the upstream-latency histogram: LLM calls take
 /// from milliseconds to minutes.
@@ -32,6 +35,8 @@ pub struct ProxyMetrics {
     pub upstream_latency: Histogram,
     /// `llmtrace_proxy_tokens_total{op}`, the family of the token handles.
     tokens: Family<Label, Counter>,
+    /// Refusals of limits in shadow mode (not enforced), by limit.
+    shadow_refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Default for ProxyMetrics {
@@ -46,6 +51,7 @@ impl Default for ProxyMetrics {
             reconcile_errors: Counter::default(),
             upstream_latency: Histogram::new(UPSTREAM_BUCKETS),
             tokens,
+            shadow_refused: Mutex::default(),
         }
     }
 }
@@ -55,6 +61,24 @@ impl ProxyMetrics {
         if let Some(c) = self.by_status.get(usize::from(status)) {
             c.fetch_add(1, Relaxed);
         }
+    }
+
+    /// A limit in shadow mode would have refused.
+    pub fn count_shadow_refused(&self, limit: Limit) {
+        let mut counts = self
+            .shadow_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *counts.entry(limit.as_str()).or_default() += 1;
+    }
+
+    /// Shadow refusals by limit, in name order.
+    pub fn shadow_refusals(&self) -> Vec<([(&'static str, &'static str); 1], u64)> {
+        let counts = self
+            .shadow_refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        counts.iter().map(|(l, n)| ([("limit", *l)], *n)).collect()
     }
 
     /// The statuses seen so far, in order, with their counts.
@@ -88,6 +112,12 @@ impl ProxyMetrics {
             "Time to the upstream's response head",
             self.upstream_latency.clone(),
         );
+        let m = Arc::clone(self);
+        registry.register(
+            "llmtrace_shadow_refused",
+            "Refusals of limits in shadow mode (decided and reported, not enforced), by limit",
+            Scraped::counters(move || m.shadow_refusals()),
+        );
     }
 }
 
@@ -105,6 +135,7 @@ mod tests {
         m.count_status(429);
         m.count_status(999);
         m.tokens_refunded.inc_by(7);
+        m.count_shadow_refused(Limit::TOKENS);
         m.upstream_latency.observe(0.001);
         m.upstream_latency.observe(7.0);
         let text = llmtrace_actors::metrics::render(&registry);
@@ -139,6 +170,8 @@ mod tests {
             "llmtrace_proxy_upstream_latency_seconds_bucket{le=\"+Inf\"} 2",
             "llmtrace_proxy_upstream_latency_seconds_sum 7.001",
             "llmtrace_proxy_upstream_latency_seconds_count 2",
+            "# TYPE llmtrace_shadow_refused_total counter",
+            "llmtrace_shadow_refused_total{limit=\"tokens\"} 1",
         ];
         want.sort_unstable();
         assert_eq!(lines, want, "{text}");
@@ -157,6 +190,7 @@ mod tests {
                 "# TYPE llmtrace_proxy_tokens_total counter",
                 "# TYPE llmtrace_proxy_reconcile_errors_total counter",
                 "# TYPE llmtrace_proxy_upstream_latency_seconds histogram",
+                "# TYPE llmtrace_shadow_refused_total counter",
             ]
         );
     }

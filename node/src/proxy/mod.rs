@@ -1,25 +1,33 @@
 //! Transparent LLM proxy mode: a listener (`--proxy-listen`) that forwards
 //! every request (method, path, query, headers, body) to an OpenAI- or
 //! Anthropic-compatible upstream (`--proxy-upstream`) and streams the answer
-//! back, holding each tenant to two limits on the owner of its buckets:
-//! `requests` (one per call) and `tokens` (a reservation before the call,
-//! reconciled with the real usage after it).
+//! back, holding each call to the limits its rules name (by default the
+//! tenant's `requests`, one per call, and `tokens`, a reservation before
+//! the call reconciled with the real usage after it), all or nothing.
 //!
 //! Layout:
 //! - [`tenant`]: who a call belongs to (trusted header or API key).
+//! - [`keys`]: the team and org of a key (key table or trusted headers).
 //! - [`tokens`]: what a call will cost, counted before forwarding.
 //! - [`messages`]: Anthropic Messages bodies checked and planned.
-//! - [`relay`]: the answer streamed back, usage picked up, reconcile.
+//! - [`rules`]: the `[[proxy.rules]]` rendered into check descriptors.
+//! - [`admit`]: the all-or-nothing check of a call, shadow mode, the 429.
+//! - [`settle`]: reservations reconciled and leases released afterwards.
+//! - [`relay`]: the answer streamed back, usage picked up, settled.
 //! - [`usage`]: the usage of each API's answers, in one shape.
 //! - [`headers`]: hop-by-hop headers (RFC 9110 7.6.1), rate-limit headers.
 //! - [`errors`]: 400/401/413/429/502/504 in the API's error shape.
 //! - [`metrics`]: Prometheus counters of the proxy.
 
+pub mod admit;
 pub mod errors;
 pub mod headers;
+pub mod keys;
 pub mod messages;
 pub mod metrics;
 pub mod relay;
+pub mod rules;
+pub mod settle;
 pub mod tenant;
 pub mod tokens;
 pub mod usage;
@@ -31,12 +39,12 @@ use actix_web::body::{BodyStream, SizedStream};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use llmtrace_actors::{BucketQuota, CheckError, Op, Routed, Router, Verdict};
-use llmtrace_cluster_config::{Limit, ProxyConfig};
+use llmtrace_actors::Router;
+use llmtrace_cluster_config::ProxyConfig;
 
 use self::errors::{Dialect, ProxyError};
 use self::metrics::ProxyMetrics;
-use self::relay::{Relay, Reservation};
+use self::relay::Relay;
 use self::tokens::{Plan, Route};
 
 /// What every proxy handler shares.
@@ -312,13 +320,10 @@ async fn proxy(
             Some(planned.map_err(ProxyError::invalid_request)?)
         }
     };
-    let admitted = match route {
+    let mut admitted = match route {
         // Not charged: no limit is asked.
-        Route::Free => Admitted {
-            states: Vec::new(),
-            reservation: None,
-        },
-        _ => match admit(ctx, &tenant, plan.as_ref(), dialect).await? {
+        Route::Free => admit::Admitted::default(),
+        _ => match admit::admit(ctx, &tenant, req.headers(), plan.as_ref(), dialect).await? {
             Ok(a) => a,
             Err(refusal) => return Ok(refusal),
         },
@@ -355,7 +360,7 @@ async fn proxy(
     let upstream = match sent {
         Ok(r) => r,
         Err(e) => {
-            if let Some(r) = admitted.reservation {
+            if let Some(r) = admitted.reservation.take() {
                 r.refund_all();
             }
             return Err(upstream_error(e, cfg.upstream_timeout_ms));
@@ -363,7 +368,7 @@ async fn proxy(
     };
     let status = upstream.status();
     let declared = declared_length(upstream.headers());
-    let mut reservation = admitted.reservation;
+    let mut reservation = admitted.reservation.take();
     if declared.is_some_and(|n| n > cfg.max_response_bytes as u64) {
         if let Some(r) = reservation {
             r.refund_all();
@@ -381,11 +386,12 @@ async fn proxy(
     }
     let mut builder = HttpResponse::build(status);
     headers::copy_response(upstream.headers(), &mut builder);
-    headers::insert_limits(dialect, &mut builder, &admitted.states);
+    admitted.insert_headers(dialect, &mut builder);
     let relay = Relay::new(
         upstream,
         &plan,
         reservation,
+        admitted.leases.take(),
         Duration::from_millis(cfg.upstream_timeout_ms),
         cfg.max_response_bytes,
     );
@@ -400,102 +406,6 @@ fn upstream_error(e: awc::error::SendRequestError, timeout_ms: u64) -> ProxyErro
         }
         other => ProxyError::bad_gateway(format!("upstream unreachable: {other}")),
     }
-}
-
-/// The limits' answers for an admitted call.
-struct Admitted {
-    /// Quota and decision per limit, for the `x-ratelimit-*` headers.
-    states: Vec<(Limit, BucketQuota, llmtrace_actors::Decision)>,
-    /// The tokens taken, to reconcile after the answer.
-    reservation: Option<Reservation>,
-}
-
-fn limited(r: &Routed) -> Option<(BucketQuota, llmtrace_actors::Decision)> {
-    match r.verdict {
-        Verdict::Limited { quota, decision } => Some((quota, decision)),
-        Verdict::Unlimited => None,
-    }
-}
-
-fn check_error(e: CheckError) -> ProxyError {
-    ProxyError::unavailable(format!("rate limiter: {e}"))
-}
-
-/// Takes one request and the token reservation, concurrently (each on its
-/// owner). `Ok(Err(response))` is a 429 in the `dialect`'s shape: whatever
-/// one limit took when the other refused is given back.
-async fn admit(
-    ctx: &ProxyContext,
-    tenant: &str,
-    plan: Option<&Plan>,
-    dialect: Dialect,
-) -> Result<Result<Admitted, HttpResponse>, ProxyError> {
-    let router = &ctx.router;
-    let requests = router.check(tenant, Limit::REQUESTS, 1);
-    // A reservation never exceeds the bucket (it could never be admitted);
-    // the excess is charged after the answer, so the tenant pays it back.
-    let reserve = match (
-        plan,
-        BucketQuota::of(router.local().policy(tenant, Limit::TOKENS)),
-    ) {
-        (Some(p), Some(q)) if p.total() > 0 => p.total().min(q.capacity_units()),
-        _ => 0,
-    };
-    let (requests, tokens) = if reserve > 0 {
-        let tokens = router.check(tenant, Limit::TOKENS, reserve);
-        let (r, t) = futures_util::future::join(requests, tokens).await;
-        (r, Some(t))
-    } else {
-        (requests.await, None)
-    };
-    let requests = requests.map_err(check_error)?;
-    let tokens = tokens.transpose().map_err(check_error)?;
-    let mut states = Vec::with_capacity(2);
-    let mut refused = Vec::new();
-    for (limit, routed) in [
-        (Limit::REQUESTS, Some(&requests)),
-        (Limit::TOKENS, tokens.as_ref()),
-    ] {
-        if let Some((quota, decision)) = routed.and_then(limited) {
-            if !decision.is_allowed() {
-                refused.push(limit);
-            }
-            states.push((limit, quota, decision));
-        }
-    }
-    let tokens_taken = tokens.as_ref().is_some_and(|t| t.verdict.is_allowed());
-    if refused.is_empty() {
-        let reservation = tokens_taken.then(|| {
-            ctx.metrics.tokens_reserved.inc_by(reserve);
-            Reservation {
-                router: router.clone(),
-                tenant: tenant.to_string(),
-                reserved: reserve,
-                metrics: Arc::clone(&ctx.metrics),
-            }
-        });
-        return Ok(Ok(Admitted {
-            states,
-            reservation,
-        }));
-    }
-    // Refused: give back what the other limit took, so a refused call
-    // costs nothing.
-    if requests.verdict.is_allowed() && limited(&requests).is_some() {
-        let r = router.clone();
-        let t = tenant.to_string();
-        actix_rt::spawn(async move {
-            let _ = r.perform(t, Limit::REQUESTS, Op::Refund, 1).await;
-        });
-    }
-    if tokens_taken {
-        let r = router.clone();
-        let t = tenant.to_string();
-        actix_rt::spawn(async move {
-            let _ = r.perform(t, Limit::TOKENS, Op::Refund, reserve).await;
-        });
-    }
-    Ok(Err(headers::refusal(dialect, &states, &refused, reserve)))
 }
 
 #[cfg(test)]

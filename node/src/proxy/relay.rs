@@ -1,7 +1,7 @@
 //! The upstream's answer on its way back: relayed chunk by chunk as it
 //! arrives (no buffering beyond one SSE event), with the `usage` it carries
-//! picked up on the side, and the token reservation reconciled when the
-//! body ends, fails, stalls or the client goes away.
+//! picked up on the side, the reservations reconciled and the leases
+//! released when the body ends, fails, stalls or the client goes away.
 //!
 //! Dropping a [`Relay`] (the client disconnected: actix drops the body)
 //! drops the upstream response, which closes its connection: the upstream
@@ -9,75 +9,18 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use llmtrace_actors::{Op, Router};
-use llmtrace_cluster_config::Limit;
 use serde::Deserialize;
 use serde_json::Value;
 use tracing::warn;
 
-use super::metrics::ProxyMetrics;
+use super::settle::{Leases, Reservation};
 use super::tokens::{Counter, Kind, Plan};
 use super::usage::{Streamed, Usage};
-
-/// A token reservation still to reconcile.
-pub struct Reservation {
-    pub router: Router,
-    pub tenant: String,
-    /// Tokens taken before forwarding.
-    pub reserved: u64,
-    pub metrics: Arc<ProxyMetrics>,
-}
-
-impl Reservation {
-    /// Reconciles the reservation with the `actual` tokens used: refunds the unused part or charges
-    /// the excess, on the bucket's owner. Runs in the background.
-    pub fn reconcile(self, actual: u64) {
-        let (op, n) = if actual < self.reserved {
-            (Op::Refund, self.reserved - actual)
-        } else {
-            (Op::Charge, actual - self.reserved)
-        };
-        if n == 0 {
-            return;
-        }
-        // Not inside a runtime any more (the node is stopping): nothing
-        // to run the reconciliation on.
-        if tokio::runtime::Handle::try_current().is_err() {
-            return;
-        }
-        actix_rt::spawn(async move {
-            let counter = match op {
-                Op::Refund => &self.metrics.tokens_refunded,
-                _ => &self.metrics.tokens_charged,
-            };
-            match self.router.perform(self.tenant, Limit::TOKENS, op, n).await {
-                Ok(_) => {
-                    counter.inc_by(n);
-                }
-                Err(e) => {
-                    self.metrics.reconcile_errors.inc();
-                    warn!(op = op.as_str(), tokens = n, error = %e, "token reconcile failed");
-                }
-            }
-        });
-    }
-
-    /// Settles the reservation at what the call consumed.
-    pub fn settle(self, usage: &Usage) {
-        self.reconcile(usage.total());
-    }
-
-    /// Gives the whole reservation back (the call failed).
-    pub fn refund_all(self) {
-        self.reconcile(0);
-    }
-}
 
 /// Reads an answer as it passes: SSE events are released whole (the
 /// usage-only chunk the proxy asked for is dropped), a JSON body is copied
@@ -208,6 +151,9 @@ pub struct Relay {
     max: usize,
     /// The reservation to reconcile when the body ends or is dropped.
     reservation: Option<Reservation>,
+    /// The leases held for the call, released when the body ends or is
+    /// dropped.
+    leases: Option<Leases>,
     /// Prompt tokens counted before forwarding (for the fallback count).
     prompt: u64,
     counter: Counter,
@@ -219,6 +165,7 @@ impl Relay {
         upstream: awc::ClientResponse,
         plan: &Plan,
         reservation: Option<Reservation>,
+        leases: Option<Leases>,
         idle: Duration,
         max: usize,
     ) -> Self {
@@ -236,6 +183,7 @@ impl Relay {
             total: 0,
             max,
             reservation,
+            leases,
             prompt: plan.prompt,
             counter: plan.counter(),
             done: false,
@@ -250,6 +198,7 @@ impl Relay {
             return Bytes::new();
         }
         self.done = true;
+        drop(self.leases.take());
         let rest = self.scanner.end();
         if let Some(r) = self.reservation.take() {
             if let Some(usage) = self.scanner.usage(self.prompt, &self.counter) {

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use actix_web::{test, App};
 use llmtrace_actors::testing::RouterFixture;
-use llmtrace_cluster_config::{ProxySettings, RateLimitConfig, TokenLimitConfig};
+use llmtrace_actors::Op;
+use llmtrace_cluster_config::{Limit, ProxySettings, RateLimitConfig, TokenLimitConfig};
 use serde_json::{json, Value};
 
 use super::*;
@@ -32,11 +33,14 @@ fn dead_upstream() -> String {
 }
 
 fn context(router: Router, max_request_bytes: usize) -> Arc<ProxyContext> {
-    let config = ProxyConfig::resolve(ProxySettings {
-        upstream: Some(dead_upstream()),
-        max_request_bytes: Some(max_request_bytes),
-        ..ProxySettings::default()
-    })
+    let config = ProxyConfig::resolve(
+        ProxySettings {
+            upstream: Some(dead_upstream()),
+            max_request_bytes: Some(max_request_bytes),
+            ..ProxySettings::default()
+        },
+        &RateLimitConfig::default(),
+    )
     .unwrap();
     ProxyContext::new(router, config, Arc::default()).unwrap()
 }

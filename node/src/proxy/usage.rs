@@ -12,6 +12,7 @@
 //!   `output_tokens`; a stream's `message_start` carries it in
 //!   `message.usage`, its `message_delta` the final (cumulative) counts.
 
+use llmtrace_cluster_config::proxy_prices::TokenCounts;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -32,6 +33,19 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// The counts a price applies to: cache reads at the cached price,
+    /// every other input token (cache writes included) at the input price.
+    pub fn price_counts(&self) -> TokenCounts {
+        TokenCounts {
+            prompt: self
+                .input
+                .saturating_add(self.cached_input)
+                .saturating_add(self.cache_creation_input),
+            cached: self.cached_input,
+            output: self.output,
+        }
+    }
+
     /// Every token of the call: what the `tokens` limit is charged.
     pub fn total(&self) -> u64 {
         self.input
@@ -417,5 +431,22 @@ mod tests {
             }
         }
         assert_eq!(s, Streamed::default());
+    }
+
+    #[test]
+    fn prices_apply_to_cached_reads_apart() {
+        // OpenAI: 100 prompt tokens of which 60 cached, 20 output.
+        let u = Usage::parse(
+            Kind::Chat,
+            &json!({"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
+                    "prompt_tokens_details": {"cached_tokens": 60}}),
+        )
+        .unwrap();
+        assert_eq!(u.total(), 120);
+        let c = u.price_counts();
+        assert_eq!((c.prompt, c.cached, c.output), (100, 60, 20));
+        // Anthropic: cache writes are input at the input price.
+        let c = usage(40, 200, 100, 60).price_counts();
+        assert_eq!((c.prompt, c.cached, c.output), (340, 200, 60));
     }
 }

@@ -76,10 +76,12 @@ proxy   the latency proxy mode adds: the stub OpenAI-compatible upstream of the
         with --proxy-upstream pointing at it (every call admitted). wrk
         (scripts/bench/proxy.lua: non-streaming chat completions, one of
         BENCH_TENANT_SPACE bearer keys each) runs against the stub directly,
-        then through the proxy, BENCH_PROXY_CONNECTIONS connections, one wrk
-        thread, each connection pausing BENCH_PROXY_DELAY_MS before every
-        request (0: closed loop, full load). Prints p50/p99 of both, the added
-        p50/p99 (target <= 1 ms added p99) and proxied requests/s.
+        then through the proxy (requests + tokens per key), then through a node
+        with five gateway rules per call (rpm, tpm per model, a team quota, an
+        org's spend in micro-dollars, an in-flight lease), BENCH_PROXY_CONNECTIONS
+        connections, one wrk thread, each connection pausing BENCH_PROXY_DELAY_MS
+        before every request (0: closed loop, full load). Prints p50/p99 of
+        each, the added p50/p99 (target <= 1 ms added p99) and requests/s.
 rls     one node with --rls-listen and a rule admitting every call (4e9 a day
         per user): a gRPC load generator (tonic, Envoy's protos) keeps 4 h2
         connections x 16 ShouldRateLimit calls in flight, random users out of
