@@ -209,26 +209,13 @@ impl Router {
         owner: Option<String>,
     ) -> Result<Routed, CheckError> {
         let local = &self.local;
-        let tenant = match local
-            .check_validated(tenant, limit, op, cost, quota, serve)
-            .await
-        {
-            Err(CheckError::Fenced { tenant }) => tenant,
-            other => {
-                return other.map(|verdict| Routed {
-                    verdict,
-                    route,
-                    owner,
-                })
-            }
-        };
-        self.metrics.fenced.inc();
-        let tenant = if local.fence().wait_open(self.settings.forward_timeout).await {
+        let mut tenant = tenant;
+        for waited in [false, true] {
             match local
                 .check_validated(tenant, limit, op, cost, quota, serve)
                 .await
             {
-                Err(CheckError::Fenced { tenant }) => tenant,
+                Err(CheckError::Fenced { tenant: t }) => tenant = t,
                 other => {
                     return other.map(|verdict| Routed {
                         verdict,
@@ -237,9 +224,14 @@ impl Router {
                     })
                 }
             }
-        } else {
-            tenant
-        };
+            if waited {
+                break;
+            }
+            self.metrics.fenced.inc();
+            if !local.fence().wait_open(self.settings.forward_timeout).await {
+                break;
+            }
+        }
         let quota = quota.expect("only a bucket is fenced");
         let reason = "this node's view of the cluster is stale (paused or cut off)".to_string();
         let owner = owner.unwrap_or_else(|| self.view.load().self_id.to_string());
