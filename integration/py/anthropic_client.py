@@ -4,7 +4,10 @@ Used by integration/tests/it/proxy_anthropic.rs; prints one JSON object on
 stdout.
 
     anthropic_client.py basic BASE_URL API_KEY
-    anthropic_client.py until-limited BASE_URL API_KEY MAX_CALLS
+    anthropic_client.py until-limited BASE_URLS API_KEY MAX_CALLS [MODEL]
+
+BASE_URLS of until-limited: one URL, or several separated by commas (calls
+go round robin).
     anthropic_client.py count-tokens BASE_URL API_KEY CALLS
     anthropic_client.py status BASE_URL API_KEY MODEL MAX_TOKENS
 """
@@ -67,13 +70,13 @@ def basic(base, key):
     }
 
 
-def until_limited(base, key, max_calls):
-    c = client(base, key)
+def until_limited(bases, key, max_calls, model=MODEL):
+    cs = [client(b, key) for b in bases.split(",")]
     allowed = 0
-    for _ in range(max_calls):
+    for i in range(max_calls):
         try:
-            c.messages.create(
-                model=MODEL,
+            cs[i % len(cs)].messages.create(
+                model=model,
                 max_tokens=100,
                 messages=messages(),
                 extra_headers={"x-stub-usage": "40,60"},
@@ -118,7 +121,7 @@ def main():
     if cmd == "basic":
         out = basic(base, key)
     elif cmd == "until-limited":
-        out = until_limited(base, key, int(sys.argv[4]))
+        out = until_limited(base, key, int(sys.argv[4]), *sys.argv[5:6])
     elif cmd == "count-tokens":
         out = count_tokens(base, key, int(sys.argv[4]))
     elif cmd == "status":

@@ -5,7 +5,8 @@
 //! held for whole streams (released at the end and on a client's
 //! disconnect), shadow mode, the runtime key table (admin API, spread by
 //! gossip), and no lease or reservation leaked over 1,000 calls with
-//! disconnects and upstream failures.
+//! disconnects and upstream failures. The official `anthropic` client
+//! checks the same rules on Anthropic's Messages API.
 
 use std::time::{Duration, Instant};
 
@@ -113,6 +114,45 @@ fn wait_remaining(node: &Node, limit: &str, key: &str, want: u64) {
     wait_until(WAIT, &format!("{limit}/{key} at {want}"), || {
         remaining(node, limit, key) == Some(want)
     });
+}
+
+/// The same rules hold Anthropic Messages calls, driven by the official
+/// `anthropic` client: a per-model token limit refuses one Claude model in
+/// Anthropic's shape (`RateLimitError`, naming the limit, with
+/// `anthropic-ratelimit-tokens-*`) while the same key's other model passes.
+#[test]
+fn gateway_rules_hold_anthropic_calls() {
+    let stub = Stub::start();
+    let key = "sk-claude";
+    let mut toml = gateway_toml(
+        &LIMITS[..1],
+        &[("tpm_model", "{key}/{model}", Some("tokens"))],
+    );
+    toml += &format!(
+        "\n[limits.tpm_model.overrides.\"{}/claude-sonnet-4-5\"]\nburst = 500\n",
+        key_id(key)
+    );
+    let cluster = cluster(&stub, &toml);
+    let urls = urls(&cluster);
+    let anthropic = |args: &[&str]| llmtrace_integration::run_python("anthropic_client.py", args);
+    // Each call reserves its prompt + 100 and settles at the stub's 40 + 60:
+    // 500 tokens admit 4 calls (100 left, less than a reservation).
+    let out = anthropic(&["until-limited", &urls, key, "20", "claude-sonnet-4-5"]);
+    assert_eq!(out["allowed"], 4, "{out}");
+    assert_eq!(out["status"], 429, "{out}");
+    assert_eq!(out["error"]["error"]["type"], "rate_limit_error", "{out}");
+    let message = out["error"]["error"]["message"].as_str().unwrap();
+    assert!(message.contains("tpm_model (limit 500"), "{message}");
+    assert_eq!(
+        out["headers"]["anthropic-ratelimit-tokens-limit"], "500",
+        "{out}"
+    );
+    assert!(out["headers"]["retry-after"].as_str().is_some(), "{out}");
+    let out = anthropic(&["until-limited", &urls, key, "3", "claude-haiku-4-5"]);
+    assert_eq!(out["allowed"], 3, "the other model passes: {out}");
+    // The key holds a `/`: escaped in the admin path.
+    let bucket = format!("{}%2Fclaude-sonnet-4-5", key_id(key));
+    wait_remaining(cluster.node(0), "tpm_model", &bucket, 100);
 }
 
 #[test]
