@@ -23,13 +23,11 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::cache::{CacheError, CacheLayer, SnapshotWrite};
-use crate::core::bucket::BucketState;
 use crate::core::bucket::{BucketQuota, Decision, Op};
 use crate::core::clock::Clock;
 use crate::core::fence::Fence;
 use crate::core::held::Held;
 use crate::core::key::BucketKey;
-use crate::core::lease::LeaseSet;
 use crate::metrics::{Metrics, ShardStats};
 
 mod handoff;
@@ -40,6 +38,8 @@ mod snapshots;
 pub use self::snapshots::FlushNow;
 mod fencing;
 pub use self::fencing::Serve;
+mod slot;
+use self::slot::Slot;
 
 /// Longest wait between retries of a failed snapshot batch.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -102,94 +102,6 @@ pub struct Check {
 #[derive(Debug, Message)]
 #[rtype(result = "usize")]
 pub struct SweepNow;
-
-/// A bucket in memory: its state, and whether it changed since its last
-/// snapshot. One enum rather than a [`Held`] and a flag, so that a level's
-/// slot stays 24 bytes (the flag shares the tag's word): memory per key is
-/// what bounds how many keys a node holds.
-enum Slot {
-    Level { state: BucketState, dirty: bool },
-    Leases { set: Box<LeaseSet>, dirty: bool },
-}
-
-impl Slot {
-    fn new(held: Held) -> Self {
-        match held {
-            Held::Level(state) => Slot::Level {
-                state,
-                dirty: false,
-            },
-            Held::Leases(set) => Slot::Leases { set, dirty: false },
-        }
-    }
-
-    fn dirty(&self) -> bool {
-        match self {
-            Slot::Level { dirty, .. } | Slot::Leases { dirty, .. } => *dirty,
-        }
-    }
-
-    fn set_dirty(&mut self, to: bool) {
-        match self {
-            Slot::Level { dirty, .. } | Slot::Leases { dirty, .. } => *dirty = to,
-        }
-    }
-
-    /// A copy of the state (a snapshot, a report).
-    fn held(&self) -> Held {
-        match self {
-            Slot::Level { state, .. } => Held::Level(*state),
-            Slot::Leases { set, .. } => Held::Leases(set.clone()),
-        }
-    }
-
-    fn into_held(self) -> Held {
-        match self {
-            Slot::Level { state, .. } => Held::Level(state),
-            Slot::Leases { set, .. } => Held::Leases(set),
-        }
-    }
-
-    /// Runs `f` on the state (moved out and back: no copy of the leases).
-    #[inline]
-    fn with_held<R>(&mut self, f: impl FnOnce(&mut Held) -> R) -> R {
-        let dirty = self.dirty();
-        let empty = Slot::Level {
-            state: BucketState {
-                level: 0,
-                updated_ns: 0,
-            },
-            dirty,
-        };
-        let mut held = std::mem::replace(self, empty).into_held();
-        let r = f(&mut held);
-        *self = Slot::new(held);
-        self.set_dirty(dirty);
-        r
-    }
-
-    fn is_full_at(&self, quota: BucketQuota, now: u64) -> bool {
-        match self {
-            Slot::Level { state, .. } => state.is_full_at(quota, now),
-            Slot::Leases { set, .. } => set.is_empty_at(now),
-        }
-    }
-
-    fn leases(&self, now: u64) -> usize {
-        match self {
-            Slot::Level { .. } => 0,
-            Slot::Leases { set, .. } => set.count_at(now),
-        }
-    }
-
-    /// Drops expired leases; returns how many.
-    fn expire_leases(&mut self, now: u64) -> usize {
-        match self {
-            Slot::Level { .. } => 0,
-            Slot::Leases { set, .. } => set.expire(now),
-        }
-    }
-}
 
 /// The bucket was handed to node `to` moments ago; the check's tenant is
 /// given back so the caller can send it there.
