@@ -72,6 +72,10 @@ struct Ticker {
     beats: HashMap<String, ((u64, u64), u64)>,
     /// A catch-up under way: when it started, and the ring before it.
     catching_up: Option<(u64, BTreeSet<String>)>,
+    /// The ring of the last tick (a node that was paused may find its
+    /// view already shrunk to itself by its failure detector when it looks
+    /// again: the ring it had before counts).
+    last_ring: BTreeSet<String>,
 }
 
 impl Ticker {
@@ -85,19 +89,20 @@ impl Ticker {
         let now = fence.now_ns();
         for (id, beat) in live {
             match self.beats.get_mut(&id) {
-                Some((seen, at)) if *seen == beat => {
-                    let _ = at;
-                }
+                Some((seen, _)) if *seen == beat => {}
+                // Moved, or first seen (gossip that reached this node since
+                // the last tick): heard.
                 Some(entry) => *entry = (beat, now),
-                // First seen: its beat may come from before a pause; only a
-                // later one counts as heard.
                 None => {
-                    self.beats.insert(id, (beat, 0));
+                    self.beats.insert(id, (beat, now));
                 }
             }
         }
         let alone = ring.iter().all(|m| *m == self.self_id);
-        if self.catching_up.is_none() && !alone && now >= fence.fresh_until() {
+        let last_ring = std::mem::replace(&mut self.last_ring, ring.clone());
+        // A gate that was open for good (the node was alone) never lapses;
+        // any other found closed did, alone now or not.
+        if self.catching_up.is_none() && now >= fence.fresh_until() {
             let epoch = fence.lapse();
             metrics.fence_lapses.inc();
             let stale_ms = now.saturating_sub(fence.fresh_until()) / 1_000_000;
@@ -105,7 +110,8 @@ impl Ticker {
                 epoch,
                 stale_ms, "view of the cluster went stale (paused or cut off): catching up before deciding again"
             );
-            self.catching_up = Some((now, ring.clone()));
+            let before = last_ring.union(&ring).cloned().collect();
+            self.catching_up = Some((now, before));
             return;
         }
         let heard: HashMap<String, u64> = self
@@ -163,6 +169,7 @@ pub fn spawn(
         fence_ns: fence_len.as_nanos() as u64,
         beats: HashMap::new(),
         catching_up: None,
+        last_ring: BTreeSet::new(),
     };
     std::thread::Builder::new()
         .name("fence".into())
@@ -256,6 +263,7 @@ mod tests {
             fence_ns: 500 * MS,
             beats: HashMap::new(),
             catching_up: None,
+            last_ring: BTreeSet::new(),
         }
     }
 
@@ -303,11 +311,33 @@ mod tests {
     #[test]
     fn a_node_alone_is_never_fenced() {
         let metrics = ClusterMetrics::default();
-        let fence = Fence::leased(Duration::ZERO);
+        let fence = Fence::leased(Duration::from_secs(3600));
         let mut t = ticker(Arc::clone(&fence));
         t.tick(BTreeMap::new(), ring(&["a"]), &metrics);
         assert!(fence.admits().is_some());
         assert_eq!(fence.fresh_until(), u64::MAX, "no deadline to read");
         assert_eq!(metrics.fence_lapses.get(), 0);
+    }
+
+    #[test]
+    fn a_node_whose_view_shrank_to_itself_while_paused_still_lapses() {
+        let metrics = ClusterMetrics::default();
+        let fence = Fence::leased(Duration::from_secs(3600));
+        let mut t = ticker(Arc::clone(&fence));
+        let r = ring(&["a", "b", "c"]);
+        // Before the pause: b and c heard, the gate open until a deadline.
+        t.tick(beats(1, 1), r.clone(), &metrics);
+        t.tick(beats(2, 2), r.clone(), &metrics);
+        assert!(fence.admits().is_some());
+        assert!(fence.fresh_until() < u64::MAX);
+        // Paused past the deadline; its failure detector dropped b and c
+        // before the first tick after the pause.
+        fence.renew(fence.now_ns());
+        t.tick(beats(2, 2), ring(&["a"]), &metrics);
+        assert_eq!(metrics.fence_lapses.get(), 1, "a lapse, although alone now");
+        assert_eq!(fence.admits(), None);
+        // Caught up once b (of the three from before) is heard again.
+        t.tick(beats(3, 2), ring(&["a"]), &metrics);
+        assert_eq!(fence.admits(), Some(1));
     }
 }

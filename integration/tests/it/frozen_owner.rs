@@ -183,6 +183,24 @@ fn frozen_owner_comes_back(policy: &str) {
         old_owner_after(1000),
         stopped_at - first,
     );
+    // What the old owner saw of its view (its fence's lapses and what it
+    // set aside, and its log lines about them), printed before the
+    // assertions so a failure shows them.
+    let frozen = cluster.node(2);
+    let lapses = frozen.metric("llmtrace_fence_lapses_total").unwrap_or(0.0);
+    let aside = frozen
+        .metric("llmtrace_buckets_set_aside_total")
+        .unwrap_or(0.0);
+    let fenced = frozen.metric("llmtrace_fenced_checks_total").unwrap_or(0.0);
+    eprintln!(
+        "{policy}: the old owner lapsed {lapses} times, set {aside} buckets aside, fenced {fenced} \
+         checks"
+    );
+    for line in frozen.stderr().lines().chain(frozen.stdout().lines()) {
+        if line.contains("stale") || line.contains("fresh again") || line.contains("set aside") {
+            eprintln!("{policy}: node-2: {line}");
+        }
+    }
     let excess = over.max(0) as u64;
     match policy {
         "deny" => assert_eq!(
@@ -195,13 +213,6 @@ fn frozen_owner_comes_back(policy: &str) {
              admissions"
         ),
     }
-    // The old owner found its view stale and set its buckets aside.
-    let frozen = cluster.node(2);
-    let lapses = frozen.metric("llmtrace_fence_lapses_total").unwrap_or(0.0);
-    let aside = frozen
-        .metric("llmtrace_buckets_set_aside_total")
-        .unwrap_or(0.0);
-    eprintln!("{policy}: the old owner lapsed {lapses} times, set {aside} buckets aside");
     assert!(
         lapses >= 1.0 && aside >= 1.0,
         "lapses {lapses}, set aside {aside}"
