@@ -44,6 +44,7 @@ pub use cluster::gossip::{Membership, MembershipSettings};
 pub use cluster::handoff_client::PeerHandoff;
 pub use cluster::router::{ClientFactory, Route, Routed, Router, RouterSettings};
 pub use cluster::rpc::client::{CallError, ClusterClient, Rpc};
+pub use cluster::rpc::stream::StreamPeer;
 pub use cluster::view::{ClusterView, Member, MemberState, ViewHandle};
 pub use local::limiter::Limiter;
 pub use local::placement::{ShardHost, ShardSlots};

@@ -28,6 +28,8 @@
 //! - [`gateway`]: gateway configurations (limits, proxy rules, a price) as TOML.
 //! - [`stub`]: a stub OpenAI-compatible upstream for the proxy tests and the proxy
 //!   benchmark (the only mock).
+//! - [`ws`]: a WebSocket client written by hand, for the forwarding stream's
+//!   hostile-input tests.
 //! - [`rls`]: a blocking gRPC client of the Envoy rate limit service (tonic, Envoy's
 //!   protos from `envoy-types`), and raw messages for hostile-input tests.
 //! - [`scenario`]: building blocks shared by the multi-node tests (owners, loads, sums).
@@ -58,6 +60,7 @@ pub mod resp;
 pub mod rls;
 pub mod scenario;
 pub mod stub;
+pub mod ws;
 
 pub use cluster::{Cluster, ClusterBuilder};
 pub use http::Reply;

@@ -23,7 +23,7 @@ use llmtrace_actors::metrics::Registry;
 use llmtrace_actors::{
     BatchSettings, CacheLayer, ClientFactory, ClusterClient, ClusterMetrics, ClusterView, Limiter,
     Member, MemberState, Membership, MembershipSettings, Ownership, PeerClient, PeerHandoff,
-    RemotePeer, Router, RouterSettings, ShardHost, ShardTiming, SystemClock,
+    Router, RouterSettings, ShardHost, ShardTiming, StreamPeer, SystemClock,
 };
 use llmtrace_cluster_config::{NodeConfig, ShardPlacement, SnapshotMode};
 use tracing::{info, warn};
@@ -162,8 +162,8 @@ impl Node {
                 forward_timeout,
                 on_owner_unreachable: c.on_owner_unreachable,
             },
-            cluster_metrics,
-            peer_clients(client.clone()),
+            Arc::clone(&cluster_metrics),
+            peer_clients(client.clone(), cluster_metrics),
         );
         let rls_metrics = Arc::new(RlsMetrics::default());
         rls_metrics.track(&config.rate_limit.rls.load().rules);
@@ -460,9 +460,13 @@ fn start_shards(
     }
 }
 
-fn peer_clients(client: ClusterClient) -> ClientFactory {
+fn peer_clients(client: ClusterClient, metrics: Arc<ClusterMetrics>) -> ClientFactory {
     Arc::new(move |m: &Member| {
-        Box::new(RemotePeer::new(client.clone(), m.cluster_addr)) as Box<dyn PeerClient>
+        Box::new(StreamPeer::new(
+            client.clone(),
+            m.cluster_addr,
+            Arc::clone(&metrics),
+        )) as Box<dyn PeerClient>
     })
 }
 

@@ -42,6 +42,10 @@ pub struct ClusterMetrics {
     pub rpc_checks: Counter,
     pub rpc_rejected_auth: Counter,
     pub rpc_rejected_body: Counter,
+    /// Forwarding streams opened to peers, and batches sent over one (the
+    /// others went over HTTP).
+    pub stream_opens: Counter,
+    pub stream_batches: Counter,
     /// Gossip datagrams dropped unparsed, by reason: failed authentication
     /// (wrong secret, altered, forged), replayed, stale.
     pub gossip_rejected_auth: Counter,
@@ -99,6 +103,8 @@ impl Default for ClusterMetrics {
             rpc_checks: Counter::default(),
             rpc_rejected_auth: Counter::default(),
             rpc_rejected_body: Counter::default(),
+            stream_opens: Counter::default(),
+            stream_batches: Counter::default(),
             gossip_rejected_auth,
             gossip_rejected_replay,
             gossip_rejected_stale,
@@ -190,6 +196,16 @@ impl ClusterMetrics {
                 "llmtrace_rpc_rejected_body",
                 "Node-to-node requests refused: bad body",
                 &self.rpc_rejected_body,
+            ),
+            (
+                "llmtrace_forward_streams_opened",
+                "Forwarding streams opened to peers",
+                &self.stream_opens,
+            ),
+            (
+                "llmtrace_forward_stream_batches",
+                "Forwarded batches sent over a forwarding stream (the others went over HTTP)",
+                &self.stream_batches,
             ),
             (
                 "llmtrace_reforwarded_checks",
@@ -343,6 +359,8 @@ mod tests {
                 "# TYPE llmtrace_rpc_checks_total counter",
                 "# TYPE llmtrace_rpc_rejected_auth_total counter",
                 "# TYPE llmtrace_rpc_rejected_body_total counter",
+                "# TYPE llmtrace_forward_streams_opened_total counter",
+                "# TYPE llmtrace_forward_stream_batches_total counter",
                 "# TYPE llmtrace_reforwarded_checks_total counter",
                 "# TYPE llmtrace_forward_dedup_hits_total counter",
                 "# TYPE llmtrace_ring_changes_total counter",

@@ -14,6 +14,7 @@ mod dashboard;
 mod deploy_files;
 mod docs;
 mod failover;
+mod forward_stream;
 mod frozen_owner;
 mod graceful_stop;
 mod harness;

@@ -20,7 +20,7 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn reject(
+pub(super) fn reject(
     ctx: &NodeContext,
     status: StatusCode,
     code: &'static str,
@@ -42,12 +42,8 @@ fn reject(
 }
 
 /// Checks that a node-to-node request arrived on the cluster listener with
-/// the right secret, and reads its body (capped).
-async fn rpc_body(
-    req: &HttpRequest,
-    ctx: &NodeContext,
-    mut payload: web::Payload,
-) -> Result<web::BytesMut, HttpResponse> {
+/// the right secret.
+pub(super) fn authorize(req: &HttpRequest, ctx: &NodeContext) -> Result<(), HttpResponse> {
     if req.app_config().local_addr() != ctx.cluster_listener {
         // The public listener shares this server; node-to-node calls are
         // not part of its API.
@@ -68,6 +64,17 @@ async fn rpc_body(
             ));
         }
     }
+    Ok(())
+}
+
+/// Checks that a node-to-node request may be served ([`authorize`]) and
+/// reads its body (capped).
+async fn rpc_body(
+    req: &HttpRequest,
+    ctx: &NodeContext,
+    mut payload: web::Payload,
+) -> Result<web::BytesMut, HttpResponse> {
+    authorize(req, ctx)?;
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let Ok(chunk) = chunk else {

@@ -8,6 +8,7 @@ pub mod admin_limits;
 pub mod body_timeout;
 pub mod check;
 pub mod cluster;
+pub mod cluster_stream;
 pub mod descriptors;
 pub mod error;
 pub mod headers;
@@ -312,6 +313,10 @@ fn node_to_node(cfg: &mut web::ServiceConfig) {
     cfg.service(resource(
         BatchRequest::PATH,
         web::post().to(cluster::checks),
+    ))
+    .service(resource(
+        llmtrace_actors::cluster::rpc::stream::STREAM_PATH,
+        web::get().to(cluster_stream::stream),
     ))
     .service(resource(
         HandoffRequest::PATH,

@@ -99,6 +99,21 @@ impl ClusterClient {
         })
     }
 
+    /// Bound on connecting and on the whole answer of one call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A WebSocket upgrade request to `path` on the node at `addr`, with
+    /// the cluster secret (see [`super::stream`]).
+    pub fn ws(&self, addr: SocketAddr, path: &str) -> awc::ws::WebsocketsRequest {
+        let mut req = self.http().ws(format!("{}://{addr}{path}", self.scheme()));
+        if let Some(s) = &self.secret {
+            req = req.header(SECRET_HEADER, &**s);
+        }
+        req
+    }
+
     fn scheme(&self) -> &'static str {
         if self.tls.is_some() {
             "https"
