@@ -162,6 +162,77 @@ async fn serve(ctx: Arc<NodeContext>, mut payload: web::Payload, out: mpsc::Send
 #[cfg(test)]
 mod tests {
     use super::announced_len;
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    use llmtrace_actors::cluster::rpc::wire::{
+        self as rpc, BatchRequest, BatchResponse, WireAnswer, WireCheck, WireResult,
+    };
+    use llmtrace_actors::{ClusterClient, ClusterMetrics, PeerClient, Rpc, StreamPeer};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// A node of an earlier version: `POST /cluster/v1/checks` and no stream.
+    async fn old_peer(body: web::Bytes) -> HttpResponse {
+        let req = rpc::decode_request(&body).expect("a batch");
+        HttpResponse::Ok().body(rpc::encode(&BatchResponse {
+            node: "old".into(),
+            results: req
+                .checks
+                .iter()
+                .map(|_| WireAnswer::plain(WireResult::Unlimited))
+                .collect(),
+        }))
+    }
+
+    #[actix_rt::test]
+    async fn a_peer_without_streams_is_called_over_http() {
+        let server =
+            HttpServer::new(|| App::new().route(BatchRequest::PATH, web::post().to(old_peer)))
+                .workers(1)
+                .bind(("127.0.0.1", 0))
+                .expect("bind loopback");
+        let addr = server.addrs()[0];
+        let running = server.run();
+        let handle = running.handle();
+        actix_rt::spawn(running);
+
+        let metrics = Arc::new(ClusterMetrics::default());
+        let client = ClusterClient::new(None, Duration::from_secs(5));
+        let peer = StreamPeer::new(client, addr, Arc::clone(&metrics));
+        let batch = rpc::encode(&BatchRequest {
+            origin: "new".into(),
+            checks: vec![WireCheck {
+                id: 1,
+                tenant: "t".into(),
+                limit: "requests".into(),
+                op: 0,
+                cost: 1,
+                retry: false,
+                hops: 1,
+            }],
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut calls = 0;
+        while peer.state() != "unsupported" {
+            assert!(
+                Instant::now() < deadline,
+                "the 404 to the upgrade was not seen"
+            );
+            let answer: BatchResponse =
+                rpc::decode(&peer.call(batch.clone()).await.expect("answered over HTTP"))
+                    .expect("a batch answer");
+            assert_eq!(answer.node, "old");
+            calls += 1;
+        }
+        // Once refused, every batch goes over HTTP without asking again.
+        for _ in 0..3 {
+            peer.call(batch.clone()).await.expect("answered over HTTP");
+        }
+        assert!(calls >= 1);
+        assert_eq!(peer.state(), "unsupported");
+        assert_eq!(metrics.stream_opens.get(), 0);
+        assert_eq!(metrics.stream_batches.get(), 0);
+        handle.stop(false).await;
+    }
 
     #[test]
     fn the_announced_length_is_read_from_the_header_alone() {

@@ -129,6 +129,17 @@ impl StreamPeer {
         }
     }
 
+    /// Where the link to the peer stands: `"down"`, `"opening"`, `"up"` or
+    /// `"unsupported"` (the peer serves no streams; HTTP).
+    pub fn state(&self) -> &'static str {
+        match &*self.link.borrow() {
+            Link::Up(open) if !open.pending.closed.get() => "up",
+            Link::Down { .. } | Link::Up(_) => "down",
+            Link::Opening => "opening",
+            Link::Unsupported { .. } => "unsupported",
+        }
+    }
+
     /// The open stream, if any; starts opening one when it is time.
     fn stream(&self) -> Option<Rc<Open>> {
         let now = Instant::now();
