@@ -4,4 +4,5 @@
 
 pub mod client;
 pub mod tls;
+pub mod token_lease_wire;
 pub mod wire;
