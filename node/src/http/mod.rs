@@ -306,6 +306,7 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
 /// The node-to-node routes (each refuses requests that did not arrive on
 /// the cluster listener).
 fn node_to_node(cfg: &mut web::ServiceConfig) {
+    use llmtrace_actors::cluster::rpc::token_lease_wire::TokenLeaseRequest;
     use llmtrace_actors::cluster::rpc::wire::{
         BatchRequest, HandoffRequest, InstallRequest, TenantRequest, TopRefusedRequest,
     };
@@ -328,6 +329,10 @@ fn node_to_node(cfg: &mut web::ServiceConfig) {
     .service(resource(
         TopRefusedRequest::PATH,
         web::post().to(cluster::top_refused),
+    ))
+    .service(resource(
+        TokenLeaseRequest::PATH,
+        web::post().to(cluster::token_lease),
     ));
 }
 
