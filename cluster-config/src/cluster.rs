@@ -26,6 +26,11 @@ pub const DEFAULT_FORWARD_BATCH_MAX: usize = 256;
 pub const DEFAULT_FORWARD_BATCH_WAIT_US: u64 = 200;
 /// Default time after which an unanswered forward is retried.
 pub const DEFAULT_FORWARD_TIMEOUT_MS: u64 = 500;
+/// Default forwards per second of one bucket above which a node asks its
+/// owner for a token lease.
+pub const DEFAULT_TOKEN_LEASE_THRESHOLD: u32 = 500;
+/// Default lifetime of a token lease.
+pub const DEFAULT_TOKEN_LEASE_MS: u64 = 200;
 /// Default fence, in gossip rounds: a node keeps deciding this long after it
 /// last heard from a majority of its ring (failure detection takes roughly
 /// 10-20 rounds).
@@ -87,6 +92,11 @@ pub struct ClusterConfig {
     pub forward_timeout_ms: u64,
     /// Policy when the owner stays unreachable.
     pub on_owner_unreachable: OwnerUnreachable,
+    /// Forwards per second of one bucket above which a node asks the
+    /// owner for a token lease; 0: token leases off.
+    pub token_lease_threshold: u32,
+    /// Lifetime of a token lease.
+    pub token_lease_ms: u64,
 }
 
 /// The `[cluster]` table, or the cluster flags, as one source gives them;
@@ -245,6 +255,28 @@ pub struct ClusterSettings {
         default_value = shown!(OwnerUnreachable::default())
     )]
     pub on_owner_unreachable: Option<OwnerUnreachable>,
+
+    /// cluster.token_lease_threshold: a node forwarding checks of one bucket
+    /// faster than this (per second) asks the owner for a token lease, a
+    /// slice of the bucket it then spends locally (exact: every unit is
+    /// taken from the bucket first); 0 turns token leases off.
+    #[arg(
+        long,
+        env = "LLMTRACE_TOKEN_LEASE_THRESHOLD",
+        value_name = "PER_S",
+        default_value = shown!(DEFAULT_TOKEN_LEASE_THRESHOLD)
+    )]
+    pub token_lease_threshold: Option<u32>,
+
+    /// cluster.token_lease_ms: lifetime of a token lease; renewed while the
+    /// bucket stays hot, what is left goes back to the owner.
+    #[arg(
+        long,
+        env = "LLMTRACE_TOKEN_LEASE_MS",
+        value_name = "MS",
+        default_value = shown!(DEFAULT_TOKEN_LEASE_MS)
+    )]
+    pub token_lease_ms: Option<u64>,
 }
 
 impl ClusterConfig {
@@ -373,6 +405,15 @@ impl ClusterConfig {
                 60_000,
             )?,
             on_owner_unreachable: s.on_owner_unreachable.unwrap_or_default(),
+            token_lease_threshold: s
+                .token_lease_threshold
+                .unwrap_or(DEFAULT_TOKEN_LEASE_THRESHOLD),
+            token_lease_ms: range(
+                "cluster.token_lease_ms",
+                s.token_lease_ms.unwrap_or(DEFAULT_TOKEN_LEASE_MS),
+                10,
+                10_000,
+            )?,
         })
     }
 }
@@ -517,6 +558,7 @@ mod tests {
             ("forward_timeout_ms = 0", "cluster.forward_timeout_ms"),
             ("forward_batch_max = 0", "cluster.forward_batch_max"),
             ("fence_ms = 250", "cluster.fence_ms"),
+            ("token_lease_ms = 1", "cluster.token_lease_ms"),
             (
                 "gossip_interval_ms = 1000\nfence_ms = 2000",
                 "cluster.fence_ms",

@@ -19,6 +19,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context as _;
 use llmtrace_actors::cluster::handoff_client::hand_over;
 use llmtrace_actors::cluster::rpc::tls::ClusterTls;
+use llmtrace_actors::cluster::token_leases::{TokenLeaseSettings, TokenLeases};
 use llmtrace_actors::metrics::Registry;
 use llmtrace_actors::{
     BatchSettings, CacheLayer, ClientFactory, ClusterClient, ClusterMetrics, ClusterView, Limiter,
@@ -151,7 +152,7 @@ impl Node {
             fence: membership.fence(),
         };
         let (limiter, host) = start_shards(&config, cache, ownership);
-        let router = Router::new(
+        let mut router = Router::new(
             limiter.clone(),
             membership.view(),
             RouterSettings {
@@ -165,6 +166,15 @@ impl Node {
             Arc::clone(&cluster_metrics),
             peer_clients(client.clone(), cluster_metrics),
         );
+        if let Some(settings) = token_lease_settings(&config) {
+            let call = client.clone();
+            let leases = TokenLeases::new(
+                settings,
+                Arc::new(move |m: &Member, req| Box::pin(call.call(m.cluster_addr, &req))),
+            );
+            router = router.with_token_leases(Arc::clone(&leases));
+            actix_rt::spawn(leases.run_sweeper(router.clone()));
+        }
         let rls_metrics = Arc::new(RlsMetrics::default());
         rls_metrics.track(&config.rate_limit.rls.load().rules);
         crate::rls::log_rules(&config.rate_limit.rls.load().rules);
@@ -363,6 +373,10 @@ impl Node {
         } else {
             warn!("peers did not confirm the leave within {LEAVE_TIMEOUT:?}; stopping anyway");
         }
+        if let Some(leases) = self.ctx.router.token_leases() {
+            // Token leases this node holds go back to their owners.
+            leases.sweep(&self.ctx.router.view(), true);
+        }
         hand_over(&self.limiter, &self.membership.view(), &self.client).await
     }
 
@@ -436,6 +450,7 @@ fn start_shards(
         write_behind: config.redis.is_some(),
         write_through: config.snapshot_mode == SnapshotMode::WriteThrough,
         snapshot_interval: Duration::from_millis(config.snapshot_interval_ms),
+        token_lease_horizon: token_lease_settings(config).map_or(Duration::ZERO, |s| s.horizon()),
         ..ShardTiming::default()
     };
     let limits = Arc::new(config.rate_limit.clone());
@@ -458,6 +473,15 @@ fn start_shards(
             (limiter, Some(host))
         }
     }
+}
+
+/// Token leases, when on (a cluster, a threshold above 0).
+fn token_lease_settings(config: &NodeConfig) -> Option<TokenLeaseSettings> {
+    let c = &config.cluster;
+    (c.enabled && c.token_lease_threshold > 0).then(|| TokenLeaseSettings {
+        threshold: c.token_lease_threshold,
+        ttl: Duration::from_millis(c.token_lease_ms),
+    })
 }
 
 fn peer_clients(client: ClusterClient, metrics: Arc<ClusterMetrics>) -> ClientFactory {

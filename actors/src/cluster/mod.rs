@@ -18,4 +18,5 @@ pub mod overrides;
 pub mod router;
 pub mod rpc;
 pub mod tenant_rpc;
+pub mod token_leases;
 pub mod view;

@@ -26,6 +26,7 @@ use crate::cluster::dedup::Dedup;
 use crate::cluster::forwarder::{BatchSettings, Forward, PeerClient, PeerForwarder};
 use crate::cluster::rpc::client::CallError;
 use crate::cluster::rpc::wire::{WireAnswer, WireCheck, WireResult, MAX_FORWARDS};
+use crate::cluster::token_leases::TokenLeases;
 use crate::cluster::view::{ClusterView, Member, ViewHandle};
 use crate::core::bucket::{BucketQuota, Decision, Op};
 use crate::core::verdict::{CheckError, ErrorCode, Verdict};
@@ -53,6 +54,8 @@ pub enum Route {
     Forwarded,
     /// The owner could not be reached; the policy decided.
     Degraded(OwnerUnreachable),
+    /// On this node, from a token lease the owner granted it.
+    Leased,
 }
 
 /// A decided check and how it was decided.
@@ -87,6 +90,8 @@ pub struct Router {
     dedup: Arc<Dedup>,
     /// Bounds the checks of received batches being decided at once.
     serving: Arc<serve::Serving>,
+    /// Token leases of hot buckets owned elsewhere (off: `None`).
+    token_leases: Option<Arc<TokenLeases>>,
 }
 
 fn wire_error(e: &CheckError) -> WireResult {
@@ -124,7 +129,18 @@ impl Router {
             ))),
             dedup: Arc::new(Dedup::new(settings.forward_timeout * 4)),
             serving: Arc::new(serve::Serving::new()),
+            token_leases: None,
         }
+    }
+
+    /// Decides checks of hot buckets owned elsewhere from token leases.
+    pub fn with_token_leases(mut self, leases: Arc<TokenLeases>) -> Self {
+        self.token_leases = Some(leases);
+        self
+    }
+
+    pub fn token_leases(&self) -> Option<&Arc<TokenLeases>> {
+        self.token_leases.as_ref()
     }
 
     pub fn local(&self) -> &Limiter {
@@ -352,6 +368,7 @@ impl Router {
         match routed.route {
             Route::Local => m.routed_local.inc(),
             Route::Forwarded => m.routed_forwarded.inc(),
+            Route::Leased => m.routed_leased.inc(),
             Route::Degraded(_) => {
                 m.mark_degraded(tenant);
                 m.routed_degraded.inc()
@@ -413,6 +430,13 @@ impl Router {
         }
         if hops > 0 {
             self.metrics.reforwarded.inc();
+        }
+        if let (Some(leases), 0, Op::Take) = (&self.token_leases, hops, op) {
+            let bucket = (tenant.as_str(), limit);
+            if let Some(routed) = leases.spend(&view, bucket, quota, cost, &owner) {
+                return Ok(routed);
+            }
+            leases.note_forward(&view, bucket, cost, &owner);
         }
         let mut check = self.wire_check(tenant, lo, cost, hops);
         let started = std::time::Instant::now();

@@ -9,4 +9,5 @@ pub mod held;
 pub mod key;
 pub mod lease;
 pub mod snapshot;
+pub mod token_lease;
 pub mod verdict;

@@ -21,8 +21,8 @@ use crate::core::key::{shard_of, BucketKey};
 use crate::local::placement::{self, ShardHost, ShardParts, ShardSlots};
 use crate::metrics::Metrics;
 use crate::shard::{
-    BucketReport, Check, FlushNow, Inspect, Install, Moved, OwnerOf, Ownership, Reset, Serve,
-    ShardTiming, SweepNow, TakeAll, TakeBucket, Unserved,
+    BucketReport, Check, FlushNow, Grant, GrantTokens, Inspect, Install, Moved, OwnerOf, Ownership,
+    Reset, ReturnTokens, Serve, ShardTiming, SweepNow, TakeAll, TakeBucket, Unserved,
 };
 
 /// Handle to a node's shards. Cheap to clone.
@@ -413,6 +413,71 @@ impl Limiter {
             .await
             .unwrap_or(Err(CacheError::Timeout))
             .map(|()| n)
+    }
+
+    /// Grants `holder` a token lease of at most `ask` units of `(tenant,
+    /// limit)` from this node's shard (restoring the bucket first if it is
+    /// not in memory); `None` when nothing is granted.
+    pub async fn grant_tokens(
+        &self,
+        tenant: &str,
+        limit: Limit,
+        holder: &str,
+        ask: u64,
+        (ttl_ns, margin_ns): (u64, u64),
+    ) -> Result<Option<(BucketQuota, Grant)>, CheckError> {
+        let Some(quota) = BucketQuota::of(self.policy(tenant, limit)) else {
+            return Ok(None);
+        };
+        if matches!(quota, BucketQuota::Leases { .. }) {
+            return Ok(None);
+        }
+        // A peek brings the bucket into memory (or says where it went).
+        let peek = self.check_validated(
+            tenant.to_string(),
+            limit,
+            Op::Peek,
+            1,
+            Some(quota),
+            Serve::Owner,
+        );
+        peek.await?;
+        let i = shard_of(tenant, limit, self.shards.len());
+        let msg = GrantTokens {
+            key: BucketKey::new(tenant, limit),
+            quota,
+            holder: holder.into(),
+            ask,
+            ttl_ns,
+            margin_ns,
+        };
+        let grant = self.shards.get(i).await.send(msg).await;
+        Ok(grant
+            .map_err(|e| CheckError::Unavailable(e.to_string()))?
+            .map(|g| (quota, g)))
+    }
+
+    /// `holder` gives back `unspent` units of token lease `id`; answers the
+    /// units accepted (0: dropped).
+    pub async fn return_tokens(
+        &self,
+        tenant: &str,
+        limit: Limit,
+        (holder, id): (&str, u64),
+        unspent: u64,
+    ) -> u64 {
+        let Some(quota) = BucketQuota::of(self.policy(tenant, limit)) else {
+            return 0;
+        };
+        let i = shard_of(tenant, limit, self.shards.len());
+        let msg = ReturnTokens {
+            key: BucketKey::new(tenant, limit),
+            quota,
+            holder: holder.into(),
+            id,
+            unspent,
+        };
+        self.shards.get(i).await.send(msg).await.unwrap_or(0)
     }
 
     /// Drops full buckets on every shard now; returns how many.

@@ -72,6 +72,8 @@ pub struct ClusterMetrics {
     pub routed_local: Counter,
     pub routed_forwarded: Counter,
     pub routed_degraded: Counter,
+    /// ... and from a token lease of a bucket owned elsewhere.
+    pub routed_leased: Counter,
     routed: Family<Label, Counter>,
     /// Tenants decided by the unreachable-owner policy lately, with when
     /// (off the hot path: touched only on a degraded decision).
@@ -86,8 +88,8 @@ impl Default for ClusterMetrics {
             gossip_rejected,
             [gossip_rejected_auth, gossip_rejected_replay, gossip_rejected_stale],
         ) = counter_family("reason", ["auth", "replay", "stale"]);
-        let (routed, [routed_local, routed_forwarded, routed_degraded]) =
-            counter_family("route", ["local", "forwarded", "degraded"]);
+        let (routed, [routed_local, routed_forwarded, routed_degraded, routed_leased]) =
+            counter_family("route", ["local", "forwarded", "degraded", "leased"]);
         ClusterMetrics {
             forwarded: Counter::default(),
             retries: Counter::default(),
@@ -120,6 +122,7 @@ impl Default for ClusterMetrics {
             routed_local,
             routed_forwarded,
             routed_degraded,
+            routed_leased,
             routed,
             degraded_tenants: Mutex::default(),
         }
@@ -252,7 +255,8 @@ impl ClusterMetrics {
         registry.register(
             "llmtrace_routed_checks",
             "Client checks by where they were decided: this node (local), the owner \
-             (forwarded), the unreachable-owner policy (degraded)",
+             (forwarded), the unreachable-owner policy (degraded), a token lease the \
+             owner granted this node (leased)",
             self.routed.clone(),
         );
         let m = Arc::clone(self);
@@ -332,6 +336,7 @@ mod tests {
                 "llmtrace_routed_checks_total{route=\"local\"} 3",
                 "llmtrace_routed_checks_total{route=\"forwarded\"} 0",
                 "llmtrace_routed_checks_total{route=\"degraded\"} 1",
+                "llmtrace_routed_checks_total{route=\"leased\"} 0",
                 "llmtrace_degraded_tenants 2",
                 "llmtrace_forward_batch_size_bucket{le=\"2\"} 0",
                 "llmtrace_forward_batch_size_bucket{le=\"4\"} 1",

@@ -109,13 +109,27 @@ impl Handler<Reset> for ShardActor {
 
     fn handle(&mut self, msg: Reset, _: &mut Self::Context) -> Self::Result {
         let now = self.clock.now_ns();
-        self.evict(&msg.key);
         self.outbox.remove(&msg.key);
         self.aside.remove(&msg.key);
+        // Token leases may be out: full but for what they may still spend.
+        let state = match self.reset_leased(&msg.key, msg.quota) {
+            Some(state) => {
+                let slot = self
+                    .buckets
+                    .get_mut(&msg.key)
+                    .expect("leased buckets are resident");
+                slot.with_held(|h| *h = state.clone());
+                self.mark_dirty(&msg.key, now);
+                state
+            }
+            None => {
+                self.evict(&msg.key);
+                Held::full(msg.quota, now)
+            }
+        };
         if !self.timing.write_behind {
             return Box::pin(fut::ready(Ok(())));
         }
-        let state = Held::full(msg.quota, now);
         let write = SnapshotWrite::new(msg.key, state, msg.quota, now);
         let store = self.cache.store(Arc::new(vec![write]));
         Box::pin(store.into_actor(self).map(|res, act, _| {

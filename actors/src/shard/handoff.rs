@@ -138,6 +138,11 @@ impl ShardActor {
             .with_aside(&key, Some(state))
             .expect("a state was given");
         let now = self.clock.now_ns();
+        if let Some(quota) =
+            crate::core::bucket::BucketQuota::of(self.limits.policy(&key.tenant, key.limit))
+        {
+            self.arrived(&key, &state, quota);
+        }
         self.tombstones.remove(&key);
         self.metrics.shards[self.id]
             .handoffs_in

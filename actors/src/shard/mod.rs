@@ -40,6 +40,8 @@ mod fencing;
 pub use self::fencing::Serve;
 mod slot;
 use self::slot::Slot;
+mod token_leases;
+pub use self::token_leases::{Grant, GrantTokens, ReturnTokens};
 
 /// Longest wait between retries of a failed snapshot batch.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -71,6 +73,10 @@ pub struct ShardTiming {
     pub snapshot_interval: Duration,
     /// How often full buckets are dropped from memory.
     pub sweep_interval: Duration,
+    /// Token leases are on: how long after a bucket's last stored state
+    /// leases its previous owner granted may still be spent (lease
+    /// lifetime and margin). Zero: token leases are off.
+    pub token_lease_horizon: Duration,
 }
 
 impl Default for ShardTiming {
@@ -80,6 +86,7 @@ impl Default for ShardTiming {
             write_through: false,
             snapshot_interval: Duration::from_millis(100),
             sweep_interval: Duration::from_secs(1),
+            token_lease_horizon: Duration::ZERO,
         }
     }
 }
@@ -193,6 +200,12 @@ pub struct ShardActor {
     fence_epoch: u64,
     /// Buckets set aside at a fence lapse, until their next check.
     aside: HashMap<BucketKey, Held>,
+    /// Token leases granted from resident buckets, and buckets that
+    /// arrived while leases of their previous owner may be out.
+    token_leases: HashMap<BucketKey, crate::core::token_lease::OwnerLeases>,
+    /// Id of the next token lease (from the clock: ids of a restarted
+    /// shard do not repeat its previous ones).
+    next_lease_id: u64,
 }
 
 impl ShardActor {
@@ -204,6 +217,7 @@ impl ShardActor {
         metrics: Arc<Metrics>,
         timing: ShardTiming,
     ) -> Self {
+        let next_lease_id = clock.now_ns();
         ShardActor {
             id,
             buckets: HashMap::new(),
@@ -229,6 +243,8 @@ impl ShardActor {
             fence: Arc::default(),
             fence_epoch: 0,
             aside: HashMap::new(),
+            token_leases: HashMap::new(),
+            next_lease_id,
         }
     }
 
@@ -269,6 +285,7 @@ impl ShardActor {
     /// counts, leases gauge, dirty list); answers it if it was resident.
     fn evict(&mut self, key: &BucketKey) -> Option<Slot> {
         let slot = self.buckets.remove(key)?;
+        self.token_leases.remove(key);
         let now = self.clock.now_ns();
         self.count_leases(key, -(slot.leases(now) as i64));
         let stats = &self.metrics.shards[self.id];
@@ -292,8 +309,13 @@ impl ShardActor {
         cost: u64,
         now: u64,
     ) -> Decision {
-        let slot = self.buckets.get_mut(key).expect("caller checked residency");
-        let (decision, leases) = slot.with_held(|h| h.apply(quota, now, op, cost));
+        let (decision, leases) = match self.leased_decision(key, quota, op, cost, now) {
+            Some(decision) => (decision, 0),
+            None => {
+                let slot = self.buckets.get_mut(key).expect("caller checked residency");
+                slot.with_held(|h| h.apply(quota, now, op, cost))
+            }
+        };
         if op == Op::Peek {
             // Nothing changed: neither a decision to count nor a write.
             return decision;
@@ -363,6 +385,7 @@ impl ShardActor {
             Ok(Some(state)) => {
                 self.stats().restore_hits.fetch_add(1, Relaxed);
                 debug!(shard = self.id, %key, "restored snapshot");
+                self.arrived(&key, &state, quota);
                 state
             }
             Ok(None) => {
@@ -408,6 +431,7 @@ impl ShardActor {
     fn sweep(&mut self) -> usize {
         let now = self.clock.now_ns();
         self.sweep_aside(now);
+        self.settle_token_leases(now);
         self.tombstones
             .retain(|_, (_, until)| until.saturating_add(HANDED_HINT_NS - TOMBSTONE_TTL_NS) > now);
         // Maps of per-key bookkeeping give their memory back once emptied.
@@ -415,6 +439,7 @@ impl ShardActor {
         shrink_sparse(&mut self.pending);
         shrink_sparse(&mut self.outbox);
         let limits = &self.limits;
+        let leased = &self.token_leases;
         let stats = &self.metrics.shards[self.id];
         let mut dropped = 0usize;
         let mut dropped_dirty = 0i64;
@@ -428,6 +453,8 @@ impl ShardActor {
                 }
             }
             let full = match BucketQuota::of(limits.policy(&key.tenant, key.limit)) {
+                // Its leases hold units: not full, whatever its level says.
+                _ if leased.contains_key(key) => false,
                 None => true,
                 Some(quota) => slot.is_full_at(quota, now),
             };

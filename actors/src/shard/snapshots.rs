@@ -165,10 +165,11 @@ impl ShardActor {
         }));
     }
 
-    /// Write-through: starts a batch for the admitted checks waiting on one
-    /// (unless a batch is in flight; its completion starts the next).
+    /// Write-through (and token lease grants, always written through):
+    /// starts a batch for the answers waiting on one (unless a batch is in
+    /// flight; its completion starts the next).
     pub(super) fn flush_through(&mut self, ctx: &mut Context<Self>) {
-        if self.timing.write_through && !self.durable_waiting.is_empty() {
+        if !self.durable_waiting.is_empty() {
             self.flush(ctx);
         }
     }

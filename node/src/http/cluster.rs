@@ -226,6 +226,27 @@ pub async fn top_refused(
     binary(rpc::encode(&rpc::TopRefusedResponse::new(&node, &summary)))
 }
 
+/// `POST /cluster/v1/token-lease`: a node that forwards many checks of a
+/// bucket this node owns asks for a token lease, gives one back, or both.
+pub async fn token_lease(
+    req: HttpRequest,
+    ctx: web::Data<NodeContext>,
+    payload: web::Payload,
+) -> HttpResponse {
+    use llmtrace_actors::cluster::{rpc::token_lease_wire, token_leases};
+    let (request, limit) = match rpc_request(&req, &ctx, payload, |b| {
+        token_lease_wire::decode_token_lease(b, ctx.router.local().limits())
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    binary(rpc::encode(
+        &token_leases::serve(&ctx.router, request, limit).await,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::constant_time_eq;

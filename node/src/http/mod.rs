@@ -307,6 +307,7 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
 /// The node-to-node routes (each refuses requests that did not arrive on
 /// the cluster listener).
 fn node_to_node(cfg: &mut web::ServiceConfig) {
+    use llmtrace_actors::cluster::rpc::token_lease_wire::TokenLeaseRequest;
     use llmtrace_actors::cluster::rpc::wire::{
         BatchRequest, HandoffRequest, InstallRequest, TenantRequest, TopRefusedRequest,
     };
@@ -333,6 +334,10 @@ fn node_to_node(cfg: &mut web::ServiceConfig) {
     .service(resource(
         TopRefusedRequest::PATH,
         web::post().to(cluster::top_refused),
+    ))
+    .service(resource(
+        TokenLeaseRequest::PATH,
+        web::post().to(cluster::token_lease),
     ));
 }
 

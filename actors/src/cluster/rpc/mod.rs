@@ -6,4 +6,5 @@
 pub mod client;
 pub mod stream;
 pub mod tls;
+pub mod token_lease_wire;
 pub mod wire;

@@ -219,7 +219,7 @@ pub fn decode_handoff(
 }
 
 /// Validates the origin, key and limit a request about one bucket names.
-fn addressed(
+pub(super) fn addressed(
     origin: &str,
     key: &str,
     limit: &str,
