@@ -11,6 +11,7 @@
 //! - [`cache`]: the [`CacheLayer`] trait, in-memory and Redis implementations.
 //! - [`metrics`]: the Prometheus registry and what each part registers in
 //!   it (shards and checks, cluster, Redis round trips).
+//! - [`nodelay`]: awc connections with `TCP_NODELAY` (node to node, proxy).
 //! - [`shard`]: the shard actor, sole owner of its buckets; its handoff side
 //!   (give a bucket away, install one) and its admin side (inspect, reset).
 //! - [`local`]: this node's shards as one ([`Limiter`]) and where they run.
@@ -26,6 +27,7 @@ pub mod cluster;
 pub mod core;
 pub mod local;
 pub mod metrics;
+pub mod nodelay;
 pub mod shard;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -200,3 +200,49 @@ fn the_stream_refuses_hostile_input() {
     }
     assert!(metric(node1, "llmtrace_rpc_checks_total") > before);
 }
+
+#[test]
+fn streams_over_mutual_tls_answer_every_batch_under_load() {
+    use llmtrace_integration::certs::ClusterCerts;
+    let certs = ClusterCerts::new();
+    let template = certs.flags().iter().fold(
+        Node::builder()
+            .rate(1, 1000)
+            .flag("cluster-secret", SECRET)
+            .flag("http-workers", 1),
+        |b, (flag, value)| b.flag(flag, value),
+    );
+    let cluster = Cluster::builder().nodes(3).template(template).start();
+    std::thread::scope(|s| {
+        for t in 0..24 {
+            let node = cluster.node(t % 3);
+            s.spawn(move || {
+                for k in 0..1500 {
+                    let reply = node.check(&format!("tls-load-{t}-{k}"), 1);
+                    assert_eq!(reply.status, 200, "{reply}");
+                    assert_ne!(reply.json["degraded"], true, "{reply}");
+                }
+            });
+        }
+    });
+    for i in 0..3 {
+        let node = cluster.node(i);
+        eprintln!(
+            "node-{i}: stream batches {} opened {} errors {} retries {}",
+            metric(node, "llmtrace_forward_stream_batches_total"),
+            metric(node, "llmtrace_forward_streams_opened_total"),
+            metric(node, "llmtrace_forward_errors_total"),
+            metric(node, "llmtrace_forward_retries_total"),
+        );
+        assert_eq!(metric(node, "llmtrace_forward_errors_total"), 0, "node-{i}");
+        assert_eq!(
+            metric(node, "llmtrace_forward_retries_total"),
+            0,
+            "node-{i}"
+        );
+        assert!(
+            metric(node, "llmtrace_forward_stream_batches_total") > 0,
+            "node-{i}"
+        );
+    }
+}

@@ -109,9 +109,8 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> anyhow::Result<rustls::Clien
 /// The HTTP client of one worker thread (awc is not `Send`).
 pub fn client(ctx: &ProxyContext) -> awc::Client {
     let config = &ctx.config;
-    let tcp = NoDelay(actix_tls::connect::Connector::new(Default::default()).service());
     let mut connector = awc::Connector::new()
-        .connector(tcp)
+        .connector(llmtrace_actors::nodelay::connector())
         .timeout(Duration::from_millis(config.connect_timeout_ms));
     if let Some(tls) = &ctx.tls {
         connector = connector.rustls_0_23(Arc::clone(tls));
@@ -122,44 +121,6 @@ pub fn client(ctx: &ProxyContext) -> awc::Client {
         .timeout(Duration::from_millis(config.upstream_timeout_ms))
         .connector(connector)
         .finish()
-}
-
-/// Opens upstream connections with `TCP_NODELAY`: awc writes a request's
-/// head and body separately, and with Nagle's algorithm the body would wait
-/// for the upstream's delayed ACK (40 ms on Linux).
-#[derive(Clone)]
-struct NoDelay<S>(S);
-
-type TcpConnection = actix_tls::connect::Connection<awc::http::Uri, actix_rt::net::TcpStream>;
-
-impl<S> actix_service::Service<actix_tls::connect::ConnectInfo<awc::http::Uri>> for NoDelay<S>
-where
-    S: actix_service::Service<
-        actix_tls::connect::ConnectInfo<awc::http::Uri>,
-        Response = TcpConnection,
-        Error = actix_tls::connect::ConnectError,
-    >,
-    S::Future: 'static,
-{
-    type Response = TcpConnection;
-    type Error = actix_tls::connect::ConnectError;
-    type Future = futures_util::future::LocalBoxFuture<'static, Result<TcpConnection, Self::Error>>;
-
-    fn poll_ready(
-        &self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&self, req: actix_tls::connect::ConnectInfo<awc::http::Uri>) -> Self::Future {
-        let connecting = self.0.call(req);
-        Box::pin(async move {
-            let conn = connecting.await?;
-            let _ = conn.io_ref().set_nodelay(true);
-            Ok(conn)
-        })
-    }
 }
 
 /// Routes of a server that serves only the proxy: everything goes upstream.

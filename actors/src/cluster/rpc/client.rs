@@ -85,7 +85,10 @@ impl ClusterClient {
             c.borrow_mut()
                 .entry((timeout.as_millis(), tls_id))
                 .or_insert_with(|| {
-                    let mut connector = awc::Connector::new().timeout(timeout).limit(POOL_LIMIT);
+                    let mut connector = awc::Connector::new()
+                        .connector(crate::nodelay::connector())
+                        .timeout(timeout)
+                        .limit(POOL_LIMIT);
                     if let Some(tls) = &self.tls {
                         connector = connector.rustls_0_23(Arc::clone(tls));
                     }
