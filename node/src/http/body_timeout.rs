@@ -8,7 +8,11 @@
 //! bound the reader gets an error, the client a 408 and the connection
 //! closes.
 //!
-//! The timer starts only when a read finds nothing yet: a body that arrives
+//! The timer starts only when a read finds nothing twice in a row: the
+//! handler reads its body before the HTTP dispatcher has handed over the
+//! part that arrived with the headers, so the first read of an ordinary
+//! check finds nothing and asks to be polled again; the dispatcher then
+//! hands the body over and the second read finds it. A body that arrives
 //! with its headers (every ordinary check) costs no timer.
 
 use std::cell::Cell;
@@ -73,8 +77,10 @@ struct BoundedBody {
     inner: Payload,
     bound: Bound,
     deadline: Instant,
-    /// Armed at the first read that finds nothing.
+    /// Armed at the second read in a row that finds nothing.
     timer: Option<Pin<Box<Sleep>>>,
+    /// The last read found nothing (and asked to be polled again).
+    waited: bool,
     /// Set when the bound passed (read by [`bound_body`] to answer 408).
     expired: Rc<Cell<bool>>,
     done: bool,
@@ -90,6 +96,7 @@ impl Stream for BoundedBody {
         }
         match Pin::new(&mut this.inner).poll_next(cx) {
             Poll::Ready(Some(Ok(chunk))) => {
+                this.waited = false;
                 if let Bound::Idle(gap) = this.bound {
                     this.deadline = Instant::now() + gap;
                     if let Some(timer) = &mut this.timer {
@@ -104,6 +111,13 @@ impl Stream for BoundedBody {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Pending if this.timer.is_none() && !this.waited => {
+                // The dispatcher wakes this task anyway when it hands over
+                // the body that came with the headers: one more poll, no timer.
+                this.waited = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
             Poll::Pending => {
                 let deadline = this.deadline;
                 let timer = this
@@ -159,6 +173,7 @@ where
             bound,
             deadline: Instant::now() + bound.duration(),
             timer: None,
+            waited: false,
             expired: Rc::clone(&expired),
             done: false,
         };

@@ -4,8 +4,9 @@
 
 use std::time::Instant;
 
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpResponse, HttpResponseBuilder};
 use futures_util::future::join_all;
 use llmtrace_actors::{
     retry_after_secs, BucketQuota, CheckError, Decision, Route, Routed, Verdict,
@@ -179,7 +180,7 @@ pub async fn check(
     let (input, routed) = decide(&ctx, input).await.map_err(|e| invalid(&ctx, e))?;
     let body = verdict_body(&input, &routed);
     let Verdict::Limited { quota, decision } = routed.verdict else {
-        return Ok(HttpResponse::Ok().json(body));
+        return Ok(json(HttpResponse::Ok(), body));
     };
     let (status, remaining, reset_after_ns) = match decision {
         Decision::Allowed {
@@ -202,11 +203,21 @@ pub async fn check(
     );
     if let Decision::Refused { retry_after_ns, .. } = decision {
         resp.insert_header((
-            "Retry-After",
-            actix_web::http::header::HeaderValue::from(retry_after_secs(retry_after_ns)),
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after_secs(retry_after_ns)),
         ));
     }
-    Ok(resp.json(body))
+    Ok(json(resp, body))
+}
+
+/// A JSON answer; the content type is a static value (`HttpResponseBuilder::json`
+/// would make one per response).
+fn json(mut resp: HttpResponseBuilder, body: impl Serialize) -> HttpResponse {
+    resp.insert_header((
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    ));
+    resp.json(body)
 }
 
 /// `POST /v1/check/batch`: every item decided in order; a bad item gets its

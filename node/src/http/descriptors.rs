@@ -8,7 +8,7 @@
 //! a second; the client gets it as `lease_id` = `{limit}:{id}:{key}`, which
 //! names the bucket, so `/v1/release` reaches the owner from any node.
 
-use actix_web::http::header::HeaderValue;
+use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use llmtrace_actors::{retry_after_secs, Decision, Op, Verdict};
@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use super::check::{check_error, invalid};
 use super::error::ApiError;
+use super::headers::{RATELIMIT, RATELIMIT_POLICY};
 use super::input::{given, parse_limit, read_body};
 use super::strict_json;
 use super::NodeContext;
@@ -275,11 +276,11 @@ pub async fn check(
         StatusCode::TOO_MANY_REQUESTS
     });
     if !headers.is_empty() {
-        resp.insert_header(("RateLimit-Policy", headers.policy));
-        resp.insert_header(("RateLimit", headers.state));
+        resp.insert_header((RATELIMIT_POLICY.clone(), headers.policy));
+        resp.insert_header((RATELIMIT.clone(), headers.state));
     }
     if let Some(wait) = wait_ns {
-        resp.insert_header(("Retry-After", HeaderValue::from(retry_after_secs(wait))));
+        resp.insert_header((RETRY_AFTER, HeaderValue::from(retry_after_secs(wait))));
     }
     let shadow: Vec<&str> = outcome
         .shadow_refused()

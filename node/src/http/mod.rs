@@ -348,10 +348,12 @@ pub fn cluster_routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// Routes of the server behind both the public and the cluster listener:
-/// the public API and the node-to-node routes.
+/// the public API and the node-to-node routes. The router tries resources
+/// in the order they were registered: the public ones (checks first) come
+/// first.
 pub fn node_routes(cfg: &mut web::ServiceConfig) {
-    node_to_node(cfg);
     public_routes(cfg);
+    node_to_node(cfg);
 }
 
 #[cfg(test)]
