@@ -124,6 +124,20 @@ impl RawConn {
         }
     }
 
+    /// The next `n` bytes the server sent, read until they are in, left unread.
+    pub fn peek(&mut self, n: usize) -> io::Result<&[u8]> {
+        while self.buf.len() < n {
+            self.fill()?;
+        }
+        Ok(&self.buf[..n])
+    }
+
+    /// The next `n` bytes the server sent, read.
+    pub fn take(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        self.peek(n)?;
+        Ok(self.buf.drain(..n).collect())
+    }
+
     fn fill(&mut self) -> io::Result<()> {
         let mut chunk = [0u8; 8192];
         let n = self.stream.read(&mut chunk)?;

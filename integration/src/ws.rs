@@ -2,9 +2,10 @@
 //! hostile-input tests: the upgrade with a wrong or missing secret, and frames a
 //! library would never send (unmasked, oversized, text, cut short, garbage).
 
-use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::io;
 use std::time::Duration;
+
+use crate::raw_http::{RawConn, RawReply};
 
 /// Opcodes of RFC 6455.
 pub const TEXT: u8 = 0x1;
@@ -55,80 +56,48 @@ pub fn upgrade_request(path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
 
 /// One connection: the answer to its upgrade request, then frames.
 pub struct WsConn {
-    stream: TcpStream,
-    buf: Vec<u8>,
+    conn: RawConn,
 }
 
 impl WsConn {
     /// Connects to `addr` and writes `request` (an upgrade, maybe followed by frames);
     /// reads wait at most `timeout`.
     pub fn open(addr: &str, request: &[u8], timeout: Duration) -> io::Result<WsConn> {
-        let mut stream = TcpStream::connect(addr)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.write_all(request)?;
-        Ok(WsConn {
-            stream,
-            buf: Vec::new(),
-        })
+        let mut conn = RawConn::connect(addr, timeout)?;
+        conn.send(request)?;
+        Ok(WsConn { conn })
     }
 
-    /// Reads the answer's head: its status and header lines. With a `Content-Length`,
-    /// the body is read too and returned.
-    pub fn read_head(&mut self) -> io::Result<(u16, String, Vec<u8>)> {
-        let end = loop {
-            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            self.fill()?;
-        };
-        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-        self.buf.drain(..end);
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, head.clone()))?;
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("content-length")
-                    .then(|| value.trim().parse().ok())?
-            })
-            .unwrap_or(0);
-        while self.buf.len() < length {
-            self.fill()?;
-        }
-        let body = self.buf.drain(..length).collect();
-        Ok((status, head, body))
+    /// Reads the answer to the upgrade (its body too, when it has one).
+    pub fn read_head(&mut self) -> io::Result<RawReply> {
+        self.conn.read_reply()
     }
 
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes)
+        self.conn.send(bytes)
     }
 
     /// Reads one frame the server sent (servers do not mask): its opcode and payload.
     pub fn read_frame(&mut self) -> io::Result<(u8, Vec<u8>)> {
-        self.want(2)?;
-        let opcode = self.buf[0] & 0x0f;
-        let (len, header) = match self.buf[1] & 0x7f {
+        let head = self.conn.peek(2)?;
+        let (opcode, short) = (head[0] & 0x0f, head[1] & 0x7f);
+        let len = match short {
             126 => {
-                self.want(4)?;
-                (u64::from(u16::from_be_bytes([self.buf[2], self.buf[3]])), 4)
+                let b = self.conn.take(4)?;
+                u64::from(u16::from_be_bytes([b[2], b[3]]))
             }
             127 => {
-                self.want(10)?;
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&self.buf[2..10]);
-                (u64::from_be_bytes(b), 10)
+                let b = self.conn.take(10)?;
+                u64::from_be_bytes(b[2..10].try_into().expect("8 bytes"))
             }
-            n => (u64::from(n), 2),
+            n => {
+                self.conn.take(2)?;
+                u64::from(n)
+            }
         };
-        let end = header + usize::try_from(len).expect("a test frame fits in memory");
-        self.want(end)?;
-        let payload = self.buf[header..end].to_vec();
-        self.buf.drain(..end);
+        let payload = self
+            .conn
+            .take(usize::try_from(len).expect("a test frame fits in memory"))?;
         Ok((opcode, payload))
     }
 
@@ -147,30 +116,6 @@ impl WsConn {
     /// Waits for the server to close the connection, dropping what it sends first;
     /// `Ok` once closed, `Err` on a timeout.
     pub fn wait_closed(&mut self) -> io::Result<()> {
-        loop {
-            match self.fill() {
-                Ok(()) => self.buf.clear(),
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn want(&mut self, n: usize) -> io::Result<()> {
-        while self.buf.len() < n {
-            self.fill()?;
-        }
-        Ok(())
-    }
-
-    fn fill(&mut self) -> io::Result<()> {
-        let mut chunk = [0u8; 8192];
-        let n = self.stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(())
+        self.conn.wait_closed()
     }
 }

@@ -26,8 +26,8 @@ fn switched(node: &Node) -> WsConn {
         READ,
     )
     .expect("connect to the cluster listener");
-    let (status, head, _) = conn.read_head().expect("an answer to the upgrade");
-    assert_eq!(status, 101, "upgrade with the secret: {head}");
+    let reply = conn.read_head().expect("an answer to the upgrade");
+    assert_eq!(reply.status, 101, "upgrade with the secret: {}", reply.head);
     conn
 }
 
@@ -100,11 +100,12 @@ fn the_stream_refuses_hostile_input() {
         let mut request = upgrade_request(STREAM_PATH, &headers);
         request.extend_from_slice(&early);
         let mut conn = WsConn::open(addr, &request, READ).unwrap();
-        let (status, head, body) = conn.read_head().unwrap();
-        assert_eq!(status, 401, "upgrade with secret {secret:?}: {head}");
+        let reply = conn.read_head().unwrap();
+        assert_eq!(reply.status, 401, "upgrade with secret {secret:?}: {}", reply.head);
         assert!(
-            String::from_utf8_lossy(&body).contains("unauthorized"),
-            "{head}"
+            String::from_utf8_lossy(&reply.body).contains("unauthorized"),
+            "{}",
+            reply.head
         );
         conn.wait_closed()
             .expect("the connection closes after frames sent without the upgrade");

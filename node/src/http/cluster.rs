@@ -42,12 +42,12 @@ pub(super) fn reject(
 }
 
 /// Checks that a node-to-node request arrived on the cluster listener with
-/// the right secret.
-pub(super) fn authorize(req: &HttpRequest, ctx: &NodeContext) -> Result<(), HttpResponse> {
+/// the right secret; the answer refusing it when not.
+pub(super) fn refusal(req: &HttpRequest, ctx: &NodeContext) -> Option<HttpResponse> {
     if req.app_config().local_addr() != ctx.cluster_listener {
         // The public listener shares this server; node-to-node calls are
         // not part of its API.
-        return Err(ApiError::not_found().error_response());
+        return Some(ApiError::not_found().error_response());
     }
     if let Some(secret) = &ctx.cluster_secret {
         let given = req
@@ -56,7 +56,7 @@ pub(super) fn authorize(req: &HttpRequest, ctx: &NodeContext) -> Result<(), Http
             .map(|v| v.as_bytes())
             .unwrap_or_default();
         if !constant_time_eq(given, secret.as_bytes()) {
-            return Err(reject(
+            return Some(reject(
                 ctx,
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -64,17 +64,19 @@ pub(super) fn authorize(req: &HttpRequest, ctx: &NodeContext) -> Result<(), Http
             ));
         }
     }
-    Ok(())
+    None
 }
 
-/// Checks that a node-to-node request may be served ([`authorize`]) and
+/// Checks that a node-to-node request may be served ([`refusal`]) and
 /// reads its body (capped).
 async fn rpc_body(
     req: &HttpRequest,
     ctx: &NodeContext,
     mut payload: web::Payload,
 ) -> Result<web::BytesMut, HttpResponse> {
-    authorize(req, ctx)?;
+    if let Some(refused) = refusal(req, ctx) {
+        return Err(refused);
+    }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let Ok(chunk) = chunk else {

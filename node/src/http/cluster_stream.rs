@@ -27,7 +27,7 @@ use llmtrace_actors::cluster::rpc::stream::{frame, split_frame, MAX_FRAME_BYTES}
 use llmtrace_actors::cluster::rpc::wire as rpc;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::cluster::{authorize, reject};
+use super::cluster::{refusal, reject};
 use super::NodeContext;
 
 /// Batches of one stream decided, or answered and not yet written, at once.
@@ -39,7 +39,7 @@ pub async fn stream(
     ctx: web::Data<NodeContext>,
     payload: web::Payload,
 ) -> HttpResponse {
-    if let Err(refused) = authorize(&req, &ctx) {
+    if let Some(refused) = refusal(&req, &ctx) {
         return refused;
     }
     if let Err(e) = verify_handshake(req.head()) {
