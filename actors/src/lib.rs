@@ -28,6 +28,8 @@ pub mod local;
 pub mod metrics;
 pub mod shard;
 #[cfg(any(test, feature = "testing"))]
+pub mod sim;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use crate::core::bucket::{retry_after_secs, BucketQuota, BucketState, Decision, Op, NANOS};
