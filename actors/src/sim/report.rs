@@ -40,8 +40,8 @@ fn load_rows(
     let hot = format!("hot tenants 1-{hot}: forwarded share");
     let names = [
         "checks (achieved rate /s)",
-        "forwarded share",
-        "leased share",
+        "decided where it arrived / forwarded / leased / degraded",
+        "errors (first)",
         hot.as_str(),
         "node-to-node calls per check",
         "node-to-node bytes per check",
@@ -59,8 +59,18 @@ fn load_rows(
 fn load_cells(l: &LoadFigures) -> [String; 7] {
     [
         format!("{} ({:.0})", l.checks, l.achieved_rate),
-        pct(l.share(l.forwarded)),
-        pct(l.share(l.leased)),
+        format!(
+            "{} / {} / {} / {}",
+            pct(l.share(l.local)),
+            pct(l.share(l.forwarded)),
+            pct(l.share(l.leased)),
+            pct(l.share(l.degraded))
+        ),
+        format!(
+            "{} ({})",
+            l.errors,
+            l.first_error.as_deref().unwrap_or("none")
+        ),
         pct(l.hot_forwarded_share()),
         format!("{:.3}", l.calls_per_check()),
         format!("{:.1} B", l.bytes_per_check()),

@@ -78,6 +78,9 @@ pub struct LoadFigures {
     /// Checks decided per wall second.
     pub achieved_rate: f64,
     pub allowed: u64,
+    /// Checks answered with an error, and the first error.
+    pub errors: u64,
+    pub first_error: Option<String>,
     /// Of all checks: decided where they arrived / by the owner / from a
     /// lease / degraded.
     pub local: u64,
@@ -147,6 +150,8 @@ impl LoadFigures {
 
 /// Ticks the offered load is spread over.
 const TICK: Duration = Duration::from_millis(10);
+/// Checks under way at most (clients waiting for an answer).
+const MAX_IN_FLIGHT: usize = 512;
 
 /// Runs `load` on `cluster`: each tick starts its share of checks and
 /// collects the answers that are in.
@@ -158,10 +163,16 @@ pub async fn drive(cluster: &SimCluster, zipf: &Zipf, load: Load, rng: &mut SimR
     let mut owed = 0.0;
     let mut in_flight = FuturesUnordered::new();
     let mut figures = LoadFigures::default();
-    let record = |figures: &mut LoadFigures, (k, r): (usize, Result<crate::Routed, _>)| {
+    let record = |figures: &mut LoadFigures,
+                  (k, r): (usize, Result<crate::Routed, crate::CheckError>)| {
         figures.checks += 1;
-        let Ok::<_, crate::CheckError>(routed) = r else {
-            return;
+        let routed = match r {
+            Ok(routed) => routed,
+            Err(e) => {
+                figures.errors += 1;
+                figures.first_error.get_or_insert_with(|| e.to_string());
+                return;
+            }
         };
         let allowed = routed.verdict.is_allowed();
         figures.allowed += u64::from(allowed);
@@ -174,8 +185,10 @@ pub async fn drive(cluster: &SimCluster, zipf: &Zipf, load: Load, rng: &mut SimR
         }
     };
     for tick in 1..=ticks {
-        owed += per_tick;
-        while owed >= 1.0 {
+        // Checks the machine could not start in time are dropped, not
+        // piled up: a backlog would only time forwards out.
+        owed = (owed + per_tick).min(per_tick * 2.0);
+        while owed >= 1.0 && in_flight.len() < MAX_IN_FLIGHT {
             owed -= 1.0;
             let k = zipf.sample(rng);
             let router = cluster.nodes[rng.below(cluster.nodes.len())].router.clone();
@@ -199,6 +212,8 @@ pub async fn drive(cluster: &SimCluster, zipf: &Zipf, load: Load, rng: &mut SimR
         checks: figures.checks,
         achieved_rate: figures.checks as f64 / elapsed,
         allowed: figures.allowed,
+        errors: figures.errors,
+        first_error: figures.first_error,
         hot_checks: figures.hot_checks,
         hot_forwarded: figures.hot_forwarded,
         first_allowed: figures.first_allowed,
