@@ -127,6 +127,20 @@ pub fn holders<'a>(
     Some(owners)
 }
 
+/// Of the answers of every node asked for a bucket (at most one holds it):
+/// the state given up, else the last failure, else none.
+pub fn first_held(answers: Vec<Result<Option<Held>, String>>) -> Result<Option<Held>, String> {
+    let mut failed = None;
+    for answer in answers {
+        match answer {
+            Ok(Some(state)) => return Ok(Some(state)),
+            Ok(None) => {}
+            Err(e) => failed = Some(e),
+        }
+    }
+    failed.map_or(Ok(None), Err)
+}
+
 impl HandoffSource for PeerHandoff {
     fn pull(
         &self,
@@ -167,16 +181,9 @@ impl HandoffSource for PeerHandoff {
                 let asks = candidates
                     .into_iter()
                     .map(|addr| ask(client.clone(), addr, Arc::clone(&req)));
-                let mut failed = None;
-                for answer in futures_util::future::join_all(asks).await {
-                    tracing::debug!(?answer, "handoff answer");
-                    match answer {
-                        Ok(Some(state)) => return Ok(Some(state)),
-                        Ok(None) => {}
-                        Err(e) => failed = Some(e),
-                    }
-                }
-                failed.map_or(Ok(None), Err)
+                let answers = futures_util::future::join_all(asks).await;
+                tracing::debug!(?answers, "handoff answers");
+                first_held(answers)
             }
             .boxed_local(),
         )

@@ -230,6 +230,12 @@ pub fn run(s: SimSettings) -> anyhow::Result<SimFigures> {
     })?;
     let zipf = Zipf::new(s.tenants, s.zipf_exponent);
     let (off, [join, leave, crash]) = actix::System::new().block_on(leases_off(&s, &zipf));
+    // The threshold was scaled to the offered rate; a machine that managed
+    // less scales it to what it managed.
+    let mut s = s;
+    let managed = off.achieved_rate.min(s.load.rate) / s.load.rate;
+    s.leases.threshold =
+        ((f64::from(s.leases.threshold) * managed).round() as u32).max(MIN_THRESHOLD);
     let (on, exactness) = actix::System::new().block_on(leases_on(&s, &zipf));
     Ok(SimFigures {
         settings: s,

@@ -14,7 +14,7 @@ use futures_util::future::{join_all, FutureExt, LocalBoxFuture};
 use llmtrace_cluster_config::Limit;
 
 use crate::cluster::forwarder::PeerClient;
-use crate::cluster::handoff_client::holders;
+use crate::cluster::handoff_client::{first_held, holders};
 use crate::cluster::router::Router;
 use crate::cluster::rpc::client::CallError;
 use crate::cluster::rpc::token_lease_wire::{decode_token_lease, TokenLeaseRequest};
@@ -195,15 +195,7 @@ impl HandoffSource for SimHandoff {
                 let asks = owners
                     .into_iter()
                     .map(|o| Self::ask(net.clone(), o, Arc::clone(&req), limit));
-                let mut failed = None;
-                for answer in join_all(asks).await {
-                    match answer {
-                        Ok(Some(state)) => return Ok(Some(state)),
-                        Ok(None) => {}
-                        Err(e) => failed = Some(e),
-                    }
-                }
-                failed.map_or(Ok(None), Err)
+                first_held(join_all(asks).await)
             }
             .boxed_local(),
         )

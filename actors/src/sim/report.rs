@@ -150,24 +150,21 @@ pub fn markdown(figs: &[SimFigures], deployment_rate: f64) -> String {
             format!("{:.0}", redis_writes_per_s(&zipf, deployment_rate, s))
         },
     );
-    row(
-        "limited tenant: admitted + left = burst (leases on)",
-        &|f| {
-            let e = &f.exactness;
-            format!(
-                "{} + {} = {} ({})",
-                e.admitted,
-                e.level_after_returns,
-                e.burst,
-                if e.holds() { "exact" } else { "NOT exact" }
-            )
-        },
-    );
+    row("tenant 0: admitted + left = burst (leases on)", &|f| {
+        let e = &f.exactness;
+        format!(
+            "{} + {} = {} ({})",
+            e.admitted,
+            e.level_after_returns,
+            e.burst,
+            if e.holds() { "exact" } else { "NOT exact" }
+        )
+    });
     row(
         "lease threshold: forwards/s of one bucket (share of a node's checks)",
         &|f| {
             let s = &f.settings;
-            let share = f64::from(s.leases.threshold) * s.nodes as f64 / s.load.rate;
+            let share = f64::from(s.leases.threshold) * s.nodes as f64 / f.on.achieved_rate;
             format!("{} ({})", s.leases.threshold, pct(share))
         },
     );
