@@ -30,6 +30,8 @@ pub mod metrics;
 pub mod nodelay;
 pub mod shard;
 #[cfg(any(test, feature = "testing"))]
+pub mod sim;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use crate::core::bucket::{retry_after_secs, BucketQuota, BucketState, Decision, Op, NANOS};

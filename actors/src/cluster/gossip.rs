@@ -117,6 +117,17 @@ impl Membership {
         settings: MembershipSettings,
         metrics: Arc<ClusterMetrics>,
     ) -> anyhow::Result<Membership> {
+        let transport = SealedUdpTransport::new(settings.secret.as_deref(), Arc::clone(&metrics));
+        Self::start_on(settings, metrics, &transport).await
+    }
+
+    /// [`Membership::start`] over another gossip transport (the simulation
+    /// runs many nodes over an in-memory one).
+    pub async fn start_on(
+        settings: MembershipSettings,
+        metrics: Arc<ClusterMetrics>,
+        transport: &dyn chitchat::transport::Transport,
+    ) -> anyhow::Result<Membership> {
         let interval = settings.gossip_interval;
         let failure_detector_config = FailureDetectorConfig {
             phi_threshold: settings.phi_threshold,
@@ -153,8 +164,7 @@ impl Membership {
             (KEY_CLUSTER.to_string(), settings.advertise.to_string()),
             (KEY_ADMIN.to_string(), settings.admin_addr.to_string()),
         ];
-        let transport = SealedUdpTransport::new(settings.secret.as_deref(), Arc::clone(&metrics));
-        let handle = spawn_chitchat(config, initial, &transport).await?;
+        let handle = spawn_chitchat(config, initial, transport).await?;
         let view = ViewHandle::new(ClusterView::alone(&settings.node_id, settings.vnodes));
         let (tx, changes) = watch::channel(Fingerprint::default());
         let chitchat = handle.chitchat();

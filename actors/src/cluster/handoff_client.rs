@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 
 use crate::cluster::rpc::client::ClusterClient;
 use crate::cluster::rpc::wire::{HandoffRequest, InstallRequest, MAX_INSTALL_ITEMS};
-use crate::cluster::view::ViewHandle;
+use crate::cluster::view::{ClusterView, ViewHandle};
 use crate::core::fence::Fence;
 use crate::core::held::Held;
 use crate::core::key::BucketKey;
@@ -78,6 +78,69 @@ async fn ask(
     last
 }
 
+/// Who may hold the bucket of `key` a new owner is about to serve: the
+/// node `hint` names, its owners by every ring replaced within
+/// [`HANDOFF_WINDOW`] and, for a node that joined or whose view lapsed
+/// within it, every member; live members other than this node, each once.
+/// `None` when no one is to be asked: the key is decided here because its
+/// owner could not be reached (`reclaim`), or no ring names an owner.
+pub fn holders<'a>(
+    view: &'a ClusterView,
+    fence: &Fence,
+    key: &BucketKey,
+    hint: Option<&'a str>,
+    reclaim: bool,
+) -> Option<Vec<&'a str>> {
+    let mut owners: Vec<&str> = hint.into_iter().collect();
+    match view.owner(&key.tenant, key.limit) {
+        Some(o) if view.is_self(o) => {}
+        // Decided here because the owner could not be reached: do not
+        // wait on it again (the policy's bucket is this node's own).
+        _ if reclaim => return None,
+        // A check forwarded as often as allowed is decided where it
+        // lands, also on a node that is not the owner by its own (stale
+        // or early) view: take the bucket from that owner rather than
+        // start a second one.
+        Some(o) => owners.push(o),
+        None => return None,
+    }
+    // Who else may hold it: its owners by every ring replaced within the
+    // window; for a node that joined within it, or whose view lapsed
+    // within it, every member. (A joining node's first rings may lack
+    // members whose state has not reached it yet, and a node that was
+    // paused never saw the rings in force meanwhile, so no ring of its
+    // own names the holder for sure; only the holder has the bucket to
+    // give.)
+    for o in view.previous_owners(&key.tenant, key.limit, HANDOFF_WINDOW) {
+        if !owners.contains(&o) {
+            owners.push(o);
+        }
+    }
+    if view.joined_within(HANDOFF_WINDOW) || fence.lapsed_within(HANDOFF_WINDOW) {
+        for m in &view.members {
+            if !owners.contains(&m.node_id.as_str()) {
+                owners.push(&m.node_id);
+            }
+        }
+    }
+    owners.retain(|o| !view.is_self(o) && view.member(o).is_some());
+    Some(owners)
+}
+
+/// Of the answers of every node asked for a bucket (at most one holds it):
+/// the state given up, else the last failure, else none.
+pub fn first_held(answers: Vec<Result<Option<Held>, String>>) -> Result<Option<Held>, String> {
+    let mut failed = None;
+    for answer in answers {
+        match answer {
+            Ok(Some(state)) => return Ok(Some(state)),
+            Ok(None) => {}
+            Err(e) => failed = Some(e),
+        }
+    }
+    failed.map_or(Ok(None), Err)
+}
+
 impl HandoffSource for PeerHandoff {
     fn pull(
         &self,
@@ -86,43 +149,9 @@ impl HandoffSource for PeerHandoff {
         reclaim: bool,
     ) -> Option<LocalBoxFuture<'static, Result<Option<Held>, String>>> {
         let view = self.view.load();
-        let mut owners: Vec<&str> = hint.into_iter().collect();
-        match view.owner(&key.tenant, key.limit) {
-            Some(o) if view.is_self(o) => {}
-            // Decided here because the owner could not be reached: do not
-            // wait on it again (the policy's bucket is this node's own).
-            _ if reclaim => return None,
-            // A check forwarded as often as allowed is decided where it
-            // lands, also on a node that is not the owner by its own (stale
-            // or early) view: take the bucket from that owner rather than
-            // start a second one.
-            Some(o) => owners.push(o),
-            None => return None,
-        }
-        // Who else may hold it: its owners by every ring replaced within the
-        // window; for a node that joined within it, or whose view lapsed
-        // within it, every member. (A joining node's first rings may lack
-        // members whose state has not reached it yet, and a node that was
-        // paused never saw the rings in force meanwhile, so no ring of its
-        // own names the holder for sure; only the holder has the bucket to
-        // give.)
-        for o in view.previous_owners(&key.tenant, key.limit, HANDOFF_WINDOW) {
-            if !owners.contains(&o) {
-                owners.push(o);
-            }
-        }
-        if view.joined_within(HANDOFF_WINDOW) || self.fence.lapsed_within(HANDOFF_WINDOW) {
-            for m in &view.members {
-                if !owners.contains(&m.node_id.as_str()) {
-                    owners.push(&m.node_id);
-                }
-            }
-        }
+        let owners = holders(&view, &self.fence, key, hint, reclaim)?;
         let mut candidates: Vec<std::net::SocketAddr> = Vec::new();
         for owner in owners {
-            if view.is_self(owner) {
-                continue;
-            }
             if let Some(m) = view.member(owner) {
                 if !candidates.contains(&m.cluster_addr) {
                     candidates.push(m.cluster_addr);
@@ -152,16 +181,9 @@ impl HandoffSource for PeerHandoff {
                 let asks = candidates
                     .into_iter()
                     .map(|addr| ask(client.clone(), addr, Arc::clone(&req)));
-                let mut failed = None;
-                for answer in futures_util::future::join_all(asks).await {
-                    tracing::debug!(?answer, "handoff answer");
-                    match answer {
-                        Ok(Some(state)) => return Ok(Some(state)),
-                        Ok(None) => {}
-                        Err(e) => failed = Some(e),
-                    }
-                }
-                failed.map_or(Ok(None), Err)
+                let answers = futures_util::future::join_all(asks).await;
+                tracing::debug!(?answers, "handoff answers");
+                first_held(answers)
             }
             .boxed_local(),
         )

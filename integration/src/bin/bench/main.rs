@@ -7,7 +7,8 @@
 //! [`cleanup`] (children stopped on a signal), [`procfs`] (CPU and memory from /proc),
 //! [`wrk`] (running and parsing wrk), [`summary`] (the shared result lines), and one
 //! module per mode: [`single`], [`memory`], [`cluster`] (+ [`cluster_report`]),
-//! [`redis`], [`failover`], [`proxy`], [`rls`] (+ [`rls_load`]).
+//! [`redis`], [`failover`], [`proxy`], [`rls`] (+ [`rls_load`]), [`sim`] (the
+//! in-process simulation).
 
 mod cleanup;
 mod cluster;
@@ -21,6 +22,7 @@ mod rls;
 mod rls_load;
 mod settings;
 mod setup;
+mod sim;
 mod single;
 mod summary;
 mod wrk;
@@ -28,8 +30,8 @@ mod wrk;
 use settings::{wrk_seconds, Settings, USAGE};
 use setup::{ensure_tool, Bench};
 
-const MODES: [&str; 8] = [
-    "single", "memory", "cluster", "redis", "failover", "proxy", "rls", "all",
+const MODES: [&str; 9] = [
+    "single", "memory", "cluster", "redis", "failover", "proxy", "rls", "sim", "all",
 ];
 
 fn main() {
@@ -49,6 +51,11 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if mode == "sim" {
+        // In process: no binaries to build, no tools.
+        sim::run();
+        return;
+    }
     let settings = Settings::from_env();
     for (name, value) in [
         ("BENCH_DURATION", &settings.duration),

@@ -9,7 +9,8 @@ Benchmarks for the llmtrace cluster node.
   cargo run --release -p llmtrace-integration --bin bench -- [MODE]
   scripts/bench.sh [MODE]                      (the same, through cargo)
 
-MODE is single, memory, cluster, redis, failover, proxy, rls or all (default: all).
+MODE is single, memory, cluster, redis, failover, proxy, rls, sim or all (default:
+all; sim is not part of all).
 
 single  wrk (scripts/bench/check.lua) posts /v1/check with random tenants out of
         100,000 over keep-alive connections, first against llmtrace-node, then
@@ -91,6 +92,19 @@ rls     one node with --rls-listen and a rule admitting every call (4e9 a day
         rls/http (target <= 1.3).
 
 Environment:
+sim     the in-process cluster simulation (llmtrace_actors::sim, no processes,
+        no network; see docs/simulation.md) at BENCH_SIM_SIZES nodes: real
+        ring, real membership (chitchat over an in-memory network, 1 ms delay,
+        1 % loss, on a paused clock), real routers, shards and token leases
+        wired in process (1 ms round trip), a Zipf (s = 1.1) load over 100,000
+        tenants sent to random nodes at BENCH_SIM_RATE checks/s for
+        BENCH_SIM_SECONDS, leases off then on (threshold: the node's default
+        scaled from BENCH_SIM_NODE_RATE checks/s per node to the simulated
+        rate). Prints one Markdown table: keys moved, convergence after a join,
+        a leave and a crash, gossip bytes per node, handoff, Redis writes
+        (measured and modelled at BENCH_SIM_DEPLOYMENT_RATE), forwarded and
+        leased shares, node-to-node calls per check, owner CPU share.
+
   BENCH_DURATION=10s     wrk measuring time (wrk syntax: 10, 10s, 1m)
   BENCH_WARMUP=2s        wrk warm-up run before each measurement (0 = none)
   BENCH_CONNECTIONS=64   wrk connections
@@ -118,6 +132,8 @@ Environment:
   BENCH_FAILOVER_TENANTS=1000 BENCH_FAILOVER_RUNS=3   failover benchmark
   BENCH_PROXY_CONNECTIONS=8 BENCH_PROXY_DELAY_MS=0   proxy benchmark: wrk
                          connections, and each one's pause before a request
+  BENCH_SIM_SIZES=\"10 30 100\" BENCH_SIM_RATE=20000 BENCH_SIM_SECONDS=4   sim
+  BENCH_SIM_NODE_RATE=10000 BENCH_SIM_DEPLOYMENT_RATE=1000000   sim scaling
   BENCH_SKIP_BUILD=0     1 = use the binaries already built (no cargo build)
   BENCH_KEEP_LOGS=0      1 = keep every server's output and wrk's in a temp dir
 
@@ -164,7 +180,7 @@ pub struct Settings {
 }
 
 /// `$name`, unset or empty meaning `default`; exits with a message when it does not parse.
-fn num<T: FromStr>(name: &str, default: T) -> T {
+pub(crate) fn num<T: FromStr>(name: &str, default: T) -> T {
     match std::env::var(name) {
         Ok(v) if !v.trim().is_empty() => v.trim().parse().unwrap_or_else(|_| {
             eprintln!("bench: {name}={v:?} is not a valid number");
@@ -174,7 +190,7 @@ fn num<T: FromStr>(name: &str, default: T) -> T {
     }
 }
 
-fn text(name: &str, default: &str) -> String {
+pub(crate) fn text(name: &str, default: &str) -> String {
     match std::env::var(name) {
         Ok(v) if !v.trim().is_empty() => v.trim().to_string(),
         _ => default.to_string(),
