@@ -3,19 +3,39 @@
 //! node proxying to it with every call admitted; wrk (`proxy.lua`) against the stub
 //! directly, then through the proxy (the default `requests` + `tokens` charge), then
 //! through a node with five gateway rules per call ([`five_rules`]); the difference of
-//! their p50 / p99.
+//! their p50 / p99, and the CPU per call of the stub and of the node (from /proc, steadier
+//! than a p99 on a shared machine).
 
-use crate::procfs::load_note;
+use crate::procfs::{load_note, CpuWindow};
 use crate::setup::Bench;
 use crate::summary::{self, ms, node_health};
 use crate::wrk::{measure, Measured};
 use llmtrace_integration::gateway::gateway_toml;
 use llmtrace_integration::Stub;
 
-fn run_wrk(bench: &Bench, tag: &str, url: &str) -> Measured {
-    let m = measure(bench, tag, &[bench.proxy_load(url)], &[], || {});
+/// Runs wrk against `url`; `node`: the pid of the node in between, whose CPU during the
+/// measured run is answered apart (the stub's is this process's).
+fn run_wrk(bench: &Bench, tag: &str, url: &str, node: Option<u32>) -> (Measured, f64) {
+    let stub = std::process::id();
+    let servers: Vec<u32> = [Some(stub), node].into_iter().flatten().collect();
+    let nodes: Vec<u32> = node.into_iter().collect();
+    let mut window = None;
+    let m = measure(bench, tag, &[bench.proxy_load(url)], &servers, || {
+        window = Some(CpuWindow::start(&nodes));
+    });
+    let node_s = window.map_or(0.0, |w| w.finish(&nodes).server_s);
     m.print();
-    m
+    let (requests, d) = (m.only().requests.max(1), m.only().duration_s.max(1e-9));
+    let per_call = |s: f64| 1e6 * s / requests as f64;
+    let other = (m.cpu.busy_s - m.cpu.server_s - m.cpu.client_s).max(0.0);
+    println!(
+        "  CPU per call: node {:.1} us, stub {:.1} us; wrk {:.2} cores, other processes {:.2} cores",
+        per_call(node_s),
+        per_call(m.cpu.server_s - node_s),
+        m.cpu.client_s / d,
+        other / d
+    );
+    (m, per_call(node_s))
 }
 
 /// Five rules per call, every call admitted: a key's requests, its tokens per model, a
@@ -61,12 +81,16 @@ pub fn five_rules() -> String {
     )
 }
 
-/// Runs wrk through a node started from `builder`.
-fn proxied(bench: &Bench, tag: &str, builder: llmtrace_integration::NodeBuilder) -> Measured {
+/// Runs wrk through a node started from `builder`; answers the node's CPU per call too.
+fn proxied(
+    bench: &Bench,
+    tag: &str,
+    builder: llmtrace_integration::NodeBuilder,
+) -> (Measured, f64) {
     let mut node = bench.start_node(tag, builder);
     let proxy_url = node.proxy_url();
     println!("-- {tag}: {proxy_url}");
-    let m = run_wrk(bench, tag, &proxy_url);
+    let m = run_wrk(bench, tag, &proxy_url, Some(node.pid()));
     summary::metrics_of(
         &node,
         &[
@@ -79,9 +103,9 @@ fn proxied(bench: &Bench, tag: &str, builder: llmtrace_integration::NodeBuilder)
     m
 }
 
-fn print_added(name: &str, d: &crate::wrk::WrkResult, p: &crate::wrk::WrkResult) {
+fn print_added(name: &str, d: &crate::wrk::WrkResult, (p, node_us): (&crate::wrk::WrkResult, f64)) {
     println!(
-        "  {name:<8} p50 {}  p99 {}  {:.1} req/s  (non-2xx: {})",
+        "  {name:<8} p50 {}  p99 {}  {:.1} req/s  (non-2xx: {})  node {node_us:.1} us CPU/call",
         ms(p.p50_us),
         ms(p.p99_us),
         p.rps,
@@ -115,7 +139,7 @@ pub fn run(bench: &Bench) {
         .flag("proxy-listen", "127.0.0.1:0")
         .flag("proxy-upstream", stub.url());
     println!("-- direct: {}", stub.url());
-    let direct = run_wrk(bench, "direct", &stub.url());
+    let (direct, _) = run_wrk(bench, "direct", &stub.url(), None);
     let two = proxied(bench, "node-proxy", builder);
     let rules = bench
         .node()
@@ -134,6 +158,6 @@ pub fn run(bench: &Bench) {
         ms(d.p99_us),
         d.rps
     );
-    print_added("proxied", d, two.only());
-    print_added("5 rules", d, five.only());
+    print_added("proxied", d, (two.0.only(), two.1));
+    print_added("5 rules", d, (five.0.only(), five.1));
 }
