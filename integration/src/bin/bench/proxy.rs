@@ -4,7 +4,9 @@
 //! directly, then through the proxy (the default `requests` + `tokens` charge), then
 //! through a node with five gateway rules per call ([`five_rules`]); the difference of
 //! their p50 / p99, and the CPU per call of the stub and of the node (from /proc, steadier
-//! than a p99 on a shared machine).
+//! than a p99 on a shared machine). With BENCH_PROXY_ROUNDS > 1 the three runs are
+//! repeated, each round compared within its own minute, and the medians of the rounds'
+//! comparisons printed.
 
 use crate::procfs::{load_note, CpuWindow};
 use crate::setup::Bench;
@@ -135,16 +137,16 @@ fn verdict(added99_us: f64) -> &'static str {
     }
 }
 
-pub fn run(bench: &Bench) {
-    let s = &bench.s;
-    println!();
-    println!(
-        "== proxy: POST /v1/chat/completions, wrk -t1 -c{} -d{}, {} bearer keys, keep-alive, \
-         direct to the stub vs through the proxy ==",
-        s.proxy_connections, s.duration, s.tenant_space
-    );
-    load_note();
-    let stub = Stub::start_unrecorded();
+/// The added p50 / p99 (ms) of one round's default charge and five rules, and the
+/// node's CPU per call (us) of each.
+struct Round {
+    added: [(f64, f64); 2],
+    node_us: [f64; 2],
+}
+
+/// One round in the same minute: the stub directly, through a node with the default
+/// charge, through a node with five rules; prints its results.
+fn round(bench: &Bench, stub: &Stub) -> Round {
     // Request and token limits on, every call admitted: huge bursts, reconcile refunding.
     let builder = bench
         .node()
@@ -162,7 +164,6 @@ pub fn run(bench: &Bench) {
         .flag("proxy-listen", "127.0.0.1:0")
         .flag("proxy-upstream", stub.url());
     let five = proxied(bench, "node-proxy-rules", rules);
-    drop(stub);
 
     println!();
     println!("proxy results:");
@@ -175,4 +176,59 @@ pub fn run(bench: &Bench) {
     );
     print_added("proxied", d, (two.0.only(), two.1));
     print_added("5 rules", d, (five.0.only(), five.1));
+    let added = |p: &crate::wrk::WrkResult| {
+        (
+            (p.p50_us - d.p50_us) / 1000.0,
+            (p.p99_us - d.p99_us) / 1000.0,
+        )
+    };
+    Round {
+        added: [added(two.0.only()), added(five.0.only())],
+        node_us: [two.1, five.1],
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+pub fn run(bench: &Bench) {
+    let s = &bench.s;
+    println!();
+    println!(
+        "== proxy: POST /v1/chat/completions, wrk -t1 -c{} -d{}, {} bearer keys, keep-alive, \
+         direct to the stub vs through the proxy, {} round(s) ==",
+        s.proxy_connections, s.duration, s.tenant_space, s.proxy_rounds
+    );
+    load_note();
+    let stub = Stub::start_unrecorded();
+    let rounds: Vec<Round> = (1..=s.proxy_rounds.max(1))
+        .map(|i| {
+            println!("-- round {i} of {}", s.proxy_rounds.max(1));
+            round(bench, &stub)
+        })
+        .collect();
+    drop(stub);
+    if rounds.len() < 2 {
+        return;
+    }
+    // Each round compares within its own minute; the medians are of those comparisons.
+    println!();
+    println!("proxy medians of {} rounds:", rounds.len());
+    for (i, name) in ["proxied", "5 rules"].iter().enumerate() {
+        let p50 = median(rounds.iter().map(|r| r.added[i].0).collect());
+        let p99 = median(rounds.iter().map(|r| r.added[i].1).collect());
+        let cpu = median(rounds.iter().map(|r| r.node_us[i]).collect());
+        println!(
+            "  {name:<8} added p50 {p50:.2} ms  p99 {p99:.2} ms  node {cpu:.1} us CPU/call  \
+             (target <= 1 ms added p99: {})",
+            verdict(p99 * 1000.0)
+        );
+    }
 }
