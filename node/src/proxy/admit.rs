@@ -106,7 +106,9 @@ pub async fn admit(
             format!("The model `{model}` has no price on this gateway."),
         ),
     })?;
-    let descriptors: Vec<_> = charged.iter().map(|c| c.descriptor.clone()).collect();
+    // Moved apart, not copied: the check takes the descriptors alone.
+    let (descriptors, costs): (Vec<_>, Vec<_>) =
+        charged.into_iter().map(|c| (c.descriptor, c.cost)).unzip();
     let outcome = check_all(router, &descriptors).await;
     if let Some(i) = outcome.failed() {
         let Err(e) = &outcome.results[i] else {
@@ -118,7 +120,7 @@ pub async fn admit(
     let mut refused = Vec::new();
     let mut wait_ns = None::<u64>;
     let mut shadow = Vec::new();
-    for (i, c) in charged.iter().enumerate() {
+    for (i, (d, &cost)) in descriptors.iter().zip(&costs).enumerate() {
         let Ok(routed) = &outcome.results[i] else {
             continue;
         };
@@ -126,11 +128,11 @@ pub async fn admit(
             continue;
         };
         let state = outcome.undone(i).unwrap_or(decision);
-        tightest.offer(c.cost, quota, state);
+        tightest.offer(cost, quota, state);
         let Decision::Refused { retry_after_ns, .. } = decision else {
             continue;
         };
-        let limit = c.descriptor.limit;
+        let limit = d.limit;
         if outcome.is_shadow(i) {
             ctx.metrics.count_shadow_refused(limit);
             shadow.push(limit.as_str());
@@ -141,7 +143,7 @@ pub async fn admit(
             limit,
             capacity: quota.capacity_units(),
             remaining: remaining_and_reset(state).0,
-            requested: (c.cost != Cost::Requests).then_some(c.descriptor.amount),
+            requested: (cost != Cost::Requests).then_some(d.amount),
         });
     }
     let shadow = shadow_header(&shadow);
@@ -159,23 +161,22 @@ pub async fn admit(
     // reconciled (reservations) or released (leases) after the answer.
     let mut items = Vec::new();
     let mut held = Vec::new();
-    for (i, c) in charged.into_iter().enumerate() {
+    for (i, (d, cost)) in descriptors.into_iter().zip(costs).enumerate() {
         let took = matches!(&outcome.results[i],
             Ok(r) if matches!(r.verdict, Verdict::Limited { decision, .. } if decision.is_allowed()));
         if !took {
             continue;
         }
-        let d = c.descriptor;
         if let Some(id) = d.lease_id() {
             held.push((d.limit, d.key, id));
-        } else if c.cost != Cost::Requests {
-            if c.cost == Cost::Tokens {
+        } else if cost != Cost::Requests {
+            if cost == Cost::Tokens {
                 ctx.metrics.tokens_reserved.inc_by(d.amount);
             }
             items.push(Reserved {
                 limit: d.limit,
                 key: d.key,
-                cost: c.cost,
+                cost,
                 amount: d.amount,
             });
         }
@@ -190,6 +191,7 @@ pub async fn admit(
         }),
         leases: (!held.is_empty()).then(|| Leases {
             router: router.clone(),
+            metrics: Arc::clone(&ctx.metrics),
             held,
         }),
         shadow,

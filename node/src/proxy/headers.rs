@@ -151,7 +151,8 @@ pub fn insert_limits(
             Dialect::OpenAi => openai_names(*limit),
             Dialect::Anthropic => anthropic_names(*limit),
         };
-        let Some([l, r, t]) = names else {
+        // Static names: not parsed (nor copied) on every call.
+        let Some([l, r, t]) = names.map(|n| n.map(HeaderName::from_static)) else {
             continue;
         };
         b.insert_header((l, HeaderValue::from(quota.capacity_units())));

@@ -198,12 +198,16 @@ impl Relay {
             return Bytes::new();
         }
         self.done = true;
-        drop(self.leases.take());
+        let leases = self.leases.take();
         let rest = self.scanner.end();
-        if let Some(r) = self.reservation.take() {
-            if let Some(usage) = self.scanner.usage(self.prompt, &self.counter) {
-                r.settle(&usage);
-            }
+        let usage = match &self.reservation {
+            Some(_) => self.scanner.usage(self.prompt, &self.counter),
+            None => None,
+        };
+        // Without a usage the reservation stands; the leases go either way.
+        match (self.reservation.take(), usage) {
+            (Some(r), Some(usage)) => r.settle(&usage, leases),
+            _ => drop(leases),
         }
         rest
     }

@@ -16,6 +16,8 @@
 //! did not ask for it, so the final chunk carries the real usage; that
 //! usage-only chunk is then dropped before it reaches the client.
 
+use std::sync::OnceLock;
+
 use bytes::Bytes;
 use serde_json::Value;
 use tiktoken_rs::tokenizer::{get_tokenizer, Tokenizer};
@@ -74,23 +76,43 @@ pub fn route(method: &actix_web::http::Method, path: &str) -> Route {
 /// Counts tokens of one model.
 #[derive(Clone, Copy)]
 pub struct Counter {
-    bpe: Option<&'static CoreBPE>,
+    /// The model's tokenizer, and its counts of [`ROLES`] (filled on first
+    /// use); `None`: estimated.
+    bpe: Option<(&'static CoreBPE, &'static RoleCounts)>,
 }
+
+type RoleCounts = OnceLock<[u64; ROLES.len()]>;
 
 /// Tokens of an image part (OpenAI's low-detail cost).
 const IMAGE_TOKENS: u64 = 85;
+
+/// The message roles of the APIs: every chat message names one, so their
+/// counts are kept (by tokenizer) instead of tokenized on every call.
+const ROLES: [&str; 6] = [
+    "system",
+    "user",
+    "assistant",
+    "tool",
+    "developer",
+    "function",
+];
+
+/// [`ROLES`] counted, by tokenizer (o200k, cl100k, p50k, p50k_edit, r50k).
+static ROLE_COUNTS: [RoleCounts; 5] = [const { OnceLock::new() }; 5];
 
 impl Counter {
     /// The real tokenizer of `model` when known, else the estimate.
     pub fn for_model(model: &str) -> Self {
         let bpe = get_tokenizer(model).map(|t| match t {
-            Tokenizer::O200kBase => tiktoken_rs::o200k_base_singleton(),
-            Tokenizer::Cl100kBase => tiktoken_rs::cl100k_base_singleton(),
-            Tokenizer::P50kBase => tiktoken_rs::p50k_base_singleton(),
-            Tokenizer::P50kEdit => tiktoken_rs::p50k_edit_singleton(),
-            Tokenizer::R50kBase | Tokenizer::Gpt2 => tiktoken_rs::r50k_base_singleton(),
+            Tokenizer::O200kBase => (tiktoken_rs::o200k_base_singleton(), 0),
+            Tokenizer::Cl100kBase => (tiktoken_rs::cl100k_base_singleton(), 1),
+            Tokenizer::P50kBase => (tiktoken_rs::p50k_base_singleton(), 2),
+            Tokenizer::P50kEdit => (tiktoken_rs::p50k_edit_singleton(), 3),
+            Tokenizer::R50kBase | Tokenizer::Gpt2 => (tiktoken_rs::r50k_base_singleton(), 4),
         });
-        Counter { bpe }
+        Counter {
+            bpe: bpe.map(|(bpe, i)| (bpe, &ROLE_COUNTS[i])),
+        }
     }
 
     /// True when the model's tokenizer is known (counts are exact).
@@ -100,9 +122,12 @@ impl Counter {
 
     /// Tokens of `text`.
     pub fn count(&self, text: &str) -> u64 {
-        match self.bpe {
-            Some(bpe) => bpe.encode_ordinary(text).len() as u64,
-            None => estimate(text),
+        let Some((bpe, roles)) = self.bpe else {
+            return estimate(text);
+        };
+        match ROLES.iter().position(|r| *r == text) {
+            Some(i) => roles.get_or_init(|| ROLES.map(|r| bpe.encode_ordinary(r).len() as u64))[i],
+            None => bpe.encode_ordinary(text).len() as u64,
         }
     }
 
@@ -405,6 +430,29 @@ mod tests {
         .unwrap();
         assert_eq!((p.prompt, p.completion, p.total()), (9, 10, 19));
         assert!(!p.stream && p.body.is_none());
+    }
+
+    #[test]
+    fn kept_role_counts_are_the_tokenizers() {
+        for model in [
+            "gpt-4o",
+            "gpt-4",
+            "text-davinci-003",
+            "text-davinci-edit-001",
+            "gpt2",
+        ] {
+            let c = Counter::for_model(model);
+            let (bpe, _) = c.bpe.expect("a known model");
+            for role in ROLES {
+                let direct = bpe.encode_ordinary(role).len() as u64;
+                // The first count fills the kept counts, the second reads them.
+                assert_eq!(
+                    (c.count(role), c.count(role)),
+                    (direct, direct),
+                    "{model} {role}"
+                );
+            }
+        }
     }
 
     #[test]

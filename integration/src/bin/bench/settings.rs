@@ -82,7 +82,8 @@ proxy   the latency proxy mode adds: the stub OpenAI-compatible upstream of the
         org's spend in micro-dollars, an in-flight lease), BENCH_PROXY_CONNECTIONS
         connections, one wrk thread, each connection pausing BENCH_PROXY_DELAY_MS
         before every request (0: closed loop, full load). Prints p50/p99 of
-        each, the added p50/p99 (target <= 1 ms added p99) and requests/s.
+        each, the added p50/p99 (target <= 1 ms added p99), requests/s, and
+        the node's and the stub's CPU per call; BENCH_PROXY_ROUNDS rounds.
 rls     one node with --rls-listen and a rule admitting every call (4e9 a day
         per user): a gRPC load generator (tonic, Envoy's protos) keeps 4 h2
         connections x 16 ShouldRateLimit calls in flight, random users out of
@@ -132,6 +133,9 @@ sim     the in-process cluster simulation (llmtrace_actors::sim, no processes,
   BENCH_FAILOVER_TENANTS=1000 BENCH_FAILOVER_RUNS=3   failover benchmark
   BENCH_PROXY_CONNECTIONS=8 BENCH_PROXY_DELAY_MS=0   proxy benchmark: wrk
                          connections, and each one's pause before a request
+  BENCH_PROXY_ROUNDS=1   proxy benchmark: rounds of direct / default charge /
+                         five rules, one after the other (more than one: the
+                         medians of the rounds' added p50 / p99 too)
   BENCH_SIM_SIZES=\"10 30 100\" BENCH_SIM_RATE=20000 BENCH_SIM_SECONDS=4   sim
   BENCH_SIM_NODE_RATE=10000 BENCH_SIM_DEPLOYMENT_RATE=1000000   sim scaling
   BENCH_SKIP_BUILD=0     1 = use the binaries already built (no cargo build)
@@ -175,6 +179,7 @@ pub struct Settings {
     pub failover_runs: u32,
     pub proxy_connections: u32,
     pub proxy_delay_ms: u64,
+    pub proxy_rounds: u32,
     pub skip_build: bool,
     pub keep_logs: bool,
 }
@@ -252,6 +257,7 @@ impl Settings {
             failover_runs: num("BENCH_FAILOVER_RUNS", 3),
             proxy_connections: num("BENCH_PROXY_CONNECTIONS", 8),
             proxy_delay_ms: num("BENCH_PROXY_DELAY_MS", 0),
+            proxy_rounds: num("BENCH_PROXY_ROUNDS", 1),
             skip_build: flag("BENCH_SKIP_BUILD"),
             keep_logs: flag("BENCH_KEEP_LOGS"),
         }
