@@ -24,6 +24,9 @@ const THRESHOLD: u32 = 20;
 const LEASED: &str = "llmtrace_routed_checks_total{route=\"leased\"}";
 const FORWARDED: &str = "llmtrace_routed_checks_total{route=\"forwarded\"}";
 const ROUTED: &str = "llmtrace_routed_checks_total";
+const GRANTS: &str = "llmtrace_token_lease_grants_total";
+const GRANTED: &str = "llmtrace_token_lease_granted_units_total";
+const RETURNED: &str = "llmtrace_token_lease_returned_units_total";
 
 /// 3 nodes at `rps` / `burst` asking for leases above [`THRESHOLD`].
 fn cluster(rps: u64, burst: u64) -> ClusterBuilder {
@@ -42,6 +45,19 @@ fn run_for(loads: Vec<Load>, more: Duration) -> Vec<LoadReport> {
         Instant::now() >= until
     });
     loads.into_iter().map(Load::stop).collect()
+}
+
+/// The owners' lease counters agree with what holders spent: every check
+/// decided from a lease (cost 1) spent a unit granted and not given back.
+fn assert_grants_cover_leased(cluster: &Cluster) {
+    let (grants, granted) = (sum_metric(cluster, GRANTS), sum_metric(cluster, GRANTED));
+    let (returned, leased) = (sum_metric(cluster, RETURNED), sum_metric(cluster, LEASED));
+    eprintln!("{grants} grants of {granted} units, {returned} given back, {leased} spent");
+    assert!(grants >= 1.0, "no grant counted");
+    assert!(
+        leased <= granted - returned,
+        "{leased} checks decided from leases, only {granted} - {returned} units granted"
+    );
 }
 
 /// The most one bucket may admit over `elapsed`.
@@ -81,6 +97,7 @@ fn a_hot_tenant_at_a_low_limit_is_admitted_exactly_its_limit() {
         "under-admitted: {allowed} < 95 % of {most}"
     );
     assert!(leased >= 1.0, "no check was decided from a lease");
+    assert_grants_cover_leased(&cluster);
 }
 
 #[test]
@@ -118,6 +135,7 @@ fn a_hot_tenant_that_is_never_refused_is_rarely_forwarded() {
     }
     assert!(routed >= 300.0, "too few checks to judge: {routed}");
     assert!(share <= 0.10, "{:.1} % of checks forwarded", share * 100.0);
+    assert_grants_cover_leased(&cluster);
 }
 
 /// Which node a kill -9 hits while leases of the tenant are out.
