@@ -24,6 +24,7 @@ const THRESHOLD: u32 = 20;
 const LEASED: &str = "llmtrace_routed_checks_total{route=\"leased\"}";
 const FORWARDED: &str = "llmtrace_routed_checks_total{route=\"forwarded\"}";
 const ROUTED: &str = "llmtrace_routed_checks_total";
+const ALLOWED: &str = "llmtrace_checks_total{decision=\"allowed\"}";
 const GRANTS: &str = "llmtrace_token_lease_grants_total";
 const GRANTED: &str = "llmtrace_token_lease_granted_units_total";
 const RETURNED: &str = "llmtrace_token_lease_returned_units_total";
@@ -134,6 +135,10 @@ fn a_hot_tenant_that_is_never_refused_is_rarely_forwarded() {
         assert_eq!(r.by_status.get(&429), None, "a check was refused");
     }
     assert!(routed >= 300.0, "too few checks to judge: {routed}");
+    // Every admitted check is counted once where it was decided, leased ones
+    // on the node that spent the lease.
+    let admitted: u64 = reports.iter().map(|r| r.by_status[&200]).sum();
+    assert_eq!(sum_metric(&cluster, ALLOWED), admitted as f64);
     assert!(share <= 0.10, "{:.1} % of checks forwarded", share * 100.0);
     assert_grants_cover_leased(&cluster);
 }
