@@ -12,7 +12,9 @@
 
 use std::time::{Duration, Instant};
 
-use llmtrace_integration::scenario::{admitted, hot_tenant, sum_metric, tenants_owned_by};
+use llmtrace_integration::scenario::{
+    admitted, hot_tenant, owner_of, sum_metric, tenants_owned_by,
+};
 use llmtrace_integration::{wait_until, Cluster, ClusterBuilder, Load, LoadReport, RedisServer};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -108,7 +110,7 @@ fn a_hot_tenant_that_is_never_refused_is_rarely_forwarded() {
     let tenant = "hot-high";
     let loads = hot_tenant(&cluster, &[0, 1, 2], tenant, THREADS);
     // Warm-up: until both nodes that do not own the tenant spend from leases.
-    let owner = llmtrace_integration::scenario::owner_of(cluster.node(0), tenant);
+    let owner = owner_of(cluster.node(0), tenant);
     wait_until(TIMEOUT, "both holders to spend from leases", || {
         cluster
             .running()
