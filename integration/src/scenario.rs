@@ -1,10 +1,10 @@
 //! Building blocks shared by the multi-node test files: a load over chosen
 //! nodes, waiting for it to make progress, counters summed over a cluster,
-//! owners and snapshot keys.
+//! owners and snapshot keys, a hot tenant over several nodes.
 
 use std::time::Duration;
 
-use crate::{wait_until, Cluster, Load, Node, RedisServer};
+use crate::{wait_until, Cluster, Load, LoadReport, Node, RedisServer};
 
 /// The Redis key of `tenant`'s `requests` bucket.
 pub fn snapshot_key(tenant: &str) -> String {
@@ -70,4 +70,35 @@ pub fn tenants_owned_by(node: &Node, owner: &str, prefix: &str, n: usize) -> Vec
         "200 tenants {prefix}-*: too few owned by {owner}"
     );
     found
+}
+
+/// Several loads (one thread each) checking one `tenant` round-robin over the
+/// given nodes: a hot tenant with more demand than one client thread makes.
+pub fn hot_tenant(cluster: &Cluster, nodes: &[usize], tenant: &str, threads: usize) -> Vec<Load> {
+    (0..threads)
+        .map(|k| {
+            // Each thread starts on another node, so that the nodes see the same demand.
+            let order: Vec<usize> = (0..nodes.len())
+                .map(|i| nodes[(i + k) % nodes.len()])
+                .collect();
+            load_on(cluster, &order, &[tenant.to_string()])
+        })
+        .collect()
+}
+
+/// What the loads of one tenant admitted in all: the checks that got a 200,
+/// and the time from the first check sent to the last answer.
+pub fn admitted(reports: &[LoadReport], tenant: &str) -> (u64, Duration) {
+    let tallies: Vec<_> = reports
+        .iter()
+        .filter_map(|r| r.tenants.get(tenant))
+        .collect();
+    let allowed = tallies.iter().map(|t| t.allowed).sum();
+    let first = tallies.iter().map(|t| t.first_sent).min();
+    let last = tallies.iter().map(|t| t.last_answered).max();
+    let elapsed = match (first, last) {
+        (Some(f), Some(l)) => l - f,
+        _ => Duration::ZERO,
+    };
+    (allowed, elapsed)
 }

@@ -434,6 +434,7 @@ impl Router {
         if let (Some(leases), 0, Op::Take) = (&self.token_leases, hops, op) {
             let bucket = (tenant.as_str(), limit);
             if let Some(routed) = leases.spend(&view, bucket, quota, cost, &owner) {
+                self.local.metrics().count_leased(limit);
                 return Ok(routed);
             }
             leases.note_forward(&view, bucket, cost, &owner);

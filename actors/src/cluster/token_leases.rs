@@ -360,10 +360,12 @@ pub async fn serve(router: &Router, req: TokenLeaseRequest, limit: Limit) -> Tok
     let view = router.view();
     let node = view.self_id.to_string();
     let limiter = router.local();
+    let metrics = router.metrics();
     if let Some((id, unspent)) = req.give_back {
-        limiter
+        let back = limiter
             .return_tokens(&req.tenant, limit, (&req.origin, id), unspent)
             .await;
+        metrics.token_lease_returned_units.inc_by(back);
     }
     let owned = view
         .owner(&req.tenant, limit)
@@ -383,11 +385,15 @@ pub async fn serve(router: &Router, req: TokenLeaseRequest, limit: Limit) -> Tok
         .await
         .ok()
         .flatten()
-        .map(|(quota, g)| WireGrant {
-            id: g.id,
-            units: g.units,
-            ttl_ns: g.ttl_ns,
-            quota,
+        .map(|(quota, g)| {
+            metrics.token_lease_grants.inc();
+            metrics.token_lease_granted_units.inc_by(g.units);
+            WireGrant {
+                id: g.id,
+                units: g.units,
+                ttl_ns: g.ttl_ns,
+                quota,
+            }
         });
     TokenLeaseResponse { node, grant }
 }

@@ -75,6 +75,11 @@ pub struct ClusterMetrics {
     /// ... and from a token lease of a bucket owned elsewhere.
     pub routed_leased: Counter,
     routed: Family<Label, Counter>,
+    /// As owner: token leases granted to other nodes, the units they took
+    /// from buckets, and the unspent units given back into buckets.
+    pub token_lease_grants: Counter,
+    pub token_lease_granted_units: Counter,
+    pub token_lease_returned_units: Counter,
     /// Tenants decided by the unreachable-owner policy lately, with when
     /// (off the hot path: touched only on a degraded decision).
     degraded_tenants: Mutex<HashMap<Box<str>, Instant>>,
@@ -124,6 +129,9 @@ impl Default for ClusterMetrics {
             routed_degraded,
             routed_leased,
             routed,
+            token_lease_grants: Counter::default(),
+            token_lease_granted_units: Counter::default(),
+            token_lease_returned_units: Counter::default(),
             degraded_tenants: Mutex::default(),
         }
     }
@@ -237,6 +245,22 @@ impl ClusterMetrics {
                 "Gossip envelopes too large to seal into one datagram (not sent)",
                 &self.gossip_oversize,
             ),
+            (
+                "llmtrace_token_lease_grants",
+                "Token leases this node granted as owner",
+                &self.token_lease_grants,
+            ),
+            (
+                "llmtrace_token_lease_granted_units",
+                "Units the token leases this node granted took from its buckets",
+                &self.token_lease_granted_units,
+            ),
+            (
+                "llmtrace_token_lease_returned_units",
+                "Unspent units holders gave back into this node's buckets (returns of \
+                 unknown or revoked leases are dropped, not counted)",
+                &self.token_lease_returned_units,
+            ),
         ];
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
@@ -324,6 +348,8 @@ mod tests {
         m.batch_size.observe(256.0);
         m.ring_members.set(3);
         m.gossip_rejected_replay.inc();
+        m.token_lease_grants.inc();
+        m.token_lease_granted_units.inc_by(40);
         let text = render(&registry);
         check::has_lines(
             &text,
@@ -352,6 +378,9 @@ mod tests {
                 "llmtrace_gossip_rejected_total{reason=\"auth\"} 0",
                 "llmtrace_gossip_rejected_total{reason=\"replay\"} 1",
                 "llmtrace_gossip_rejected_total{reason=\"stale\"} 0",
+                "llmtrace_token_lease_grants_total 1",
+                "llmtrace_token_lease_granted_units_total 40",
+                "llmtrace_token_lease_returned_units_total 0",
             ],
         );
         assert_eq!(
@@ -372,6 +401,9 @@ mod tests {
                 "# TYPE llmtrace_fenced_checks_total counter",
                 "# TYPE llmtrace_fence_lapses_total counter",
                 "# TYPE llmtrace_gossip_oversize_total counter",
+                "# TYPE llmtrace_token_lease_grants_total counter",
+                "# TYPE llmtrace_token_lease_granted_units_total counter",
+                "# TYPE llmtrace_token_lease_returned_units_total counter",
                 "# TYPE llmtrace_gossip_rejected_total counter",
                 "# TYPE llmtrace_owner_unreachable_total counter",
                 "# TYPE llmtrace_routed_checks_total counter",

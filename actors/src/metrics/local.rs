@@ -173,6 +173,18 @@ impl Metrics {
         top_refused::merge(&parts, top_refused::K)
     }
 
+    /// A take of `limit` this node allowed from a token lease (no shard
+    /// decided it): counted with the decisions, in the first shard's block.
+    pub fn count_leased(&self, limit: Limit) {
+        let counts = self
+            .shards
+            .first()
+            .and_then(|s| s.decisions.get(limit.id()));
+        if let Some(counts) = counts {
+            counts[0].fetch_add(1, Relaxed);
+        }
+    }
+
     /// `llmtrace_checks_total`: decisions by limit, then the unlimited ones.
     fn decisions(&self) -> Vec<([(&'static str, &'static str); 2], u64)> {
         let mut out = Vec::with_capacity(2 * self.limits.len() + 1);

@@ -37,4 +37,5 @@ mod rls_python;
 mod rpc_memory;
 mod single_node;
 mod slow_clients;
+mod token_leases;
 mod write_through;

@@ -18,7 +18,7 @@ use llmtrace_integration::{Cluster, NodeBuilder};
 use std::time::{Duration, Instant};
 
 /// wrk processes (and nodes) of the cluster run.
-const NODES: usize = 3;
+pub const NODES: usize = 3;
 
 /// The connections of wrk `i` of `n`: `total` split as evenly as possible (64 over 3:
 /// 22 + 21 + 21).
@@ -42,20 +42,38 @@ pub fn start_cluster(bench: &Bench, size: usize, template: NodeBuilder) -> Guard
     cluster
 }
 
-/// One `check.lua` wrk per URL, one thread each, the connections split over them.
-fn loads(bench: &Bench, urls: &[&str]) -> Vec<Wrk> {
-    let s = &bench.s;
+/// One `check.lua` wrk per URL, one thread each, the connections split over them,
+/// random tenants out of `tenant_space`.
+pub fn loads(bench: &Bench, urls: &[&str], tenant_space: u64) -> Vec<Wrk> {
     urls.iter()
         .enumerate()
         .map(|(i, url)| {
-            let c = connections(s.connections, urls.len(), i);
-            bench.check_load(url, 1, c, s.tenant_space, 0)
+            let c = connections(bench.s.connections, urls.len(), i);
+            bench.check_load(url, 1, c, tenant_space, 0)
         })
         .collect()
 }
 
+/// For 10 s after a ring change a node asks a key's previous owner on the key's
+/// first check (ownership handoff): one extra round trip per moved key. A measured
+/// run starts after that window unless BENCH_CLUSTER_SETTLE is 0.
+pub fn settle(bench: &Bench) {
+    let s = &bench.s;
+    if s.cluster_settle_s > 0 {
+        eprintln!("letting the handoff window pass: {}s", s.cluster_settle_s);
+        std::thread::sleep(Duration::from_secs(s.cluster_settle_s));
+    }
+}
+
+/// The public URLs and pids of the running nodes.
+pub fn targets(cluster: &Cluster) -> (Vec<String>, Vec<u32>) {
+    let running = cluster.running();
+    let urls = running.iter().map(|n| n.public_url().to_string()).collect();
+    (urls, running.iter().map(|n| n.pid()).collect())
+}
+
 /// Health and warnings of every node, then the cluster is stopped.
-fn finish(bench: &Bench, mut cluster: Guarded<Cluster>) {
+pub fn finish(bench: &Bench, mut cluster: Guarded<Cluster>) {
     for i in 0..cluster.len() {
         let name = cluster.node(i).node_id.clone();
         node_health(bench, &name, cluster.node_mut(i));
@@ -93,7 +111,7 @@ pub fn run(bench: &Bench) {
     let single = measure(
         bench,
         "ref",
-        &loads(bench, &[url.as_str(); NODES]),
+        &loads(bench, &[url.as_str(); NODES], s.tenant_space),
         &[pid],
         || {},
     );
@@ -143,30 +161,31 @@ fn measure_cluster(
     name: &str,
     template: NodeBuilder,
 ) -> (Measured, Snapshot, Snapshot) {
-    let s = &bench.s;
     let cluster = start_cluster(bench, NODES, template);
-    // For 10 s after a ring change a node asks a key's previous owner on the key's
-    // first check (ownership handoff): one extra round trip per moved key. The
-    // measured run starts after that window unless BENCH_CLUSTER_SETTLE is 0.
-    if s.cluster_settle_s > 0 {
-        eprintln!("letting the handoff window pass: {}s", s.cluster_settle_s);
-        std::thread::sleep(Duration::from_secs(s.cluster_settle_s));
-    }
-    let urls: Vec<String> = cluster
-        .running()
-        .iter()
-        .map(|n| n.public_url().to_string())
-        .collect();
-    let pids: Vec<u32> = cluster.running().iter().map(|n| n.pid()).collect();
-    let url_refs: Vec<&str> = urls.iter().map(String::as_str).collect();
-    // Metrics are read right before and right after the measured run (not the warm-up).
-    let mut before = None;
-    let measured = measure(bench, name, &loads(bench, &url_refs), &pids, || {
-        before = Some(Snapshot::take(&cluster))
-    });
-    let after = Snapshot::take(&cluster);
-    measured.print();
+    settle(bench);
+    let measured = measure_on(bench, name, &cluster, bench.s.tenant_space);
     finish(bench, cluster);
+    measured
+}
+
+/// Measures `cluster` loaded by one wrk per node with random tenants out of
+/// `tenant_space`; answers the measurement and the nodes' metrics right before
+/// and right after it (not the warm-up).
+pub fn measure_on(
+    bench: &Bench,
+    name: &str,
+    cluster: &Cluster,
+    tenant_space: u64,
+) -> (Measured, Snapshot, Snapshot) {
+    let (urls, pids) = targets(cluster);
+    let url_refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let mut before = None;
+    let load = loads(bench, &url_refs, tenant_space);
+    let measured = measure(bench, name, &load, &pids, || {
+        before = Some(Snapshot::take(cluster))
+    });
+    let after = Snapshot::take(cluster);
+    measured.print();
     (
         measured,
         before.expect("metrics read before the run"),
@@ -175,7 +194,7 @@ fn measure_cluster(
 }
 
 /// `ratio <what>` of two throughputs, against its target.
-fn ratio(what: &str, rps: f64, reference: f64, target: f64) {
+pub fn ratio(what: &str, rps: f64, reference: f64, target: f64) {
     let r = if reference > 0.0 {
         rps / reference
     } else {

@@ -56,6 +56,20 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// How much the counter `selector`, summed over the nodes, grew from `self` to
+    /// `later`.
+    pub fn growth(&self, later: &Snapshot, selector: &str) -> f64 {
+        let total = |s: &Snapshot| -> f64 {
+            s.nodes
+                .iter()
+                .map(|(_, samples)| metrics::sum(samples, selector).unwrap_or(0.0))
+                .sum()
+        };
+        total(later) - total(self)
+    }
+}
+
 /// One node's (or the sum's) figures over the run.
 #[derive(Default)]
 struct Row {

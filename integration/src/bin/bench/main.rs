@@ -6,7 +6,7 @@
 //! Layout: [`settings`] (knobs and usage), [`setup`] (binaries, tools, node flags),
 //! [`cleanup`] (children stopped on a signal), [`procfs`] (CPU and memory from /proc),
 //! [`wrk`] (running and parsing wrk), [`summary`] (the shared result lines), and one
-//! module per mode: [`single`], [`memory`], [`cluster`] (+ [`cluster_report`]),
+//! module per mode: [`single`], [`memory`], [`cluster`] (+ [`cluster_report`]), [`hot`],
 //! [`redis`], [`failover`], [`proxy`], [`rls`] (+ [`rls_load`]), [`sim`] (the
 //! in-process simulation).
 
@@ -14,6 +14,7 @@ mod cleanup;
 mod cluster;
 mod cluster_report;
 mod failover;
+mod hot;
 mod memory;
 mod procfs;
 mod proxy;
@@ -30,8 +31,8 @@ mod wrk;
 use settings::{wrk_seconds, Settings, USAGE};
 use setup::{ensure_tool, Bench};
 
-const MODES: [&str; 9] = [
-    "single", "memory", "cluster", "redis", "failover", "proxy", "rls", "sim", "all",
+const MODES: [&str; 10] = [
+    "single", "memory", "cluster", "hot", "redis", "failover", "proxy", "rls", "sim", "all",
 ];
 
 fn main() {
@@ -81,6 +82,7 @@ fn main() {
         "single" => &[single::run],
         "memory" => &[memory::run],
         "cluster" => &[cluster::run],
+        "hot" => &[hot::run],
         "redis" => &[redis::run],
         "failover" => &[failover::run],
         "proxy" => &[proxy::run],
@@ -88,6 +90,7 @@ fn main() {
         _ => &[
             single::run,
             cluster::run,
+            hot::run,
             redis::run,
             failover::run,
             memory::run,

@@ -9,8 +9,8 @@ Benchmarks for the llmtrace cluster node.
   cargo run --release -p llmtrace-integration --bin bench -- [MODE]
   scripts/bench.sh [MODE]                      (the same, through cargo)
 
-MODE is single, memory, cluster, redis, failover, proxy, rls, sim or all (default:
-all; sim is not part of all).
+MODE is single, memory, cluster, hot, redis, failover, proxy, rls, sim or all
+(default: all; sim is not part of all).
 
 single  wrk (scripts/bench/check.lua) posts /v1/check with random tenants out of
         100,000 over keep-alive connections, first against llmtrace-node, then
@@ -54,6 +54,15 @@ cluster first a single-node reference, then 3 nodes on this machine (node-0
         with mutual TLS on the cluster port (certificates made at run time):
         the same figures, the ratio TLS/plain (target >= 0.9) and the CPU per
         check with TLS over without.
+hot     token leases: the 3 nodes of `cluster` (same settings, default lease
+        settings, limits that never refuse), started once and measured twice
+        with the same wrk load (one per node, as in `cluster`): every check
+        for one hot tenant, then random tenants out of 10,000. Prints checks/s
+        of each and the ratio hot/spread (target >= 0.9), the share of client
+        checks by route (llmtrace_routed_checks_total summed over the nodes,
+        read before and after each measured run: local, forwarded, leased,
+        degraded; target for the hot tenant: forwarded <= 0.10), server CPU
+        per check of each, and the forwarding report of `cluster` for both.
 redis   a node snapshotting to its own redis-server (free loopback port, no
         persistence), every check allowed (the `single` quota) over
         BENCH_HOT_TENANTS hot tenants. For each snapshot interval in
