@@ -101,7 +101,11 @@ fn the_stream_refuses_hostile_input() {
         request.extend_from_slice(&early);
         let mut conn = WsConn::open(addr, &request, READ).unwrap();
         let reply = conn.read_head().unwrap();
-        assert_eq!(reply.status, 401, "upgrade with secret {secret:?}: {}", reply.head);
+        assert_eq!(
+            reply.status, 401,
+            "upgrade with secret {secret:?}: {}",
+            reply.head
+        );
         assert!(
             String::from_utf8_lossy(&reply.body).contains("unauthorized"),
             "{}",
