@@ -127,6 +127,12 @@ pub fn holders<'a>(
     Some(owners)
 }
 
+/// Whether a node other than this one may hold `key` now ([`holders`]
+/// names one).
+pub fn held_elsewhere(view: &ClusterView, fence: &Fence, key: &BucketKey, reclaim: bool) -> bool {
+    holders(view, fence, key, None, reclaim).is_some_and(|o| !o.is_empty())
+}
+
 /// Of the answers of every node asked for a bucket (at most one holds it):
 /// the state given up, else the last failure, else none.
 pub fn first_held(answers: Vec<Result<Option<Held>, String>>) -> Result<Option<Held>, String> {
@@ -142,6 +148,10 @@ pub fn first_held(answers: Vec<Result<Option<Held>, String>>) -> Result<Option<H
 }
 
 impl HandoffSource for PeerHandoff {
+    fn would_pull(&self, key: &BucketKey, reclaim: bool) -> bool {
+        held_elsewhere(&self.view.load(), &self.fence, key, reclaim)
+    }
+
     fn pull(
         &self,
         key: &BucketKey,

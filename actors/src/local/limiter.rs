@@ -239,15 +239,21 @@ impl Limiter {
             tenant: tenant.into_boxed_str(),
             limit,
         };
-        let mut msg = Some(Check {
+        let check = Check {
             key,
             quota,
             op,
             cost,
             serve,
-        });
-        // Hot path: no clone of the address (its sender count is shared
-        // between threads); only during start-up wait for the shard.
+        };
+        // Hot path: decided here when the bucket is in memory, without a
+        // message to the shard or a hop to its thread.
+        if let Some(decision) = self.shards.decide_now(i, &check) {
+            return Ok(Verdict::Limited { quota, decision });
+        }
+        let mut msg = Some(check);
+        // No clone of the address (its sender count is shared between
+        // threads); only during start-up wait for the shard.
         let request = match self.shards.with(i, |a| a.send(msg.take().expect("unsent"))) {
             Some(request) => request,
             None => self.shards.get(i).await.send(msg.take().expect("unsent")),

@@ -1,14 +1,16 @@
 //! Where shard actors run. Two placements:
 //!
-//! - *dedicated*: each shard on an arbiter (thread) of its own; every check
-//!   crosses from the HTTP worker to the shard's thread and back.
-//! - *on workers*: each shard on one of the HTTP worker threads, started by
-//!   the worker itself ([`ShardHost::host_here`]); a check whose shard lives
-//!   on the worker that parsed it never leaves that thread, and no extra
+//! - *dedicated*: each shard's actor on an arbiter (thread) of its own; a
+//!   check it decides crosses from the HTTP worker to that thread and back.
+//! - *on workers*: each shard's actor on one of the HTTP worker threads,
+//!   started by the worker itself ([`ShardHost::host_here`]); no extra
 //!   threads compete with the workers for the cores.
 //!
-//! Either way a bucket has exactly one writer. [`ShardSlots`] is the table
-//! the limiter routes through; a slot is empty until its shard started.
+//! Either way a check of a bucket in memory is decided on the thread that
+//! asks, under the shard's lock ([`ShardSlots::decide_now`]); the actor runs
+//! the shard's timers, restores and writes, and the checks that wait on
+//! them. [`ShardSlots`] is the table the limiter routes through; a slot is
+//! empty until its shard started.
 //! Shards on workers stop with their worker; on stopping, each sends its
 //! last dirty buckets to [`ShardHost::final_writes`] so a graceful stop still
 //! snapshots everything.
@@ -23,13 +25,21 @@ use llmtrace_cluster_config::RateLimitConfig;
 use tokio::sync::watch;
 
 use crate::cache::{CacheLayer, SnapshotWrite};
+use crate::core::bucket::Decision;
 use crate::core::clock::Clock;
 use crate::metrics::Metrics;
-use crate::shard::{Ownership, ShardActor, ShardTiming};
+use crate::shard::{Check, Ownership, ShardActor, ShardState, ShardTiming};
 
-/// The addresses of a node's shards, by index.
+/// A started shard: its actor, and its state for checks decided on the
+/// caller's thread.
+struct Started {
+    addr: Addr<ShardActor>,
+    state: Arc<Mutex<ShardState>>,
+}
+
+/// The node's shards, by index.
 pub struct ShardSlots {
-    slots: Vec<ArcSwapOption<Addr<ShardActor>>>,
+    slots: Vec<ArcSwapOption<Started>>,
     started: watch::Sender<usize>,
 }
 
@@ -49,21 +59,34 @@ impl ShardSlots {
         self.slots.is_empty()
     }
 
-    fn set(&self, i: usize, addr: Addr<ShardActor>) {
-        self.slots[i].store(Some(Arc::new(addr)));
+    /// Starts `state` on the current arbiter as shard `i`.
+    fn start(&self, i: usize, state: ShardState) {
+        let state = Arc::new(Mutex::new(state));
+        let addr = ShardActor::new(Arc::clone(&state)).start();
+        self.slots[i].store(Some(Arc::new(Started { addr, state })));
         self.started.send_modify(|n| *n += 1);
     }
 
     /// Runs `f` on the shard at `i` if it started.
     pub fn with<R>(&self, i: usize, f: impl FnOnce(&Addr<ShardActor>) -> R) -> Option<R> {
-        self.slots[i].load().as_ref().map(|a| f(a))
+        self.slots[i].load().as_ref().map(|s| f(&s.addr))
+    }
+
+    /// Decides `check` on shard `i` here, on the caller's thread, when the
+    /// shard allows it ([`ShardState::decide_now`]) and no other thread is
+    /// deciding on it this instant; `None`: send it to the shard's actor.
+    #[inline]
+    pub fn decide_now(&self, i: usize, check: &Check) -> Option<Decision> {
+        let slot = self.slots[i].load();
+        let mut state = slot.as_ref()?.state.try_lock().ok()?;
+        state.decide_now(check)
     }
 
     /// The shard at `i`, once started (waits for it during start-up).
     pub async fn get(&self, i: usize) -> Addr<ShardActor> {
         loop {
-            if let Some(addr) = self.slots[i].load().as_ref() {
-                return Addr::clone(addr);
+            if let Some(s) = self.slots[i].load().as_ref() {
+                return Addr::clone(&s.addr);
             }
             let mut rx = self.started.subscribe();
             if self.slots[i].load().is_some() {
@@ -77,7 +100,7 @@ impl ShardSlots {
     pub fn all(&self) -> Vec<Addr<ShardActor>> {
         self.slots
             .iter()
-            .filter_map(|s| s.load().as_ref().map(|a| Addr::clone(a)))
+            .filter_map(|s| s.load().as_ref().map(|s| Addr::clone(&s.addr)))
             .collect()
     }
 
@@ -103,8 +126,8 @@ pub struct ShardParts {
 }
 
 impl ShardParts {
-    fn build(&self, id: usize, on_stop: Option<mpsc::Sender<Vec<SnapshotWrite>>>) -> ShardActor {
-        ShardActor::new(
+    fn build(&self, id: usize, on_stop: Option<mpsc::Sender<Vec<SnapshotWrite>>>) -> ShardState {
+        ShardState::new(
             id,
             Arc::clone(&self.limits),
             Arc::clone(&self.cache),
@@ -119,12 +142,17 @@ impl ShardParts {
 }
 
 /// Starts every shard on an arbiter of its own.
-pub fn start_dedicated(parts: &ShardParts, slots: &ShardSlots) {
+pub fn start_dedicated(parts: &ShardParts, slots: &Arc<ShardSlots>) {
     for id in 0..slots.len() {
         let arbiter = Arbiter::new();
-        let parts = parts.clone();
-        let addr = ShardActor::start_in_arbiter(&arbiter.handle(), move |_| parts.build(id, None));
-        slots.set(id, addr);
+        let (parts, slots) = (parts.clone(), Arc::clone(slots));
+        let started = std::sync::mpsc::sync_channel(1);
+        arbiter.spawn_fn(move || {
+            slots.start(id, parts.build(id, None));
+            let _ = started.0.send(());
+        });
+        // Started in order, as before: the slot is set when this returns.
+        let _ = started.1.recv();
     }
 }
 
@@ -191,11 +219,10 @@ impl ShardHost {
                 self.slots.slots[id]
                     .load()
                     .as_ref()
-                    .is_none_or(|a| !a.connected())
+                    .is_none_or(|s| !s.addr.connected())
             };
             if mine {
-                let addr = self.parts.build(id, Some(tx.clone())).start();
-                self.slots.set(id, addr);
+                self.slots.start(id, self.parts.build(id, Some(tx.clone())));
             }
         }
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::ShardActor;
+use super::{ShardActor, ShardState};
 use crate::cache::{CacheError, SnapshotWrite};
 use crate::core::bucket::BucketQuota;
 use crate::core::held::Held;
@@ -66,10 +66,12 @@ fn report(
     }
 }
 
-impl Handler<Inspect> for ShardActor {
-    type Result = ResponseActFuture<Self, Result<BucketReport, CacheError>>;
-
-    fn handle(&mut self, msg: Inspect, _: &mut Self::Context) -> Self::Result {
+impl ShardState {
+    pub(super) fn inspect(
+        &mut self,
+        msg: Inspect,
+        _: &mut Context<ShardActor>,
+    ) -> ResponseActFuture<ShardActor, Result<BucketReport, CacheError>> {
         let now = self.clock.now_ns();
         if let Some(slot) = self.buckets.get(&msg.key) {
             let age = if !self.timing.write_behind {
@@ -92,22 +94,27 @@ impl Handler<Inspect> for ShardActor {
             return Box::pin(fut::ready(Ok(report(&full, msg.quota, now, None, false))));
         }
         let restore = self.cache.restore(msg.key);
-        Box::pin(restore.into_actor(self).map(move |res, act, _| {
-            let now = act.clock.now_ns();
-            // As a check would: a snapshot that cannot be read (Redis
-            // down) leaves the bucket full.
-            Ok(match res {
-                Ok(Some(state)) => report(&state, msg.quota, now, Some(0), false),
-                Ok(None) | Err(_) => report(&full, msg.quota, now, None, false),
-            })
-        }))
+        Box::pin(fut::wrap_future::<_, ShardActor>(restore).map(
+            move |res, act: &mut ShardActor, _| {
+                let act = act.lock();
+                let now = act.clock.now_ns();
+                // As a check would: a snapshot that cannot be read (Redis
+                // down) leaves the bucket full.
+                Ok(match res {
+                    Ok(Some(state)) => report(&state, msg.quota, now, Some(0), false),
+                    Ok(None) | Err(_) => report(&full, msg.quota, now, None, false),
+                })
+            },
+        ))
     }
 }
 
-impl Handler<Reset> for ShardActor {
-    type Result = ResponseActFuture<Self, Result<(), CacheError>>;
-
-    fn handle(&mut self, msg: Reset, _: &mut Self::Context) -> Self::Result {
+impl ShardState {
+    pub(super) fn reset(
+        &mut self,
+        msg: Reset,
+        _: &mut Context<ShardActor>,
+    ) -> ResponseActFuture<ShardActor, Result<(), CacheError>> {
         let now = self.clock.now_ns();
         self.outbox.remove(&msg.key);
         self.aside.remove(&msg.key);
@@ -132,16 +139,19 @@ impl Handler<Reset> for ShardActor {
         }
         let write = SnapshotWrite::new(msg.key, state, msg.quota, now);
         let store = self.cache.store(Arc::new(vec![write]));
-        Box::pin(store.into_actor(self).map(|res, act, _| {
-            match &res {
-                Ok(()) => {
-                    act.stats().snapshot_writes.fetch_add(1, Relaxed);
+        Box::pin(
+            fut::wrap_future::<_, ShardActor>(store).map(|res, act: &mut ShardActor, _| {
+                let act = act.lock();
+                match &res {
+                    Ok(()) => {
+                        act.stats().snapshot_writes.fetch_add(1, Relaxed);
+                    }
+                    Err(_) => {
+                        act.stats().snapshot_errors.fetch_add(1, Relaxed);
+                    }
                 }
-                Err(_) => {
-                    act.stats().snapshot_errors.fetch_add(1, Relaxed);
-                }
-            }
-            res
-        }))
+                res
+            }),
+        )
     }
 }

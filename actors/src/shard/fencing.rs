@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use tracing::info;
 
-use super::ShardActor;
+use super::ShardState;
 use crate::core::bucket::BucketQuota;
 use crate::core::fence::Fence;
 use crate::core::held::Held;
@@ -42,7 +42,7 @@ impl Serve {
     }
 }
 
-impl ShardActor {
+impl ShardState {
     /// Gates decisions (and snapshots) through `fence`.
     pub fn fence(mut self, fence: Arc<Fence>) -> Self {
         self.fence = fence;
@@ -159,6 +159,10 @@ mod tests {
     }
 
     impl HandoffSource for Peer {
+        fn would_pull(&self, _: &BucketKey, _: bool) -> bool {
+            true
+        }
+
         fn pull(
             &self,
             key: &BucketKey,

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use futures_util::future::{FutureExt, LocalBoxFuture};
 
-use super::{ShardActor, MAX_UNHELD_TOMBSTONES, TOMBSTONE_TTL_NS};
+use super::{ShardActor, ShardState, MAX_UNHELD_TOMBSTONES, TOMBSTONE_TTL_NS};
 use crate::cache::CacheError;
 use crate::core::held::Held;
 use crate::core::key::BucketKey;
@@ -43,6 +43,10 @@ pub trait HandoffSource: Send + Sync + 'static {
         hint: Option<&str>,
         reclaim: bool,
     ) -> Option<LocalBoxFuture<'static, Result<Option<Held>, String>>>;
+
+    /// Whether another node may hold `key` now: [`HandoffSource::pull`]
+    /// without a hint would ask someone. Cheap: builds no request.
+    fn would_pull(&self, key: &BucketKey, reclaim: bool) -> bool;
 }
 
 /// The node that owns a key now, when it is not this node.
@@ -84,7 +88,7 @@ pub struct TakeBucket {
     pub to: Arc<str>,
 }
 
-impl ShardActor {
+impl ShardState {
     /// The node a key was handed to, while the tombstone lasts; after
     /// [`TakeAll`], the key's owner.
     pub(super) fn moved_to(&self, key: &BucketKey) -> Option<Arc<str>> {
@@ -131,7 +135,7 @@ impl ShardActor {
     }
 }
 
-impl ShardActor {
+impl ShardState {
     /// Puts a handed-over state in place, merging with a resident bucket.
     pub(super) fn install(&mut self, key: BucketKey, state: Held) {
         let state = self
@@ -169,18 +173,18 @@ impl ShardActor {
     }
 }
 
-impl Handler<Install> for ShardActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Install, _: &mut Self::Context) {
+impl ShardState {
+    pub(super) fn install_pushed(&mut self, msg: Install, _: &mut Context<ShardActor>) {
         self.install(msg.key, msg.state);
     }
 }
 
-impl Handler<TakeAll> for ShardActor {
-    type Result = Vec<(BucketKey, Held)>;
-
-    fn handle(&mut self, msg: TakeAll, _: &mut Self::Context) -> Self::Result {
+impl ShardState {
+    pub(super) fn take_all(
+        &mut self,
+        msg: TakeAll,
+        _: &mut Context<ShardActor>,
+    ) -> Vec<(BucketKey, Held)> {
         // A bucket no other node owns stays here, served and snapshotted as
         // before (the final flush writes it): given up, its next check would
         // restore it from the cache layer while its last state is still
@@ -224,10 +228,12 @@ impl Handler<TakeAll> for ShardActor {
     }
 }
 
-impl Handler<TakeBucket> for ShardActor {
-    type Result = Option<Held>;
-
-    fn handle(&mut self, msg: TakeBucket, _: &mut Self::Context) -> Option<Held> {
+impl ShardState {
+    pub(super) fn take_bucket(
+        &mut self,
+        msg: TakeBucket,
+        _: &mut Context<ShardActor>,
+    ) -> Option<Held> {
         let now = self.clock.now_ns();
         let tombstone = (msg.to, now.saturating_add(TOMBSTONE_TTL_NS));
         let Some(slot) = self.evict(&msg.key) else {

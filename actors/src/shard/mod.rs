@@ -1,9 +1,15 @@
-//! The shard actor: owns a map of buckets outright (single writer, no locks)
-//! and everything that touches their state — checks, restores of unknown keys
-//! from the cache layer, write-behind snapshots, and dropping full buckets.
+//! A shard: a map of buckets ([`ShardState`]) and everything that touches
+//! their state — checks, restores of unknown keys from the cache layer,
+//! write-behind snapshots, and dropping full buckets.
 //!
-//! Each shard runs on its own arbiter (thread). A key always maps to the same
-//! shard (see [`crate::core::key`]), so every check of a bucket is serialised here.
+//! A key always maps to the same shard (see [`crate::core::key`]), and the
+//! shard's state sits behind one lock, so every check of a bucket is
+//! serialised there. A check of a bucket in memory is decided on the thread
+//! that asks ([`ShardState::decide_now`]: a lock taken without waiting, no
+//! message, no hop to another thread); everything else — restores, writes,
+//! handoffs, timers, and any check that needs one of them — goes through the
+//! shard's actor ([`ShardActor`]), which runs on an arbiter (thread) and takes
+//! the same lock for each message.
 //!
 //! Snapshot bookkeeping: a bucket is *dirty* when a check took units since its
 //! last snapshot. Each dirty key sits once in `dirty` (the flag in the slot
@@ -14,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -154,7 +160,7 @@ struct Waiter {
 }
 
 /// One shard of a node's buckets.
-pub struct ShardActor {
+pub struct ShardState {
     /// Index of this shard, for metrics and logs.
     id: usize,
     /// The buckets this shard owns; full buckets are absent. Hashed with
@@ -208,9 +214,11 @@ pub struct ShardActor {
     /// Id of the next token lease (from the clock: ids of a restarted
     /// shard do not repeat its previous ones).
     next_lease_id: u64,
+    /// The actor stopped (with its thread): checks go to it and fail.
+    stopped: bool,
 }
 
-impl ShardActor {
+impl ShardState {
     pub fn new(
         id: usize,
         limits: Arc<RateLimitConfig>,
@@ -220,7 +228,7 @@ impl ShardActor {
         timing: ShardTiming,
     ) -> Self {
         let next_lease_id = clock.now_ns();
-        ShardActor {
+        ShardState {
             id,
             buckets: HashMap::default(),
             dirty: Vec::new(),
@@ -247,6 +255,7 @@ impl ShardActor {
             aside: HashMap::new(),
             token_leases: HashMap::new(),
             next_lease_id,
+            stopped: false,
         }
     }
 
@@ -357,7 +366,7 @@ impl ShardActor {
         key: BucketKey,
         result: Result<Option<Held>, CacheError>,
         from_peer: bool,
-        ctx: &mut Context<Self>,
+        ctx: &mut Context<ShardActor>,
     ) {
         let now = self.clock.now_ns();
         let waiters = self.pending.remove(&key).unwrap_or_default();
@@ -495,29 +504,124 @@ fn shrink_sparse<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(
 /// Messages queued before senders wait (backpressure, not loss).
 const MAILBOX_CAPACITY: usize = 1 << 16;
 
+/// The actor in front of a shard's state: it runs the shard's timers,
+/// restores and writes, and decides every check the caller could not
+/// decide itself (see [`ShardState::decide_now`]).
+pub struct ShardActor {
+    state: Arc<Mutex<ShardState>>,
+}
+
+impl ShardActor {
+    pub fn new(state: Arc<Mutex<ShardState>>) -> Self {
+        ShardActor { state }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ShardState> {
+        lock(&self.state)
+    }
+}
+
+/// The shard's state, whatever a panic left it in (a panic in a shard is a
+/// bug; the other checks go on, as they did when the actor's thread died
+/// with it).
+pub fn lock(state: &Mutex<ShardState>) -> MutexGuard<'_, ShardState> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Actor for ShardActor {
     type Context = Context<Self>;
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        if let Some(tx) = self.on_stop.take() {
-            let now = self.clock.now_ns();
-            let _ = tx.send(self.take_dirty(now));
+        let mut state = self.lock();
+        state.stopped = true;
+        if let Some(tx) = state.on_stop.take() {
+            let now = state.clock.now_ns();
+            let _ = tx.send(state.take_dirty(now));
         }
     }
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
-        ctx.run_interval(self.timing.snapshot_interval, |act, ctx| act.flush(ctx));
-        ctx.run_interval(self.timing.sweep_interval, |act, _| {
-            act.sweep();
+        let timing = self.lock().timing;
+        ctx.run_interval(timing.snapshot_interval, |act, ctx| act.lock().flush(ctx));
+        ctx.run_interval(timing.sweep_interval, |act, _| {
+            act.lock().sweep();
         });
     }
 }
 
-impl Handler<Check> for ShardActor {
-    type Result = Response<Result<Decision, Unserved>>;
+/// Each message is handled by the [`ShardState`] method of the same name,
+/// under the shard's lock.
+macro_rules! handled_by_state {
+    ($($msg:ty => $method:ident -> $result:ty;)*) => {$(
+        impl Handler<$msg> for ShardActor {
+            type Result = $result;
 
-    fn handle(&mut self, msg: Check, ctx: &mut Self::Context) -> Self::Result {
+            fn handle(&mut self, msg: $msg, ctx: &mut Self::Context) -> $result {
+                self.lock().$method(msg, ctx)
+            }
+        }
+    )*};
+}
+
+handled_by_state! {
+    Check => check -> Response<Result<Decision, Unserved>>;
+    SweepNow => sweep_now -> usize;
+    Inspect => inspect -> ResponseActFuture<ShardActor, Result<BucketReport, CacheError>>;
+    Reset => reset -> ResponseActFuture<ShardActor, Result<(), CacheError>>;
+    Install => install_pushed -> ();
+    TakeAll => take_all -> Vec<(BucketKey, Held)>;
+    TakeBucket => take_bucket -> Option<Held>;
+    FlushNow => flush_now -> ResponseActFuture<ShardActor, Result<usize, CacheError>>;
+    GrantTokens => grant_tokens -> ResponseFuture<Option<Grant>>;
+    ReturnTokens => return_tokens -> u64;
+}
+
+impl ShardState {
+    /// Decides `msg` on the caller's thread, without a message to the
+    /// actor, when nothing but the bucket is needed: the shard runs, its
+    /// fence admits, the bucket is resident and no write has to be waited
+    /// for. `None`: send the check to the actor.
+    pub fn decide_now(&mut self, msg: &Check) -> Option<Decision> {
+        // May set every bucket aside (a lapse since the last decision).
+        if self.stopped || self.timing.write_through || !self.may_decide() {
+            return None;
+        }
+        let now = self.clock.now_ns();
+        if !self.buckets.contains_key(&msg.key) {
+            if !self.starts_full(&msg.key, msg.serve) {
+                return None;
+            }
+            // What a restore that found nothing does, without the restore.
+            self.stats().restore_misses.fetch_add(1, Relaxed);
+            let slot = Slot::new(Held::full(msg.quota, now));
+            self.buckets.insert(msg.key.clone(), slot);
+            self.stats().resident.fetch_add(1, Relaxed);
+        }
+        Some(self.decide(&msg.key, msg.quota, msg.op, msg.cost, now))
+    }
+
+    /// A key not in memory would start full, for sure and at once: no
+    /// snapshot can exist (nothing is written to the cache layer), no other
+    /// node may hold it, and this shard has nothing of it (no restore under
+    /// way, no copy set aside, no tombstone).
+    fn starts_full(&self, key: &BucketKey, serve: Serve) -> bool {
+        !self.timing.write_behind
+            && self.handed_over.is_none()
+            && !self.pending.contains_key(key)
+            && !self.aside.contains_key(key)
+            && !self.tombstones.contains_key(key)
+            && self
+                .handoff
+                .as_ref()
+                .is_none_or(|h| !h.would_pull(key, serve.reclaims()))
+    }
+
+    fn check(
+        &mut self,
+        msg: Check,
+        ctx: &mut Context<ShardActor>,
+    ) -> Response<Result<Decision, Unserved>> {
         if !self.may_decide() && msg.serve != Serve::Degraded {
             return Response::reply(Err(Unserved::Fenced(msg.key.tenant)));
         }
@@ -564,10 +668,9 @@ impl Handler<Check> for ShardActor {
             self.pending.insert(msg.key.clone(), vec![waiter]);
             let key = msg.key;
             let fut = self.restore(key.clone(), hint, msg.serve.reclaims());
-            ctx.spawn(
-                fut.into_actor(self)
-                    .map(move |(res, from_peer), act, ctx| act.restored(key, res, from_peer, ctx)),
-            );
+            ctx.spawn(fut::wrap_future::<_, ShardActor>(fut).map(
+                move |(res, from_peer), act, ctx| act.lock().restored(key, res, from_peer, ctx),
+            ));
         }
         // The sender lives in `pending` until the restore finishes; the actor
         // only drops it if it stops, and then the check is refused.
@@ -579,12 +682,8 @@ impl Handler<Check> for ShardActor {
             }))
         })
     }
-}
 
-impl Handler<SweepNow> for ShardActor {
-    type Result = usize;
-
-    fn handle(&mut self, _: SweepNow, _: &mut Self::Context) -> usize {
+    fn sweep_now(&mut self, _: SweepNow, _: &mut Context<ShardActor>) -> usize {
         self.sweep()
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::{Reply, ShardActor, Unserved, MAX_BACKOFF};
+use super::{Reply, ShardActor, ShardState, Unserved, MAX_BACKOFF};
 use crate::cache::{CacheError, SnapshotWrite};
 use crate::core::bucket::{BucketQuota, Decision, Op};
 use crate::core::key::BucketKey;
@@ -31,7 +31,7 @@ pub(super) fn answer_durable(waiting: Vec<(Decision, Reply)>, stored: bool) {
     }
 }
 
-impl ShardActor {
+impl ShardState {
     /// Queues a resident bucket for the next snapshot (once).
     pub(super) fn mark_dirty(&mut self, key: &BucketKey, now: u64) {
         if !self.timing.write_behind {
@@ -113,7 +113,7 @@ impl ShardActor {
         }
     }
 
-    pub(super) fn flush(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn flush(&mut self, ctx: &mut Context<ShardActor>) {
         if !self.may_decide() {
             // A stale node writes nothing: its buckets may have been served
             // (and written) by another node meanwhile.
@@ -134,41 +134,44 @@ impl ShardActor {
         }
         self.flush_in_flight = true;
         let fut = self.cache.store(Arc::clone(&writes));
-        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-            act.flush_in_flight = false;
-            let now = act.clock.now_ns();
-            answer_durable(durable, res.is_ok());
-            match res {
-                Ok(()) => {
-                    act.backoff = Duration::ZERO;
-                    act.retry_at_ns = 0;
-                    act.stats().snapshot_batches.fetch_add(1, Relaxed);
-                    act.stats()
-                        .snapshot_writes
-                        .fetch_add(writes.len() as u64, Relaxed);
-                    // Checks admitted while this batch was in flight.
-                    act.flush_through(ctx);
+        ctx.spawn(fut::wrap_future::<_, ShardActor>(fut).map(
+            move |res, act: &mut ShardActor, ctx| {
+                let mut act = act.lock();
+                act.flush_in_flight = false;
+                let now = act.clock.now_ns();
+                answer_durable(durable, res.is_ok());
+                match res {
+                    Ok(()) => {
+                        act.backoff = Duration::ZERO;
+                        act.retry_at_ns = 0;
+                        act.stats().snapshot_batches.fetch_add(1, Relaxed);
+                        act.stats()
+                            .snapshot_writes
+                            .fetch_add(writes.len() as u64, Relaxed);
+                        // Checks admitted while this batch was in flight.
+                        act.flush_through(ctx);
+                    }
+                    Err(e) => {
+                        // Checks admitted while the failed batch was in flight
+                        // would wait out the backoff: refuse them now.
+                        answer_durable(std::mem::take(&mut act.durable_waiting), false);
+                        act.stats().snapshot_errors.fetch_add(1, Relaxed);
+                        act.warn_throttled(now, "snapshot batch failed; will retry", &e);
+                        act.backoff = (act.backoff * 2)
+                            .max(act.timing.snapshot_interval)
+                            .min(MAX_BACKOFF);
+                        act.retry_at_ns = now.saturating_add(act.backoff.as_nanos() as u64);
+                        act.remark_dirty(&writes, now);
+                    }
                 }
-                Err(e) => {
-                    // Checks admitted while the failed batch was in flight
-                    // would wait out the backoff: refuse them now.
-                    answer_durable(std::mem::take(&mut act.durable_waiting), false);
-                    act.stats().snapshot_errors.fetch_add(1, Relaxed);
-                    act.warn_throttled(now, "snapshot batch failed; will retry", &e);
-                    act.backoff = (act.backoff * 2)
-                        .max(act.timing.snapshot_interval)
-                        .min(MAX_BACKOFF);
-                    act.retry_at_ns = now.saturating_add(act.backoff.as_nanos() as u64);
-                    act.remark_dirty(&writes, now);
-                }
-            }
-        }));
+            },
+        ));
     }
 
     /// Write-through (and token lease grants, always written through):
     /// starts a batch for the answers waiting on one (unless a batch is in
     /// flight; its completion starts the next).
-    pub(super) fn flush_through(&mut self, ctx: &mut Context<Self>) {
+    pub(super) fn flush_through(&mut self, ctx: &mut Context<ShardActor>) {
         if !self.durable_waiting.is_empty() {
             self.flush(ctx);
         }
@@ -213,10 +216,12 @@ impl ShardActor {
     }
 }
 
-impl Handler<FlushNow> for ShardActor {
-    type Result = ResponseActFuture<Self, Result<usize, CacheError>>;
-
-    fn handle(&mut self, _: FlushNow, _: &mut Self::Context) -> Self::Result {
+impl ShardState {
+    pub(super) fn flush_now(
+        &mut self,
+        _: FlushNow,
+        _: &mut Context<ShardActor>,
+    ) -> ResponseActFuture<ShardActor, Result<usize, CacheError>> {
         let now = self.clock.now_ns();
         self.rewrite_after_loss(now);
         let writes = Arc::new(self.take_dirty(now));
@@ -224,21 +229,25 @@ impl Handler<FlushNow> for ShardActor {
             return Box::pin(fut::ready(Ok(0)));
         }
         let fut = self.cache.store(Arc::clone(&writes));
-        Box::pin(fut.into_actor(self).map(move |res, act, _| {
-            let n = writes.len();
-            match res {
-                Ok(()) => {
-                    act.stats().snapshot_batches.fetch_add(1, Relaxed);
-                    act.stats().snapshot_writes.fetch_add(n as u64, Relaxed);
-                    Ok(n)
+        Box::pin(
+            fut::wrap_future::<_, ShardActor>(fut).map(move |res, act: &mut ShardActor, _| {
+                let mut act = act.lock();
+                let n = writes.len();
+                match res {
+                    Ok(()) => {
+                        act.stats().snapshot_batches.fetch_add(1, Relaxed);
+                        act.stats().snapshot_writes.fetch_add(n as u64, Relaxed);
+                        Ok(n)
+                    }
+                    Err(e) => {
+                        act.stats().snapshot_errors.fetch_add(1, Relaxed);
+                        let now = act.clock.now_ns();
+                        act.remark_dirty(&writes, now);
+                        Err(e)
+                    }
                 }
-                Err(e) => {
-                    act.stats().snapshot_errors.fetch_add(1, Relaxed);
-                    act.remark_dirty(&writes, act.clock.now_ns());
-                    Err(e)
-                }
-            }
-        }))
+            }),
+        )
     }
 }
 

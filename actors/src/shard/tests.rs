@@ -527,3 +527,96 @@ fn a_slot_of_a_level_is_24_bytes() {
     // enum's word with its tag.
     assert_eq!(std::mem::size_of::<super::Slot>(), 24);
 }
+
+/// A check of a bucket in memory is decided on the caller's thread; one that
+/// needs the actor (a restore, a closed fence, a write to wait for) is not.
+#[actix_rt::test]
+async fn resident_buckets_are_decided_without_the_actor() {
+    use crate::core::bucket::Op;
+    use crate::shard::{Check, Serve};
+    let f = start(limits(1, 3), 1);
+    let quota = f
+        .limiter
+        .validate("a", Limit::REQUESTS, 1)
+        .unwrap()
+        .unwrap();
+    let check = |tenant: &str| Check {
+        key: BucketKey::new(tenant, Limit::REQUESTS),
+        quota,
+        op: Op::Take,
+        cost: 1,
+        serve: Serve::Owner,
+    };
+    let shards = f.limiter.shards();
+    assert_eq!(shards.decide_now(0, &check("a")), None, "not in memory yet");
+    assert!(allowed(&f.limiter, "a").await, "restored by the actor");
+    // Resident now: 2 of the burst of 3 left, then refused, exactly.
+    let d = || match shards.decide_now(0, &check("a")) {
+        Some(Decision::Allowed { remaining, .. }) => Some((true, remaining)),
+        Some(Decision::Refused { remaining, .. }) => Some((false, remaining)),
+        None => None,
+    };
+    assert_eq!(d(), Some((true, 1)));
+    assert_eq!(d(), Some((true, 0)));
+    assert_eq!(d(), Some((false, 0)));
+    assert!(!allowed(&f.limiter, "a").await);
+    let decisions = &f.limiter.metrics().shards[0].decisions[Limit::REQUESTS.id()];
+    assert_eq!(
+        (decisions[0].load(Relaxed), decisions[1].load(Relaxed)),
+        (3, 2),
+        "counted like the actor's decisions"
+    );
+    // A closed fence: the actor answers (fenced).
+    let fence = crate::core::fence::Fence::leased(Duration::from_secs(3600));
+    let clock = ManualClock::new(T0);
+    let l = Limiter::start_owning(
+        1,
+        Arc::new(limits(1, 3)),
+        Arc::new(InMemoryCacheLayer::new(clock.clone())),
+        clock,
+        ShardTiming::default(),
+        crate::shard::Ownership {
+            handoff: None,
+            fence: Arc::clone(&fence),
+        },
+    );
+    assert!(allowed(&l, "a").await);
+    assert!(l.shards().decide_now(0, &check("a")).is_some());
+    fence.renew(fence.now_ns());
+    assert_eq!(l.shards().decide_now(0, &check("a")), None);
+    // Write-through: every admission waits for its write, in the actor.
+    let clock = ManualClock::new(T0);
+    let l = Limiter::start(
+        1,
+        Arc::new(limits(1, 3)),
+        Arc::new(InMemoryCacheLayer::new(clock.clone())),
+        clock,
+        ShardTiming {
+            write_through: true,
+            ..ShardTiming::default()
+        },
+    );
+    assert!(allowed(&l, "a").await);
+    assert_eq!(l.shards().decide_now(0, &check("a")), None);
+    // Nothing written to the cache layer (no write-behind) and no peer to
+    // ask: a key not in memory starts full here, as its restore would.
+    let clock = ManualClock::new(T0);
+    let l = Limiter::start(
+        1,
+        Arc::new(limits(1, 3)),
+        Arc::new(InMemoryCacheLayer::new(clock.clone())),
+        clock,
+        ShardTiming {
+            write_behind: false,
+            ..ShardTiming::default()
+        },
+    );
+    assert!(allowed(&l, "warm-up").await, "the shard started");
+    assert!(matches!(
+        l.shards().decide_now(0, &check("a")),
+        Some(Decision::Allowed { remaining: 2, .. })
+    ));
+    let stats = &l.metrics().shards[0];
+    assert_eq!(stats.restore_misses.load(Relaxed), 2);
+    assert_eq!(stats.resident.load(Relaxed), 2);
+}

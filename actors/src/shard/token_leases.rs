@@ -13,7 +13,7 @@
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
-use super::ShardActor;
+use super::{ShardActor, ShardState};
 use crate::core::bucket::{BucketQuota, Decision, Op};
 use crate::core::held::Held;
 use crate::core::key::BucketKey;
@@ -47,7 +47,7 @@ pub struct ReturnTokens {
     pub unspent: u64,
 }
 
-impl ShardActor {
+impl ShardState {
     /// Decides a check of a bucket that has token leases (or may have
     /// some of a previous owner out) under its ceiling; `None` for every
     /// other bucket (one emptiness test when no lease is out).
@@ -116,11 +116,13 @@ impl ShardActor {
     }
 }
 
-impl Handler<GrantTokens> for ShardActor {
-    type Result = ResponseFuture<Option<Grant>>;
-
-    fn handle(&mut self, msg: GrantTokens, ctx: &mut Self::Context) -> Self::Result {
-        let none = || -> Self::Result { Box::pin(async { None }) };
+impl ShardState {
+    pub(super) fn grant_tokens(
+        &mut self,
+        msg: GrantTokens,
+        ctx: &mut Context<ShardActor>,
+    ) -> ResponseFuture<Option<Grant>> {
+        let none = || -> ResponseFuture<Option<Grant>> { Box::pin(async { None }) };
         if !self.may_decide() || !self.buckets.contains_key(&msg.key) {
             return none();
         }
@@ -162,10 +164,8 @@ impl Handler<GrantTokens> for ShardActor {
     }
 }
 
-impl Handler<ReturnTokens> for ShardActor {
-    type Result = u64;
-
-    fn handle(&mut self, msg: ReturnTokens, _: &mut Self::Context) -> u64 {
+impl ShardState {
+    pub(super) fn return_tokens(&mut self, msg: ReturnTokens, _: &mut Context<ShardActor>) -> u64 {
         let now = self.clock.now_ns();
         let (Some(leases), Some(slot)) = (
             self.token_leases.get_mut(&msg.key),

@@ -14,7 +14,7 @@ use futures_util::future::{join_all, FutureExt, LocalBoxFuture};
 use llmtrace_cluster_config::Limit;
 
 use crate::cluster::forwarder::PeerClient;
-use crate::cluster::handoff_client::{first_held, holders};
+use crate::cluster::handoff_client::{first_held, held_elsewhere, holders};
 use crate::cluster::router::Router;
 use crate::cluster::rpc::client::CallError;
 use crate::cluster::rpc::token_lease_wire::{decode_token_lease, TokenLeaseRequest};
@@ -170,6 +170,10 @@ impl SimHandoff {
 }
 
 impl HandoffSource for SimHandoff {
+    fn would_pull(&self, key: &BucketKey, reclaim: bool) -> bool {
+        held_elsewhere(&self.view.load(), &self.fence, key, reclaim)
+    }
+
     fn pull(
         &self,
         key: &BucketKey,
