@@ -126,8 +126,12 @@ impl Ring {
         Some(&self.members[member as usize])
     }
 
-    /// The node that owns `(tenant, limit)`.
+    /// The node that owns `(tenant, limit)`. A member alone owns every
+    /// key: no hash to compute.
     pub fn owner(&self, tenant: &str, limit: Limit) -> Option<&str> {
+        if let [alone] = self.members.as_slice() {
+            return Some(alone);
+        }
         self.owner_of_hash(key_hash(tenant, limit))
     }
 
