@@ -12,8 +12,10 @@
 //! - [`metrics`]: the Prometheus registry and what each part registers in
 //!   it (shards and checks, cluster, Redis round trips).
 //! - [`nodelay`]: awc connections with `TCP_NODELAY` (node to node, proxy).
-//! - [`shard`]: the shard actor, sole owner of its buckets; its handoff side
-//!   (give a bucket away, install one) and its admin side (inspect, reset).
+//! - [`shard`]: a shard's buckets behind its lock (a check of a bucket in
+//!   memory is decided there by the caller) and its actor (timers, restores,
+//!   writes); its handoff side (give a bucket away, install one) and its
+//!   admin side (inspect, reset).
 //! - [`local`]: this node's shards as one ([`Limiter`]) and where they run.
 //! - [`cluster`]: membership (view, gossip, control, overrides), the router
 //!   (local or forward), the per-peer forwarder, dedup of retried forwards,

@@ -60,12 +60,13 @@ pub enum LogFormat {
     Json,
 }
 
-/// Where shard actors run.
+/// Where shard actors run (their timers, restores and writes; a check of a
+/// bucket in memory is decided by the worker that parsed it either way).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ShardPlacement {
-    /// On the public HTTP worker threads: a check whose shard lives on the
-    /// worker that parsed it never changes thread.
+    /// On the public HTTP worker threads: no extra threads compete with
+    /// the workers for the cores.
     #[default]
     Workers,
     /// Each shard on a thread of its own.
@@ -252,12 +253,14 @@ pub struct NodeSettings {
     )]
     pub redis_timeout_ms: Option<u64>,
 
-    /// Number of shard actors (single writers of the buckets).
+    /// Number of shards (each the only place its buckets change, under its
+    /// own lock).
     /// [default: number of CPUs]
     #[arg(long, env = "LLMTRACE_SHARDS", value_name = "N")]
     pub shards: Option<usize>,
 
-    /// Where shards run.
+    /// Where shard actors run (timers, restores, writes; checks of buckets
+    /// in memory are decided by the worker that parsed them either way).
     #[arg(
         long,
         env = "LLMTRACE_SHARD_PLACEMENT",

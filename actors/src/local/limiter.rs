@@ -1,7 +1,8 @@
 //! The node's front to its shards: resolves a tenant's quota, validates the
-//! cost, short-circuits unlimited checks and sends the rest to the shard that
-//! owns the key. Starting a limiter starts its shard actors, each on its own
-//! arbiter.
+//! cost, short-circuits unlimited checks and has the rest decided by the
+//! shard that holds the key: in place when the bucket is in memory
+//! ([`ShardSlots::decide_now`]), else by the shard's actor. Starting a
+//! limiter starts its shards.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;

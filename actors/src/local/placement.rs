@@ -78,7 +78,7 @@ impl ShardSlots {
     #[inline]
     pub fn decide_now(&self, i: usize, check: &Check) -> Option<Decision> {
         let slot = self.slots[i].load();
-        let mut state = slot.as_ref()?.state.try_lock().ok()?;
+        let mut state = crate::shard::try_lock(&slot.as_ref()?.state)?;
         state.decide_now(check)
     }
 
@@ -147,12 +147,13 @@ pub fn start_dedicated(parts: &ShardParts, slots: &Arc<ShardSlots>) {
         let arbiter = Arbiter::new();
         let (parts, slots) = (parts.clone(), Arc::clone(slots));
         let started = std::sync::mpsc::sync_channel(1);
-        arbiter.spawn_fn(move || {
+        let spawned = arbiter.spawn_fn(move || {
             slots.start(id, parts.build(id, None));
             let _ = started.0.send(());
         });
         // Started in order, as before: the slot is set when this returns.
-        let _ = started.1.recv();
+        assert!(spawned, "the arbiter of shard {id} stopped");
+        started.1.recv().expect("shard failed to start");
     }
 }
 

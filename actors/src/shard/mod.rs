@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -68,7 +68,9 @@ pub struct Ownership {
 pub struct ShardTiming {
     /// Write changed buckets to the cache layer. Off when the cache layer is
     /// the node's own memory: the shard map already is that copy, and a crash
-    /// would lose both.
+    /// would lose both. Off must mean that no snapshot can exist anywhere: a
+    /// key not in memory then starts full without asking the cache layer
+    /// ([`ShardState::decide_now`]).
     pub write_behind: bool,
     /// Write-through: an admitting check is answered only once the batch
     /// holding its new state was acknowledged by the cache layer (group
@@ -522,10 +524,19 @@ impl ShardActor {
 }
 
 /// The shard's state, whatever a panic left it in (a panic in a shard is a
-/// bug; the other checks go on, as they did when the actor's thread died
-/// with it).
+/// bug; its buckets are kept and served on, by the actor and in place
+/// alike, rather than lost).
 pub fn lock(state: &Mutex<ShardState>) -> MutexGuard<'_, ShardState> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// [`lock`] without waiting: `None` while another thread holds it.
+pub fn try_lock(state: &Mutex<ShardState>) -> Option<MutexGuard<'_, ShardState>> {
+    match state.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
 }
 
 impl Actor for ShardActor {
@@ -534,6 +545,11 @@ impl Actor for ShardActor {
     fn stopped(&mut self, _: &mut Self::Context) {
         let mut state = self.lock();
         state.stopped = true;
+        // The state outlives the actor (the shard table holds it): checks
+        // waiting on a restore or a write the actor will not finish are
+        // answered now (refused, not persisted), not left waiting.
+        state.pending.clear();
+        snapshots::answer_durable(std::mem::take(&mut state.durable_waiting), false);
         if let Some(tx) = state.on_stop.take() {
             let now = state.clock.now_ns();
             let _ = tx.send(state.take_dirty(now));
@@ -672,8 +688,8 @@ impl ShardState {
                 move |(res, from_peer), act, ctx| act.lock().restored(key, res, from_peer, ctx),
             ));
         }
-        // The sender lives in `pending` until the restore finishes; the actor
-        // only drops it if it stops, and then the check is refused.
+        // The sender lives in `pending` until the restore finishes; if the
+        // actor stops first it is dropped, and the check is refused.
         Response::fut(async move {
             rx.await.unwrap_or(Ok(Decision::Refused {
                 remaining: 0,

@@ -584,33 +584,25 @@ async fn resident_buckets_are_decided_without_the_actor() {
     assert!(l.shards().decide_now(0, &check("a")).is_some());
     fence.renew(fence.now_ns());
     assert_eq!(l.shards().decide_now(0, &check("a")), None);
+    // One shard with burst 3, timed by `timing`.
+    let with_timing = |timing| {
+        let clock = ManualClock::new(T0);
+        let cache = Arc::new(InMemoryCacheLayer::new(clock.clone()));
+        Limiter::start(1, Arc::new(limits(1, 3)), cache, clock, timing)
+    };
     // Write-through: every admission waits for its write, in the actor.
-    let clock = ManualClock::new(T0);
-    let l = Limiter::start(
-        1,
-        Arc::new(limits(1, 3)),
-        Arc::new(InMemoryCacheLayer::new(clock.clone())),
-        clock,
-        ShardTiming {
-            write_through: true,
-            ..ShardTiming::default()
-        },
-    );
+    let l = with_timing(ShardTiming {
+        write_through: true,
+        ..ShardTiming::default()
+    });
     assert!(allowed(&l, "a").await);
     assert_eq!(l.shards().decide_now(0, &check("a")), None);
     // Nothing written to the cache layer (no write-behind) and no peer to
     // ask: a key not in memory starts full here, as its restore would.
-    let clock = ManualClock::new(T0);
-    let l = Limiter::start(
-        1,
-        Arc::new(limits(1, 3)),
-        Arc::new(InMemoryCacheLayer::new(clock.clone())),
-        clock,
-        ShardTiming {
-            write_behind: false,
-            ..ShardTiming::default()
-        },
-    );
+    let l = with_timing(ShardTiming {
+        write_behind: false,
+        ..ShardTiming::default()
+    });
     assert!(allowed(&l, "warm-up").await, "the shard started");
     assert!(matches!(
         l.shards().decide_now(0, &check("a")),

@@ -1,7 +1,8 @@
 //! Serving a batch received from another node (`POST /cluster/v1/checks`):
 //! retries are answered from the [`Dedup`](crate::cluster::dedup::Dedup)
-//! cache, the rest are decided in order of the batch, and the answers come
-//! back in that order.
+//! cache, the rest are started in order of the batch (a check that finds its
+//! shard busy and waits for it may be decided after a later one), and the
+//! answers come back in the batch's order.
 //!
 //! What a batch may cost is bounded whoever sends it: at most
 //! [`SERVE_PER_BATCH`] checks of one batch are under way at once (the rest
