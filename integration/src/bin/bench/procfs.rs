@@ -37,16 +37,27 @@ fn process_ticks(pid: u32) -> u64 {
 /// The `cpu` line of /proc/stat: (user + nice + system, the same plus iowait, irq and
 /// softirq, idle), in clock ticks.
 fn machine_ticks() -> (u64, u64, u64) {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let line = stat.lines().find(|l| l.starts_with("cpu ")).unwrap_or("");
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
+    let v = cpu_fields();
     let at = |i: usize| v.get(i).copied().unwrap_or(0);
     let cpu = at(0) + at(1) + at(2);
     (cpu, cpu + at(4) + at(5) + at(6), at(3))
+}
+
+/// Of the `cpu` line of /proc/stat: (steal, every field summed), in clock ticks. Steal
+/// is time the hypervisor ran something else while this machine had work.
+fn steal_ticks() -> (u64, u64) {
+    let v = cpu_fields();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    (v.get(7).copied().unwrap_or(0), v.iter().take(8).sum())
+}
+
+fn cpu_fields() -> Vec<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = stat.lines().find(|l| l.starts_with("cpu ")).unwrap_or("");
+    line.split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect()
 }
 
 /// CPU seconds of this process's reaped children (wrk).
@@ -72,6 +83,8 @@ pub struct CpuUse {
     pub client_s: f64,
     /// The whole machine (user + nice + system).
     pub busy_s: f64,
+    /// Share of the machine's CPU time the hypervisor took (steal), 0..1.
+    pub steal: f64,
 }
 
 /// The counters at the start of a measured run.
@@ -79,6 +92,7 @@ pub struct CpuWindow {
     server: u64,
     client_s: f64,
     busy: u64,
+    steal: (u64, u64),
 }
 
 impl CpuWindow {
@@ -87,6 +101,7 @@ impl CpuWindow {
             server: server_pids.iter().map(|p| process_ticks(*p)).sum(),
             client_s: children_cpu_s(),
             busy: machine_ticks().0,
+            steal: steal_ticks(),
         }
     }
 
@@ -94,7 +109,10 @@ impl CpuWindow {
     pub fn finish(self, server_pids: &[u32]) -> CpuUse {
         let hz = clock_ticks_per_s();
         let server: u64 = server_pids.iter().map(|p| process_ticks(*p)).sum();
+        let (steal, all) = steal_ticks();
+        let all = all.saturating_sub(self.steal.1).max(1);
         CpuUse {
+            steal: steal.saturating_sub(self.steal.0) as f64 / all as f64,
             server_s: server.saturating_sub(self.server) as f64 / hz,
             client_s: children_cpu_s() - self.client_s,
             busy_s: machine_ticks().0.saturating_sub(self.busy) as f64 / hz,

@@ -6,7 +6,8 @@
 //! their p50 / p99, and the CPU per call of the stub and of the node (from /proc, steadier
 //! than a p99 on a shared machine). With BENCH_PROXY_ROUNDS > 1 the three runs are
 //! repeated, each round compared within its own minute, and the medians of the rounds'
-//! comparisons printed.
+//! comparisons printed: of all rounds, and of the calm ones (the host took at most
+//! [`summary::STEAL_LIMIT`] of the CPU, and no direct p99 was above a proxied one).
 
 use crate::procfs::{load_note, CpuWindow};
 use crate::setup::Bench;
@@ -35,11 +36,14 @@ fn run_wrk(bench: &Bench, tag: &str, url: &str, node: Option<u32>) -> (Measured,
         None => String::new(),
     };
     println!(
-        "  CPU per call: {node_part}stub {:.1} us; wrk {:.2} cores, other processes {:.2} cores",
+        "  CPU per call: {node_part}stub {:.1} us; wrk {:.2} cores, other processes {:.2} cores, \
+         host steal {:.1}%",
         per_call(m.cpu.server_s - node_s),
         m.cpu.client_s / d,
-        other / d
+        other / d,
+        100.0 * m.cpu.steal
     );
+    summary::steal_warning(tag, m.cpu.steal);
     (m, per_call(node_s))
 }
 
@@ -108,7 +112,11 @@ fn proxied(
     m
 }
 
-fn print_added(name: &str, d: &crate::wrk::WrkResult, (p, node_us): (&crate::wrk::WrkResult, f64)) {
+fn print_added(
+    name: &str,
+    (d, steal): (&crate::wrk::WrkResult, f64),
+    (p, node_us): (&crate::wrk::WrkResult, f64),
+) {
     println!(
         "  {name:<8} p50 {}  p99 {}  {:.1} req/s  (non-2xx: {})  node {node_us:.1} us CPU/call",
         ms(p.p50_us),
@@ -121,15 +129,19 @@ fn print_added(name: &str, d: &crate::wrk::WrkResult, (p, node_us): (&crate::wrk
         "  added    p50 {:.2} ms  p99 {:.2} ms  (target <= 1 ms added p99: {})",
         (p.p50_us - d.p50_us) / 1000.0,
         added99 / 1000.0,
-        verdict(added99)
+        verdict(added99, steal)
     );
 }
 
-/// The target's verdict on an added p99 (microseconds). A negative one means the direct
-/// calls' tail was the longer: the machine, not the proxy, set the tails of that run.
-fn verdict(added99_us: f64) -> &'static str {
+/// The target's verdict on an added p99 (microseconds), measured while the hypervisor
+/// took `steal` of the CPU. A negative one means the direct calls' tail was the longer:
+/// the machine, not the proxy, set the tails of that run; so does a host that took more
+/// than [`summary::STEAL_LIMIT`] of the CPU.
+fn verdict(added99_us: f64, steal: f64) -> &'static str {
     if added99_us < 0.0 {
         "no verdict: the direct calls' p99 was the higher, the machine was busy"
+    } else if steal > summary::STEAL_LIMIT {
+        "no verdict: the host took CPU time (steal) during the round"
     } else if added99_us <= 1000.0 {
         "met"
     } else {
@@ -142,6 +154,16 @@ fn verdict(added99_us: f64) -> &'static str {
 struct Round {
     added: [(f64, f64); 2],
     node_us: [f64; 2],
+    /// The most the host took of the CPU (steal) in any of the round's three runs.
+    steal: f64,
+}
+
+impl Round {
+    /// Neither the host (steal) nor the machine (a direct p99 above a proxied one)
+    /// set the round's tails.
+    fn calm(&self) -> bool {
+        self.steal <= summary::STEAL_LIMIT && self.added.iter().all(|a| a.1 >= 0.0)
+    }
 }
 
 /// One round in the same minute: the stub directly, through a node with the default
@@ -174,8 +196,12 @@ fn round(bench: &Bench, stub: &Stub) -> Round {
         ms(d.p99_us),
         d.rps
     );
-    print_added("proxied", d, (two.0.only(), two.1));
-    print_added("5 rules", d, (five.0.only(), five.1));
+    let steal = [&direct, &two.0, &five.0]
+        .iter()
+        .map(|m| m.cpu.steal)
+        .fold(0.0, f64::max);
+    print_added("proxied", (d, steal), (two.0.only(), two.1));
+    print_added("5 rules", (d, steal), (five.0.only(), five.1));
     let added = |p: &crate::wrk::WrkResult| {
         (
             (p.p50_us - d.p50_us) / 1000.0,
@@ -185,6 +211,7 @@ fn round(bench: &Bench, stub: &Stub) -> Round {
     Round {
         added: [added(two.0.only()), added(five.0.only())],
         node_us: [two.1, five.1],
+        steal,
     }
 }
 
@@ -219,16 +246,37 @@ pub fn run(bench: &Bench) {
         return;
     }
     // Each round compares within its own minute; the medians are of those comparisons.
-    println!();
-    println!("proxy medians of {} rounds:", rounds.len());
-    for (i, name) in ["proxied", "5 rules"].iter().enumerate() {
-        let p50 = median(rounds.iter().map(|r| r.added[i].0).collect());
-        let p99 = median(rounds.iter().map(|r| r.added[i].1).collect());
-        let cpu = median(rounds.iter().map(|r| r.node_us[i]).collect());
-        println!(
-            "  {name:<8} added p50 {p50:.2} ms  p99 {p99:.2} ms  node {cpu:.1} us CPU/call  \
-             (target <= 1 ms added p99: {})",
-            verdict(p99 * 1000.0)
-        );
+    let calm: Vec<&Round> = rounds.iter().filter(|r| r.calm()).collect();
+    let all: Vec<&Round> = rounds.iter().collect();
+    for (title, set) in [
+        (format!("proxy medians of {} rounds:", all.len()), &all),
+        (
+            format!(
+                "proxy medians of the {} calm rounds of {} (host steal <= {:.0}%, direct p99 \
+                 below the proxied ones):",
+                calm.len(),
+                all.len(),
+                100.0 * summary::STEAL_LIMIT
+            ),
+            &calm,
+        ),
+    ] {
+        println!();
+        println!("{title}");
+        if set.is_empty() {
+            println!("  none");
+            continue;
+        }
+        for (i, name) in ["proxied", "5 rules"].iter().enumerate() {
+            let p50 = median(set.iter().map(|r| r.added[i].0).collect());
+            let p99 = median(set.iter().map(|r| r.added[i].1).collect());
+            let cpu = median(set.iter().map(|r| r.node_us[i]).collect());
+            // Rounds the host disturbed were told apart above, or set aside here.
+            println!(
+                "  {name:<8} added p50 {p50:.2} ms  p99 {p99:.2} ms  node {cpu:.1} us CPU/call  \
+                 (target <= 1 ms added p99: {})",
+                verdict(p99 * 1000.0, 0.0)
+            );
+        }
     }
 }

@@ -92,7 +92,9 @@ proxy   the latency proxy mode adds: the stub OpenAI-compatible upstream of the
         connections, one wrk thread, each connection pausing BENCH_PROXY_DELAY_MS
         before every request (0: closed loop, full load). Prints p50/p99 of
         each, the added p50/p99 (target <= 1 ms added p99), requests/s, and
-        the node's and the stub's CPU per call; BENCH_PROXY_ROUNDS rounds.
+        the node's and the stub's CPU per call, and the share of the CPU the
+        host took (steal: a round above 2% gets no verdict); BENCH_PROXY_ROUNDS
+        rounds, with the medians of all rounds and of the calm ones.
 rls     one node with --rls-listen and a rule admitting every call (4e9 a day
         per user): a gRPC load generator (tonic, Envoy's protos) keeps 4 h2
         connections x 16 ShouldRateLimit calls in flight, random users out of
@@ -144,7 +146,8 @@ sim     the in-process cluster simulation (llmtrace_actors::sim, no processes,
                          connections, and each one's pause before a request
   BENCH_PROXY_ROUNDS=1   proxy benchmark: rounds of direct / default charge /
                          five rules, one after the other (more than one: the
-                         medians of the rounds' added p50 / p99 too)
+                         medians of the rounds' added p50 / p99 too, of
+                         all rounds and of those the host left calm)
   BENCH_SIM_SIZES=\"10 30 100\" BENCH_SIM_RATE=20000 BENCH_SIM_SECONDS=4   sim
   BENCH_SIM_NODE_RATE=10000 BENCH_SIM_DEPLOYMENT_RATE=1000000   sim scaling
   BENCH_SKIP_BUILD=0     1 = use the binaries already built (no cargo build)

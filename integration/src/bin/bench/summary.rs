@@ -51,17 +51,34 @@ fn cpu_line(
     let other = (cpu.busy_s - cpu.server_s - cpu.client_s).max(0.0);
     let d = duration_s.max(1e-9);
     println!(
-        "{indent}{:<label_width$} server {:.1} us CPU/check ({:.2} cores), wrk {:.2} cores, other processes {:.2} cores",
+        "{indent}{:<label_width$} server {:.1} us CPU/check ({:.2} cores), wrk {:.2} cores, other processes {:.2} cores, host steal {:.1}%",
         "",
         us_per_check(cpu, requests),
         cpu.server_s / d,
         cpu.client_s / d,
-        other / d
+        other / d,
+        100.0 * cpu.steal
     );
+    steal_warning(name, cpu.steal);
     if other / d > 0.15 {
         println!(
             "  !! {name}: other processes used {:.2} cores during the run: the figures are skewed",
             other / d
+        );
+    }
+}
+
+/// Above this share of the machine's CPU taken by the hypervisor during a measured
+/// run, its latency tails are the host's, not the server's.
+pub const STEAL_LIMIT: f64 = 0.02;
+
+/// Warns when the hypervisor took more than [`STEAL_LIMIT`] of the CPU during a run.
+pub fn steal_warning(name: &str, steal: f64) {
+    if steal > STEAL_LIMIT {
+        println!(
+            "  !! {name}: the host took {:.1}% of this machine's CPU (steal) during the run: \
+             latency tails are the host's",
+            100.0 * steal
         );
     }
 }
