@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::{
     snapshots, BucketReport, Check, FlushNow, Grant, GrantTokens, Inspect, Install, Moved, Reset,
-    ReturnTokens, Serve, ShardState, Slot, SweepNow, TakeAll, TakeBucket, Unserved, Waiter,
+    ReturnTokens, Serve, ShardState, SweepNow, TakeAll, TakeBucket, Unserved, Waiter,
 };
 use crate::cache::CacheError;
 use crate::core::bucket::Decision;
@@ -124,9 +124,7 @@ impl ShardState {
             }
             // What a restore that found nothing does, without the restore.
             self.stats().restore_misses.fetch_add(1, Relaxed);
-            let slot = Slot::new(Held::full(msg.quota, now));
-            self.buckets.insert(msg.key.clone(), slot);
-            self.stats().resident.fetch_add(1, Relaxed);
+            self.insert_resident(msg.key.clone(), Held::full(msg.quota, now), now);
         }
         Some(self.decide(&msg.key, msg.quota, msg.op, msg.cost, now))
     }

@@ -163,11 +163,7 @@ impl ShardState {
                 let after = slot.leases(now) as i64;
                 self.count_leases(&key, after - before);
             }
-            None => {
-                self.count_leases(&key, state.leases(now) as i64);
-                self.buckets.insert(key.clone(), super::Slot::new(state));
-                self.metrics.shards[self.id].resident.fetch_add(1, Relaxed);
-            }
+            None => self.insert_resident(key.clone(), state, now),
         }
         self.mark_dirty(&key, now);
     }

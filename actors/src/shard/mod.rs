@@ -315,6 +315,15 @@ impl ShardState {
         Some(slot)
     }
 
+    /// Makes `state` the resident bucket of a key not in memory, with its
+    /// bookkeeping (resident count, leases gauge); the counterpart of
+    /// [`ShardState::evict`].
+    fn insert_resident(&mut self, key: BucketKey, state: Held, now: u64) {
+        self.count_leases(&key, state.leases(now) as i64);
+        self.buckets.insert(key, Slot::new(state));
+        self.stats().resident.fetch_add(1, Relaxed);
+    }
+
     /// Decides one check (any op) on a resident bucket.
     fn decide(
         &mut self,
@@ -418,9 +427,7 @@ impl ShardState {
             self.install(key.clone(), state);
             self.stats().handoffs_in.fetch_sub(1, Relaxed);
         } else {
-            self.count_leases(&key, state.leases(now) as i64);
-            self.buckets.insert(key.clone(), Slot::new(state));
-            self.stats().resident.fetch_add(1, Relaxed);
+            self.insert_resident(key.clone(), state, now);
         }
         if from_peer {
             self.stats().handoffs_in.fetch_add(1, Relaxed);
